@@ -1,0 +1,72 @@
+"""The utterance record: what every corpus reader yields and every later stage keys on."""
+
+from dataclasses import dataclass
+
+SPLITS: tuple[str, ...] = ("train", "dev", "test")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Utterance:
+    """One utterance of a dialogue, keyed by (split, dialogue_id, utterance_id), never by row order."""
+
+    split: str
+    """Corpus split: train, dev or test."""
+    dialogue_id: int
+    """MELD's Dialogue_ID; ids can skip (train has no dialogue 60)."""
+    utterance_id: int
+    """MELD's Utterance_ID within the dialogue; 76 MELD dialogues have gaps."""
+    speaker: str
+    """Speaker name as the CSV spells it."""
+    transcript: str
+    """Transcript after `extract.transcript.normalise_transcript`."""
+    transcript_raw: str
+    """Transcript exactly as the CSV holds it."""
+    emotion: str
+    """One of `extract.labels.EMOTIONS`."""
+    sentiment: str
+    """One of `extract.labels.SENTIMENTS`."""
+    media_path: str | None
+    """Absolute path of the clip chosen for this utterance, or None when no usable clip exists."""
+    start_time: float
+    """StartTime in seconds from the start of the episode."""
+    end_time: float
+    """EndTime in seconds from the start of the episode."""
+    season: int = 0
+    """Season of the episode (0 when the corpus has none)."""
+    episode: int = 0
+    """Episode number (0 when the corpus has none)."""
+
+    @property
+    def key(self) -> str:
+        """Stable string key, the name MELD gives the clip: 'train/dia12_utt3'."""
+        return utterance_key(self.split, self.dialogue_id, self.utterance_id)
+
+    @property
+    def csv_duration(self) -> float:
+        """EndTime minus StartTime, in seconds."""
+        return self.end_time - self.start_time
+
+
+def utterance_key(split: str, dialogue_id: int, utterance_id: int) -> str:
+    """The string key of an utterance, shared by the manifest, the feature store and reports."""
+    return f"{split}/dia{dialogue_id}_utt{utterance_id}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClipFlag:
+    """Something wrong (or chosen) about an utterance's clip, with the reason in words."""
+
+    split: str
+    """Split of the utterance."""
+    dialogue_id: int
+    """Dialogue id of the utterance."""
+    utterance_id: int
+    """Utterance id within the dialogue."""
+    kind: str
+    """missing, corrupt, no_audio, duration_mismatch or twin_chosen."""
+    reason: str
+    """What was found, and what the reader did about it."""
+
+    @property
+    def key(self) -> str:
+        return utterance_key(self.split, self.dialogue_id, self.utterance_id)

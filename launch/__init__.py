@@ -1,0 +1,1 @@
+"""The `cmroberta` CLI, typed configuration, Submitit executors, seed sweeps, reports and plots."""

@@ -1,0 +1,79 @@
+"""The `cmroberta` command line: one subcommand per verb, each in `launch/commands/<verb>.py`.
+
+A verb module exposes `register(subparsers)`, which adds its parser and sets
+`handler` to a typed function. User errors (a bad config, a missing corpus folder)
+print one clear message and exit with status 2; anything else is a bug and keeps
+its traceback.
+"""
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Verbs in the order `--help` lists them.
+VERBS: tuple[str, ...] = (
+    "demo",
+    "demo_corpus",
+    "prepare",
+    "config",
+)
+
+
+# Exceptions that mean "the user asked for something that cannot be done": the CLI prints
+# their message and exits 2 instead of showing a traceback. Each component keeps its own.
+USER_ERRORS: tuple[str, ...] = (
+    "launch.config:ConfigError",
+    "launch.cli:UserError",
+    "extract.labels:UnknownLabelError",
+    "extract.audio:AudioDecodeError",
+    "extract.meld:CorpusError",
+)
+
+
+class UserError(Exception):
+    """An error caused by what the user asked for; the message says what to change."""
+
+
+def _user_error_classes() -> tuple[type[BaseException], ...]:
+    classes = []
+    for spec in USER_ERRORS:
+        module, name = spec.split(":")
+        classes.append(getattr(importlib.import_module(module), name))
+    return tuple(classes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cmroberta",
+        description=(
+            "CM-RoBERTa: emotion recognition in conversation from speech and transcripts. "
+            "Start with `cmroberta demo`, which builds a small corpus in MELD's layout and runs the whole pipeline. "
+            "Every verb takes --help."
+        ),
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb in VERBS:
+        importlib.import_module(f"launch.commands.{verb}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        result = args.handler(args)
+    except _user_error_classes() as error:
+        print(f"cmroberta {args.verb}: error: {error}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `cmroberta` verb; each exposes `register(subparsers)`."""
