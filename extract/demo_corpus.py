@@ -48,13 +48,15 @@ EMOTION_SHARES: dict[str, float] = {
     "anger": 0.13,
 }
 
+# Voices sit at or above about 140 Hz: emo_large finds pitch on 25 ms frames, which
+# judge lower voices mostly unvoiced (see extract/opensmile_features.py).
 CAST: dict[str, Voice] = {
     "Avery": Voice(base_f0=210.0, formant_scale=1.15),
-    "Blake": Voice(base_f0=115.0, formant_scale=0.95),
+    "Blake": Voice(base_f0=150.0, formant_scale=0.95),
     "Casey": Voice(base_f0=195.0, formant_scale=1.12),
-    "Devon": Voice(base_f0=105.0, formant_scale=0.92),
+    "Devon": Voice(base_f0=140.0, formant_scale=0.92),
     "Emery": Voice(base_f0=225.0, formant_scale=1.18),
-    "Flynn": Voice(base_f0=125.0, formant_scale=1.0),
+    "Flynn": Voice(base_f0=160.0, formant_scale=1.0),
 }
 
 # Transcripts that say their emotion. Some share words across emotions on purpose
