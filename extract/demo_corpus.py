@@ -163,8 +163,10 @@ class DemoCorpusConfig:
     """Share of utterances whose transcript is ambiguous, so that only the voice carries the emotion."""
     emotion_persistence: float = 0.3
     """Chance that an utterance keeps the previous utterance's emotion, as moods carry on in conversation."""
-    prosody_variation: float = 1.0
-    """How much each utterance's prosody varies around its emotion's (0: every anger sounds the same)."""
+    prosody_variation: float = 2.0
+    """How much each utterance's prosody varies around its emotion's (0: every anger sounds the same).
+    At 2.0 a linear probe on emo_large features scores about 60-70% on the voice alone, below
+    the transcripts, as on MELD; at 1.0 the voice is nearly as telling as the words."""
     clip_format: Literal["mp4", "wav", "flac"] = "mp4"
     """Clip container: mp4 with AAC audio as MELD has, or wav/flac, which write faster."""
     workers: int = 4
