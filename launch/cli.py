@@ -16,6 +16,7 @@ VERBS: tuple[str, ...] = (
     "demo",
     "demo_corpus",
     "prepare",
+    "extract",
     "config",
 )
 
@@ -28,6 +29,10 @@ USER_ERRORS: tuple[str, ...] = (
     "extract.labels:UnknownLabelError",
     "extract.audio:AudioDecodeError",
     "extract.meld:CorpusError",
+    "extract.feature_store:FeatureStoreError",
+    "extract.text_features:TextEncoderError",
+    "extract.openl3:OpenL3SetupError",
+    "cluster.ray_runtime:RayStartError",
 )
 
 

@@ -1,0 +1,495 @@
+"""The HDF5 feature store: shards of whole dialogues, a manifest, and the reader the model uses.
+
+Layout of a store folder `<store_root>/<name>-<hash12>/`:
+
+    manifest.json         config, library versions, families and dims, shards with row counts
+                          and sha256 checksums, failed utterances with reasons, clip flags
+    config.toml           the resolved extraction config
+    shards/<split>-<NNNNN>.h5
+
+A shard holds whole dialogues of one split, rows ordered by (dialogue_id, utterance_id).
+It is written as `<name>.h5.tmp` and renamed when complete, so a crash never leaves a file
+that looks whole; the manifest is rewritten the same way after each shard. A row whose
+family failed (a corrupt clip) is zero-filled in that family and flagged in
+`valid_<family>`; its other families are kept.
+"""
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import tomli_w
+
+from extract.labels import EMOTIONS, SENTIMENTS
+from extract.utterance import SPLITS
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SHARD_FOLDER = "shards"
+CONFIG_NAME = "config.toml"
+HASH_LENGTH = 12
+
+# Rows per HDF5 chunk: a dialogue batch reads a few hundred rows, and 64 rows of the widest
+# family (6552 floats) make a 1.7 MB chunk, inside HDF5's default 1 MiB..few-MiB sweet spot.
+_CHUNK_ROWS = 64
+_STR = h5py.string_dtype("utf-8")
+_HASH_BLOCK = 1 << 20
+
+
+class FeatureStoreError(Exception):
+    """A folder that is not a usable feature store, or a request the store cannot answer."""
+
+
+@dataclass(kw_only=True)
+class SplitArrays:
+    """Rows of one split (or one shard), columns as arrays, ordered by (dialogue_id, utterance_id)."""
+
+    keys: list[str]
+    """Utterance keys, 'train/dia3_utt0'."""
+    dialogue_ids: np.ndarray
+    """int32 [N] dialogue ids."""
+    utterance_ids: np.ndarray
+    """int32 [N] utterance ids within the dialogue."""
+    speakers: list[str]
+    """Speaker names."""
+    transcripts: list[str]
+    """Normalised transcripts."""
+    emotion: np.ndarray
+    """int64 [N] indices into `extract.labels.EMOTIONS`."""
+    sentiment: np.ndarray
+    """int64 [N] indices into `extract.labels.SENTIMENTS`."""
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    """Family name -> float32 [N, dim]."""
+    valid: dict[str, np.ndarray] = field(default_factory=dict)
+    """Family name -> bool [N]; False where the family failed for the row (its features are zeros)."""
+    feature_names: dict[str, list[str]] = field(default_factory=dict)
+    """Family name -> column names, for the families whose extractor names its columns (openSMILE)."""
+
+    def __post_init__(self) -> None:
+        n = len(self.keys)
+        self.dialogue_ids = np.asarray(self.dialogue_ids, dtype=np.int32)
+        self.utterance_ids = np.asarray(self.utterance_ids, dtype=np.int32)
+        self.emotion = np.asarray(self.emotion, dtype=np.int64)
+        self.sentiment = np.asarray(self.sentiment, dtype=np.int64)
+        columns = {
+            "dialogue_ids": len(self.dialogue_ids),
+            "utterance_ids": len(self.utterance_ids),
+            "speakers": len(self.speakers),
+            "transcripts": len(self.transcripts),
+            "emotion": len(self.emotion),
+            "sentiment": len(self.sentiment),
+        }
+        for name, length in columns.items():
+            if length != n:
+                raise ValueError(f"SplitArrays.{name} has {length} rows but keys has {n}")
+        for family, array in self.features.items():
+            array = np.asarray(array, dtype=np.float32)
+            if array.ndim != 2 or array.shape[0] != n:
+                raise ValueError(f"SplitArrays.features[{family!r}] must have shape [{n}, dim], not {array.shape}")
+            self.features[family] = array
+            valid = np.asarray(self.valid.get(family, np.ones(n, dtype=bool)), dtype=bool)
+            if valid.shape != (n,):
+                raise ValueError(f"SplitArrays.valid[{family!r}] must have shape [{n}], not {valid.shape}")
+            self.valid[family] = valid
+        for family in self.valid:
+            if family not in self.features:
+                raise ValueError(f"SplitArrays.valid has family {family!r} with no features")
+        for family, names in self.feature_names.items():
+            if family in self.features and len(names) != self.features[family].shape[1]:
+                raise ValueError(
+                    f"SplitArrays.feature_names[{family!r}] has {len(names)} names "
+                    f"for {self.features[family].shape[1]} columns"
+                )
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def dialogues(self) -> list[np.ndarray]:
+        """Row indices of each dialogue, in row order (rows of a dialogue are contiguous)."""
+        if len(self) == 0:
+            return []
+        starts = np.flatnonzero(np.diff(self.dialogue_ids)) + 1
+        return np.split(np.arange(len(self), dtype=np.int64), starts)
+
+    def take(self, rows: np.ndarray) -> "SplitArrays":
+        """A new SplitArrays holding the given rows, in the given order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return SplitArrays(
+            keys=[self.keys[i] for i in rows],
+            dialogue_ids=self.dialogue_ids[rows],
+            utterance_ids=self.utterance_ids[rows],
+            speakers=[self.speakers[i] for i in rows],
+            transcripts=[self.transcripts[i] for i in rows],
+            emotion=self.emotion[rows],
+            sentiment=self.sentiment[rows],
+            features={family: array[rows] for family, array in self.features.items()},
+            valid={family: array[rows] for family, array in self.valid.items()},
+            feature_names=dict(self.feature_names),
+        )
+
+    def row_order(self) -> np.ndarray:
+        """Indices that sort the rows by (dialogue_id, utterance_id)."""
+        return np.lexsort((self.utterance_ids, self.dialogue_ids))
+
+
+# A shard's rows are the same record as a split's rows; the writer takes one shard at a time.
+ShardRows = SplitArrays
+
+
+@dataclass(frozen=True, kw_only=True)
+class WrittenShard:
+    """What the writer knows about a shard file once it has been renamed into place."""
+
+    sha256: str
+    """Hex sha256 of the whole file."""
+    bytes: int
+    """File size in bytes."""
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _is_ordered(rows: SplitArrays) -> bool:
+    order = rows.row_order()
+    return bool(np.all(order == np.arange(len(rows))))
+
+
+def write_shard(path: Path, split: str, rows: ShardRows) -> WrittenShard:
+    """Write one shard: to `<path>.tmp` first, then an atomic rename onto `path`.
+
+    Rows must already be ordered by (dialogue_id, utterance_id).
+    """
+    path = Path(path)
+    if not _is_ordered(rows):
+        raise ValueError(f"rows for shard {path.name} are not ordered by (dialogue_id, utterance_id)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    n = len(rows)
+    # HDF5 1.8's file format stores large attributes densely; the earliest format caps an
+    # attribute at 64 KiB, less than openSMILE's 6552 column names.
+    with h5py.File(tmp, "w", libver=("v108", "latest")) as shard:
+        shard.attrs["split"] = split
+        shard.attrs["format_version"] = FORMAT_VERSION
+        shard.create_dataset("key", data=np.array(rows.keys, dtype=object), dtype=_STR)
+        shard.create_dataset("dialogue_id", data=rows.dialogue_ids.astype(np.int32))
+        shard.create_dataset("utterance_id", data=rows.utterance_ids.astype(np.int32))
+        shard.create_dataset("speaker", data=np.array(rows.speakers, dtype=object), dtype=_STR)
+        shard.create_dataset("transcript", data=np.array(rows.transcripts, dtype=object), dtype=_STR)
+        shard.create_dataset("emotion", data=rows.emotion.astype(np.int8))
+        shard.create_dataset("sentiment", data=rows.sentiment.astype(np.int8))
+        for family, array in rows.features.items():
+            dim = array.shape[1]
+            dataset = shard.create_dataset(
+                family,
+                data=array,
+                dtype=np.float32,
+                chunks=(max(1, min(n, _CHUNK_ROWS)), max(1, dim)) if n and dim else None,
+                compression="gzip" if n and dim else None,
+                compression_opts=1 if n and dim else None,
+                shuffle=bool(n and dim),
+            )
+            if family in rows.feature_names:
+                dataset.attrs.create("names", np.array(rows.feature_names[family], dtype=object), dtype=_STR)
+            shard.create_dataset(f"valid_{family}", data=rows.valid[family].astype(bool))
+    os.replace(tmp, path)
+    return WrittenShard(sha256=file_sha256(path), bytes=path.stat().st_size)
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """First 12 hex digits of the sha256 of the config's canonical JSON (sorted keys, no spaces)."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:HASH_LENGTH]
+
+
+def store_folder_name(name: str, config: dict[str, Any]) -> str:
+    """`<name>-<hash12>`: the folder a store of this feature config lives in."""
+    return f"{name}-{config_hash(config)}"
+
+
+def shard_file_name(split: str, index: int) -> str:
+    """Path of a shard relative to the store folder: `shards/train-00003.h5`."""
+    return f"{SHARD_FOLDER}/{split}-{index:05d}.h5"
+
+
+def _package_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of the libraries that decide the features' values; None for one not installed."""
+    return {
+        "python": platform.python_version(),
+        "torch": _package_version("torch"),
+        "opensmile": _package_version("opensmile"),
+        "transformers": _package_version("transformers"),
+        "h5py": _package_version("h5py"),
+        "cmroberta": _package_version("cmroberta"),
+    }
+
+
+def new_manifest(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """An empty manifest for a store of `config`: no shards, no failures yet."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "config_hash": config_hash(config),
+        "config": config,
+        "versions": library_versions(),
+        "families": {},
+        "emotions": list(EMOTIONS),
+        "sentiments": list(SENTIMENTS),
+        "shards": [],
+        "failed": [],
+        "clip_flags": [],
+    }
+
+
+def write_manifest(store_dir: Path, manifest: dict[str, Any]) -> Path:
+    """Write `manifest.json` atomically (tmp file, then rename)."""
+    path = Path(store_dir) / MANIFEST_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(store_dir: Path) -> dict[str, Any]:
+    """Read and check `manifest.json`; a missing or unreadable one is a FeatureStoreError."""
+    path = Path(store_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FeatureStoreError(
+            f"{store_dir} is not a feature store: it has no {MANIFEST_NAME}. "
+            "Create one with `cmroberta extract CORPUS` and pass the folder it prints."
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FeatureStoreError(f"{path} cannot be read ({error}); re-run `cmroberta extract` to rebuild it") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise FeatureStoreError(
+            f"{path} has format_version {manifest.get('format_version')!r}; this cmroberta reads version "
+            f"{FORMAT_VERSION}. Re-run `cmroberta extract` to rebuild the store."
+        )
+    for key in ("families", "shards", "failed", "emotions"):
+        if key not in manifest:
+            raise FeatureStoreError(f"{path} has no {key!r} entry; re-run `cmroberta extract` to rebuild it")
+    if list(manifest["emotions"]) != list(EMOTIONS):
+        raise FeatureStoreError(
+            f"{path} orders emotions as {manifest['emotions']}, this cmroberta as {list(EMOTIONS)}; "
+            "re-run `cmroberta extract` to rebuild the store"
+        )
+    return manifest
+
+
+def shard_problem(store_dir: Path, entry: dict[str, Any], check_sha256: bool = True) -> str | None:
+    """Why the shard a manifest entry names is not usable (missing, wrong size, wrong checksum), or None."""
+    path = Path(store_dir) / entry["file"]
+    if not path.is_file():
+        return f"{entry['file']} is missing"
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        return f"{entry['file']} has {size} bytes, the manifest records {entry['bytes']}"
+    if check_sha256 and file_sha256(path) != entry["sha256"]:
+        return f"{entry['file']} does not match its sha256 in the manifest"
+    return None
+
+
+def record_shard(manifest: dict[str, Any], entry: dict[str, Any], families: dict[str, int]) -> None:
+    """Put a shard entry into the manifest (replacing one for the same file) and its families' dims."""
+    for family, dim in families.items():
+        known = manifest["families"].setdefault(family, {"dim": dim})
+        if known["dim"] != dim:
+            raise FeatureStoreError(
+                f"shard {entry['file']} has {family} features of dim {dim}, other shards {known['dim']}"
+            )
+    manifest["shards"] = [shard for shard in manifest["shards"] if shard["file"] != entry["file"]]
+    manifest["shards"].append(entry)
+    manifest["shards"].sort(key=lambda shard: shard["file"])
+
+
+def shard_entry(file: str, split: str, rows: SplitArrays, written: WrittenShard) -> dict[str, Any]:
+    """The manifest entry of a shard just written."""
+    return {
+        "file": file,
+        "split": split,
+        "rows": len(rows),
+        "dialogues": sorted({int(d) for d in rows.dialogue_ids}),
+        "sha256": written.sha256,
+        "bytes": written.bytes,
+    }
+
+
+def _split_into_shards(rows: SplitArrays, shard_dialogues: int | None) -> list[SplitArrays]:
+    dialogues = rows.dialogues()
+    if shard_dialogues is None or not dialogues:
+        return [rows]
+    return [
+        rows.take(np.concatenate(dialogues[start : start + shard_dialogues]))
+        for start in range(0, len(dialogues), shard_dialogues)
+    ]
+
+
+def build_store_from_arrays(
+    store_dir: Path,
+    split_arrays: dict[str, SplitArrays],
+    config: dict[str, Any],
+    shard_dialogues: int | None = None,
+) -> Path:
+    """Write a complete store from in-memory arrays, shards and manifest exactly as the pipeline does.
+
+    For tests and tools that need a store without running extractors. Rows are sorted by
+    (dialogue_id, utterance_id); `shard_dialogues` dialogues go in each shard (None: one
+    shard per split). Every split must carry the same families.
+    """
+    store_dir = Path(store_dir)
+    store_dir.mkdir(parents=True, exist_ok=True)
+    manifest = new_manifest(store_dir.name, config)
+    (store_dir / CONFIG_NAME).write_text(tomli_w.dumps(_toml_safe(config)), encoding="utf-8")
+    for split, rows in split_arrays.items():
+        rows = rows.take(rows.row_order())
+        for index, shard_rows in enumerate(_split_into_shards(rows, shard_dialogues)):
+            file = shard_file_name(split, index)
+            written = write_shard(store_dir / file, split, shard_rows)
+            dims = {family: array.shape[1] for family, array in shard_rows.features.items()}
+            record_shard(manifest, shard_entry(file, split, shard_rows, written), dims)
+            for family, valid in shard_rows.valid.items():
+                manifest["failed"].extend(
+                    {"key": shard_rows.keys[i], "family": family, "reason": "marked invalid in the arrays"}
+                    for i in np.flatnonzero(~valid)
+                )
+    write_manifest(store_dir, manifest)
+    return store_dir
+
+
+def _toml_safe(value: Any) -> Any:
+    """Drop None values (TOML has no null) so any JSON-like config dict can be written as TOML."""
+    if isinstance(value, dict):
+        return {str(k): _toml_safe(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_toml_safe(v) for v in value if v is not None]
+    return value
+
+
+class FeatureStore:
+    """Read access to a finished store: manifest, families and whole splits as arrays."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]):
+        self.path = path
+        self.manifest = manifest
+
+    @classmethod
+    def open(cls, path: str | Path) -> "FeatureStore":
+        """Open a store folder; raises FeatureStoreError with the fix if it is not one."""
+        path = Path(path)
+        if not path.is_dir():
+            raise FeatureStoreError(f"feature store {path} does not exist; create it with `cmroberta extract CORPUS`")
+        return cls(path, read_manifest(path))
+
+    @property
+    def families(self) -> dict[str, int]:
+        """Family name -> feature dim."""
+        return {family: int(info["dim"]) for family, info in self.manifest["families"].items()}
+
+    @property
+    def splits(self) -> list[str]:
+        """Splits that have shards: train, dev, test first, in that order, then any others."""
+        present = {shard["split"] for shard in self.manifest["shards"]}
+        return [s for s in SPLITS if s in present] + sorted(present - set(SPLITS))
+
+    def shards(self, split: str) -> list[dict[str, Any]]:
+        """Manifest entries of the split's shards, in file order."""
+        return [shard for shard in self.manifest["shards"] if shard["split"] == split]
+
+    def verify(self) -> list[str]:
+        """Check every shard's size and sha256 against the manifest; the problems found, empty if none."""
+        problems = []
+        for entry in self.manifest["shards"]:
+            problem = shard_problem(self.path, entry)
+            if problem is not None:
+                problems.append(problem)
+        return problems
+
+    def read_split(self, split: str, families: tuple[str, ...] | list[str] | None = None) -> SplitArrays:
+        """All rows of a split, shards concatenated, ordered by (dialogue_id, utterance_id).
+
+        `families` None reads every family of the store. A shard whose size differs from the
+        manifest's is a FeatureStoreError (call `verify()` for a full checksum check).
+        """
+        shards = self.shards(split)
+        if not shards:
+            raise FeatureStoreError(f"store {self.path} has no split {split!r}; it has {', '.join(self.splits)}")
+        wanted = list(self.families) if families is None else list(families)
+        unknown = [family for family in wanted if family not in self.families]
+        if unknown:
+            raise FeatureStoreError(
+                f"store {self.path} has no feature family {', '.join(unknown)}; it has {', '.join(self.families)}. "
+                "Extract it with `cmroberta extract CORPUS families=[...]`."
+            )
+        total = sum(int(shard["rows"]) for shard in shards)
+        features = {family: np.empty((total, self.families[family]), dtype=np.float32) for family in wanted}
+        valid = {family: np.empty(total, dtype=bool) for family in wanted}
+        numbers = ("dialogue_id", "utterance_id", "emotion", "sentiment")
+        columns: dict[str, list[np.ndarray]] = {name: [] for name in numbers}
+        texts: dict[str, list[str]] = {name: [] for name in ("key", "speaker", "transcript")}
+        feature_names: dict[str, list[str]] = {}
+        start = 0
+        for entry in shards:
+            problem = shard_problem(self.path, entry, check_sha256=False)
+            if problem is not None:
+                raise FeatureStoreError(f"store {self.path}: {problem}; re-run `cmroberta extract` to redo it")
+            stop = start + int(entry["rows"])
+            try:
+                with h5py.File(self.path / entry["file"], "r") as shard:
+                    for name, parts in columns.items():
+                        parts.append(shard[name][...])
+                    for name, values in texts.items():
+                        values.extend(shard[name].asstr()[...].tolist())
+                    for family in wanted:
+                        features[family][start:stop] = shard[family][...]
+                        valid[family][start:stop] = shard[f"valid_{family}"][...]
+                        if "names" in shard[family].attrs:
+                            feature_names[family] = [str(n) for n in shard[family].attrs["names"]]
+            except (OSError, KeyError) as error:
+                raise FeatureStoreError(
+                    f"store {self.path}: shard {entry['file']} cannot be read ({error}); "
+                    "re-run `cmroberta extract` to redo it"
+                ) from None
+            if len(texts["key"]) != stop:
+                raise FeatureStoreError(
+                    f"store {self.path}: shard {entry['file']} has {len(texts['key']) - start} rows, "
+                    f"the manifest records {entry['rows']}; re-run `cmroberta extract` to redo it"
+                )
+            start = stop
+        rows = SplitArrays(
+            keys=texts["key"],
+            dialogue_ids=np.concatenate(columns["dialogue_id"]),
+            utterance_ids=np.concatenate(columns["utterance_id"]),
+            speakers=texts["speaker"],
+            transcripts=texts["transcript"],
+            emotion=np.concatenate(columns["emotion"]).astype(np.int64),
+            sentiment=np.concatenate(columns["sentiment"]).astype(np.int64),
+            features=features,
+            valid=valid,
+            feature_names=feature_names,
+        )
+        return rows if _is_ordered(rows) else rows.take(rows.row_order())
+
+    def failed(self, family: str | None = None) -> list[dict[str, Any]]:
+        """Failed (key, family, reason) records, optionally of one family."""
+        return [record for record in self.manifest["failed"] if family is None or record["family"] == family]

@@ -1,0 +1,39 @@
+"""`cmroberta extract CORPUS`: openSMILE, OpenL3 and text features into an HDF5 feature store, with Ray."""
+
+import argparse
+import json
+from pathlib import Path
+
+from launch.config import load_config
+
+
+def run_extract(corpus: Path, config_file: Path | None, overrides: list[str]) -> Path:
+    """Extract the features of `corpus` as configured; print and return the store folder."""
+    # Imported here, not at the top: the pipeline pulls in torch, transformers and Ray,
+    # and `cmroberta --help` imports every verb's module.
+    from extract.pipeline import ExtractConfig, run_extraction
+
+    # JSON's string quoting is valid TOML, so any path survives the override parser as a string.
+    config = load_config(ExtractConfig, config_file, [*overrides, f"corpus={json.dumps(str(corpus))}"])
+    store = run_extraction(config)
+    print(f"feature store: {store}")
+    return store
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "extract",
+        help="extract openSMILE, OpenL3 and text features of a corpus into a feature store",
+        description=(
+            "Read a corpus in MELD's layout, cut it into shards of whole dialogues, and run one Ray task per shard "
+            "and feature family (openSMILE emo_large, OpenL3, the last four layers of a text encoder). Shards are "
+            "written as HDF5 into <store_root>/<name>-<hash of the feature config>/ with a manifest.json. Re-running "
+            "skips finished shards and redoes damaged ones. Ray is started locally unless ray.address names a "
+            "cluster. Examples: openl3.weights=/models/openl3_audio_mel256_music.h5 text.model=/models/roberta-large "
+            "families='[\"text\"]' ray.num_workers=8 (see `cmroberta config extract`)."
+        ),
+    )
+    parser.add_argument("corpus", type=Path, help="corpus folder, e.g. ~/data/MELD.Raw or a demo corpus")
+    parser.add_argument("--config", type=Path, default=None, help="TOML file with ExtractConfig keys")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. shard_dialogues=16")
+    parser.set_defaults(handler=lambda args: run_extract(args.corpus, args.config, args.overrides) and 0)
