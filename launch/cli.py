@@ -17,6 +17,11 @@ VERBS: tuple[str, ...] = (
     "demo_corpus",
     "prepare",
     "extract",
+    "train",
+    "evaluate",
+    "report",
+    "launch",
+    "sweep",
     "config",
 )
 
@@ -33,6 +38,10 @@ USER_ERRORS: tuple[str, ...] = (
     "extract.text_features:TextEncoderError",
     "extract.openl3:OpenL3SetupError",
     "cluster.ray_runtime:RayStartError",
+    "cluster.rendezvous:RendezvousError",
+    "model.train:RunFolderError",
+    "launch.report:ReportError",
+    "launch.executors:SubmissionError",
 )
 
 
@@ -66,7 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # argparse cannot give one `nargs="*"` positional the words on both sides of an option, so
+    # `cmroberta train STORE --resume a=b` leaves `a=b` over: such words are overrides too.
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        if not hasattr(args, "overrides") or any(word.startswith("-") or "=" not in word for word in extras):
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        args.overrides = [*args.overrides, *extras]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,34 +1,48 @@
 """The CM-RoBERTa fusion network (the paper's Section 3.2) and its Table 1 ablations.
 
-Input is a batch of dialogues, each a sequence of utterance vectors: audio is openSMILE
-and OpenL3 concatenated (12696 numbers), text the four-layer RoBERTa vector (4096).
+Input is a batch of B dialogues of at most T utterances, each utterance a vector per modality:
+audio is openSMILE and OpenL3 concatenated (6552 + 6144 = 12696 numbers), text the RoBERTa vector
+(its last four layers, 4096). With h = `hidden_size` (the paper's 128) every representation the
+network builds is d = 2h wide, the two directions of a BiLSTM side by side:
 
-    x_a, x_t ─► BiLSTM ─► H_a, H_t ─► SCA unit (2 layers) ─► H_a^c, H_t^c (cross), H_a^s, H_t^s (self)
-    x_a, x_t ─► 2-layer LSTM each ─► join ─► BiLSTM ─► feed-forward ─► H_mid            (eq. 10)
-    x_a, x_t ─► linear + LayerNorm ─► H_a^r, H_t^r                                       (residual)
-    [H_a^c, H_t^c, H_a^s, H_t^s, H_mid, H_a^r, H_t^r] ─► two fully-connected layers ─► 7 logits
+    x_a, x_t ─► BiLSTM (h per direction) ─► H_a, H_t [B, T, d]
+    H_a, H_t ─► SCA unit (model.sca, 2 layers) ─► H_a^c, H_t^c (cross), H_a^s, H_t^s (self)
+    x_a, x_t ─► two stacked LSTMs (h) each ─► ⊕ ─► BiLSTM (h per direction) ─► feed-forward ─► H_mid  (eq. 10)
+    x_a, x_t ─► linear + LayerNorm ─► H_a^r, H_t^r                                               (residual)
+    [H_a^c, H_t^c, H_a^s, H_t^s, H_mid, H_a^r, H_t^r] ─► linear ─► ReLU ─► dropout ─► linear ─► 7 logits
 
-Each SCA layer runs four attention blocks side by side: audio queries text and text queries
-audio (eqs. 1-6), and each modality attends to itself (eqs. 7-9). The cross path and the self
-path each stack on themselves: layer 2's cross blocks read layer 1's cross outputs, its self
-blocks layer 1's self outputs; the paper names the outputs of the last layer of each path.
+Concatenating the BiLSTM's directions keeps the paper's 128 hidden units per LSTM and spends no
+extra layer on folding them back to 128. The mid-level LSTMs are unidirectional (the paper's
+"LSTM layers"); the BiLSTM after them reads both directions of the dialogue.
 
-End-to-end training (RoBERTa fine-tuned with the head) composes this head unchanged: an
-encoder maps each dialogue's token ids to [B, T, text_dim] vectors inside the graph
-(`model.end_to_end`), and those take the place of the stored text features.
+The Table 1 variants (`FusionConfig.variant`):
+- bimodal: everything above;
+- bimodal_no_sca: without the SCA unit; the BiLSTM encodings H_a, H_t take its place in the
+  concatenation: [H_a, H_t, H_mid, H_a^r, H_t^r];
+- text, audio: that modality's BiLSTM encoder and residual branch, [H_m, H_m^r] (the paper's
+  "unimodal ... models are comprised of LSTM layer, and residual block").
 
-Every recurrent layer runs on packed sequences and every attention masks padded keys, so
-padding never changes the output of a real utterance.
+Every LSTM runs on packed sequences and every attention excludes padded keys, so padding never
+changes the output of a real utterance; padded positions get finite, meaningless logits.
+
+End-to-end training (RoBERTa fine-tuned together with this head) composes the head unchanged: a
+text encoder turns each dialogue's token ids into per-utterance vectors [B, T, text_dim] inside the
+graph and passes them as `text`, so one backward pass trains encoder and head
+(`model.end_to_end.EndToEndModel`). The head never sees token ids.
 """
 
+import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from extract.labels import EMOTIONS
+from model.sca import FeedForward, SCAUnit, SublayerJoinMode
+
+log = logging.getLogger(__name__)
 
 Variant = Literal["bimodal", "bimodal_no_sca", "text", "audio"]
 
@@ -41,159 +55,132 @@ class FusionConfig:
     """bimodal: the full model; bimodal_no_sca: without the SCA unit; text or audio: that modality's
     BiLSTM encoder and residual branch alone (the paper's unimodal models)."""
     hidden_size: int = 128
-    """Width d of every representation (the paper's 128 hidden neurons); BiLSTMs use d/2 per direction."""
+    """Hidden units h of every LSTM (the paper's 128 hidden neurons). A BiLSTM's two directions are
+    concatenated, so the model width d (attention, feed-forward, residual branches) is 2h."""
     sca_layers: int = 2
     """Stacked self- and cross-attention layers in the SCA unit (the paper: 2)."""
-    attention_heads: int = 4
-    """Heads of each attention block; d must divide by it. Heads split d without adding parameters;
-    1 is the single-head attention the paper's equations write."""
-    sublayer_join: Literal["concat", "residual"] = "concat"
-    """How an attention or feed-forward output joins its input: 'concat' is the paper's eqs. 3-6 and
-    8-9, LayerNorm(W[x ⊕ f(x)]); 'residual' is the Transformer's LayerNorm(x + f(x)). The default is
-    'concat' because it is what the paper writes (⊕ is concatenation there, as in its eq. for x^a),
-    so results reproduce the paper; 'residual' is the usual reading of such diagrams, kept to compare."""
-    feedforward_size: int = 256
-    """Inner width of the feed-forward blocks."""
+    attention_heads: int = 1
+    """Heads of each attention block; 2 * hidden_size must divide by it. 1 (the default) is the paper's
+    eqs. 1, 2 and 7 as written, scaled by √d; with more, each head is d/heads wide and scaled by √(d/heads)."""
+    # The default join is 'concat' because ⊕ is concatenation throughout the paper (it defines
+    # x_a = a_LLF ⊕ a_OpenL3 with the same sign), so the default reproduces what the paper
+    # writes; 'residual' is the common reading of such diagrams, kept to compare the two.
+    sublayer_join: SublayerJoinMode = "concat"
+    """How an attention or feed-forward output joins its input: 'concat' is LayerNorm(W [x ⊕ f(x)]),
+    'residual' is the Transformer's LayerNorm(x + f(x))."""
+    feedforward_size: int = 512
+    """Inner width of the feed-forward blocks (the SCA unit's and eq. 10's)."""
     mid_lstm_layers: int = 2
     """Stacked LSTM layers per modality in the mid-level fusion (the paper: 2)."""
     classifier_hidden: int = 128
     """Width of the first of the two fully-connected classification layers."""
     dropout: float = 0.2
-    """Dropout inside attention, feed-forward and classifier blocks."""
+    """Dropout on attention weights and outputs, inside feed-forward blocks, between stacked LSTM
+    layers and between the two classification layers."""
     input_dropout: float = 0.1
-    """Dropout on the raw utterance vectors, which are wide and few."""
+    """Dropout on the utterance vectors as they enter, which are wide and few."""
+    audio_projection: int | None = None
+    """Width the audio vector is first mapped to by one linear layer, which every audio branch then
+    reads: a cheaper model for the 12696-wide input. None (the default) feeds the raw vector, as the paper does."""
 
     def __post_init__(self) -> None:
-        if self.variant not in ("bimodal", "bimodal_no_sca", "text", "audio"):
-            raise ValueError(f"variant must be bimodal, bimodal_no_sca, text or audio, not {self.variant!r}")
+        if self.variant not in get_args(Variant):
+            raise ValueError(f"variant must be one of {', '.join(get_args(Variant))}, not {self.variant!r}")
+        if self.sublayer_join not in get_args(SublayerJoinMode):
+            raise ValueError(f"sublayer_join must be 'concat' or 'residual', not {self.sublayer_join!r}")
         for name in ("hidden_size", "sca_layers", "attention_heads", "feedforward_size", "mid_lstm_layers",
                      "classifier_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if self.hidden_size % 2:
-            raise ValueError(f"hidden_size must be even (a BiLSTM gives d/2 per direction), not {self.hidden_size}")
-        if self.hidden_size % self.attention_heads:
+        if self.model_width % self.attention_heads:
             raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be a multiple of attention_heads ({self.attention_heads})"
+                f"attention_heads ({self.attention_heads}) must divide the model width 2 * hidden_size "
+                f"({self.model_width})"
             )
         for name in ("dropout", "input_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be within [0, 1), not {getattr(self, name)}")
+        if self.audio_projection is not None and self.audio_projection < 1:
+            raise ValueError(f"audio_projection must be at least 1 (or left out for none), not {self.audio_projection}")
+
+    @property
+    def model_width(self) -> int:
+        """d: the width of the BiLSTM encodings and of everything built on them."""
+        return 2 * self.hidden_size
 
     @property
     def uses_audio(self) -> bool:
+        """Whether this variant reads the audio features."""
         return self.variant != "text"
 
     @property
     def uses_text(self) -> bool:
+        """Whether this variant reads the text vectors."""
         return self.variant != "audio"
 
 
-def _lengths(mask: torch.Tensor) -> torch.Tensor:
-    return mask.sum(dim=1).clamp(min=1).cpu()
-
-
 class MaskedLSTM(nn.Module):
-    """An LSTM over the real utterances of each dialogue only (packed), zeros at padded positions."""
+    """An LSTM over the real utterances of each dialogue only (packed); zeros at padded positions."""
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False):
+    def __init__(
+        self, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
+        dropout: float = 0.0,
+    ):
         super().__init__()
-        self.lstm = nn.LSTM(input_size, hidden_size, num_layers=num_layers, batch_first=True,
-                            bidirectional=bidirectional)
+        self.lstm = nn.LSTM(
+            input_size, hidden_size, num_layers=num_layers, batch_first=True, bidirectional=bidirectional,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        packed = pack_padded_sequence(x, _lengths(mask), batch_first=True, enforce_sorted=False)
+        # A dialogue with no real utterance is run as length 1: its outputs are padding either way.
+        lengths = mask.sum(dim=1).clamp(min=1).cpu()
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         return out
 
 
-class SublayerJoin(nn.Module):
-    """Joins a block's input x and its output f(x), then LayerNorm: by concatenation or by sum."""
+class ModalityBranch(nn.Module):
+    """One modality's input, BiLSTM encoder and residual branch: x [B, T, D] -> (x', H_m, H_m^r).
 
-    def __init__(self, size: int, mode: str):
-        super().__init__()
-        self.mode = mode
-        self.project = nn.Linear(2 * size, size) if mode == "concat" else None
-        self.norm = nn.LayerNorm(size)
-
-    def forward(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
-        if self.project is not None:
-            return self.norm(self.project(torch.cat([x, fx], dim=-1)))
-        return self.norm(x + fx)
-
-
-class AttentionBlock(nn.Module):
-    """Attention of `query` over `context`, joined to the query, then a feed-forward joined the same way.
-
-    With context = query this is the self-attention of eqs. 7-9; with the other modality
-    as context, the cross-attention of eqs. 1-6.
+    x' is the input after dropout (and the optional projection), which the mid-level fusion reads too.
     """
 
-    def __init__(self, config: FusionConfig):
-        super().__init__()
-        d = config.hidden_size
-        self.attention = nn.MultiheadAttention(d, config.attention_heads, dropout=config.dropout, batch_first=True)
-        self.join_attention = SublayerJoin(d, config.sublayer_join)
-        self.feedforward = nn.Sequential(
-            nn.Linear(d, config.feedforward_size), nn.GELU(), nn.Dropout(config.dropout),
-            nn.Linear(config.feedforward_size, d), nn.Dropout(config.dropout),
-        )
-        self.join_feedforward = SublayerJoin(d, config.sublayer_join)
-
-    def forward(self, query: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        propagated, _ = self.attention(query, context, context, key_padding_mask=~mask, need_weights=False)
-        h = self.join_attention(query, propagated)
-        return self.join_feedforward(h, self.feedforward(h))
-
-
-class SCALayer(nn.Module):
-    """One layer of the SCA unit: cross-attention both ways and self-attention in each modality, in parallel."""
-
-    def __init__(self, config: FusionConfig):
-        super().__init__()
-        self.audio_from_text = AttentionBlock(config)
-        self.text_from_audio = AttentionBlock(config)
-        self.audio_self = AttentionBlock(config)
-        self.text_self = AttentionBlock(config)
-
-    def forward(self, cross: tuple[torch.Tensor, torch.Tensor], own: tuple[torch.Tensor, torch.Tensor],
-                mask: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        cross_a, cross_t = cross
-        self_a, self_t = own
-        new_cross = (self.audio_from_text(cross_a, cross_t, mask), self.text_from_audio(cross_t, cross_a, mask))
-        new_self = (self.audio_self(self_a, self_a, mask), self.text_self(self_t, self_t, mask))
-        return new_cross, new_self
-
-
-class ModalityBranch(nn.Module):
-    """What every variant computes for one modality: the BiLSTM encoder and the residual branch."""
-
-    def __init__(self, input_size: int, config: FusionConfig):
+    def __init__(self, input_size: int, config: FusionConfig, projection: int | None = None):
         super().__init__()
         self.dropout = nn.Dropout(config.input_dropout)
-        self.encoder = MaskedLSTM(input_size, config.hidden_size // 2, bidirectional=True)
-        self.residual = nn.Sequential(nn.Linear(input_size, config.hidden_size), nn.LayerNorm(config.hidden_size))
+        self.projection = nn.Linear(input_size, projection) if projection is not None else None
+        width = projection if projection is not None else input_size
+        self.encoder = MaskedLSTM(width, config.hidden_size, bidirectional=True)
+        self.residual = nn.Sequential(nn.Linear(width, config.model_width), nn.LayerNorm(config.model_width))
+        self.output_size = width
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.dropout(x)
+        if self.projection is not None:
+            x = self.projection(x)
         return x, self.encoder(x, mask), self.residual(x)
 
 
 class MidLevelFusion(nn.Module):
-    """Eq. 10: two stacked LSTMs per modality on the raw inputs, joined, then a BiLSTM and a feed-forward."""
+    """Eq. 10: two stacked LSTMs per modality, their outputs concatenated, a BiLSTM, a feed-forward -> H_mid."""
 
     def __init__(self, audio_dim: int, text_dim: int, config: FusionConfig):
         super().__init__()
-        d = config.hidden_size
-        self.audio_lstm = MaskedLSTM(audio_dim, d, num_layers=config.mid_lstm_layers)
-        self.text_lstm = MaskedLSTM(text_dim, d, num_layers=config.mid_lstm_layers)
-        self.joint = MaskedLSTM(2 * d, d // 2, bidirectional=True)
-        self.feedforward = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(config.dropout))
+        h = config.hidden_size
+        self.audio_lstm = MaskedLSTM(audio_dim, h, num_layers=config.mid_lstm_layers, dropout=config.dropout)
+        self.text_lstm = MaskedLSTM(text_dim, h, num_layers=config.mid_lstm_layers, dropout=config.dropout)
+        self.joint_lstm = MaskedLSTM(2 * h, h, bidirectional=True)
+        self.feedforward = FeedForward(config.model_width, config.feedforward_size, config.dropout)
 
     def forward(self, x_a: torch.Tensor, x_t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         joined = torch.cat([self.audio_lstm(x_a, mask), self.text_lstm(x_t, mask)], dim=-1)
-        return self.feedforward(self.joint(joined, mask))
+        return self.feedforward(self.joint_lstm(joined, mask))
+
+
+# How many d-wide representations each variant concatenates for the classifier.
+CLASSIFIER_INPUTS: dict[str, int] = {"bimodal": 7, "bimodal_no_sca": 5, "text": 2, "audio": 2}
 
 
 class FusionModel(nn.Module):
@@ -202,49 +189,64 @@ class FusionModel(nn.Module):
     def __init__(self, config: FusionConfig, audio_dim: int, text_dim: int):
         super().__init__()
         self.config = config
+        self.audio_dim, self.text_dim = audio_dim, text_dim
         self.uses_audio, self.uses_text = config.uses_audio, config.uses_text
-        self.audio = ModalityBranch(audio_dim, config) if self.uses_audio else None
+        d = config.model_width
+        self.audio = ModalityBranch(audio_dim, config, config.audio_projection) if self.uses_audio else None
         self.text = ModalityBranch(text_dim, config) if self.uses_text else None
-        bimodal = self.uses_audio and self.uses_text
-        self.sca = nn.ModuleList(SCALayer(config) for _ in range(config.sca_layers)) if config.variant == "bimodal" else None
-        self.mid = MidLevelFusion(audio_dim, text_dim, config) if bimodal else None
-        parts = {"bimodal": 7, "bimodal_no_sca": 5, "text": 2, "audio": 2}[config.variant]
+        self.sca = (
+            SCAUnit(config.sca_layers, d, config.attention_heads, config.feedforward_size, config.dropout,
+                    config.sublayer_join)
+            if config.variant == "bimodal" else None
+        )
+        self.mid = (
+            MidLevelFusion(self.audio.output_size, self.text.output_size, config)
+            if self.audio is not None and self.text is not None else None
+        )
         self.classifier = nn.Sequential(
-            nn.Linear(parts * config.hidden_size, config.classifier_hidden), nn.ReLU(), nn.Dropout(config.dropout),
+            nn.Linear(CLASSIFIER_INPUTS[config.variant] * d, config.classifier_hidden),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
             nn.Linear(config.classifier_hidden, len(EMOTIONS)),
         )
 
+    def _check_input(self, name: str, x: torch.Tensor | None, width: int, mask: torch.Tensor) -> torch.Tensor:
+        if x is None:
+            raise ValueError(f"the {self.config.variant} variant reads {name} features, but none were given")
+        if x.dim() != 3 or x.shape[:2] != mask.shape or x.shape[2] != width:
+            raise ValueError(
+                f"{name} features must be [batch, utterances, {width}] matching the mask {tuple(mask.shape)}, "
+                f"not {tuple(x.shape)}"
+            )
+        return x
+
     def forward(self, audio: torch.Tensor | None, text: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, 7] from audio [B, T, Da] and text [B, T, Dt] (None for a modality the variant
+        does not read) and the dialogue mask [B, T], True at real utterances."""
+        if mask.dim() != 2:
+            raise ValueError(f"mask must be [batch, utterances], not {tuple(mask.shape)}")
         mask = mask.bool()
-        parts = []
         if self.audio is not None:
-            if audio is None:
-                raise ValueError(f"the {self.config.variant} variant needs audio features, but none were given")
-            x_a, h_a, r_a = self.audio(audio, mask)
+            x_a, h_a, r_a = self.audio(self._check_input("audio", audio, self.audio_dim, mask), mask)
         if self.text is not None:
-            if text is None:
-                raise ValueError(f"the {self.config.variant} variant needs text features, but none were given")
-            x_t, h_t, r_t = self.text(text, mask)
+            x_t, h_t, r_t = self.text(self._check_input("text", text, self.text_dim, mask), mask)
         if self.config.variant == "audio":
             parts = [h_a, r_a]
         elif self.config.variant == "text":
             parts = [h_t, r_t]
         else:
             h_mid = self.mid(x_a, x_t, mask)
-            if self.sca is None:
-                parts = [h_a, h_t, h_mid, r_a, r_t]
-            else:
-                cross, own = (h_a, h_t), (h_a, h_t)
-                for layer in self.sca:
-                    cross, own = layer(cross, own, mask)
-                parts = [*cross, *own, h_mid, r_a, r_t]
+            encoded = [h_a, h_t] if self.sca is None else list(self.sca(h_a, h_t, mask))
+            parts = [*encoded, h_mid, r_a, r_t]
         return self.classifier(torch.cat(parts, dim=-1))
 
 
 def build_fusion_model(config: FusionConfig, audio_dim: int, text_dim: int) -> FusionModel:
-    """The fusion network for inputs of these widths (a width a variant does not read may be 0)."""
+    """The fusion network for inputs of these widths (a width the variant does not read may be 0)."""
     if config.uses_audio and audio_dim < 1:
         raise ValueError(f"the {config.variant} variant reads audio, but the audio width is {audio_dim}")
     if config.uses_text and text_dim < 1:
         raise ValueError(f"the {config.variant} variant reads text, but the text width is {text_dim}")
-    return FusionModel(config, audio_dim, text_dim)
+    model = FusionModel(config, audio_dim, text_dim)
+    log.info("fusion model %s: %s parameters", config.variant, f"{sum(p.numel() for p in model.parameters()):,}")
+    return model

@@ -1,18 +1,29 @@
-"""The fusion network: shapes, the padding mask, gradients, the join switch, and that it can learn."""
+"""The fusion network: shapes, the padding mask, gradients, the join switch, the SCA paths, config errors, learning."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from launch.config import ConfigError, from_dict
 from model.fusion import FusionConfig, build_fusion_model
+from model.sca import MaskedAttention, SCAUnit
 
 VARIANTS = ("bimodal", "bimodal_no_sca", "text", "audio")
 AUDIO_DIM, TEXT_DIM = 40, 24
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: a second intra-op thread only adds synchronisation, which is slow on a busy CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def small_config(variant: str, **overrides) -> FusionConfig:
-    return FusionConfig(variant=variant, hidden_size=16, attention_heads=2, feedforward_size=32,
-                        classifier_hidden=16, **overrides)
+    sizes = {"hidden_size": 8, "feedforward_size": 32, "classifier_hidden": 16} | overrides
+    return FusionConfig(variant=variant, **sizes)
 
 
 def batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -25,18 +36,29 @@ def batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_output_shape(variant):
+def test_output_shape_and_modalities(variant):
     model = build_fusion_model(small_config(variant), AUDIO_DIM, TEXT_DIM)
     audio, text, mask = batch([5, 3, 1])
     assert model(audio, text, mask).shape == (3, 5, 7)
     assert model.uses_audio == (variant != "text") and model.uses_text == (variant != "audio")
+    unread_audio = None if variant == "text" else audio
+    unread_text = None if variant == "audio" else text
+    assert model(unread_audio, unread_text, mask).shape == (3, 5, 7)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_padding_never_changes_real_outputs(variant):
+MASK_CASES = [
+    *[(variant, {}) for variant in VARIANTS],
+    ("bimodal", {"attention_heads": 4}),
+    ("bimodal", {"sublayer_join": "residual"}),
+    ("bimodal", {"audio_projection": 12}),
+]
+
+
+@pytest.mark.parametrize("variant, overrides", MASK_CASES)
+def test_padding_never_changes_real_outputs(variant, overrides):
     torch.manual_seed(0)
-    model = build_fusion_model(small_config(variant), AUDIO_DIM, TEXT_DIM).eval()
-    audio, text, mask = batch([6, 2, 4])
+    model = build_fusion_model(small_config(variant, **overrides), AUDIO_DIM, TEXT_DIM).eval()
+    audio, text, mask = batch([6, 2, 4, 0])
     with torch.no_grad():
         logits = model(audio, text, mask)
         noisy_audio, noisy_text = audio.clone(), text.clone()
@@ -44,46 +66,84 @@ def test_padding_never_changes_real_outputs(variant):
         noisy_text[~mask] = -1e3
         perturbed = model(noisy_audio, noisy_text, mask)
         alone = model(audio[1:2, :2], text[1:2, :2], mask[1:2, :2])
-    assert torch.isfinite(logits).all() and torch.isfinite(perturbed).all()
+        longest_alone = model(audio[:1], text[:1], mask[:1])
+    assert torch.isfinite(logits).all() and torch.isfinite(perturbed).all()  # padded rows and the empty dialogue too
     torch.testing.assert_close(perturbed[mask], logits[mask], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(alone[0], logits[1, :2], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(longest_alone[0], logits[0], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_gradient_reaches_every_parameter(variant):
     torch.manual_seed(1)
-    model = build_fusion_model(small_config(variant, dropout=0.0, input_dropout=0.0), AUDIO_DIM, TEXT_DIM)
+    model = build_fusion_model(small_config(variant, attention_heads=2), AUDIO_DIM, TEXT_DIM)
     audio, text, mask = batch([4, 3])
     labels = torch.randint(0, 7, mask.shape)
-    loss = torch.nn.functional.cross_entropy(model(audio, text, mask)[mask], labels[mask])
+    loss = F.cross_entropy(model(audio, text, mask)[mask], labels[mask])
     loss.backward()
     silent = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert silent == []
 
 
 def test_variants_hold_only_their_parts():
-    names = {v: {n.split(".")[0] for n, _ in build_fusion_model(small_config(v), AUDIO_DIM, TEXT_DIM).named_parameters()}
-             for v in VARIANTS}
+    models = {v: build_fusion_model(small_config(v), AUDIO_DIM, TEXT_DIM) for v in VARIANTS}
+    names = {v: {name.split(".")[0] for name, _ in model.named_parameters()} for v, model in models.items()}
     assert names["bimodal"] == {"audio", "text", "sca", "mid", "classifier"}
     assert names["bimodal_no_sca"] == {"audio", "text", "mid", "classifier"}
     assert names["text"] == {"text", "classifier"}
     assert names["audio"] == {"audio", "classifier"}
 
 
-def test_join_switch_changes_the_network():
-    concat = build_fusion_model(small_config("bimodal"), AUDIO_DIM, TEXT_DIM)
-    residual = build_fusion_model(small_config("bimodal", sublayer_join="residual"), AUDIO_DIM, TEXT_DIM)
-    projections = [n for n, _ in concat.named_parameters() if ".project." in n]
-    assert len(projections) == 2 * 2 * 4 * 2  # layers x blocks x joins x (weight, bias)
-    assert not any(".project." in n for n, _ in residual.named_parameters())
-    assert sum(p.numel() for p in concat.parameters()) > sum(p.numel() for p in residual.parameters())
+def test_join_switch_changes_the_parameters():
+    concat = dict(build_fusion_model(small_config("bimodal"), AUDIO_DIM, TEXT_DIM).named_parameters())
+    residual = dict(build_fusion_model(small_config("bimodal", sublayer_join="residual"), AUDIO_DIM, TEXT_DIM)
+                    .named_parameters())
+    only_concat = set(concat) - set(residual)
+    assert set(residual) < set(concat)
+    # 2 layers x 4 blocks x 2 joins, each a projection of [x ⊕ f(x)] (2d wide) back to d, with a bias.
+    assert len(only_concat) == 2 * 4 * 2 * 2
+    assert all(".project." in name for name in only_concat)
+    d = 2 * 8
+    assert all(concat[name].shape == (d, 2 * d) for name in only_concat if name.endswith("weight"))
 
 
-def test_missing_modality_is_a_clear_error():
+def test_cross_path_mixes_modalities_and_self_path_does_not():
+    torch.manual_seed(3)
+    unit = SCAUnit(layers=2, size=16, heads=2, feedforward_size=32, dropout=0.0, join="concat").eval()
+    audio, text = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    with torch.no_grad():
+        cross_a, cross_t, self_a, self_t = unit(audio, text, mask)
+        other = unit(audio, text + torch.randn_like(text), mask)
+    torch.testing.assert_close(other[2], self_a)  # audio's self path never reads text
+    assert not torch.allclose(other[0][mask], cross_a[mask], atol=1e-3)  # audio's cross path does
+    assert not torch.allclose(other[3][mask], self_t[mask], atol=1e-3)
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_attention_matches_scaled_dot_product_attention(heads):
+    torch.manual_seed(4)
+    attention = MaskedAttention(16, heads, dropout=0.0)
+    query, context = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
+    context_mask = torch.tensor([[True] * 5, [True] * 2 + [False] * 3])
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.view(2, -1, heads, 16 // heads).transpose(1, 2)
+
+    expected = F.scaled_dot_product_attention(
+        split(attention.query(query)), split(attention.key(context)), split(attention.value(context)),
+        attn_mask=context_mask[:, None, None, :],
+    ).transpose(1, 2).reshape(2, 3, 16)
+    torch.testing.assert_close(attention(query, context, context_mask), attention.output(expected))
+
+
+def test_bad_inputs_are_clear_errors():
     model = build_fusion_model(small_config("bimodal"), AUDIO_DIM, TEXT_DIM)
-    audio, _, mask = batch([2])
-    with pytest.raises(ValueError, match="needs text features"):
+    audio, text, mask = batch([2, 1])
+    with pytest.raises(ValueError, match="reads text features, but none were given"):
         model(audio, None, mask)
+    with pytest.raises(ValueError, match=r"audio features must be \[batch, utterances, 40\]"):
+        model(audio[..., :30], text, mask)
     with pytest.raises(ValueError, match="reads audio, but the audio width is 0"):
         build_fusion_model(small_config("audio"), 0, TEXT_DIM)
 
@@ -92,9 +152,12 @@ def test_missing_modality_is_a_clear_error():
     "data, message",
     [
         ({"variant": "trimodal"}, "must be one of"),
-        ({"hidden_size": 30, "attention_heads": 4}, "multiple of attention_heads"),
+        ({"sublayer_join": "sum"}, "sublayer_join"),
+        ({"hidden_size": 15, "attention_heads": 4}, r"attention_heads \(4\) must divide"),
+        ({"hidden_size": 0}, "hidden_size must be at least 1"),
         ({"dropout": 1.0}, "dropout must be within"),
-        ({"hidden_size": 15, "attention_heads": 1}, "must be even"),
+        ({"audio_projection": 0}, "audio_projection must be at least 1"),
+        ({"hidden_sise": 64}, "Did you mean 'hidden_size'"),
     ],
 )
 def test_bad_config_is_a_clear_error(data, message):
@@ -102,16 +165,22 @@ def test_bad_config_is_a_clear_error(data, message):
         from_dict(FusionConfig, data)
 
 
-def test_overfits_a_tiny_batch():
+def test_bad_config_is_rejected_without_the_loader():
+    with pytest.raises(ValueError, match="sublayer_join must be 'concat' or 'residual'"):
+        FusionConfig(sublayer_join="sum")
+
+
+@pytest.mark.parametrize("variant", ["bimodal", "audio"])
+def test_overfits_a_tiny_batch(variant):
     torch.manual_seed(2)
-    model = build_fusion_model(small_config("bimodal", dropout=0.0, input_dropout=0.0), AUDIO_DIM, TEXT_DIM)
+    model = build_fusion_model(small_config(variant, dropout=0.0, input_dropout=0.0), AUDIO_DIM, TEXT_DIM)
     audio, text, mask = batch([6, 5, 4], seed=3)
     labels = torch.randint(0, 7, mask.shape, generator=torch.Generator().manual_seed(4))
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(60):
+    for _ in range(50):
         optimiser.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(audio, text, mask)[mask], labels[mask])
+        loss = F.cross_entropy(model(audio, text, mask)[mask], labels[mask])
         loss.backward()
         optimiser.step()
         losses.append(loss.item())

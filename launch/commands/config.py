@@ -11,6 +11,7 @@ from launch.tables import format_table
 CONFIGS: dict[str, str] = {
     "demo-corpus": "extract.demo_corpus:DemoCorpusConfig",
     "extract": "extract.pipeline:ExtractConfig",
+    "train": "model.train:RunConfig",
 }
 
 

@@ -12,6 +12,8 @@ from extract.pipeline import ExtractConfig, run_extraction
 from extract.text_features import TextFeatureConfig
 from launch.commands.prepare import corpus_summary
 from launch.config import write_resolved_config
+from model.fusion import FusionConfig
+from model.train import RunConfig, TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,26 @@ def demo_extract_config(corpus_dir: Path, store_root: Path, openl3_weights: str 
     )
 
 
-def run_demo(out: Path, train_dialogues: int, openl3_weights: str | None) -> None:
+# The paper's Table 1 rows, trained in this order.
+DEMO_VARIANTS: tuple[str, ...] = ("text", "audio", "bimodal_no_sca", "bimodal")
+
+
+def demo_run_config(store: Path, variant: str, max_epochs: int) -> RunConfig:
+    """The paper's settings, scaled to a corpus of a few hundred utterances: half the LSTM width,
+    smaller batches at a higher rate, fewer epochs and less patience."""
+    return RunConfig(
+        store=str(store),
+        model=FusionConfig(variant=variant, hidden_size=64, feedforward_size=256),
+        train=TrainConfig(batch_dialogues=8, learning_rate=5e-4, max_epochs=max_epochs, patience=5),
+        seed=0,
+    )
+
+
+def run_demo(out: Path, train_dialogues: int, openl3_weights: str | None, max_epochs: int) -> None:
     """Corpus, extraction, training of the paper's four variants, and the report, under `out`."""
+    # Imported here: launch.report reads model.evaluate, which needs torch; `--help` should not wait for it.
+    from launch.report import format_report, load_runs, write_report
+
     corpus_config = DemoCorpusConfig(train_dialogues=train_dialogues)
     corpus_dir = out / "corpus"
     log.info("step 1/4: demo corpus -> %s", corpus_dir)
@@ -50,6 +70,19 @@ def run_demo(out: Path, train_dialogues: int, openl3_weights: str | None) -> Non
     log.info("step 2/4: feature extraction on a local Ray")
     store = run_extraction(demo_extract_config(corpus_dir, out / "features", openl3_weights))
     print(f"feature store: {store}")
+
+    run_dirs = []
+    for i, variant in enumerate(DEMO_VARIANTS, start=1):
+        log.info("step 3/4: training %s (%d of %d) with DeepSpeed", variant, i, len(DEMO_VARIANTS))
+        run_dir = out / "runs" / variant
+        train(demo_run_config(store, variant, max_epochs), run_dir, resume=(run_dir / "checkpoints").is_dir())
+        run_dirs.append(run_dir)
+
+    log.info("step 4/4: the report")
+    runs = load_runs(run_dirs)
+    print(format_report(runs))
+    for path in write_report(runs, out / "report"):
+        print(f"wrote {path}")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,4 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="OpenL3 Keras weight file or folder; adds the OpenL3 family (slow on a CPU)",
     )
-    parser.set_defaults(handler=lambda args: run_demo(args.out, args.train_dialogues, args.openl3_weights))
+    parser.add_argument("--max-epochs", type=int, default=30, help="most epochs per variant (default: %(default)s)")
+    parser.set_defaults(
+        handler=lambda args: run_demo(args.out, args.train_dialogues, args.openl3_weights, args.max_epochs)
+    )

@@ -1,0 +1,34 @@
+"""`cmroberta evaluate RUN`: score a trained run's selected checkpoint on a split again."""
+
+import argparse
+from pathlib import Path
+
+
+def run_evaluate(run_dir: Path, split: str) -> None:
+    """Evaluate and print the split's scores; files go into the run folder."""
+    # Imported here: torch and DeepSpeed take seconds to import, and `cmroberta --help` imports every verb.
+    from cluster.rendezvous import resolve_rendezvous
+    from launch.report import run_table
+    from model.evaluate import metrics_file
+    from model.train import evaluate_run
+
+    record = evaluate_run(run_dir, split)
+    if resolve_rendezvous().is_main:
+        print(f"{split} split, checkpoint {record['checkpoint']}, F1 in %:")
+        print(run_table(record, split))
+        print(f"wrote {run_dir / metrics_file(split)}")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a trained run's selected checkpoint on a split",
+        description=(
+            "Load a run folder's selected (lowest dev loss) checkpoint and its train-split standardisation, score a "
+            "split, and write <split>_metrics.json, the per-utterance predictions and a confusion-matrix plot into "
+            "the run folder."
+        ),
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN", help="run folder written by `cmroberta train`")
+    parser.add_argument("--split", choices=["train", "dev", "test"], default="test", help="which split to score")
+    parser.set_defaults(handler=lambda args: run_evaluate(args.run_dir, args.split))

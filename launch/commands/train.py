@@ -1,0 +1,52 @@
+"""`cmroberta train STORE`: train the fusion head on a feature store with DeepSpeed, into a run folder."""
+
+import argparse
+import json
+from pathlib import Path
+
+from launch.config import load_config
+
+
+def run_train(store: Path, config_file: Path | None, overrides: list[str], run_dir: Path | None, resume: bool) -> None:
+    """Train as configured, then print the run folder and its test scores (rank 0 only)."""
+    # Imported here: torch and DeepSpeed take seconds to import, and `cmroberta --help` imports every verb.
+    from cluster.rendezvous import resolve_rendezvous
+    from launch.report import run_table
+    from model.train import RunConfig, default_run_dir, train
+
+    # JSON's string quoting is valid TOML, so any path survives the override parser as a string.
+    store_override = f"store={json.dumps(str(store.expanduser().resolve()))}"
+    config = load_config(RunConfig, config_file, [*overrides, store_override])
+    run_dir = run_dir or default_run_dir(config)
+    test = train(config, run_dir, resume=resume)
+    if resolve_rendezvous().is_main:
+        print(f"run folder: {run_dir}")
+        print(f"selected epoch {test['epoch']} by dev loss; test split, F1 in %:")
+        print(run_table(test))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train the fusion head (or one of its ablations) on a feature store with DeepSpeed",
+        description=(
+            "Train CM-RoBERTa's fusion head on the dialogues of a feature store: the paper's defaults (32 dialogues "
+            "per batch, Adam 1e-4, L2 3e-4, up to 200 epochs, early stopping after 15 epochs without a lower dev loss). "
+            "The epoch with the lowest dev loss is tested once. One CPU process by default; for many GPUs start it "
+            "with torchrun (torchrun --nproc-per-node 4 -m launch.cli train STORE) or srun. Examples: "
+            "model.variant=text seed=3 train.max_epochs=50 train.precision=bf16 (see `cmroberta config train`); "
+            "write them right after STORE, options after them. "
+            "The first DeepSpeed run in a new environment compiles one C++ op (about a minute), cached in "
+            "TORCH_EXTENSIONS_DIR."
+        ),
+    )
+    parser.add_argument("store", type=Path, help="feature store folder, as printed by `cmroberta extract`")
+    parser.add_argument("--config", type=Path, default=None, help="TOML file with RunConfig keys")
+    parser.add_argument(
+        "--run-dir", type=Path, default=None, help="run folder (default: <runs_root>/<store>/<variant>-seed<seed>)"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. model.variant=text")
+    parser.set_defaults(
+        handler=lambda args: run_train(args.store, args.config, args.overrides, args.run_dir, args.resume)
+    )

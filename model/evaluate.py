@@ -1,0 +1,184 @@
+"""Scoring a model on one split, and the files that hold the scores in a run folder.
+
+`evaluate_split` runs the model over a split's dialogues, sharded across ranks like training, and
+gathers the predictions of every utterance on every rank. `write_evaluation` writes
+`<split>_metrics.json`, the per-utterance predictions (`predictions.jsonl` for test) and a
+confusion-matrix plot. Reopening a finished run to evaluate it again is `model.train.evaluate_run`,
+which shares its set-up with training.
+"""
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from extract.labels import EMOTIONS
+from model.dialogue_data import IGNORE_LABEL, DialogueBatchSampler, DialogueDataset
+from model.metrics import ClassificationMetrics, classification_metrics, constant_prediction_metrics
+
+log = logging.getLogger(__name__)
+
+TEST_METRICS_NAME = "test_metrics.json"
+TEST_PREDICTIONS_NAME = "predictions.jsonl"
+
+
+def metrics_file(split: str) -> str:
+    """Name of a split's metrics file in a run folder: `test_metrics.json`, `dev_metrics.json`."""
+    return f"{split}_metrics.json"
+
+
+def predictions_file(split: str) -> str:
+    """Name of a split's predictions file: `predictions.jsonl` for test, `<split>_predictions.jsonl` otherwise."""
+    return TEST_PREDICTIONS_NAME if split == "test" else f"{split}_predictions.jsonl"
+
+
+def confusion_plot_file(split: str) -> str:
+    """Name of a split's confusion-matrix plot."""
+    return f"confusion_{split}.png"
+
+
+@dataclass(kw_only=True)
+class SplitEvaluation:
+    """A model's loss, scores and per-utterance predictions on one split."""
+
+    split: str
+    """Which split."""
+    loss: float
+    """Mean cross-entropy per utterance (class-weighted when training is)."""
+    metrics: ClassificationMetrics
+    """Weighted F1, accuracy, macro F1, per-class F1, confusion matrix."""
+    keys: list[str]
+    """Utterance keys, in the split's row order."""
+    gold: np.ndarray
+    """int64 [N] true emotion indices."""
+    pred: np.ndarray
+    """int64 [N] predicted emotion indices."""
+
+
+def batch_loss_sum(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
+    """Summed (class-weighted) cross-entropy over the labelled positions of a batch, in float32."""
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        weight=class_weights,
+        ignore_index=IGNORE_LABEL,
+        reduction="sum",
+    )
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: torch.nn.Module,
+    dataset: DialogueDataset,
+    *,
+    batch_dialogues: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    class_weights: torch.Tensor | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> SplitEvaluation:
+    """Loss and predictions of `model` on every utterance of `dataset`.
+
+    Each rank runs its share of the dialogues (every rank runs the same number of batches, as
+    ZeRO-3 needs); predictions and loss are then summed across ranks, so every rank returns the
+    whole split's evaluation.
+    """
+    model.eval()
+    sampler = DialogueBatchSampler(len(dataset), batch_dialogues, rank=rank, world_size=world_size)
+    predictions = torch.full((dataset.num_utterances,), -1, dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for rank_batch in sampler:
+        batch = dataset.batch(rank_batch.indices, rank_batch.counted).to(device, dtype)
+        logits = model(batch.audio, batch.text, batch.mask)
+        loss_sum += batch_loss_sum(logits, batch.labels, class_weights).double()
+        counted = batch.labels != IGNORE_LABEL
+        predictions[batch.rows[counted]] = logits.argmax(dim=-1)[counted]
+    if world_size > 1:
+        # Each utterance is predicted by exactly one rank and is -1 elsewhere, so MAX gathers them.
+        dist.all_reduce(predictions, op=dist.ReduceOp.MAX)
+        dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
+    pred = predictions.cpu().numpy()
+    if (pred < 0).any():
+        raise RuntimeError(f"{int((pred < 0).sum())} utterances of {dataset.split} got no prediction")
+    weights = None if class_weights is None else class_weights.cpu().numpy()
+    total_weight = dataset.label_weight(range(len(dataset)), weights)
+    return SplitEvaluation(
+        split=dataset.split,
+        loss=float(loss_sum.item() / total_weight) if total_weight else 0.0,
+        metrics=classification_metrics(dataset.labels, pred),
+        keys=dataset.keys,
+        gold=dataset.labels.copy(),
+        pred=pred,
+    )
+
+
+def majority_label(train_labels: np.ndarray) -> int:
+    """The most frequent class of the train split (neutral on MELD); ties go to the earlier class."""
+    return int(np.argmax(np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=len(EMOTIONS))))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary name and rename it, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_lines_atomic(path: Path, records: list[dict[str, Any]]) -> None:
+    """Write JSON lines to a temporary name and rename it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def evaluation_record(evaluation: SplitEvaluation, floor_label: int, checkpoint: str, epoch: int) -> dict[str, Any]:
+    """What `<split>_metrics.json` holds: the scores, the checkpoint scored, and the constant-prediction floor."""
+    floor = constant_prediction_metrics(evaluation.gold, floor_label)
+    return {
+        "split": evaluation.split,
+        "checkpoint": checkpoint,
+        "epoch": epoch,
+        "loss": evaluation.loss,
+        **evaluation.metrics.to_dict(),
+        "emotions": list(EMOTIONS),
+        "majority_floor": {"label": EMOTIONS[floor_label], **floor.to_dict()},
+    }
+
+
+def write_evaluation(run_dir: Path, evaluation: SplitEvaluation, record: dict[str, Any]) -> Path:
+    """Predictions, confusion plot, then the metrics file: written last, it marks the evaluation complete."""
+    # Imported here: matplotlib costs a second at import, and only the writing process needs it.
+    from launch.plots import plot_confusion_matrix
+
+    run_dir = Path(run_dir)
+    write_lines_atomic(
+        run_dir / predictions_file(evaluation.split),
+        [
+            {"key": key, "gold": EMOTIONS[gold], "pred": EMOTIONS[pred]}
+            for key, gold, pred in zip(evaluation.keys, evaluation.gold.tolist(), evaluation.pred.tolist())
+        ],
+    )
+    plot_confusion_matrix(
+        np.asarray(record["confusion"]),
+        run_dir / confusion_plot_file(evaluation.split),
+        title=f"{evaluation.split}: weighted F1 {100 * record['weighted_f1']:.2f}",
+    )
+    path = run_dir / metrics_file(evaluation.split)
+    write_json_atomic(path, record)
+    log.info(
+        "%s: weighted F1 %.2f, accuracy %.2f (always %s: %.2f)",
+        evaluation.split,
+        100 * record["weighted_f1"],
+        100 * record["accuracy"],
+        record["majority_floor"]["label"],
+        100 * record["majority_floor"]["weighted_f1"],
+    )
+    return path

@@ -1,0 +1,163 @@
+"""Paper-style tables from run folders, checked against each run's own test_metrics.json."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from extract.feature_store import MANIFEST_NAME
+from extract.labels import EMOTIONS
+from launch.cli import main
+from launch.report import PAPER_TABLE2, ReportError, load_runs, table1, table2, voice_only_table
+from model.evaluate import SplitEvaluation, evaluation_record, write_json_atomic, write_lines_atomic
+from model.metrics import classification_metrics
+
+VARIANTS = ("audio", "text", "bimodal_no_sca", "bimodal")
+SEEDS = (0, 1, 2)
+N_TEST = 120
+
+
+@pytest.fixture(scope="module")
+def test_labels() -> np.ndarray:
+    return np.random.default_rng(0).choice(7, size=N_TEST, p=[0.45, 0.12, 0.03, 0.08, 0.16, 0.03, 0.13])
+
+
+@pytest.fixture(scope="module")
+def voice_only_keys(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A corpus folder listing its voice-only utterances, and a store whose manifest points at it."""
+    root = tmp_path_factory.mktemp("demo")
+    corpus, store = root / "corpus", root / "store"
+    corpus.mkdir()
+    store.mkdir()
+    keys = [f"test/dia{i}_utt0" for i in range(0, N_TEST, 4)]
+    (corpus / "ambiguous.json").write_text(json.dumps(keys))
+    (store / MANIFEST_NAME).write_text(json.dumps({"config": {"corpus": str(corpus)}}))
+    return store, keys
+
+
+def write_run(run_dir: Path, variant: str, seed: int, gold: np.ndarray, store: Path) -> None:
+    """A finished run folder as training writes it, with predictions of a quality that depends on the variant."""
+    rng = np.random.default_rng([VARIANTS.index(variant), seed])
+    accuracy = {"audio": 0.35, "text": 0.6, "bimodal_no_sca": 0.65, "bimodal": 0.7}[variant]
+    pred = np.where(rng.random(len(gold)) < accuracy, gold, rng.integers(0, 7, len(gold)))
+    keys = [f"test/dia{i}_utt0" for i in range(len(gold))]
+    evaluation = SplitEvaluation(
+        split="test", loss=1.0, metrics=classification_metrics(gold, pred), keys=keys, gold=gold, pred=pred
+    )
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.toml").write_text(f'store = "{store}"\nseed = {seed}\n[model]\nvariant = "{variant}"\n')
+    write_json_atomic(run_dir / "test_metrics.json", evaluation_record(evaluation, 0, "epoch-0003", 3))
+    write_lines_atomic(
+        run_dir / "predictions.jsonl",
+        [{"key": k, "gold": EMOTIONS[g], "pred": EMOTIONS[p]} for k, g, p in zip(keys, gold, pred)],
+    )
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, test_labels, voice_only_keys) -> Path:
+    folder = tmp_path_factory.mktemp("sweep")
+    for variant in VARIANTS:
+        for seed in SEEDS:
+            write_run(folder / f"{variant}-seed{seed}", variant, seed, test_labels, voice_only_keys[0])
+    return folder
+
+
+def own_metrics(sweep: Path, variant: str) -> list[dict]:
+    return [json.loads((sweep / f"{variant}-seed{seed}" / "test_metrics.json").read_text()) for seed in SEEDS]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    array = 100 * np.array(values)
+    return float(array.mean()), float(array.std(ddof=1))
+
+
+def test_table2_cells_are_the_runs_per_class_f1_over_seeds(sweep):
+    table = table2(load_runs([sweep]))
+    assert table.columns == ["modality", *EMOTIONS, "w-average F1"]
+    rows = dict(table.rows)
+    names = {
+        "audio": "audio (n=3)",
+        "text": "text (n=3)",
+        "bimodal_no_sca": "bimodal w/o SCA (n=3)",
+        "bimodal": "bimodal (n=3)",
+    }
+    for variant, name in names.items():
+        metrics = own_metrics(sweep, variant)
+        for column, emotion in enumerate(EMOTIONS):
+            mean, std = mean_std([m["per_class_f1"][emotion] for m in metrics])
+            assert rows[name][column].mean == pytest.approx(mean)
+            assert rows[name][column].std == pytest.approx(std)
+        assert rows[name][-1].mean == pytest.approx(mean_std([m["weighted_f1"] for m in metrics])[0])
+    bimodal, text = own_metrics(sweep, "bimodal"), own_metrics(sweep, "text")
+    gain = mean_std([m["weighted_f1"] for m in bimodal])[0] - mean_std([m["weighted_f1"] for m in text])[0]
+    assert rows["bimodal - text"][-1] == pytest.approx(gain)
+    floor = bimodal[0]["majority_floor"]
+    assert floor["label"] == "neutral"
+    assert rows["always neutral"][-1] == pytest.approx(100 * floor["weighted_f1"])
+    assert rows["paper: bimodal"] == list(PAPER_TABLE2["bimodal"])
+    assert list(rows)[:4] == list(names.values()), "modality rows in the paper's order"
+
+
+def test_table1_pairs_each_bimodal_variant_with_the_unimodal_runs(sweep):
+    rows = dict(table1(load_runs([sweep])).rows)
+    weighted = {v: mean_std([m["weighted_f1"] for m in own_metrics(sweep, v)])[0] for v in VARIANTS}
+    without_sca, full = rows["CM-RoBERTa without SCA unit"], rows["CM-RoBERTa"]
+    assert [c.mean for c in without_sca[:3]] == pytest.approx(
+        [weighted["audio"], weighted["text"], weighted["bimodal_no_sca"]]
+    )
+    assert full[2].mean == pytest.approx(weighted["bimodal"])
+    assert full[3] == pytest.approx(weighted["bimodal"] - weighted["text"])
+    assert rows["paper: CM-RoBERTa"] == [43.10, 63.83, 66.28, 2.45]
+
+
+def test_voice_only_table_scores_the_listed_utterances(sweep, voice_only_keys):
+    _, keys = voice_only_keys
+    rows = dict(voice_only_table(load_runs([sweep])).rows)
+    wanted = set(keys)
+    for variant, name in (("audio", "audio"), ("bimodal", "bimodal")):
+        accuracies = []
+        for seed in SEEDS:
+            lines = (sweep / f"{variant}-seed{seed}" / "predictions.jsonl").read_text().splitlines()
+            chosen = [json.loads(line) for line in lines if json.loads(line)["key"] in wanted]
+            accuracies.append(sum(p["gold"] == p["pred"] for p in chosen) / len(chosen))
+        assert rows[name][0] == len(keys)
+        assert rows[name][1].mean == pytest.approx(100 * np.mean(accuracies))
+
+
+def test_cli_prints_and_writes_markdown_and_csv(sweep, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["report", str(sweep), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Table 1" in printed and "Table 2" in printed and "Voice-only" in printed
+    assert "±" in printed
+    markdown = (out / "report.md").read_text()
+    assert "| modality" in markdown and "bimodal - text" in markdown
+    with open(out / "table2.csv", newline="") as stream:
+        rows = {row["modality"]: row for row in csv.DictReader(stream)}
+    text = own_metrics(sweep, "text")
+    mean, std = mean_std([m["per_class_f1"]["joy"] for m in text])
+    assert float(rows["text (n=3)"]["joy"]) == pytest.approx(mean, abs=1e-4)
+    assert float(rows["text (n=3)"]["joy std"]) == pytest.approx(std, abs=1e-4)
+    assert (out / "table1.csv").is_file() and (out / "voice_only.csv").is_file()
+
+
+def test_a_single_run_shows_no_spread_and_missing_variants_stay_empty(sweep):
+    runs = load_runs([sweep / "text-seed0"])
+    rows = dict(table1(runs).rows)
+    assert rows["CM-RoBERTa"][0] is None and rows["CM-RoBERTa"][3] is None
+    text = json.loads((sweep / "text-seed0" / "test_metrics.json").read_text())
+    assert rows["CM-RoBERTa"][1].mean == pytest.approx(100 * text["weighted_f1"])
+    assert rows["CM-RoBERTa"][1].std is None and "±" not in str(rows["CM-RoBERTa"][1])
+
+
+def test_runs_on_different_test_sets_are_refused(sweep, tmp_path, voice_only_keys):
+    write_run(tmp_path / "other", "text", 0, np.zeros(10, dtype=int), voice_only_keys[0])
+    with pytest.raises(ReportError, match="different test splits"):
+        load_runs([sweep / "text-seed0", tmp_path / "other"])
+    with pytest.raises(ReportError, match="does not exist"):
+        load_runs([tmp_path / "nowhere"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReportError, match="holds no finished run"):
+        load_runs([tmp_path / "empty"])

@@ -1,0 +1,313 @@
+"""Training with the real DeepSpeed engine on a small learnable store: learning, resume after a kill,
+two gloo ranks against one, re-evaluation; and the rendezvous that places a process in a job."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cluster.rendezvous import (
+    LOOPBACK,
+    Rendezvous,
+    RendezvousError,
+    expand_hostlist,
+    export_rendezvous,
+    free_port,
+    resolve_rendezvous,
+    slurm_port,
+)
+from extract.feature_store import SplitArrays, build_store_from_arrays
+from extract.labels import EMOTION_INDEX
+from launch.cli import main
+from launch.config import load_config
+from model.metrics import classification_metrics
+from model.train import (
+    METRICS_NAME,
+    RunConfig,
+    TrainConfig,
+    class_weight_vector,
+    deepspeed_config,
+    train,
+)
+
+# DeepSpeed compiles its shm_comm op once per environment (about a minute) into TORCH_EXTENSIONS_DIR;
+# a stable folder, the same as .ci/run's, lets every later run reuse it.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
+
+DIMS = {"opensmile": 6, "openl3": 4, "text": 8}
+MAX_EPOCHS = 8
+# One config for every run here, as `key=value` overrides, so the CLI and in-process runs share it.
+OVERRIDES = [
+    "model.variant=bimodal",
+    "model.hidden_size=8",
+    "model.feedforward_size=16",
+    "model.classifier_hidden=16",
+    # Without dropout, so that one rank and two ranks (each with its own dropout stream) take the same steps.
+    "model.dropout=0.0",
+    "model.input_dropout=0.0",
+    "train.batch_dialogues=8",
+    "train.learning_rate=0.003",
+    f"train.max_epochs={MAX_EPOCHS}",
+    f"train.patience={MAX_EPOCHS}",
+    "seed=5",
+]
+# The resume test trains with dropout, whose masks must also come out the same after a restart.
+DROPOUT_OVERRIDES = [*OVERRIDES, "model.dropout=0.3", "model.input_dropout=0.1"]
+_DISTRIBUTED_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID")
+
+
+def learnable_split(split: str, dialogues: int, seed: int) -> SplitArrays:
+    """Dialogues whose utterance features are a class prototype plus noise, so a model can learn them."""
+    rng = np.random.default_rng(seed)
+    prototypes = {f: np.random.default_rng(100 + i).normal(size=(7, d)) for i, (f, d) in enumerate(DIMS.items())}
+    rows = [(d, u) for d in range(dialogues) for u in range(int(rng.integers(1, 7)))]
+    labels = rng.integers(0, 7, len(rows))
+    features = {
+        f: (1.5 * prototypes[f][labels] + rng.normal(size=(len(rows), d)) + 2.0).astype(np.float32)
+        for f, d in DIMS.items()
+    }
+    return SplitArrays(
+        keys=[f"{split}/dia{d}_utt{u}" for d, u in rows],
+        dialogue_ids=[d for d, _ in rows],
+        utterance_ids=[u for _, u in rows],
+        speakers=["Monica"] * len(rows),
+        transcripts=["Okay."] * len(rows),
+        emotion=labels,
+        sentiment=np.zeros(len(rows), dtype=int),
+        features=features,
+    )
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without any rendezvous, for a child that must find its own.
+
+    The child gets this process's torch thread count: float sums split over another number of
+    threads round differently, and the resume test compares runs bit for bit.
+    """
+    environ = {k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_VARIABLES}
+    return environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+
+def history(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / METRICS_NAME).read_text().splitlines()]
+
+
+def without_times(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in record.items() if "seconds" not in k} for record in records]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Train on one torch thread: these models are tiny, and two threads on a busy 2-core machine
+    spend most of their time waiting for each other (a run takes 3x longer)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    arrays = {
+        "train": learnable_split("train", 32, 0),
+        "dev": learnable_split("dev", 8, 1),
+        "test": learnable_split("test", 10, 2),
+    }
+    path = tmp_path_factory.mktemp("features") / "learnable-000000000000"
+    return build_store_from_arrays(path, arrays, {"corpus": "/nowhere"}, shard_dialogues=16)
+
+
+def uninterrupted_run(store: Path, folder: Path, overrides: list[str]) -> tuple[Path, dict]:
+    config = load_config(RunConfig, None, [*overrides, f"store={json.dumps(str(store))}"])
+    return folder, train(config, folder)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, store) -> tuple[Path, dict]:
+    """One uninterrupted single-process run: the baseline the other runs are compared with."""
+    return uninterrupted_run(store, tmp_path_factory.mktemp("runs") / "reference", OVERRIDES)
+
+
+@pytest.mark.integration
+def test_training_lowers_the_loss_and_fills_the_run_folder(reference_run, store):
+    run_dir, test = reference_run
+    records = history(run_dir)
+    assert [r["epoch"] for r in records] == list(range(1, MAX_EPOCHS + 1))
+    assert records[-1]["train_loss"] < 0.8 * records[0]["train_loss"]
+    best = min(records, key=lambda r: r["dev_loss"])
+    assert test["epoch"] == best["epoch"], "the test split is scored with the lowest-dev-loss epoch"
+    for name in ("config.toml", "feature_statistics.npz", "learning_curves.png", "confusion_test.png"):
+        assert (run_dir / name).is_file(), name
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.is_dir()) == [test["checkpoint"]]
+    # test_metrics.json agrees with the per-utterance predictions it came from.
+    predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == test["count"] == sum(test["support"].values())
+    recomputed = classification_metrics(
+        np.array([EMOTION_INDEX[p["gold"]] for p in predictions]),
+        np.array([EMOTION_INDEX[p["pred"]] for p in predictions]),
+    )
+    assert recomputed.weighted_f1 == pytest.approx(test["weighted_f1"])
+    assert test["weighted_f1"] > test["majority_floor"]["weighted_f1"] + 0.1
+
+
+@pytest.mark.integration
+def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(store, tmp_path, capsys):
+    reference_dir, reference_test = uninterrupted_run(store, tmp_path / "uninterrupted", DROPOUT_OVERRIDES)
+    run_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "launch.cli", "train", str(store), *DROPOUT_OVERRIDES, "--run-dir", str(run_dir)]
+    child = subprocess.Popen(command, env=clean_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run_dir / METRICS_NAME
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        assert child.poll() is None, "the training process ended before it could be killed"
+        assert time.monotonic() < deadline, "the training process never finished two epochs"
+        time.sleep(0.002)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not (run_dir / "test_metrics.json").exists(), "the kill must land before the run ends"
+    epochs_done = len(history(run_dir))
+    assert 2 <= epochs_done < MAX_EPOCHS
+
+    assert main(["train", str(store), *DROPOUT_OVERRIDES, "--run-dir", str(run_dir), "--resume"]) == 0
+    resumed = json.loads((run_dir / "test_metrics.json").read_text())
+    for key in ("weighted_f1", "accuracy", "macro_f1", "loss", "confusion", "per_class_f1", "epoch"):
+        assert resumed[key] == reference_test[key], key
+    assert without_times(history(run_dir)) == without_times(history(reference_dir))
+    assert "selected epoch" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_two_gloo_ranks_follow_the_single_rank_loss_curve(reference_run, store, tmp_path):
+    reference_dir, reference_test = reference_run
+    run_dir = tmp_path / "two-ranks"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "launch.cli",
+        "train",
+        str(store),
+        *OVERRIDES,
+        "--run-dir",
+        str(run_dir),
+    ]
+    result = subprocess.run(command, env=clean_environment(), capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = history(reference_dir), history(run_dir)
+    assert len(one) == len(two)
+    for key in ("train_loss", "dev_loss"):
+        np.testing.assert_allclose([r[key] for r in two], [r[key] for r in one], rtol=1e-5)
+    two_test = json.loads((run_dir / "test_metrics.json").read_text())
+    assert two_test["loss"] == pytest.approx(reference_test["loss"], rel=1e-5)
+    assert two_test["count"] == reference_test["count"]
+
+
+@pytest.mark.integration
+def test_evaluate_rescores_the_selected_checkpoint(reference_run, capsys):
+    run_dir, test = reference_run
+    assert main(["evaluate", str(run_dir), "--split", "dev"]) == 0
+    dev = json.loads((run_dir / "dev_metrics.json").read_text())
+    selected = history(run_dir)[test["epoch"] - 1]
+    assert dev["loss"] == pytest.approx(selected["dev_loss"], rel=1e-6)
+    assert dev["weighted_f1"] == pytest.approx(selected["dev_weighted_f1"])
+    assert (run_dir / "dev_predictions.jsonl").is_file()
+    assert "dev" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_a_finished_run_is_not_overwritten(reference_run, store, capsys):
+    run_dir, _ = reference_run
+    assert main(["train", str(store), *OVERRIDES, "--run-dir", str(run_dir)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", str(store), *OVERRIDES, "seed=6", "--run-dir", str(run_dir), "--resume"]) == 2
+    assert "seed: 5 -> 6" in capsys.readouterr().err
+
+
+def test_user_errors_name_the_fix(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "no-store"), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", str(tmp_path), "train.learning_rat=1"]) == 2
+    assert "Did you mean 'train.learning_rate'" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_deepspeed_config_and_class_weights():
+    config = deepspeed_config(TrainConfig(batch_dialogues=32, zero_stage=2, precision="bf16"), world_size=3)
+    assert config["train_batch_size"] == 33 and config["train_micro_batch_size_per_gpu"] == 11
+    assert config["zero_optimization"]["stage"] == 2 and config["bf16"]["enabled"]
+    labels = np.array([0, 0, 0, 1, 2, 2])
+    weights = class_weight_vector(labels, "balanced")
+    # Balanced: every present class carries the same total weight; absent classes none.
+    assert weights[0] * 3 == pytest.approx(weights[1] * 1) == pytest.approx(weights[2] * 2)
+    assert weights[3:].tolist() == [0.0] * 4
+    assert class_weight_vector(labels, "none") is None
+    with pytest.raises(ValueError, match="patience"):
+        TrainConfig(patience=0)
+
+
+def test_rendezvous_from_torchrun_variables():
+    environ = {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "gpu01", "MASTER_PORT": "29400"}
+    assert resolve_rendezvous(environ) == Rendezvous(
+        rank=3, local_rank=1, world_size=4, master_addr="gpu01", master_port=29400
+    )
+    with pytest.raises(RendezvousError, match="MASTER_ADDR"):
+        resolve_rendezvous({"RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "1234"})
+    with pytest.raises(RendezvousError, match="RANK"):
+        resolve_rendezvous({"RANK": "two", "WORLD_SIZE": "2"})
+
+
+def test_rendezvous_from_an_srun_step():
+    environ = {
+        "SLURM_PROCID": "5",
+        "SLURM_LOCALID": "1",
+        "SLURM_NTASKS": "8",
+        "SLURM_STEP_NUM_TASKS": "6",
+        "SLURM_STEP_ID": "0",
+        "SLURM_JOB_ID": "4711",
+        "SLURM_JOB_NODELIST": "gpu[07-09,12],login1",
+    }
+    rendezvous = resolve_rendezvous(environ)
+    assert (rendezvous.rank, rendezvous.local_rank, rendezvous.world_size) == (5, 1, 6)
+    assert rendezvous.master_addr == "gpu07"
+    assert rendezvous.master_port == slurm_port(4711) != slurm_port(4712)
+    assert resolve_rendezvous(environ | {"MASTER_PORT": "23456"}).master_port == 23456
+
+
+def test_a_batch_script_without_srun_is_one_process():
+    # sbatch --ntasks=4 sets SLURM_PROCID=0 and SLURM_NTASKS=4 in the batch script itself, where one process runs.
+    rendezvous = resolve_rendezvous({"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_JOB_ID": "9"})
+    assert (rendezvous.rank, rendezvous.world_size, rendezvous.master_addr) == (0, 1, LOOPBACK)
+
+
+def test_single_process_default_and_export():
+    rendezvous = resolve_rendezvous({})
+    assert (rendezvous.rank, rendezvous.local_rank, rendezvous.world_size) == (0, 0, 1)
+    environ: dict[str, str] = {}
+    export_rendezvous(rendezvous, environ)
+    assert resolve_rendezvous(environ) == rendezvous
+
+
+@pytest.mark.parametrize(
+    "nodelist, hosts",
+    [
+        ("node1", ["node1"]),
+        ("gpu[01-03]", ["gpu01", "gpu02", "gpu03"]),
+        ("gpu[9-11],cpu[1,4]", ["gpu9", "gpu10", "gpu11", "cpu1", "cpu4"]),
+        ("rack[1-2]-n[08-09]", ["rack1-n08", "rack1-n09", "rack2-n08", "rack2-n09"]),
+    ],
+)
+def test_hostlist_expansion(nodelist, hosts):
+    assert expand_hostlist(nodelist) == hosts
