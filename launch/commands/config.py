@@ -12,6 +12,7 @@ CONFIGS: dict[str, str] = {
     "demo-corpus": "extract.demo_corpus:DemoCorpusConfig",
     "extract": "extract.pipeline:ExtractConfig",
     "train": "model.train:RunConfig",
+    "profile": "cluster.profile:ClusterProfile",
 }
 
 

@@ -1,0 +1,387 @@
+"""A Ray cluster across the nodes of a SLURM allocation, for the length of one job.
+
+The job's batch script runs on the first node of the allocation; `ray_cluster_on_slurm`
+starts the Ray head there, starts one Ray worker node on each other node with `srun`
+(this module's `worker` entry point), waits until every node has joined, and yields the
+head's address with this process connected as the driver. When the body ends, for any
+reason, everything it started is stopped.
+
+Facts about Ray 2.60 that shape this module, measured on SLURM nodes:
+- token authentication is on by default, and a worker's `ray start --address` then fails
+  with InvalidAuthToken: every process here runs with RAY_AUTH_MODE=disabled;
+- Ray binds to the host's routable address, not 127.0.0.1, and a worker joining a head
+  forced onto loopback hung: the head picks its own address, workers are told it, and every
+  `ray start` runs under a timeout;
+- raylet and gcs_server ignore SIGTERM: teardown sends SIGTERM, waits, then SIGKILL;
+- `ray stop` kills every Ray process of the user on the node, other jobs' too: teardown
+  stops only the processes that belong to this job's temp folder.
+
+Two jobs on one node never collide: each gets its own temp folder (RAY_TMPDIR, under /tmp,
+since Ray's socket paths must stay under 107 bytes) and its own block of ports, derived from
+SLURM_JOB_ID, below the torch.distributed ports of `cluster.rendezvous` (12000 and up).
+"""
+
+import argparse
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+from cluster.rendezvous import expand_hostlist
+
+log = logging.getLogger(__name__)
+
+# Each job gets RAY_PORTS_PER_JOB consecutive ports in [RAY_PORT_BASE, RAY_PORT_BASE + RAY_PORT_SPAN).
+RAY_PORT_BASE = 6000
+RAY_PORT_SPAN = 6000
+RAY_PORTS_PER_JOB = 8
+# Ray's floor for the object store, and the share of the job's memory per node it may take.
+MIN_OBJECT_STORE_BYTES = 80 * 1024 * 1024
+OBJECT_STORE_SHARE = 0.3
+RAY_START_TIMEOUT_S = 120.0
+JOIN_TIMEOUT_S = 180.0
+STOP_GRACE_S = 2.0
+
+
+class RaySlurmError(RuntimeError):
+    """The Ray cluster could not be brought up on the allocation; the message says which step failed."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RayPorts:
+    """The fixed ports of one job's Ray processes (worker processes take free ports the OS picks)."""
+
+    gcs: int
+    """Head's GCS: the cluster's address."""
+    dashboard: int
+    """Dashboard HTTP server (not served to users here, but Ray still binds it)."""
+    dashboard_agent_listen: int
+    """Dashboard agent's HTTP port on every node."""
+    dashboard_agent_grpc: int
+    """Dashboard agent's gRPC port on every node."""
+    metrics_export: int
+    """Prometheus metrics endpoint on every node."""
+    runtime_env_agent: int
+    """Runtime-environment agent on every node."""
+    node_manager: int
+    """Raylet on every node."""
+    object_manager: int
+    """Object manager on every node."""
+
+    def flags(self, head: bool) -> list[str]:
+        """`ray start` options for these ports; the GCS and dashboard settings only on the head."""
+        flags = [
+            f"--dashboard-agent-listen-port={self.dashboard_agent_listen}",
+            f"--dashboard-agent-grpc-port={self.dashboard_agent_grpc}",
+            f"--metrics-export-port={self.metrics_export}",
+            f"--runtime-env-agent-port={self.runtime_env_agent}",
+            f"--node-manager-port={self.node_manager}",
+            f"--object-manager-port={self.object_manager}",
+        ]
+        if head:
+            flags += [f"--port={self.gcs}", f"--dashboard-port={self.dashboard}", "--include-dashboard=false"]
+        return flags
+
+
+def ray_ports(job_id: int) -> RayPorts:
+    """The port block of SLURM job `job_id`: distinct for jobs whose ids differ by less than RAY_PORT_SPAN / 8."""
+    slots = RAY_PORT_SPAN // RAY_PORTS_PER_JOB
+    base = RAY_PORT_BASE + (job_id % slots) * RAY_PORTS_PER_JOB
+    return RayPorts(
+        gcs=base,
+        dashboard=base + 1,
+        dashboard_agent_listen=base + 2,
+        dashboard_agent_grpc=base + 3,
+        metrics_export=base + 4,
+        runtime_env_agent=base + 5,
+        node_manager=base + 6,
+        object_manager=base + 7,
+    )
+
+
+def ray_temp_dir(job_id: int) -> Path:
+    """This job's Ray temp folder on a node's local disk."""
+    return Path("/tmp") / f"ray-{job_id}"
+
+
+def ray_environment(temp_dir: Path) -> dict[str, str]:
+    """The environment every Ray process of the job runs with."""
+    env = dict(os.environ)
+    env.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=str(temp_dir), RAY_USAGE_STATS_ENABLED="0")
+    return env
+
+
+def _node_resources(environ: Mapping[str, str]) -> list[str]:
+    """`ray start` resource flags from what SLURM gave this job on this node."""
+    flags = []
+    if "SLURM_CPUS_ON_NODE" in environ:
+        flags.append(f"--num-cpus={int(environ['SLURM_CPUS_ON_NODE'])}")
+    if "SLURM_GPUS_ON_NODE" in environ:
+        flags.append(f"--num-gpus={int(environ['SLURM_GPUS_ON_NODE'])}")
+    if "SLURM_MEM_PER_NODE" in environ:
+        job_bytes = int(environ["SLURM_MEM_PER_NODE"]) * 1024 * 1024
+        flags.append(f"--object-store-memory={max(MIN_OBJECT_STORE_BYTES, int(job_bytes * OBJECT_STORE_SHARE))}")
+    return flags
+
+
+def cpus_per_node(environ: Mapping[str, str]) -> list[int]:
+    """CPUs of the job on each of its nodes, in node-list order, from SLURM_JOB_CPUS_PER_NODE ('4(x2),2')."""
+    counts = []
+    for item in environ.get("SLURM_JOB_CPUS_PER_NODE", "").split(","):
+        match = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", item)
+        if match is None:
+            raise RaySlurmError(f"cannot read SLURM_JOB_CPUS_PER_NODE={environ.get('SLURM_JOB_CPUS_PER_NODE')!r}")
+        counts.extend([int(match.group(1))] * int(match.group(2) or 1))
+    return counts
+
+
+def _ray_start(flags: list[str], temp_dir: Path, timeout_s: float) -> None:
+    """Run `ray start` with `flags`, bounded by `timeout_s`; it returns once this node's processes run."""
+    ray_cli = Path(sys.executable).with_name("ray")
+    command = [
+        str(ray_cli) if ray_cli.exists() else "ray",
+        "start",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+        *flags,
+    ]
+    try:
+        result = subprocess.run(
+            command, env=ray_environment(temp_dir), capture_output=True, text=True, timeout=timeout_s
+        )
+    except subprocess.TimeoutExpired:
+        stop_ray_processes(temp_dir)
+        raise RaySlurmError(
+            f"`{' '.join(command)}` did not finish within {timeout_s:.0f} s on {socket.gethostname()}: the head's "
+            "address may be unreachable from here"
+        ) from None
+    if result.returncode != 0:
+        stop_ray_processes(temp_dir)
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+        raise RaySlurmError(f"`{' '.join(command)}` failed on {socket.gethostname()}:\n{tail}")
+
+
+def _processes_of(temp_dir: Path) -> list[int]:
+    """Ids of this user's processes whose command line names `temp_dir`: this job's Ray processes on this node."""
+    marker = str(temp_dir)
+    uid = os.getuid()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(
+            arg.decode(errors="replace").endswith(marker) or f"{marker}/" in arg.decode(errors="replace")
+            for arg in args
+        ):
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop_ray_processes(temp_dir: Path, grace_s: float = STOP_GRACE_S) -> int:
+    """Stop this job's Ray processes on this node: SIGTERM, then SIGKILL for those still alive after `grace_s`.
+
+    Returns how many needed SIGKILL (raylet and gcs_server always do). The temp folder is removed.
+    """
+    for pid in _processes_of(temp_dir):
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while _processes_of(temp_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    survivors = _processes_of(temp_dir)
+    for pid in survivors:
+        _signal(pid, signal.SIGKILL)
+    deadline = time.monotonic() + grace_s
+    while _processes_of(temp_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+    return len(survivors)
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", port))
+        except OSError:
+            return True
+    return False
+
+
+def _wait_for_nodes(expected: int, workers: subprocess.Popen | None, worker_log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = sum(1 for node in ray.nodes() if node.get("Alive"))
+        if alive >= expected:
+            return
+        if workers is not None and workers.poll() is not None:
+            raise RaySlurmError(
+                f"the srun step of the Ray workers ended (exit {workers.returncode}) with {alive} of {expected} "
+                f"nodes joined; its log, {worker_log}:\n{_tail(worker_log)}"
+            )
+        if time.monotonic() > deadline:
+            raise RaySlurmError(
+                f"only {alive} of {expected} Ray nodes joined within {timeout_s:.0f} s; the workers' log, "
+                f"{worker_log}:\n{_tail(worker_log)}"
+            )
+        time.sleep(0.5)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@contextmanager
+def ray_cluster_on_slurm(
+    log_dir: Path, environ: Mapping[str, str] | None = None, join_timeout_s: float = JOIN_TIMEOUT_S
+) -> Iterator[str]:
+    """Bring up Ray on every node of this SLURM job, connect this process as its driver, and yield the address.
+
+    Call it from the job's batch script (on the first node); the workers' srun output goes to
+    `log_dir/ray-workers-<job id>.log`.
+    """
+    environ = os.environ if environ is None else environ
+    if "SLURM_JOB_ID" not in environ or "SLURM_JOB_NODELIST" not in environ:
+        raise RaySlurmError(
+            "not inside a SLURM job (SLURM_JOB_ID and SLURM_JOB_NODELIST are unset): submit the job with sbatch"
+        )
+    job_id = int(environ["SLURM_JOB_ID"])
+    hosts = expand_hostlist(environ["SLURM_JOB_NODELIST"])
+    head_host = socket.gethostname().split(".")[0]
+    if head_host not in hosts:
+        raise RaySlurmError(f"this process runs on {head_host}, which is not in the job's nodes {hosts}")
+    others = [host for host in hosts if host != head_host]
+    ports = ray_ports(job_id)
+    temp_dir = ray_temp_dir(job_id)
+    busy = [port for port in (ports.gcs, ports.dashboard, ports.node_manager) if _port_in_use(port)]
+    if busy:
+        raise RaySlurmError(
+            f"ports {busy} of job {job_id}'s block are taken on {head_host}; another job whose id is congruent "
+            f"modulo {RAY_PORT_SPAN // RAY_PORTS_PER_JOB} may be running there"
+        )
+    log_dir.mkdir(parents=True, exist_ok=True)
+    worker_log = log_dir / f"ray-workers-{job_id}.log"
+    workers: subprocess.Popen | None = None
+    saved = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE", "RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED")}
+    started = time.perf_counter()
+    try:
+        _ray_start(["--head", *ports.flags(head=True), *_node_resources(environ)], temp_dir, RAY_START_TIMEOUT_S)
+        os.environ.update({name: ray_environment(temp_dir)[name] for name in saved})
+        head_ip = ray.util.get_node_ip_address()
+        address = f"{head_ip}:{ports.gcs}"
+        if others:
+            # One task per other node, holding all the job's CPUs there, so Ray may use them all.
+            worker_cpus = min(
+                cpus for host, cpus in zip(hosts, cpus_per_node(environ), strict=True) if host != head_host
+            )
+            command = [
+                "srun",
+                f"--nodes={len(others)}",
+                f"--ntasks={len(others)}",
+                "--ntasks-per-node=1",
+                f"--cpus-per-task={worker_cpus}",
+                f"--nodelist={','.join(others)}",
+                "--kill-on-bad-exit=0",
+                sys.executable,
+                "-m",
+                "cluster.ray_on_slurm",
+                "worker",
+                f"--address={address}",
+                f"--job-id={job_id}",
+            ]
+            with worker_log.open("a") as log_file:
+                workers = subprocess.Popen(
+                    command, stdout=log_file, stderr=subprocess.STDOUT, env=ray_environment(temp_dir)
+                )
+        ray.init(address=address, logging_level=logging.WARNING)
+        _wait_for_nodes(len(hosts), workers, worker_log, join_timeout_s)
+        log.info(
+            "Ray cluster of job %d up in %.1f s: head %s, %d node(s)",
+            job_id,
+            time.perf_counter() - started,
+            address,
+            len(hosts),
+        )
+        yield address
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        if workers is not None:
+            # srun forwards SIGTERM to the worker tasks, which stop their Ray processes and exit.
+            workers.terminate()
+            try:
+                workers.wait(timeout=STOP_GRACE_S * 3)
+            except subprocess.TimeoutExpired:
+                workers.kill()
+                workers.wait()
+        stop_ray_processes(temp_dir)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _run_worker(address: str, job_id: int) -> int:
+    """Entry point of one srun task: join the head at `address`, stay until SIGTERM, then stop this node's Ray."""
+    temp_dir = ray_temp_dir(job_id)
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        _ray_start(
+            [f"--address={address}", *ray_ports(job_id).flags(head=False), *_node_resources(os.environ)],
+            temp_dir,
+            RAY_START_TIMEOUT_S,
+        )
+        print(f"{socket.gethostname()}: joined the Ray head at {address}", flush=True)
+        while not stopping:
+            time.sleep(0.5)
+    finally:
+        stop_ray_processes(temp_dir)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="A Ray worker node of a SLURM job (started by ray_cluster_on_slurm).")
+    subparsers = parser.add_subparsers(dest="role", required=True)
+    worker = subparsers.add_parser("worker", help="join the job's Ray head and stay until SIGTERM")
+    worker.add_argument("--address", required=True, help="head address, IP:PORT")
+    worker.add_argument("--job-id", type=int, required=True, help="SLURM job id: picks the ports and the temp folder")
+    args = parser.parse_args(argv)
+    return _run_worker(args.address, args.job_id)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

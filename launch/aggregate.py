@@ -1,0 +1,379 @@
+"""The aggregate report of a seed sweep: spread over seeds, confidence intervals, paired differences.
+
+Per configuration, over its finished seeds: the mean, the sample standard deviation (n - 1 in
+the denominator) and the 95% confidence interval of the mean, mean ± t(0.975, n - 1) · sd / √n,
+of the test weighted F1 and of each emotion's F1. Between two configurations, over the seeds
+both finished: the same for the per-seed differences (a paired comparison, which removes the
+part of the seed noise the two configurations share, e.g. the same data order). With fewer
+than two seeds the spread is unknown and reported as such.
+
+Student's t quantile is computed here, from the regularized incomplete beta function, so the
+report needs nothing beyond numpy.
+
+Outputs in the sweep folder: report.json (every number, fractions in [0, 1]), report.md
+(tables in percentage points, as papers print them) and spread.png (every seed's score).
+"""
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
+import numpy as np  # noqa: E402
+
+from extract.labels import EMOTIONS  # noqa: E402
+from launch.sweep import RUN_RECORD_NAME, RUNS_FOLDER, SWEEP_NAME  # noqa: E402
+from launch.tables import format_table  # noqa: E402
+from model.evaluate import TEST_METRICS_NAME  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+SPREAD_PNG = "spread.png"
+CONFIDENCE = 0.95
+_CONTINUED_FRACTION_STEPS = 300
+_TINY = 1e-300
+
+
+def _incomplete_beta_fraction(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function, by the modified Lentz method."""
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > _TINY else _TINY)
+    result = d
+    for m in range(1, _CONTINUED_FRACTION_STEPS + 1):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > _TINY else _TINY)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > _TINY else _TINY
+            result *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return result
+
+
+def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b), the CDF of the Beta(a, b) distribution at x."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    # The fraction converges fast only below the mean; above it, use I_x(a, b) = 1 - I_(1-x)(b, a).
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _incomplete_beta_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _incomplete_beta_fraction(b, a, 1.0 - x) / b
+
+
+def student_t_cdf(t: float, dof: int) -> float:
+    """P(T <= t) for Student's t with `dof` degrees of freedom."""
+    tail = 0.5 * regularized_incomplete_beta(dof / 2.0, 0.5, dof / (dof + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def student_t_quantile(p: float, dof: int) -> float:
+    """The t with P(T <= t) = p, by bisection on the CDF (to about 1e-12)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must lie in (0, 1), not {p}")
+    if dof < 1:
+        raise ValueError(f"dof must be at least 1, not {dof}")
+    if p < 0.5:
+        return -student_t_quantile(1.0 - p, dof)
+    low, high = 0.0, 1.0
+    while student_t_cdf(high, dof) < p:
+        low, high = high, 2.0 * high
+    while high - low > 1e-12 * max(1.0, high):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if student_t_cdf(middle, dof) < p else (low, middle)
+    return 0.5 * (low + high)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spread:
+    """Mean and spread of one score over seeds."""
+
+    n: int
+    """Number of seeds."""
+    mean: float
+    """Mean over the seeds."""
+    std: float | None
+    """Sample standard deviation (n - 1 in the denominator); None for one seed."""
+    ci_low: float | None
+    """Lower end of the confidence interval of the mean; None for one seed."""
+    ci_high: float | None
+    """Upper end of that interval; None for one seed."""
+
+
+def spread(values: Sequence[float], confidence: float = CONFIDENCE) -> Spread:
+    """Mean, sample standard deviation and t confidence interval of the mean of `values`."""
+    data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        raise ValueError("no values to summarise")
+    mean = float(data.mean())
+    if data.size < 2:
+        return Spread(n=1, mean=mean, std=None, ci_low=None, ci_high=None)
+    std = float(data.std(ddof=1))
+    half_width = student_t_quantile(0.5 + confidence / 2.0, data.size - 1) * std / math.sqrt(data.size)
+    return Spread(n=int(data.size), mean=mean, std=std, ci_low=mean - half_width, ci_high=mean + half_width)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeedResult:
+    """One finished run of a sweep."""
+
+    config_hash: str
+    """Its configuration."""
+    label: str
+    """The configuration's grid values."""
+    seed: int
+    """Its seed."""
+    weighted_f1: float
+    """Test weighted F1."""
+    per_class_f1: dict[str, float]
+    """Test F1 of each emotion."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigurationSummary:
+    """All seeds of one configuration."""
+
+    label: str
+    """Grid values."""
+    config_hash: str
+    """Hash of the config without the seed."""
+    seeds: list[int]
+    """Finished seeds."""
+    weighted_f1: Spread
+    """Weighted F1 over the seeds."""
+    per_class_f1: dict[str, Spread]
+    """Each emotion's F1 over the seeds."""
+    values: list[float]
+    """Weighted F1 of each seed, in `seeds` order."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairedComparison:
+    """`label` minus `baseline`, seed by seed, over the seeds both finished."""
+
+    label: str
+    """The configuration compared."""
+    baseline: str
+    """The configuration it is compared with."""
+    seeds: list[int]
+    """Seeds both finished."""
+    weighted_f1_difference: Spread
+    """Per-seed differences of weighted F1."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepReport:
+    """The whole aggregate."""
+
+    configurations: list[ConfigurationSummary]
+    """One per configuration with at least one finished seed, in the grid's order."""
+    comparisons: list[PairedComparison]
+    """Every later configuration against every earlier one."""
+    unfinished: list[str]
+    """Run folders without test metrics (still running, failed, or never submitted)."""
+    confidence: float
+    """Level of the confidence intervals."""
+
+
+def read_results(sweep_dir: Path) -> tuple[list[SeedResult], list[str]]:
+    """The sweep's finished runs, and the folders of its unfinished ones."""
+    results, unfinished = [], []
+    for run_dir in sorted((Path(sweep_dir) / RUNS_FOLDER).glob("*")):
+        record_path, metrics_path = run_dir / RUN_RECORD_NAME, run_dir / TEST_METRICS_NAME
+        if not record_path.is_file():
+            continue
+        if not metrics_path.is_file():
+            unfinished.append(str(run_dir))
+            continue
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        per_class = metrics["per_class_f1"]
+        if isinstance(per_class, list):
+            per_class = dict(zip(EMOTIONS, per_class, strict=True))
+        results.append(
+            SeedResult(
+                config_hash=record["config_hash"],
+                label=record["label"],
+                seed=int(record["seed"]),
+                weighted_f1=float(metrics["weighted_f1"]),
+                per_class_f1={name: float(per_class[name]) for name in EMOTIONS},
+            )
+        )
+    return results, unfinished
+
+
+def _configuration_order(sweep_dir: Path, results: Sequence[SeedResult]) -> list[str]:
+    """Config hashes in the order the sweep's grid listed them (sweep.json), then any others."""
+    sweep_path = Path(sweep_dir) / SWEEP_NAME
+    order = list(json.loads(sweep_path.read_text(encoding="utf-8"))["configurations"]) if sweep_path.is_file() else []
+    for result in results:
+        if result.config_hash not in order:
+            order.append(result.config_hash)
+    return order
+
+
+def aggregate(sweep_dir: Path, confidence: float = CONFIDENCE) -> SweepReport:
+    """Summarise every configuration of the sweep in `sweep_dir` and compare them pairwise."""
+    results, unfinished = read_results(sweep_dir)
+    by_config: dict[str, dict[int, SeedResult]] = {}
+    for result in results:
+        by_config.setdefault(result.config_hash, {})[result.seed] = result
+    configurations = []
+    for digest in _configuration_order(sweep_dir, results):
+        seeds = by_config.get(digest)
+        if not seeds:
+            continue
+        ordered = [seeds[seed] for seed in sorted(seeds)]
+        configurations.append(
+            ConfigurationSummary(
+                label=ordered[0].label,
+                config_hash=digest,
+                seeds=sorted(seeds),
+                weighted_f1=spread([r.weighted_f1 for r in ordered], confidence),
+                per_class_f1={name: spread([r.per_class_f1[name] for r in ordered], confidence) for name in EMOTIONS},
+                values=[r.weighted_f1 for r in ordered],
+            )
+        )
+    comparisons = []
+    for i, baseline in enumerate(configurations):
+        for other in configurations[i + 1 :]:
+            common = sorted(set(baseline.seeds) & set(other.seeds))
+            if not common:
+                continue
+            a, b = by_config[other.config_hash], by_config[baseline.config_hash]
+            differences = [a[seed].weighted_f1 - b[seed].weighted_f1 for seed in common]
+            comparisons.append(
+                PairedComparison(
+                    label=other.label,
+                    baseline=baseline.label,
+                    seeds=common,
+                    weighted_f1_difference=spread(differences, confidence),
+                )
+            )
+    return SweepReport(
+        configurations=configurations, comparisons=comparisons, unfinished=unfinished, confidence=confidence
+    )
+
+
+def _points(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _interval(s: Spread) -> str:
+    return "-" if s.ci_low is None else f"[{_points(s.ci_low)}, {_points(s.ci_high)}]"
+
+
+def _mean_std(s: Spread) -> str:
+    return _points(s.mean) if s.std is None else f"{_points(s.mean)} ± {_points(s.std)}"
+
+
+def format_report(report: SweepReport, markdown: bool = False) -> str:
+    """The report as tables: weighted F1 per configuration, per-class F1, paired differences (percentage points)."""
+    level = f"{100 * report.confidence:.0f}% CI"
+    sections = []
+    rows = [
+        [c.label, c.weighted_f1.n, _mean_std(c.weighted_f1), _interval(c.weighted_f1), " ".join(map(str, c.seeds))]
+        for c in report.configurations
+    ]
+    sections.append(
+        "Test weighted F1 over seeds (mean ± sample sd)\n\n"
+        + format_table(["configuration", "seeds", "weighted F1", level, "seed list"], rows, markdown)
+    )
+    rows = [[c.label, *(_mean_std(c.per_class_f1[name]) for name in EMOTIONS)] for c in report.configurations]
+    sections.append(
+        "Test F1 per emotion over seeds (mean ± sample sd)\n\n"
+        + format_table(["configuration", *EMOTIONS], rows, markdown)
+    )
+    if report.comparisons:
+        rows = [
+            [
+                f"{p.label} − {p.baseline}",
+                p.weighted_f1_difference.n,
+                _mean_std(p.weighted_f1_difference),
+                _interval(p.weighted_f1_difference),
+            ]
+            for p in report.comparisons
+        ]
+        sections.append(
+            "Paired differences of weighted F1 over common seeds\n\n"
+            + format_table(["comparison", "seeds", "difference", level], rows, markdown)
+        )
+    if report.unfinished:
+        sections.append(
+            f"{len(report.unfinished)} run(s) unfinished: " + ", ".join(Path(p).name for p in report.unfinished)
+        )
+    return "\n\n".join(sections) + "\n"
+
+
+def plot_seed_spread(report: SweepReport, path: Path) -> Path:
+    """Every seed's weighted F1 per configuration, with the mean and its confidence interval; per-class means beside."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1, 1.6]})
+    jitter = np.random.default_rng(0)
+    for x, configuration in enumerate(report.configurations):
+        values = 100 * np.asarray(configuration.values)
+        left.scatter(x + jitter.uniform(-0.12, 0.12, values.size), values, s=18, alpha=0.7, color="tab:blue")
+        s = configuration.weighted_f1
+        if s.ci_low is not None:
+            left.errorbar(
+                x + 0.28,
+                100 * s.mean,
+                yerr=[[100 * (s.mean - s.ci_low)], [100 * (s.ci_high - s.mean)]],
+                fmt="o",
+                color="black",
+                capsize=4,
+            )
+        else:
+            left.plot(x + 0.28, 100 * s.mean, "o", color="black")
+    left.set_xticks(
+        range(len(report.configurations)), [c.label for c in report.configurations], rotation=20, ha="right"
+    )
+    left.set_ylabel("test weighted F1 (%)")
+    left.set_title(f"seeds (dots), mean and {100 * report.confidence:.0f}% CI (black)")
+    width = 0.8 / max(1, len(report.configurations))
+    for i, configuration in enumerate(report.configurations):
+        means = [100 * configuration.per_class_f1[name].mean for name in EMOTIONS]
+        errors = [
+            100 * (configuration.per_class_f1[name].ci_high - configuration.per_class_f1[name].mean)
+            if configuration.per_class_f1[name].ci_high is not None
+            else 0.0
+            for name in EMOTIONS
+        ]
+        positions = np.arange(len(EMOTIONS)) - 0.4 + width * (i + 0.5)
+        right.bar(positions, means, width=width, yerr=errors, capsize=2, label=configuration.label)
+    right.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=20)
+    right.set_ylabel("test F1 (%)")
+    right.set_ylim(0, 100)
+    right.set_title("per emotion: mean and CI half-width")
+    right.legend(fontsize="small")
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def write_report(sweep_dir: Path, confidence: float = CONFIDENCE) -> SweepReport:
+    """Aggregate the sweep and write report.json, report.md and spread.png into its folder."""
+    sweep_dir = Path(sweep_dir)
+    report = aggregate(sweep_dir, confidence)
+    (sweep_dir / REPORT_JSON).write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
+    (sweep_dir / REPORT_MD).write_text(format_report(report, markdown=True), encoding="utf-8")
+    if report.configurations:
+        plot_seed_spread(report, sweep_dir / SPREAD_PNG)
+    log.info("sweep report written to %s", sweep_dir / REPORT_MD)
+    return report

@@ -1,0 +1,155 @@
+"""`cmroberta launch extract|train|sweep`: submit a stage through Submitit, here or on SLURM."""
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from launch.cli import UserError
+from launch.commands.sweep import add_sweep_arguments, run_sweep
+from launch.config import load_config
+
+
+def _report_submission(
+    jobs: list[submitit.Job],
+    what: str,
+    profile_name: str,
+    log_folder: Path,
+    wait: bool,
+    describe_result: Callable[[Any], str],
+) -> int:
+    """Print the job ids and log folder; with `wait`, follow the jobs and print how they ended."""
+    from launch.executors import follow_jobs
+
+    print(f"submitted {what} with profile {profile_name!r}: job id(s) {' '.join(job.job_id for job in jobs)}")
+    print(f"logs: {log_folder}")
+    if not wait:
+        return 0
+    failed = 0
+    for job, outcome in zip(jobs, follow_jobs(jobs)):
+        if outcome.error is None:
+            print(f"job {outcome.job_id} finished: {describe_result(job.result())}")
+        else:
+            failed += 1
+            print(f"job {outcome.job_id} failed ({outcome.state}); see {outcome.stderr_path}:\n{outcome.error}")
+    return 1 if failed else 0
+
+
+def launch_extract(args: argparse.Namespace) -> int:
+    """Submit one extraction job; on SLURM it brings up Ray across all the job's nodes."""
+    from extract.pipeline import ExtractConfig
+    from launch.executors import load_profile, make_executor, submit_jobs
+    from launch.jobs import ExtractionJob
+
+    profile = load_profile(args.cluster, args.profile, args.profile_set)
+    config = load_config(ExtractConfig, args.config, [*args.overrides, f"corpus={json.dumps(str(args.corpus))}"])
+    log_folder = Path(config.store_root) / "logs"
+    executor = make_executor(profile, log_folder, job_name="extract", in_batch_script=True)
+    jobs = submit_jobs(executor, profile, [ExtractionJob(config)])
+    return _report_submission(
+        jobs,
+        f"the extraction of {config.corpus}",
+        profile.name,
+        log_folder,
+        args.wait,
+        lambda store: f"feature store {store}",
+    )
+
+
+def launch_train(args: argparse.Namespace) -> int:
+    """Submit one training run: one task per GPU over the profile's nodes, requeued with resume when preempted."""
+    from launch.executors import load_profile, make_executor, submit_jobs
+    from launch.jobs import TrainingJob
+
+    profile = load_profile(args.cluster, args.profile, args.profile_set)
+    from model.evaluate import TEST_METRICS_NAME
+    from model.train import Checkpoints, RunConfig, default_run_dir
+
+    config = load_config(RunConfig, args.config, args.overrides)
+    run_dir = args.run_dir or default_run_dir(config)
+    started = Checkpoints(run_dir).progress() is not None or (run_dir / TEST_METRICS_NAME).is_file()
+    if started and not args.resume:
+        raise UserError(
+            f"run folder {run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir"
+        )
+    log_folder = run_dir / "logs"
+    executor = make_executor(profile, log_folder, job_name=f"train-{run_dir.name}")
+    jobs = submit_jobs(executor, profile, [TrainingJob(config, run_dir, resume=args.resume)])
+    return _report_submission(
+        jobs,
+        f"training into {run_dir}",
+        profile.name,
+        log_folder,
+        args.wait,
+        lambda metrics: f"test weighted F1 {100 * metrics['weighted_f1']:.2f} ({run_dir})",
+    )
+
+
+def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cluster", choices=("local", "slurm"), default="local", help="where the job goes")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="cluster profile TOML (default: built-in `local`, or launch/profiles/slurm.toml for --cluster slurm)",
+    )
+    parser.add_argument(
+        "--profile-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one profile field for this submission, e.g. --profile-set time=240 (repeatable)",
+    )
+    parser.add_argument("--wait", action="store_true", help="follow the job(s) with a progress display until they end")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "launch",
+        help="submit extraction, training or a sweep through Submitit (local processes or SLURM)",
+        description=(
+            "Submit a stage as a job: with --cluster local it runs as processes on this machine, with --cluster slurm "
+            "it goes to SLURM as the profile says (partition, nodes, GPUs, time; see launch/profiles/slurm.toml). "
+            "Prints the job ids and the log folder; --wait follows the jobs until they end. A request the cluster "
+            "cannot satisfy is refused at submission with the profile field to change."
+        ),
+    )
+    stages = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+
+    extract = stages.add_parser(
+        "extract",
+        help="feature extraction; on SLURM a Ray cluster spans all the job's nodes",
+        description="Submit `cmroberta extract` as one job. On SLURM its Ray head runs on the first node and one Ray "
+        "worker on each other node (the corpus and the store must be on a filesystem every node sees).",
+    )
+    extract.add_argument("corpus", type=Path, help="corpus folder in MELD's layout")
+    extract.add_argument("--config", type=Path, default=None, help="TOML file with ExtractConfig keys")
+    _add_cluster_arguments(extract)
+    extract.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="extraction config overrides")
+    extract.set_defaults(handler=launch_extract)
+
+    train = stages.add_parser(
+        "train",
+        help="one training run; one task per GPU across the profile's nodes",
+        description="Submit one training run. Each task finds its rank in SLURM's environment; when SLURM signals a "
+        "preemption or the time limit, the job is requeued and resumes from its last epoch's checkpoint.",
+    )
+    train.add_argument("--config", type=Path, default=None, help="TOML file with RunConfig keys")
+    train.add_argument(
+        "--run-dir", type=Path, default=None, help="run folder (default: <runs_root>/<store>/<variant>-seed<seed>)"
+    )
+    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    _add_cluster_arguments(train)
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="run config overrides, e.g. store=features/x")
+    train.set_defaults(handler=launch_train)
+
+    sweep = stages.add_parser(
+        "sweep",
+        help="the same as `cmroberta sweep`",
+        description="Seeds x grid as a job array; see `cmroberta sweep --help`.",
+    )
+    add_sweep_arguments(sweep)
+    sweep.set_defaults(handler=run_sweep)

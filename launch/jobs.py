@@ -1,0 +1,199 @@
+"""The functions Submitit runs: feature extraction, one training run, and a queue of training runs.
+
+Each is a small picklable object holding its config, so the job carries everything it needs
+and its log folder shows what it was asked to do.
+
+- `ExtractionJob` runs the extraction pipeline. Inside a SLURM job it first brings up a Ray
+  cluster across the allocation (`cluster.ray_on_slurm`) and points the pipeline at it; on a
+  laptop the pipeline starts its own local Ray. Submit it with `in_batch_script=True`: it
+  starts its own processes on the other nodes.
+- `TrainingJob` trains one run. It is `Checkpointable`: when SLURM (or the local executor)
+  signals that the job is preempted or about to time out, Submitit calls `checkpoint()`, which
+  requeues the same run with `resume=True`. Training checkpoints at the end of every epoch, so
+  the requeued job continues from the last finished epoch and ends exactly as an uninterrupted
+  run would. With several tasks (one per GPU, across nodes) every task runs it, and each finds
+  its rank and rank 0's address in SLURM's environment (`cluster.rendezvous`).
+- `RunQueueJob` trains several runs one after another, for the local executor, which has no
+  job arrays to bound how many runs of a sweep run at once.
+"""
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import MutableMapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from cluster.rendezvous import LOOPBACK, slurm_port
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS_NAME = "attempts.jsonl"
+# Submitit's local executor numbers a job's tasks in these variables instead of SLURM's.
+_LOCAL_TASK_VARIABLES = (
+    "SUBMITIT_LOCAL_GLOBALID",
+    "SUBMITIT_LOCAL_LOCALID",
+    "SUBMITIT_LOCAL_NTASKS",
+    "SUBMITIT_LOCAL_JOB_ID",
+)
+
+
+def _log_to_job_log() -> None:
+    """A job is a fresh process: send INFO messages to its Submitit log (stderr), as the CLI does to the terminal."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+
+
+def use_cpus(threads: int | None = None) -> None:
+    """Run torch on the CPUs this task was given, not on every core of the machine.
+
+    Under SLURM that is the task's allocation (SLURM_CPUS_PER_TASK); elsewhere `threads`, when
+    given. Without this, each task starts as many threads as the node has cores; several tasks
+    on one node then oversubscribe it, and spinning OpenMP threads slow training tenfold.
+    """
+    if "SLURM_CPUS_PER_TASK" in os.environ:
+        threads = int(os.environ["SLURM_CPUS_PER_TASK"])
+    if threads is None:
+        return
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+def _in_slurm_job() -> bool:
+    return "SLURM_JOB_ID" in os.environ
+
+
+def _job_id() -> str:
+    """Submitit's id of the running job ('1234', '1234_5' for an array task, a pid on the local executor)."""
+    try:
+        return str(submitit.JobEnvironment().job_id)
+    except RuntimeError:
+        return "none"
+
+
+def _job_folder() -> Path:
+    """The job's Submitit log folder, or the working folder when not run by Submitit."""
+    return Path(os.environ.get("SUBMITIT_FOLDER", "."))
+
+
+class ExtractionJob:
+    """Extract a corpus's features into a feature store; returns the store folder."""
+
+    def __init__(self, config: Any):
+        self.config = config
+        """The pipeline's ExtractConfig."""
+
+    def __call__(self) -> Path:
+        from extract.pipeline import run_extraction
+
+        _log_to_job_log()
+        if not _in_slurm_job() or self.config.ray.address is not None:
+            return run_extraction(self.config)
+        from cluster.ray_on_slurm import ray_cluster_on_slurm
+
+        with ray_cluster_on_slurm(_job_folder()) as address:
+            return run_extraction(replace(self.config, ray=replace(self.config.ray, address=address)))
+
+    def __repr__(self) -> str:
+        return f"ExtractionJob(corpus={self.config.corpus!r})"
+
+
+def export_local_task_rendezvous(environ: MutableMapping[str, str] | None = None) -> None:
+    """Give a multi-task job of Submitit's local executor the variables torch.distributed reads.
+
+    SLURM tasks need nothing: `cluster.rendezvous` reads SLURM's own variables. The local
+    executor only numbers its tasks, so rank, world size and a port (derived from the job id,
+    the controller's pid, so that two local jobs never share one) are set here.
+    """
+    environ = os.environ if environ is None else environ
+    if not all(name in environ for name in _LOCAL_TASK_VARIABLES) or int(environ["SUBMITIT_LOCAL_NTASKS"]) < 2:
+        return
+    environ["RANK"] = environ["SUBMITIT_LOCAL_GLOBALID"]
+    environ["LOCAL_RANK"] = environ["SUBMITIT_LOCAL_LOCALID"]
+    environ["WORLD_SIZE"] = environ["SUBMITIT_LOCAL_NTASKS"]
+    environ["MASTER_ADDR"] = LOOPBACK
+    environ["MASTER_PORT"] = str(slurm_port(int(environ["SUBMITIT_LOCAL_JOB_ID"])))
+
+
+def _record_attempt(run_dir: Path, resume: bool) -> None:
+    """Append this start of the run to attempts.jsonl: when a run was preempted and requeued is visible there."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"job_id": _job_id(), "host": socket.gethostname(), "resume": resume, "started": time.time()}
+    with (run_dir / ATTEMPTS_NAME).open("a", encoding="utf-8") as attempts:
+        attempts.write(json.dumps(record) + "\n")
+
+
+def _is_main_task() -> bool:
+    for name in ("RANK", "SLURM_PROCID", "SUBMITIT_LOCAL_GLOBALID"):
+        if name in os.environ:
+            return os.environ[name] == "0"
+    return True
+
+
+class TrainingJob(submitit.helpers.Checkpointable):
+    """Train one run into its folder; returns its test metrics. Requeued with resume=True when preempted."""
+
+    def __init__(self, config: Any, run_dir: Path, resume: bool = False):
+        self.config = config
+        """The run's RunConfig."""
+        self.run_dir = Path(run_dir)
+        """The run folder."""
+        self.resume = resume
+        """Continue from the run's last checkpoint (a fresh start when it has none)."""
+
+    def __call__(self) -> dict[str, Any]:
+        from model.train import train
+
+        _log_to_job_log()
+        use_cpus()
+        export_local_task_rendezvous()
+        if _is_main_task():
+            _record_attempt(self.run_dir, self.resume)
+        return train(self.config, self.run_dir, resume=self.resume)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        # Nothing to save here: training checkpointed after its last finished epoch.
+        return submitit.helpers.DelayedSubmission(TrainingJob(self.config, self.run_dir, resume=True))
+
+    def __repr__(self) -> str:
+        return f"TrainingJob(run_dir={str(self.run_dir)!r}, resume={self.resume})"
+
+
+class RunQueueJob(submitit.helpers.Checkpointable):
+    """Train several runs one after another, skipping finished ones; returns their test metrics by run folder."""
+
+    def __init__(self, runs: list[TrainingJob], threads: int | None = None):
+        self.runs = runs
+        """The runs, in order."""
+        self.threads = threads
+        """CPU threads for torch: the machine's cores shared among the queues that run at once (None: all)."""
+
+    def __call__(self) -> dict[str, dict[str, Any]]:
+        use_cpus(self.threads)
+        results, failures = {}, []
+        for run in self.runs:
+            try:
+                results[str(run.run_dir)] = run()
+            except Exception as error:
+                # One failed run must not cost the others in the queue their turn.
+                log.exception("run %s failed", run.run_dir)
+                failures.append(f"{run.run_dir}: {error}")
+        if failures:
+            raise RuntimeError(f"{len(failures)} of {len(self.runs)} runs failed: " + "; ".join(failures))
+        return results
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        # Finished runs return their saved metrics at once; the interrupted one resumes.
+        resumed = [TrainingJob(run.config, run.run_dir, resume=True) for run in self.runs]
+        return submitit.helpers.DelayedSubmission(RunQueueJob(resumed, self.threads))
+
+    def __repr__(self) -> str:
+        return f"RunQueueJob({len(self.runs)} runs)"

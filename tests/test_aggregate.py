@@ -1,0 +1,114 @@
+"""The sweep report's statistics against independent computations, on run folders written here."""
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from extract.labels import EMOTIONS
+from launch.aggregate import aggregate, spread, student_t_quantile, write_report
+from launch.sweep import RUN_RECORD_NAME, RUNS_FOLDER, SWEEP_NAME
+from model.evaluate import TEST_METRICS_NAME
+
+# Two-sided 95% critical values of Student's t, from printed tables (e.g. NIST/SEMATECH
+# e-Handbook, table 1.3.6.7.2), to three decimals.
+T_TABLE_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 9: 2.262, 30: 2.042, 100: 1.984}
+
+
+@pytest.mark.parametrize("dof, expected", sorted(T_TABLE_975.items()))
+def test_t_quantile_matches_the_printed_table(dof, expected):
+    assert student_t_quantile(0.975, dof) == pytest.approx(expected, abs=6e-4)
+
+
+def test_t_quantile_matches_scipy_across_levels_and_degrees_of_freedom():
+    stats = pytest.importorskip("scipy.stats")
+    for dof in (1, 2, 5, 17, 250):
+        for p in (0.6, 0.9, 0.95, 0.975, 0.995, 0.05):
+            assert student_t_quantile(p, dof) == pytest.approx(stats.t.ppf(p, dof), rel=1e-9, abs=1e-12)
+
+
+def test_spread_of_one_value_has_no_interval():
+    single = spread([0.61])
+    assert (single.n, single.mean, single.std, single.ci_low, single.ci_high) == (1, 0.61, None, None, None)
+
+
+def write_sweep(sweep_dir: Path, scores: dict[str, dict[int, np.ndarray]], unfinished: list[tuple[str, int]]) -> None:
+    """A sweep folder as launch.sweep writes it: sweep.json, run.json and test_metrics.json per finished run."""
+    configurations = {f"hash-{label}": {"label": label} for label in scores}
+    (sweep_dir / RUNS_FOLDER).mkdir(parents=True)
+    (sweep_dir / SWEEP_NAME).write_text(json.dumps({"configurations": configurations, "seeds": []}))
+    for label, seeds in scores.items():
+        for seed, values in seeds.items():
+            run_dir = sweep_dir / RUNS_FOLDER / f"hash-{label}-seed{seed}"
+            run_dir.mkdir()
+            (run_dir / RUN_RECORD_NAME).write_text(
+                json.dumps({"label": label, "seed": seed, "config_hash": f"hash-{label}"})
+            )
+            metrics = {"weighted_f1": float(values[0]), "per_class_f1": dict(zip(EMOTIONS, map(float, values[1:])))}
+            (run_dir / TEST_METRICS_NAME).write_text(json.dumps(metrics))
+    for label, seed in unfinished:
+        run_dir = sweep_dir / RUNS_FOLDER / f"hash-{label}-seed{seed}"
+        run_dir.mkdir()
+        (run_dir / RUN_RECORD_NAME).write_text(
+            json.dumps({"label": label, "seed": seed, "config_hash": f"hash-{label}"})
+        )
+
+
+def independent_interval(values: list[float]) -> tuple[float, float, float, float]:
+    """Mean, sample sd and 95% CI, written out from the textbook formula with the printed t value."""
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = T_TABLE_975[n - 1] * sd / math.sqrt(n)
+    return mean, sd, mean - half, mean + half
+
+
+def test_report_matches_an_independent_computation(tmp_path):
+    rng = np.random.default_rng(7)
+    scores = {
+        "model.variant=text": {seed: rng.uniform(0.4, 0.7, 8) for seed in range(5)},
+        "model.variant=bimodal": {seed: rng.uniform(0.4, 0.7, 8) for seed in range(4)},
+    }
+    write_sweep(tmp_path, scores, unfinished=[("model.variant=bimodal", 4)])
+    report = aggregate(tmp_path)
+
+    assert [c.label for c in report.configurations] == ["model.variant=text", "model.variant=bimodal"]
+    assert report.unfinished == [str(tmp_path / RUNS_FOLDER / "hash-model.variant=bimodal-seed4")]
+    for summary in report.configurations:
+        seeds = scores[summary.label]
+        assert summary.seeds == sorted(seeds)
+        expected = independent_interval([seeds[s][0] for s in sorted(seeds)])
+        got = summary.weighted_f1
+        assert (got.mean, got.std, got.ci_low, got.ci_high) == pytest.approx(expected, abs=1e-4)
+        for i, emotion in enumerate(EMOTIONS, start=1):
+            expected = independent_interval([seeds[s][i] for s in sorted(seeds)])
+            got = summary.per_class_f1[emotion]
+            assert (got.mean, got.std, got.ci_low, got.ci_high) == pytest.approx(expected, abs=1e-4)
+
+    (comparison,) = report.comparisons
+    assert (comparison.label, comparison.baseline) == ("model.variant=bimodal", "model.variant=text")
+    assert comparison.seeds == [0, 1, 2, 3]
+    differences = [scores["model.variant=bimodal"][s][0] - scores["model.variant=text"][s][0] for s in range(4)]
+    got = comparison.weighted_f1_difference
+    assert (got.mean, got.std, got.ci_low, got.ci_high) == pytest.approx(independent_interval(differences), abs=1e-4)
+
+
+def test_written_report_holds_the_numbers_the_tables_and_the_plot(tmp_path):
+    rng = np.random.default_rng(3)
+    scores = {"base": {seed: rng.uniform(0.4, 0.7, 8) for seed in range(3)}}
+    write_sweep(tmp_path, scores, unfinished=[])
+    write_report(tmp_path)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    (configuration,) = saved["configurations"]
+    assert configuration["weighted_f1"]["mean"] == pytest.approx(np.mean([v[0] for v in scores["base"].values()]))
+    markdown = (tmp_path / "report.md").read_text()
+    mean, sd, low, high = independent_interval([v[0] for v in scores["base"].values()])
+    assert f"{100 * mean:.2f} ± {100 * sd:.2f}" in markdown
+    printed = re.search(r"\[(\d+\.\d\d), (\d+\.\d\d)\]", markdown)
+    assert printed is not None, markdown
+    # The printed t (4.303) is rounded, so the ends agree to the table's precision.
+    assert (float(printed.group(1)), float(printed.group(2))) == pytest.approx((100 * low, 100 * high), abs=0.02)
+    assert (tmp_path / "spread.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

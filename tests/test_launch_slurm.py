@@ -1,0 +1,436 @@
+"""Jobs through Submitit on the real single-node SLURM cluster (cluster/slurm/start-local-cluster.sh), and on
+the local executor where that is the point: requests the cluster refuses, the torch.distributed rendezvous
+of a 2-task job with a DeepSpeed step on it, a Ray cluster per job, and preemption with requeue and resume.
+
+SLURM tests skip, saying why, where no cluster answers. Job functions defined here travel by value
+(cloudpickle), since a job's Python cannot import this test file.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pytest
+import submitit
+
+from cluster.profile import ClusterProfile
+from cluster.ray_on_slurm import cpus_per_node, ray_ports
+from cluster.rendezvous import expand_hostlist
+from launch.cli import main
+from launch.config import load_config
+from launch.executors import SubmissionError, check_request, load_profile, make_executor, submit_jobs
+from launch.jobs import ATTEMPTS_NAME, TrainingJob
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+START_HINT = "start one with `sudo bash cluster/slurm/start-local-cluster.sh`"
+USABLE_NODE_STATES = {"idle", "mixed", "allocated"}
+JOB_WAIT_S = 120
+# DeepSpeed compiles its shm_comm op once per environment (about a minute) into TORCH_EXTENSIONS_DIR;
+# the same stable folder as .ci/run's lets jobs reuse it. Jobs inherit this process's environment.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """Skips the test when no SLURM cluster with a usable node answers."""
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        pytest.skip(f"no SLURM cluster: sbatch/sinfo not found; {START_HINT}")
+    try:
+        sinfo = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"no SLURM cluster: sinfo did not answer within 15 s; {START_HINT}")
+    if sinfo.returncode != 0 or not USABLE_NODE_STATES & set(sinfo.stdout.split()):
+        pytest.skip(f"no usable SLURM node ({sinfo.stderr.strip() or sinfo.stdout.split()}); {START_HINT}")
+
+
+def slurm_profile(**fields) -> ClusterProfile:
+    """The packaged SLURM profile (partition debug), small and short, with `fields` changed."""
+    base = load_profile("slurm")
+    values = {"name": "test", "kind": "slurm", "partition": base.partition, "time": 5, "mem": 1.0, **fields}
+    return ClusterProfile(**values)
+
+
+def wait_for(jobs: list[submitit.Job], timeout_s: float = JOB_WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    for job in jobs:
+        while not job.done():
+            if time.monotonic() > deadline:
+                for other in jobs:
+                    other.cancel(check=False)
+                pytest.fail(
+                    f"job {job.job_id} not done after {timeout_s} s (state {job.state}); logs {job.paths.folder}"
+                )
+            time.sleep(0.3)
+
+
+# --- requests the cluster cannot satisfy --------------------------------------------------------------
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"nodes": 2}, r"nodes = 2, but partition 'debug' has 1 node"),
+        ({"mem": 100_000.0}, r"mem = 100000.0 GB per node"),
+        ({"gpus_per_node": 1}, r"gpus_per_node = 1, but the nodes of partition 'debug' have no GPU"),
+        ({"cpus_per_task": 64}, r"64 CPUs per node"),
+        ({"partition": "nowhere"}, r"partition 'nowhere' does not exist on this cluster; set `partition`"),
+        ({"constraint": "h100"}, r"SLURM rejects the request .*--constraint=h100.*Invalid feature specification"),
+    ],
+    ids=["nodes", "memory", "gpus", "cpus", "partition", "constraint"],
+)
+def test_impossible_request_is_refused_at_submission(slurm_cluster, tmp_path, fields, message):
+    profile = slurm_profile(**fields)
+    executor = make_executor(profile, tmp_path / "logs", job_name="impossible")
+    with pytest.raises(SubmissionError, match=message):
+        submit_jobs(executor, profile, [os.getpid])
+    assert not list((tmp_path / "logs").glob("*.out")), "nothing may have been submitted"
+
+
+@pytest.mark.slurm
+def test_a_request_that_fits_passes_the_check(slurm_cluster):
+    check_request(load_profile("slurm"))
+
+
+def test_profile_with_an_unknown_field_is_a_clear_cli_error(tmp_path, capsys):
+    profile = tmp_path / "cluster.toml"
+    profile.write_text('name = "x"\nkind = "slurm"\npartiton = "debug"\n')
+    code = main(["launch", "train", "--cluster", "slurm", "--profile", str(profile), "store=/nowhere"])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert "unknown config key 'partiton'" in error and "Did you mean 'partition'" in error
+    assert "Traceback" not in error
+
+
+# --- the rendezvous of a 2-task job, and a DeepSpeed step on it -----------------------------------------
+
+LEARNING_RATE = 0.1
+
+
+def rank_batch(rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each rank's own 4 samples of a linear regression."""
+    rng = np.random.default_rng(100 + rank)
+    return rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(4, 1)).astype(np.float32)
+
+
+def initial_weights() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(1, 3)).astype(np.float32)
+
+
+def deepspeed_step_on_job_rendezvous() -> dict:
+    """Run in each task: find the rendezvous in the job's environment, then take one DeepSpeed SGD step (gloo)."""
+    import deepspeed
+    import torch
+
+    from cluster.rendezvous import export_rendezvous, resolve_rendezvous
+    from launch.jobs import export_local_task_rendezvous
+
+    export_local_task_rendezvous()
+    rendezvous = resolve_rendezvous()
+    export_rendezvous(rendezvous)
+    model = torch.nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.from_numpy(initial_weights()))
+    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE)
+    # DeepSpeed 0.19 clips the gradient norm to 1.0 unless told otherwise; the reference step does not clip.
+    config = {
+        "train_batch_size": 8,
+        "train_micro_batch_size_per_gpu": 4,
+        "gradient_clipping": 0.0,
+        "zero_optimization": {"stage": 0},
+    }
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    inputs, targets = (torch.from_numpy(a) for a in rank_batch(rendezvous.rank))
+    loss = torch.nn.functional.mse_loss(engine(inputs), targets)
+    engine.backward(loss)
+    engine.step()
+    return {
+        "rank": rendezvous.rank,
+        "local_rank": rendezvous.local_rank,
+        "world_size": rendezvous.world_size,
+        "master_addr": rendezvous.master_addr,
+        "master_port": rendezvous.master_port,
+        "backend": torch.distributed.get_backend(),
+        "nodelist": os.environ.get("SLURM_JOB_NODELIST"),
+        "weights": model.weight.detach().numpy().tolist(),
+    }
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("cluster", ["local", pytest.param("slurm", marks=pytest.mark.slurm)])
+def test_two_task_job_finds_its_rendezvous_and_takes_a_deepspeed_step(request, monkeypatch, cluster, tmp_path):
+    if cluster == "slurm":
+        request.getfixturevalue("slurm_cluster")
+        profile = slurm_profile(tasks_per_node=2, cpus_per_task=1, mem=2.0)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        profile = load_profile("local", None, ["tasks_per_node=2"])
+    executor = make_executor(profile, tmp_path / "logs", job_name="rendezvous")
+    (job,) = submit_jobs(executor, profile, [deepspeed_step_on_job_rendezvous])
+    wait_for([job], timeout_s=180)
+    results = sorted(job.results(), key=lambda r: r["rank"])
+
+    assert [r["rank"] for r in results] == [0, 1]
+    assert [r["local_rank"] for r in results] == [0, 1]
+    assert {r["world_size"] for r in results} == {2}
+    assert {r["backend"] for r in results} == {"gloo"}
+    (address,) = {r["master_addr"] for r in results}
+    if cluster == "slurm":
+        assert address == expand_hostlist(results[0]["nodelist"])[0], "rank 0 listens on the job's first node"
+    else:
+        assert address == "127.0.0.1"
+    (port,) = {r["master_port"] for r in results}
+    assert 1024 < port < 32768, "the port is derived from the job id, below Linux's ephemeral range"
+    # Both ranks hold the weights of one SGD step on the mean gradient of both ranks' batches.
+    weights = initial_weights().astype(np.float64)
+    gradients = []
+    for rank in (0, 1):
+        x, y = (a.astype(np.float64) for a in rank_batch(rank))
+        gradients.append(2 * ((x @ weights.T - y).T @ x) / len(x))
+    expected = weights - LEARNING_RATE * np.mean(gradients, axis=0)
+    for result in results:
+        np.testing.assert_allclose(result["weights"], expected, rtol=1e-5)
+
+
+# --- a Ray cluster per job -------------------------------------------------------------------------------
+
+
+def test_ray_ports_and_cpus_per_node_are_read_from_the_job():
+    blocks = [ray_ports(job_id) for job_id in range(1000, 1010)]
+    ports = [port for block in blocks for port in vars(block).values()]
+    assert len(set(ports)) == len(ports), "neighbouring jobs share no port"
+    assert all(1024 < port < 12000 for port in ports), "below the torch.distributed ports (12000+)"
+    assert cpus_per_node({"SLURM_JOB_CPUS_PER_NODE": "4(x2),2"}) == [4, 4, 2]
+
+def join_worker_node(address: str, job_id: int, log_dir: Path) -> subprocess.Popen:
+    """Start this module's worker entry point as srun would on another node, here, under another job id.
+
+    A one-node cluster has no second node for srun to place a worker on; a worker with its own job id
+    gets its own ports and temp folder, so it joins the head as a second Ray node on the same host.
+    """
+    command = [sys.executable, "-m", "cluster.ray_on_slurm", "worker", f"--address={address}", f"--job-id={job_id}"]
+    with open(log_dir / f"worker-{job_id}.log", "w") as log_file:
+        return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+
+
+def ray_cluster_probe(log_dir: str, with_worker: bool) -> dict:
+    """Run in the batch script: bring Ray up, optionally join a worker node, run tasks, tear everything down."""
+    import ray
+
+    from cluster.ray_on_slurm import _processes_of, ray_cluster_on_slurm, ray_temp_dir
+
+    job_id = int(os.environ["SLURM_JOB_ID"])
+    temp_dir, worker_temp_dir = ray_temp_dir(job_id), ray_temp_dir(job_id + 1000)
+    worker_exit, worker_processes = None, 0
+    with ray_cluster_on_slurm(Path(log_dir)) as address:
+        if with_worker:
+            worker = join_worker_node(address, job_id + 1000, Path(log_dir))
+            deadline = time.monotonic() + 60
+            while sum(1 for node in ray.nodes() if node["Alive"]) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+        squares = ray.get([ray.remote(lambda x: x * x).remote(i) for i in range(4)])
+        nodes = sum(1 for node in ray.nodes() if node["Alive"])
+        processes_while_up = len(_processes_of(temp_dir))
+        if with_worker:
+            worker_processes = len(_processes_of(worker_temp_dir))
+            worker.terminate()
+            worker_exit = worker.wait(timeout=30)
+    return {
+        "address": address,
+        "squares": squares,
+        "nodes": nodes,
+        "processes_while_up": processes_while_up,
+        "processes_after": len(_processes_of(temp_dir)) + len(_processes_of(worker_temp_dir)),
+        "temp_dir_left": temp_dir.exists() or worker_temp_dir.exists(),
+        "worker_processes": worker_processes,
+        "worker_exit": worker_exit,
+    }
+
+
+@pytest.mark.slurm
+@pytest.mark.integration
+def test_two_jobs_on_one_node_each_get_their_own_ray_cluster_and_leave_nothing_behind(slurm_cluster, tmp_path):
+    profile = slurm_profile(mem=2.0)
+    executor = make_executor(profile, tmp_path / "logs", job_name="ray", in_batch_script=True)
+    log_dir = str(tmp_path / "logs")
+    jobs = submit_jobs(
+        executor,
+        profile,
+        [lambda: ray_cluster_probe(log_dir, with_worker=True), lambda: ray_cluster_probe(log_dir, False)],
+    )
+    wait_for(jobs)
+    with_worker, alone = (job.result() for job in jobs)
+    assert with_worker["address"] != alone["address"], "two jobs on one node need their own ports"
+    assert (with_worker["nodes"], alone["nodes"]) == (2, 1), list((tmp_path / "logs").glob("worker-*.log"))
+    assert with_worker["worker_processes"] >= 1 and with_worker["worker_exit"] == 0, "the worker stops on SIGTERM"
+    for result in (with_worker, alone):
+        assert result["squares"] == [0, 1, 4, 9]
+        assert result["processes_while_up"] >= 2, "gcs_server and raylet at least"
+        assert result["processes_after"] == 0, "raylet and gcs_server ignore SIGTERM; teardown must kill them"
+        assert not result["temp_dir_left"]
+
+
+@pytest.mark.slurm
+@pytest.mark.integration
+def test_extraction_job_runs_the_pipeline_on_the_jobs_ray_cluster(slurm_cluster, tmp_path):
+    from cluster.ray_on_slurm import ray_temp_dir
+    from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
+    from extract.feature_store import FeatureStore
+    from extract.meld import read_meld
+    from extract.pipeline import ExtractConfig
+    from launch.jobs import ExtractionJob
+
+    corpus = write_demo_corpus(
+        tmp_path / "corpus",
+        DemoCorpusConfig(
+            train_dialogues=2,
+            dev_dialogues=1,
+            test_dialogues=1,
+            min_utterances=2,
+            max_utterances=3,
+            clip_format="wav",
+            workers=2,
+        ),
+    )
+    config = load_config(
+        ExtractConfig,
+        None,
+        [
+            f"corpus={json.dumps(str(corpus))}",
+            f"store_root={json.dumps(str(tmp_path / 'stores'))}",
+            'families=["opensmile"]',
+            "shard_dialogues=1",
+        ],
+    )
+    profile = slurm_profile(cpus_per_task=2, mem=2.0)
+    executor = make_executor(profile, tmp_path / "logs", job_name="extract", in_batch_script=True)
+    (job,) = submit_jobs(executor, profile, [ExtractionJob(config)])
+    wait_for([job], timeout_s=180)
+    store = FeatureStore.open(job.result())
+
+    assert store.verify() == []
+    utterances = read_meld(corpus, check_clips=False).utterances
+    assert sum(len(store.read_split(split, families=[])) for split in store.splits) == len(utterances)
+    assert "Ray cluster of job" in job.stderr(), "the pipeline ran on the Ray cluster the job brought up"
+    assert not ray_temp_dir(int(job.job_id)).exists()
+
+
+# --- preemption: signalled, requeued, resumed ------------------------------------------------------------
+
+PREEMPTED_EPOCHS = 8
+
+
+@pytest.fixture(scope="module")
+def preemption_config(tmp_path_factory):
+    from model.train import RunConfig
+    from test_sweep import TINY_OVERRIDES, write_tiny_store
+
+    store = write_tiny_store(tmp_path_factory.mktemp("features"))
+    epochs = [f"train.max_epochs={PREEMPTED_EPOCHS}", f"train.patience={PREEMPTED_EPOCHS}"]
+    return load_config(RunConfig, None, [*TINY_OVERRIDES, *epochs, f"store={json.dumps(str(store))}"])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory, preemption_config) -> Path:
+    """The same run, never interrupted, on the local executor: started once, awaited by each test."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    profile = load_profile("local")
+    with pytest.MonkeyPatch.context() as environment:
+        # The job inherits this: one thread, so that concurrent jobs do not oversubscribe the cores.
+        environment.setenv("OMP_NUM_THREADS", "1")
+        (job,) = submit_jobs(
+            make_executor(profile, folder / "logs", job_name="reference"),
+            profile,
+            [TrainingJob(preemption_config, folder / "run")],
+        )
+    yield folder / "run", job
+    job.cancel(check=False)
+
+
+def completed_epochs(run_dir: Path) -> int:
+    try:
+        return len((run_dir / "metrics.jsonl").read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def wait_for_epochs(job: submitit.Job, run_dir: Path, epochs: int, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while completed_epochs(run_dir) < epochs:
+        if job.done() or time.monotonic() > deadline:
+            pytest.fail(f"job {job.job_id} did not reach epoch {epochs} (state {job.state}); logs {job.paths.folder}")
+        time.sleep(0.05)
+
+
+def signal_local_task(job: submitit.Job) -> None:
+    """Send the preemption signal to the task, as the local executor's controller does before its time limit.
+
+    (Submitit's LocalJob._interrupt signals the controller, which does not handle it and dies.)
+    """
+    controller = int(job.job_id)
+    children = Path(f"/proc/{controller}/task/{controller}/children").read_text().split()
+    assert len(children) == 1, f"expected one task under the controller, found {children}"
+    os.kill(int(children[0]), signal.SIGUSR2)
+
+
+def release_requeued_slurm_job(job: submitit.Job, timeout_s: float = 60) -> None:
+    """Start the requeued job now: SLURM holds a requeued batch job for about two minutes (BeginTime)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        shown = subprocess.run(["scontrol", "show", "job", job.job_id], capture_output=True, text=True).stdout
+        if "JobState=PENDING" in shown and "Reason=BeginTime" in shown:
+            subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], check=True)
+            return
+        time.sleep(0.2)
+    pytest.fail(f"job {job.job_id} was not requeued within {timeout_s} s")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("cluster", ["local", pytest.param("slurm", marks=pytest.mark.slurm)])
+def test_preempted_run_is_requeued_and_ends_as_the_uninterrupted_one(
+    request, monkeypatch, cluster, tmp_path, preemption_config, uninterrupted_run
+):
+    if cluster == "slurm":
+        request.getfixturevalue("slurm_cluster")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    profile = load_profile("local") if cluster == "local" else slurm_profile(time=10, mem=1.5)
+    run_dir = tmp_path / "run"
+    (job,) = submit_jobs(
+        make_executor(profile, tmp_path / "logs", job_name="preempted"),
+        profile,
+        [TrainingJob(preemption_config, run_dir)],
+    )
+    wait_for_epochs(job, run_dir, 2)
+    if cluster == "local":
+        signal_local_task(job)
+    else:
+        job._interrupt()
+        release_requeued_slurm_job(job)
+    wait_for([job], timeout_s=180)
+    job.result()
+
+    attempts = [json.loads(line) for line in (run_dir / ATTEMPTS_NAME).read_text().splitlines()]
+    assert [a["resume"] for a in attempts] == [False, True], "one start, then one requeued start that resumes"
+    assert completed_epochs(run_dir) == PREEMPTED_EPOCHS
+
+    reference_dir, reference_job = uninterrupted_run
+    wait_for([reference_job], timeout_s=180)
+    reference = json.loads((reference_dir / "test_metrics.json").read_text())
+    resumed = json.loads((run_dir / "test_metrics.json").read_text())
+    assert resumed["epoch"] == reference["epoch"]
+    assert resumed["confusion"] == reference["confusion"]
+    assert resumed["weighted_f1"] == pytest.approx(reference["weighted_f1"], abs=1e-12)
+    assert resumed["per_class_f1"] == pytest.approx(reference["per_class_f1"], abs=1e-12)
+    reference_history = [json.loads(line) for line in (reference_dir / "metrics.jsonl").read_text().splitlines()]
+    resumed_history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for ours, theirs in zip(resumed_history, reference_history, strict=True):
+        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-9)
+        assert ours["dev_loss"] == pytest.approx(theirs["dev_loss"], rel=1e-9)

@@ -1,0 +1,217 @@
+"""Seed sweeps: planning and run folders, then real sweeps of a tiny training config through Submitit's local
+executor and the real SLURM cluster, checked against statistics computed here from the run folders."""
+
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from extract.feature_store import SplitArrays, build_store_from_arrays
+from launch.config import ConfigError
+from launch.executors import load_profile
+from launch.sweep import parse_grid, parse_seeds, plan_sweep, run_status, submit_sweep
+
+# DeepSpeed compiles its shm_comm op once per environment (about a minute) into TORCH_EXTENSIONS_DIR;
+# the same stable folder as .ci/run's lets jobs reuse it. Jobs inherit this process's environment.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
+
+START_HINT = "start one with `sudo bash cluster/slurm/start-local-cluster.sh`"
+DIMS = {"opensmile": 6, "openl3": 4, "text": 8}
+SEEDS = [0, 1, 2]
+SWEEP_WAIT_S = 240
+# A run of a few seconds: small model, few epochs, batches of 8 dialogues.
+TINY_OVERRIDES = [
+    "model.variant=bimodal",
+    "model.hidden_size=8",
+    "train.batch_dialogues=8",
+    "train.learning_rate=0.003",
+    "train.max_epochs=3",
+    "train.patience=3",
+]
+
+
+def learnable_split(split: str, dialogues: int, seed: int) -> SplitArrays:
+    """Dialogues whose features are a class prototype plus noise, so that seeds give different, non-trivial scores."""
+    rng = np.random.default_rng(seed)
+    prototypes = {f: np.random.default_rng(100 + i).normal(size=(7, d)) for i, (f, d) in enumerate(DIMS.items())}
+    rows = [(d, u) for d in range(dialogues) for u in range(int(rng.integers(1, 7)))]
+    labels = rng.integers(0, 7, len(rows))
+    return SplitArrays(
+        keys=[f"{split}/dia{d}_utt{u}" for d, u in rows],
+        dialogue_ids=[d for d, _ in rows],
+        utterance_ids=[u for _, u in rows],
+        speakers=["Monica"] * len(rows),
+        transcripts=["Okay."] * len(rows),
+        emotion=labels,
+        sentiment=np.zeros(len(rows), dtype=int),
+        features={
+            f: (prototypes[f][labels] + rng.normal(size=(len(rows), d))).astype(np.float32) for f, d in DIMS.items()
+        },
+    )
+
+
+def write_tiny_store(folder: Path) -> Path:
+    """A small feature store with learnable random features, as the extraction pipeline would write it."""
+    arrays = {
+        "train": learnable_split("train", 32, 0),
+        "dev": learnable_split("dev", 8, 1),
+        "test": learnable_split("test", 12, 2),
+    }
+    return build_store_from_arrays(folder / "tiny-000000000000", arrays, {"corpus": "/nowhere"}, shard_dialogues=16)
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory) -> Path:
+    return write_tiny_store(tmp_path_factory.mktemp("features"))
+
+
+def run_config_class() -> type:
+    from model.train import RunConfig
+
+    return RunConfig
+
+
+# --- planning, without training ------------------------------------------------------------------------
+
+
+def test_seeds_and_grids_parse_as_written():
+    assert parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
+    assert parse_seeds("5") == [5]
+    with pytest.raises(ConfigError, match="runs backwards"):
+        parse_seeds("9-0")
+    grid = parse_grid(["model.variant=text,audio", "train.learning_rate=1e-4,3e-4", "data.families=[1, 2],[3]"])
+    assert grid == {
+        "model.variant": ["text", "audio"],
+        "train.learning_rate": [1e-4, 3e-4],
+        "data.families": [[1, 2], [3]],
+    }
+    with pytest.raises(ConfigError, match="lists a value twice"):
+        parse_grid(["model.variant=text,text"])
+
+
+def test_run_folders_are_keyed_by_config_and_seed(tmp_path):
+    config_cls = run_config_class()
+    store = 'store="/somewhere/tiny"'
+    grid = parse_grid(["model.variant=text,bimodal"])
+    runs = plan_sweep(config_cls, tmp_path, [0, 1], grid, overrides=[store])
+    assert [(r.label, r.seed) for r in runs] == [
+        ("model.variant=text", 0),
+        ("model.variant=text", 1),
+        ("model.variant=bimodal", 0),
+        ("model.variant=bimodal", 1),
+    ]
+    assert len({r.run_dir for r in runs}) == 4
+    assert runs[0].config_hash == runs[1].config_hash != runs[2].config_hash
+    assert all(r.config.seed == r.seed and r.run_dir.name.endswith(f"-seed{r.seed}") for r in runs)
+    # The same sweep planned again, or with a different runs_root (which changes no result), finds the same folders.
+    again = plan_sweep(config_cls, tmp_path, [1, 0], grid, overrides=[store, 'runs_root="elsewhere"'])
+    assert {r.run_dir for r in again} == {r.run_dir for r in runs}
+    # Any other change is another configuration.
+    other = plan_sweep(config_cls, tmp_path, [0], grid, overrides=[store, "train.learning_rate=0.5"])
+    assert not {r.run_dir for r in other} & {r.run_dir for r in runs}
+
+
+def test_a_typo_in_the_grid_or_a_seed_override_is_refused_before_anything_runs(tmp_path):
+    config_cls = run_config_class()
+    with pytest.raises(ConfigError, match="Did you mean 'model.variant'"):
+        plan_sweep(config_cls, tmp_path, [0], parse_grid(["model.varient=text"]), overrides=['store="/x"'])
+    with pytest.raises(ConfigError, match="set seeds with --seeds"):
+        plan_sweep(config_cls, tmp_path, [0], {}, overrides=['store="/x"', "seed=3"])
+    assert not (tmp_path / "runs").exists()
+
+
+# --- real sweeps ---------------------------------------------------------------------------------------
+
+
+def independent_summary(sweep_dir: Path) -> dict[str, tuple[float, float, float, float]]:
+    """Per variant, from the run folders alone: mean, sample sd and 95% CI of test weighted F1, and per-class F1."""
+    scores: dict[str, list[float]] = {}
+    per_class: dict[str, dict[str, list[float]]] = {}
+    for metrics_path in sorted((sweep_dir / "runs").glob("*/test_metrics.json")):
+        config = tomllib.loads((metrics_path.parent / "config.toml").read_text())
+        metrics = json.loads(metrics_path.read_text())
+        variant = config["model"]["variant"]
+        scores.setdefault(variant, []).append(metrics["weighted_f1"])
+        for emotion, f1 in metrics["per_class_f1"].items():
+            per_class.setdefault(variant, {}).setdefault(emotion, []).append(f1)
+    summary = {}
+    for variant, values in scores.items():
+        summary[variant] = _interval(values)
+        for emotion, f1s in per_class[variant].items():
+            summary[f"{variant}/{emotion}"] = _interval(f1s)
+    return summary
+
+
+def _interval(values: list[float]) -> tuple[float, float, float, float]:
+    assert len(values) == 3, "the t quantile below is for 2 degrees of freedom"
+    # Student's t with 2 degrees of freedom has a closed-form quantile: (2p - 1) / sqrt(2p(1 - p)).
+    t = (2 * 0.975 - 1) / math.sqrt(2 * 0.975 * 0.025)
+    mean, sd = statistics.mean(values), statistics.stdev(values)
+    half = t * sd / math.sqrt(len(values))
+    return mean, sd, mean - half, mean + half
+
+
+def run_sweep_and_check(sweep_dir: Path, store: Path, cluster: str, profile_overrides: list[str]) -> None:
+    from launch.aggregate import write_report
+    from launch.executors import follow_jobs
+
+    profile = load_profile(cluster, None, profile_overrides)
+    overrides = [*TINY_OVERRIDES, f"store={json.dumps(str(store))}"]
+    runs = plan_sweep(run_config_class(), sweep_dir, SEEDS, {}, overrides=overrides)
+
+    first = submit_sweep(runs, profile, sweep_dir)
+    assert len(first.submitted) == 3 and first.jobs
+    outcomes = follow_jobs(first.jobs, poll_s=0.5, timeout_s=SWEEP_WAIT_S)
+    assert [o.error for o in outcomes] == [None] * len(outcomes), [str(o.stderr_path) for o in outcomes]
+    assert all(run_status(run.run_dir, set()) == "done" for run in runs)
+
+    report = write_report(sweep_dir)
+    (configuration,) = report.configurations
+    assert configuration.seeds == SEEDS
+    expected = independent_summary(sweep_dir)
+    got = configuration.weighted_f1
+    assert (got.mean, got.std, got.ci_low, got.ci_high) == pytest.approx(expected["bimodal"], abs=1e-9)
+    assert got.std > 0, "three seeds that all score the same would not test the spread"
+    for emotion, got in configuration.per_class_f1.items():
+        assert (got.mean, got.std, got.ci_low, got.ci_high) == pytest.approx(expected[f"bimodal/{emotion}"], abs=1e-9)
+
+    again = submit_sweep(plan_sweep(run_config_class(), sweep_dir, SEEDS, {}, overrides=overrides), profile, sweep_dir)
+    assert again.jobs == [] and again.submitted == []
+    assert set(again.statuses.values()) == {"done"}
+
+
+@pytest.mark.integration
+def test_sweep_on_the_local_executor(tmp_path, tiny_store):
+    run_sweep_and_check(tmp_path / "sweep", tiny_store, "local", ["array_parallelism=2"])
+
+
+def slurm_available() -> str | None:
+    """None when a SLURM cluster with a usable node answers, else why not."""
+    if shutil.which("sinfo") is None:
+        return f"no SLURM cluster: sinfo not found; {START_HINT}"
+    try:
+        sinfo = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return f"no SLURM cluster: sinfo did not answer within 15 s; {START_HINT}"
+    if sinfo.returncode != 0 or not {"idle", "mixed", "allocated"} & set(sinfo.stdout.split()):
+        return f"no usable SLURM node ({sinfo.stderr.strip() or sinfo.stdout.split()}); {START_HINT}"
+    return None
+
+
+@pytest.mark.slurm
+@pytest.mark.integration
+def test_sweep_on_slurm_as_a_job_array(tmp_path, tiny_store):
+    reason = slurm_available()
+    if reason:
+        pytest.skip(reason)
+    run_sweep_and_check(tmp_path / "sweep", tiny_store, "slurm", ["time=10", "mem=1.5", "array_parallelism=3"])
+    submissions = [json.loads(p.read_text()) for p in (tmp_path / "sweep" / "runs").glob("*/submission.json")]
+    array_ids = {s["job_id"].split("_")[0] for s in submissions}
+    assert len(submissions) == 3 and len(array_ids) == 1, "the seeds go out as one SLURM job array"
