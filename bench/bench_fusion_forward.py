@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from launch.config import load_config
+from cluster.config import load_config
 from model.fusion import FusionConfig, build_fusion_model
 
 AUDIO_DIM = 6552 + 6144

@@ -55,7 +55,7 @@ from extract.openl3 import OpenL3Config, OpenL3Embedder, OpenL3SetupError, resol
 from extract.opensmile_features import OpenSmileConfig, OpenSmileExtractor
 from extract.text_features import TextEncoderError, TextFeatureConfig, TextFeatureExtractor, text_feature_dim
 from extract.utterance import SPLITS, ClipFlag, Utterance
-from launch.config import write_resolved_config
+from cluster.config import write_resolved_config
 
 log = logging.getLogger(__name__)
 

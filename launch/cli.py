@@ -29,7 +29,7 @@ VERBS: tuple[str, ...] = (
 # Exceptions that mean "the user asked for something that cannot be done": the CLI prints
 # their message and exits 2 instead of showing a traceback. Each component keeps its own.
 USER_ERRORS: tuple[str, ...] = (
-    "launch.config:ConfigError",
+    "cluster.config:ConfigError",
     "launch.cli:UserError",
     "extract.labels:UnknownLabelError",
     "extract.audio:AudioDecodeError",

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import submitit
 
 from cluster.profile import LOCAL_PROFILE, ClusterProfile
-from launch.config import ConfigError, apply_overrides, from_dict, load_config, to_dict
+from cluster.config import ConfigError, apply_overrides, from_dict, load_config, to_dict
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import submitit
 
 from cluster.profile import ClusterProfile
-from launch.config import (
+from cluster.config import (
     ConfigError,
     apply_overrides,
     from_dict,

@@ -156,7 +156,7 @@ def evaluation_record(evaluation: SplitEvaluation, floor_label: int, checkpoint:
 def write_evaluation(run_dir: Path, evaluation: SplitEvaluation, record: dict[str, Any]) -> Path:
     """Predictions, confusion plot, then the metrics file: written last, it marks the evaluation complete."""
     # Imported here: matplotlib costs a second at import, and only the writing process needs it.
-    from launch.plots import plot_confusion_matrix
+    from model.plots import plot_confusion_matrix
 
     run_dir = Path(run_dir)
     write_lines_atomic(

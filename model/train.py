@@ -49,7 +49,7 @@ from tqdm import tqdm
 from cluster.rendezvous import Rendezvous, export_rendezvous, resolve_rendezvous
 from extract.feature_store import FeatureStore
 from extract.labels import EMOTIONS
-from launch.config import RESOLVED_CONFIG_NAME, load_config, to_dict, write_resolved_config
+from cluster.config import RESOLVED_CONFIG_NAME, load_config, to_dict, write_resolved_config
 from model.dialogue_data import (
     DialogueBatchSampler,
     DialogueDataConfig,
@@ -620,7 +620,7 @@ def _test(
     config: RunConfig, inputs: RunInputs, checkpoints: Checkpoints, rendezvous: Rendezvous, run_dir: Path
 ) -> dict[str, Any]:
     """Score the test split once with the best checkpoint; write predictions, plots, then test_metrics.json."""
-    from launch.plots import plot_learning_curves
+    from model.plots import plot_learning_curves
 
     progress = checkpoints.progress()
     if progress is None:

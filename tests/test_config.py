@@ -7,7 +7,7 @@ from typing import Literal
 import pytest
 
 from extract.demo_corpus import DemoCorpusConfig
-from launch.config import (
+from cluster.config import (
     ConfigError,
     apply_overrides,
     describe,

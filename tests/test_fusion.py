@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from launch.config import ConfigError, from_dict
+from cluster.config import ConfigError, from_dict
 from model.fusion import FusionConfig, build_fusion_model
 from model.sca import MaskedAttention, SCAUnit
 

@@ -24,7 +24,7 @@ from cluster.profile import ClusterProfile
 from cluster.ray_on_slurm import cpus_per_node, ray_ports
 from cluster.rendezvous import expand_hostlist
 from launch.cli import main
-from launch.config import load_config
+from cluster.config import load_config
 from launch.executors import SubmissionError, check_request, load_profile, make_executor, submit_jobs
 from launch.jobs import ATTEMPTS_NAME, TrainingJob
 

@@ -27,7 +27,7 @@ from extract.openl3 import (
     resolve_weights_file,
 )
 from extract.openl3_frontend import OpenL3Spectrogram, frame_windows, hz_to_mel, mel_filterbank
-from launch.config import ConfigError, from_dict
+from cluster.config import ConfigError, from_dict
 
 RATE = 48000
 SMALL_WIDTHS = (3, 4, 5, 6)

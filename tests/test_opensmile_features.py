@@ -7,7 +7,7 @@ import opensmile
 import pytest
 
 from extract.opensmile_features import EMO_LARGE_CONFIG, OpenSmileConfig, OpenSmileExtractor
-from launch.config import ConfigError, from_dict
+from cluster.config import ConfigError, from_dict
 
 SR = OpenSmileExtractor.SAMPLE_RATE
 

@@ -19,7 +19,7 @@ from extract.pipeline import ExtractConfig, plan_shards, run_extraction, store_p
 from extract.text_features import TextFeatureConfig
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from launch.cli import main
-from launch.config import load_config
+from cluster.config import load_config
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import pytest
 import submitit
 
 from cluster.profile import LOCAL_PROFILE, ClusterProfile
-from launch.config import ConfigError
+from cluster.config import ConfigError
 from launch.executors import PROFILES_DIR, PartitionInfo, load_profile, make_executor, request_problems
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from extract.feature_store import SplitArrays, build_store_from_arrays
-from launch.config import ConfigError
+from cluster.config import ConfigError
 from launch.executors import load_profile
 from launch.sweep import parse_grid, parse_seeds, plan_sweep, run_status, submit_sweep
 

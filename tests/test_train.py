@@ -26,7 +26,7 @@ from cluster.rendezvous import (
 from extract.feature_store import SplitArrays, build_store_from_arrays
 from extract.labels import EMOTION_INDEX
 from launch.cli import main
-from launch.config import load_config
+from cluster.config import load_config
 from model.metrics import classification_metrics
 from model.train import (
     METRICS_NAME,

@@ -4,7 +4,7 @@ import argparse
 import importlib
 
 from launch.cli import UserError
-from launch.config import describe
+from cluster.config import describe
 from launch.tables import format_table
 
 # The configs a user writes, by the name `cmroberta config` knows them.

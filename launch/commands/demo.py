@@ -11,7 +11,7 @@ from extract.openl3 import OpenL3Config
 from extract.pipeline import ExtractConfig, run_extraction
 from extract.text_features import TextFeatureConfig
 from launch.commands.prepare import corpus_summary
-from launch.config import write_resolved_config
+from cluster.config import write_resolved_config
 from model.fusion import FusionConfig
 from model.train import RunConfig, TrainConfig, train
 

@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
-from launch.config import load_config, write_resolved_config
+from cluster.config import load_config, write_resolved_config
 
 
 def run_demo_corpus(out: Path, config_file: Path | None, overrides: list[str]) -> Path:

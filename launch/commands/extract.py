@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from launch.config import load_config
+from cluster.config import load_config
 
 
 def run_extract(corpus: Path, config_file: Path | None, overrides: list[str]) -> Path:

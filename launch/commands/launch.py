@@ -10,7 +10,7 @@ import submitit
 
 from launch.cli import UserError
 from launch.commands.sweep import add_sweep_arguments, run_sweep
-from launch.config import load_config
+from cluster.config import load_config
 
 
 def _report_submission(

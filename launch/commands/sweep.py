@@ -4,7 +4,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from launch.config import load_config
+from cluster.config import load_config
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from launch.config import load_config
+from cluster.config import load_config
 
 
 def run_train(store: Path, config_file: Path | None, overrides: list[str], run_dir: Path | None, resume: bool) -> None:
