@@ -1,6 +1,6 @@
 """Cluster profiles: what a job asks the scheduler for, in the terms people know from SLURM.
 
-A profile is a TOML file (see launch/profiles/) read strictly by `launch.config`, so a
+A profile is a TOML file (see launch/profiles/) read strictly by `cluster.config`, so a
 misspelt key is an error that names it. `kind = "local"` runs jobs as processes on this
 machine through Submitit's local executor and needs no scheduler; `kind = "slurm"` submits
 them with sbatch. `LOCAL_PROFILE` is the built-in default, used when no profile is given.
