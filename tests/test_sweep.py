@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from learnable_store import write_learnable_store
 
-from extract.feature_store import SplitArrays, build_store_from_arrays
 from cluster.config import ConfigError
 from launch.executors import load_profile
 from launch.sweep import parse_grid, parse_seeds, plan_sweep, run_status, submit_sweep
@@ -23,7 +23,6 @@ from launch.sweep import parse_grid, parse_seeds, plan_sweep, run_status, submit
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
 
 START_HINT = "start one with `sudo bash cluster/slurm/start-local-cluster.sh`"
-DIMS = {"opensmile": 6, "openl3": 4, "text": 8}
 SEEDS = [0, 1, 2]
 SWEEP_WAIT_S = 240
 # A run of a few seconds: small model, few epochs, batches of 8 dialogues.
@@ -37,34 +36,9 @@ TINY_OVERRIDES = [
 ]
 
 
-def learnable_split(split: str, dialogues: int, seed: int) -> SplitArrays:
-    """Dialogues whose features are a class prototype plus noise, so that seeds give different, non-trivial scores."""
-    rng = np.random.default_rng(seed)
-    prototypes = {f: np.random.default_rng(100 + i).normal(size=(7, d)) for i, (f, d) in enumerate(DIMS.items())}
-    rows = [(d, u) for d in range(dialogues) for u in range(int(rng.integers(1, 7)))]
-    labels = rng.integers(0, 7, len(rows))
-    return SplitArrays(
-        keys=[f"{split}/dia{d}_utt{u}" for d, u in rows],
-        dialogue_ids=[d for d, _ in rows],
-        utterance_ids=[u for _, u in rows],
-        speakers=["Monica"] * len(rows),
-        transcripts=["Okay."] * len(rows),
-        emotion=labels,
-        sentiment=np.zeros(len(rows), dtype=int),
-        features={
-            f: (prototypes[f][labels] + rng.normal(size=(len(rows), d))).astype(np.float32) for f, d in DIMS.items()
-        },
-    )
-
-
 def write_tiny_store(folder: Path) -> Path:
     """A small feature store with learnable random features, as the extraction pipeline would write it."""
-    arrays = {
-        "train": learnable_split("train", 32, 0),
-        "dev": learnable_split("dev", 8, 1),
-        "test": learnable_split("test", 12, 2),
-    }
-    return build_store_from_arrays(folder / "tiny-000000000000", arrays, {"corpus": "/nowhere"}, shard_dialogues=16)
+    return write_learnable_store(folder / "tiny-000000000000")
 
 
 @pytest.fixture(scope="module")

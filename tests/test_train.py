@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from learnable_store import write_learnable_store
 
 from cluster.rendezvous import (
     LOOPBACK,
@@ -23,7 +24,6 @@ from cluster.rendezvous import (
     resolve_rendezvous,
     slurm_port,
 )
-from extract.feature_store import SplitArrays, build_store_from_arrays
 from extract.labels import EMOTION_INDEX
 from launch.cli import main
 from cluster.config import load_config
@@ -41,7 +41,6 @@ from model.train import (
 # a stable folder, the same as .ci/run's, lets every later run reuse it.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
 
-DIMS = {"opensmile": 6, "openl3": 4, "text": 8}
 MAX_EPOCHS = 8
 # One config for every run here, as `key=value` overrides, so the CLI and in-process runs share it.
 OVERRIDES = [
@@ -61,28 +60,6 @@ OVERRIDES = [
 # The resume test trains with dropout, whose masks must also come out the same after a restart.
 DROPOUT_OVERRIDES = [*OVERRIDES, "model.dropout=0.3", "model.input_dropout=0.1"]
 _DISTRIBUTED_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID")
-
-
-def learnable_split(split: str, dialogues: int, seed: int) -> SplitArrays:
-    """Dialogues whose utterance features are a class prototype plus noise, so a model can learn them."""
-    rng = np.random.default_rng(seed)
-    prototypes = {f: np.random.default_rng(100 + i).normal(size=(7, d)) for i, (f, d) in enumerate(DIMS.items())}
-    rows = [(d, u) for d in range(dialogues) for u in range(int(rng.integers(1, 7)))]
-    labels = rng.integers(0, 7, len(rows))
-    features = {
-        f: (1.5 * prototypes[f][labels] + rng.normal(size=(len(rows), d)) + 2.0).astype(np.float32)
-        for f, d in DIMS.items()
-    }
-    return SplitArrays(
-        keys=[f"{split}/dia{d}_utt{u}" for d, u in rows],
-        dialogue_ids=[d for d, _ in rows],
-        utterance_ids=[u for _, u in rows],
-        speakers=["Monica"] * len(rows),
-        transcripts=["Okay."] * len(rows),
-        emotion=labels,
-        sentiment=np.zeros(len(rows), dtype=int),
-        features=features,
-    )
 
 
 def clean_environment() -> dict[str, str]:
@@ -115,13 +92,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    arrays = {
-        "train": learnable_split("train", 32, 0),
-        "dev": learnable_split("dev", 8, 1),
-        "test": learnable_split("test", 10, 2),
-    }
     path = tmp_path_factory.mktemp("features") / "learnable-000000000000"
-    return build_store_from_arrays(path, arrays, {"corpus": "/nowhere"}, shard_dialogues=16)
+    return write_learnable_store(path, test_dialogues=10, separation=1.5, offset=2.0)
 
 
 def uninterrupted_run(store: Path, folder: Path, overrides: list[str]) -> tuple[Path, dict]:
