@@ -42,6 +42,7 @@ USER_ERRORS: tuple[str, ...] = (
     "model.train:RunFolderError",
     "launch.report:ReportError",
     "launch.executors:SubmissionError",
+    "model.token_cache:TokenCacheError",
 )
 
 

@@ -9,6 +9,10 @@ A third table scores the voice-only utterances when the corpus lists them (the d
 
 Runs that share a variant (seeds of a sweep) are shown as mean ± sample standard deviation;
 a difference is the difference of the means. Numbers are percentages.
+
+Runs whose text encoder was fine-tuned with the head (`text_mode = "end_to_end"`) are reported
+apart from runs on frozen text features: their rows carry the suffix " (end-to-end)". Audio-only
+runs read no text, so the same audio runs serve both.
 """
 
 import csv
@@ -55,6 +59,9 @@ PAPER_TABLE2: dict[str, tuple[float, ...]] = {
 
 VOICE_ONLY = "voice-only utterances"
 
+# Text mode -> row-name suffix, in report order.
+TEXT_MODE_SUFFIXES: dict[str, str] = {"features": "", "end_to_end": " (end-to-end)"}
+
 
 class ReportError(Exception):
     """Run folders that cannot be reported together; the message names the folder and the fix."""
@@ -70,6 +77,8 @@ class RunResult:
     """Model variant: audio, text, bimodal_no_sca or bimodal."""
     seed: int
     """The run's seed."""
+    text_mode: str
+    """Where its text vectors came from: 'features' (the store's) or 'end_to_end' (a fine-tuned encoder)."""
     test: dict[str, Any]
     """Its test_metrics.json."""
     voice_only: dict[str, float | int] | None
@@ -199,10 +208,16 @@ def load_run(run_dir: Path) -> RunResult:
         raise ReportError(
             f"run folder {run_dir} has model variant {variant!r}; expected one of {', '.join(VARIANT_NAMES)}"
         )
+    text_mode = config.get("text_mode", "features")
+    if text_mode not in TEXT_MODE_SUFFIXES:
+        raise ReportError(
+            f"run folder {run_dir} has text_mode {text_mode!r}; expected one of {', '.join(TEXT_MODE_SUFFIXES)}"
+        )
     return RunResult(
         run_dir=run_dir,
         variant=variant,
         seed=int(config.get("seed", 0)),
+        text_mode=text_mode,
         test=test,
         voice_only=_voice_only_scores(run_dir, config),
     )
@@ -223,13 +238,28 @@ def load_runs(paths: Sequence[Path]) -> list[RunResult]:
     return runs
 
 
-def _by_variant(runs: Sequence[RunResult]) -> dict[str, list[RunResult]]:
+def _text_modes(runs: Sequence[RunResult]) -> list[str]:
+    """Text modes of the runs that read text, in report order; 'features' alone when none does."""
+    present = {run.text_mode for run in runs if run.variant != "audio"}
+    return [mode for mode in TEXT_MODE_SUFFIXES if mode in present] or ["features"]
+
+
+def _by_variant(runs: Sequence[RunResult], text_mode: str = "features") -> dict[str, list[RunResult]]:
+    """Runs of each variant with `text_mode`; audio-only runs, which read no text, under every mode."""
     grouped: dict[str, list[RunResult]] = {}
     for variant in VARIANT_NAMES:
-        chosen = sorted((run for run in runs if run.variant == variant), key=lambda run: run.seed)
+        chosen = sorted(
+            (run for run in runs if run.variant == variant and (variant == "audio" or run.text_mode == text_mode)),
+            key=lambda run: run.seed,
+        )
         if chosen:
             grouped[variant] = chosen
     return grouped
+
+
+def _row_name(variant: str, text_mode: str) -> str:
+    """A variant's row name, marked with its text mode (never for audio, which reads no text)."""
+    return VARIANT_NAMES[variant] + ("" if variant == "audio" else TEXT_MODE_SUFFIXES[text_mode])
 
 
 def _cell(runs: Sequence[RunResult] | None, read: Any) -> Cell | None:
@@ -244,12 +274,15 @@ def _difference(a: Cell | None, b: Cell | None) -> float | None:
 
 def table1(runs: Sequence[RunResult]) -> Table:
     """Weighted F1 of audio, text and bimodal models, and bimodal − text: the paper's Table 1 shape."""
-    grouped = _by_variant(runs)
-    weighted = {variant: _cell(grouped.get(variant), lambda run: run.test["weighted_f1"]) for variant in VARIANT_NAMES}
     rows: list[tuple[str, list[Cell | float | int | None]]] = []
-    for name, bimodal in (("CM-RoBERTa without SCA unit", "bimodal_no_sca"), ("CM-RoBERTa", "bimodal")):
-        cells = [weighted["audio"], weighted["text"], weighted[bimodal]]
-        rows.append((name, [*cells, _difference(weighted[bimodal], weighted["text"])]))
+    for mode in _text_modes(runs):
+        grouped = _by_variant(runs, mode)
+        weighted = {
+            variant: _cell(grouped.get(variant), lambda run: run.test["weighted_f1"]) for variant in VARIANT_NAMES
+        }
+        for name, bimodal in (("CM-RoBERTa without SCA unit", "bimodal_no_sca"), ("CM-RoBERTa", "bimodal")):
+            cells = [weighted["audio"], weighted["text"], weighted[bimodal]]
+            rows.append((name + TEXT_MODE_SUFFIXES[mode], [*cells, _difference(weighted[bimodal], weighted["text"])]))
     floor = runs[0].test["majority_floor"]
     floor_value = 100 * floor["weighted_f1"]
     rows.append((f"always {floor['label']}", [floor_value, floor_value, floor_value, None]))
@@ -265,17 +298,21 @@ def table1(runs: Sequence[RunResult]) -> Table:
 
 def table2(runs: Sequence[RunResult]) -> Table:
     """Per-class F1 in the paper's order and the weighted average, per modality: the paper's Table 2 shape."""
-    grouped = _by_variant(runs)
     rows: list[tuple[str, list[Cell | float | int | None]]] = []
-    cells_of: dict[str, list[Cell | None]] = {}
-    for variant, chosen in grouped.items():
-        cells = [_cell(chosen, lambda run, e=emotion: run.test["per_class_f1"][e]) for emotion in EMOTIONS]
-        cells.append(_cell(chosen, lambda run: run.test["weighted_f1"]))
-        cells_of[variant] = cells
-        label = f"{VARIANT_NAMES[variant]} (n={len(chosen)})" if len(chosen) > 1 else VARIANT_NAMES[variant]
-        rows.append((label, list(cells)))
-    if "bimodal" in cells_of and "text" in cells_of:
-        rows.append(("bimodal - text", [_difference(a, b) for a, b in zip(cells_of["bimodal"], cells_of["text"])]))
+    for index, mode in enumerate(_text_modes(runs)):
+        suffix = TEXT_MODE_SUFFIXES[mode]
+        cells_of: dict[str, list[Cell | None]] = {}
+        for variant, chosen in _by_variant(runs, mode).items():
+            cells = [_cell(chosen, lambda run, e=emotion: run.test["per_class_f1"][e]) for emotion in EMOTIONS]
+            cells.append(_cell(chosen, lambda run: run.test["weighted_f1"]))
+            cells_of[variant] = cells
+            if variant == "audio" and index > 0:
+                continue  # the audio row is the same runs under every text mode: shown once
+            name = _row_name(variant, mode)
+            rows.append((f"{name} (n={len(chosen)})" if len(chosen) > 1 else name, list(cells)))
+        if "bimodal" in cells_of and "text" in cells_of:
+            difference = [_difference(a, b) for a, b in zip(cells_of["bimodal"], cells_of["text"])]
+            rows.append((f"bimodal - text{suffix}", difference))
     floor = runs[0].test["majority_floor"]
     rows.append(
         (f"always {floor['label']}", [100 * floor["per_class_f1"][e] for e in EMOTIONS] + [100 * floor["weighted_f1"]])
@@ -292,22 +329,20 @@ def table2(runs: Sequence[RunResult]) -> Table:
 
 def voice_only_table(runs: Sequence[RunResult]) -> Table | None:
     """Accuracy and weighted F1 on the voice-only test utterances, per modality; None if the corpus lists none."""
-    grouped = {variant: [run for run in chosen if run.voice_only] for variant, chosen in _by_variant(runs).items()}
-    grouped = {variant: chosen for variant, chosen in grouped.items() if chosen}
-    if not grouped:
-        return None
     rows: list[tuple[str, list[Cell | float | int | None]]] = []
-    for variant, chosen in grouped.items():
-        rows.append(
-            (
-                VARIANT_NAMES[variant],
-                [
-                    int(chosen[0].voice_only["count"]),
-                    _cell(chosen, lambda run: run.voice_only["accuracy"]),
-                    _cell(chosen, lambda run: run.voice_only["weighted_f1"]),
-                ],
-            )
-        )
+    for index, mode in enumerate(_text_modes(runs)):
+        for variant, chosen in _by_variant(runs, mode).items():
+            chosen = [run for run in chosen if run.voice_only]
+            if not chosen or (variant == "audio" and index > 0):
+                continue
+            cells = [
+                int(chosen[0].voice_only["count"]),
+                _cell(chosen, lambda run: run.voice_only["accuracy"]),
+                _cell(chosen, lambda run: run.voice_only["weighted_f1"]),
+            ]
+            rows.append((_row_name(variant, mode), cells))
+    if not rows:
+        return None
     return Table(
         title="Voice-only test utterances (%): the transcript does not tell the emotion",
         name="voice_only",
@@ -331,7 +366,7 @@ def format_report(runs: Sequence[RunResult], markdown: bool = False) -> str:
     for table in report_tables(runs):
         heading = f"## {table.title}" if markdown else table.title
         parts.append(f"{heading}\n\n{table.render(markdown=markdown)}")
-    sources = "\n".join(f"- {run.variant}, seed {run.seed}: {run.run_dir}" for run in runs)
+    sources = "\n".join(f"- {_row_name(run.variant, run.text_mode)}, seed {run.seed}: {run.run_dir}" for run in runs)
     parts.append(f"{'## ' if markdown else ''}Runs\n\n{sources}")
     return "\n\n".join(parts) + "\n"
 

@@ -11,6 +11,10 @@ no outlier.
 Batches hold whole dialogues, padded to the longest one in the batch, with a Bool mask. Ranks share
 one global batch: every rank walks the same seeded order of dialogues and takes every
 world_size-th dialogue of each global batch, so N ranks see together exactly what one rank sees.
+
+When the text encoder trains end to end, a dataset holds the split's token ids (`model.token_cache`)
+instead of text vectors, and a batch's `text` is the token ids of its utterances (`TokenBatch`),
+which the end-to-end model encodes; everything else about batches stays the same.
 """
 
 import logging
@@ -18,11 +22,16 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from extract.feature_store import FeatureStore, FeatureStoreError, SplitArrays
+
+if TYPE_CHECKING:
+    # Only end-to-end runs hold token ids; the import (transformers and the tokenizer) waits for them.
+    from model.token_cache import TokenBatch, TokenSplit
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +225,9 @@ class DialogueBatch:
 
     audio: torch.Tensor | None
     """float32 [B, T, audio_dim], zeros at padding; None when the model does not use audio."""
-    text: torch.Tensor | None
-    """float32 [B, T, text_dim], zeros at padding; None when the model does not use text."""
+    text: "torch.Tensor | TokenBatch | None"
+    """float32 [B, T, text_dim], zeros at padding; the token ids of the real utterances when the text
+    encoder trains end to end; None when the model does not use text."""
     mask: torch.Tensor
     """bool [B, T]: True at real utterances."""
     labels: torch.Tensor
@@ -228,9 +238,11 @@ class DialogueBatch:
     def to(self, device: torch.device, dtype: torch.dtype | None = None) -> "DialogueBatch":
         """The batch on `device`; features cast to `dtype` when given (bf16/fp16 training)."""
 
-        def move(features: torch.Tensor | None) -> torch.Tensor | None:
+        def move(features: "torch.Tensor | TokenBatch | None") -> "torch.Tensor | TokenBatch | None":
             if features is None:
                 return None
+            if not isinstance(features, torch.Tensor):
+                return features.to(device)  # token ids stay integers
             return features.to(device=device, dtype=dtype or features.dtype, non_blocking=True)
 
         return DialogueBatch(
@@ -254,13 +266,17 @@ class DialogueDataset:
         dialogues: list[np.ndarray],
         audio: np.ndarray | None,
         text: np.ndarray | None,
+        tokens: "TokenSplit | None" = None,
     ):
+        if text is not None and tokens is not None:
+            raise ValueError(f"the {split} dataset is given both text features and token ids; a model reads one")
         self.split = split
         self.keys = keys
         self.labels = np.asarray(labels, dtype=np.int64)
         self.dialogues = dialogues
         self.audio = audio
         self.text = text
+        self.tokens = tokens
         self.lengths = np.array([len(rows) for rows in dialogues], dtype=np.int64)
 
     def __len__(self) -> int:
@@ -299,6 +315,8 @@ class DialogueDataset:
                 audio[b, :length] = torch.from_numpy(self.audio[dialogue_rows])
             if text is not None:
                 text[b, :length] = torch.from_numpy(self.text[dialogue_rows])
+        if self.tokens is not None:
+            return DialogueBatch(audio=audio, text=self.tokens.batch(rows), mask=mask, labels=labels, rows=rows)
         return DialogueBatch(audio=audio, text=text, mask=mask, labels=labels, rows=rows)
 
 
@@ -390,6 +408,20 @@ class RankBatch:
     global_indices: list[int]
     """Every dialogue of the global batch, on all ranks: the loss is normalised by their utterances."""
 
+    def micro_batches(self, parts: int) -> list["RankBatch"]:
+        """This share cut into `parts` micro-batches for gradient accumulation, every one non-empty.
+
+        A part left without a dialogue runs the global batch's first one uncounted, so every rank
+        runs the same number of forward and backward passes.
+        """
+        micro = []
+        for part in range(parts):
+            indices, counted = self.indices[part::parts], self.counted[part::parts]
+            if not indices:
+                indices, counted = self.global_indices[:1], [False]
+            micro.append(RankBatch(indices=indices, counted=counted, global_indices=self.global_indices))
+        return micro
+
 
 class DialogueBatchSampler:
     """Global batches of `batch_dialogues` dialogues in a seeded order, each split across ranks.
@@ -445,3 +477,43 @@ class DialogueBatchSampler:
                 yield RankBatch(indices=mine, counted=[True] * len(mine), global_indices=global_indices)
             else:
                 yield RankBatch(indices=global_indices[:1], counted=[False], global_indices=global_indices)
+
+
+class LengthBucketSampler(DialogueBatchSampler):
+    """Shuffled global batches of dialogues of similar length, to cut padding (of tokens, end to end).
+
+    The epoch's shuffled dialogues are cut into pools of `pool_batches` batches; each pool is sorted
+    by length and cut into batches, and the full batches of all pools are shuffled, so every batch
+    holds dialogues of similar length while the order of batches stays random. The last, short
+    batch (if the split does not divide evenly) stays last: ranks cut global batches at fixed offsets.
+    """
+
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        batch_dialogues: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        pool_batches: int = 16,
+    ):
+        super().__init__(len(lengths), batch_dialogues, rank=rank, world_size=world_size, shuffle=True, seed=seed)
+        if pool_batches < 1:
+            raise ValueError(f"pool_batches must be at least 1, not {pool_batches}")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.pool_batches = pool_batches
+
+    def order(self) -> np.ndarray:
+        """The epoch's dialogue order: batch after batch of similar lengths."""
+        generator = np.random.default_rng([self.seed, self.epoch])
+        shuffled = generator.permutation(self.num_dialogues)
+        full = (self.num_dialogues // self.batch_dialogues) * self.batch_dialogues
+        pool = self.pool_batches * self.batch_dialogues
+        batches = []
+        for start in range(0, full, pool):
+            members = shuffled[start : min(start + pool, full)]
+            members = members[np.argsort(self.lengths[members], kind="stable")]
+            batches.extend(np.split(members, len(members) // self.batch_dialogues))
+        batch_order = generator.permutation(len(batches))
+        return np.concatenate([*(batches[i] for i in batch_order), shuffled[full:]]).astype(np.int64)

@@ -10,6 +10,12 @@ Every rank draws the same global batch and computes the loss of its share summed
 the global batch's utterance count (times world_size, since DeepSpeed averages gradients over
 ranks), so N ranks take the same steps as one rank with the same global batch.
 
+`text_mode` chooses where the text vectors come from: 'features' reads them from the store (the
+paper's frozen RoBERTa); 'end_to_end' feeds each utterance's token ids to a Hugging Face encoder
+that trains with the head (`model.end_to_end`): AdamW with layer-wise learning rates and a
+warmup/decay schedule, ZeRO-2, bf16 where the GPU has it, and gradient accumulation, where each
+global batch is cut into micro-batches whose gradients add up to the whole batch's.
+
 A run folder holds:
     config.toml                 the resolved RunConfig
     feature_statistics.npz      train-split standardisation, applied again at evaluation
@@ -50,11 +56,13 @@ from cluster.rendezvous import Rendezvous, export_rendezvous, resolve_rendezvous
 from extract.feature_store import FeatureStore
 from extract.labels import EMOTIONS
 from cluster.config import RESOLVED_CONFIG_NAME, load_config, to_dict, write_resolved_config
+from model.deepspeed_config import build_deepspeed_config, micro_batch_dialogues, resolve_precision
 from model.dialogue_data import (
     DialogueBatchSampler,
     DialogueDataConfig,
     DialogueDataset,
     FeatureStatistics,
+    LengthBucketSampler,
     Modalities,
     load_datasets,
     select_modalities,
@@ -72,7 +80,9 @@ from model.evaluate import (
     write_json_atomic,
     write_lines_atomic,
 )
+from model.end_to_end import EndToEndConfig, attach_tokens, build_end_to_end_model, build_optimizer
 from model.fusion import FusionConfig, build_fusion_model
+from model.lr_schedule import build_lr_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +153,11 @@ class RunConfig:
     """Which families make up each modality, and their standardisation."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation and DeepSpeed settings."""
+    text_mode: Literal["features", "end_to_end"] = "features"
+    """Where text vectors come from: 'features', the store's (a frozen encoder, as in the paper), or
+    'end_to_end', a text encoder fed token ids that trains with the head (set up in [end_to_end])."""
+    end_to_end: EndToEndConfig = field(default_factory=EndToEndConfig)
+    """The text encoder and its optimisation; read only when text_mode is 'end_to_end'."""
     seed: int = 0
     """Seed of the initial weights, the shuffle and dropout."""
     runs_root: str = "runs"
@@ -153,11 +168,29 @@ class RunConfig:
             raise ValueError("store must be a feature store folder, as printed by `cmroberta extract`")
         if self.seed < 0:
             raise ValueError(f"seed must be 0 or more, not {self.seed}")
+        if self.text_mode == "end_to_end":
+            if not self.model.uses_text:
+                raise ValueError(
+                    f"text_mode 'end_to_end' trains a text encoder, but model.variant {self.model.variant!r} reads "
+                    "no text; use text_mode 'features' for it"
+                )
+            defaults = TrainConfig()
+            for name in ("zero_stage", "precision", "gradient_clipping"):
+                if getattr(self.train, name) != getattr(defaults, name):
+                    raise ValueError(
+                        f"train.{name} does not apply to text_mode 'end_to_end'; set end_to_end.engine.{name} instead"
+                    )
+
+    @property
+    def end_to_end_mode(self) -> bool:
+        """Whether the text encoder trains with the head."""
+        return self.text_mode == "end_to_end"
 
 
 def default_run_dir(config: RunConfig) -> Path:
-    """`<runs_root>/<store folder name>/<variant>-seed<seed>`."""
-    return Path(config.runs_root) / Path(config.store).name / f"{config.model.variant}-seed{config.seed}"
+    """`<runs_root>/<store folder name>/<variant>[-end_to_end]-seed<seed>`."""
+    mode = "-end_to_end" if config.end_to_end_mode else ""
+    return Path(config.runs_root) / Path(config.store).name / f"{config.model.variant}{mode}-seed{config.seed}"
 
 
 @contextmanager
@@ -185,6 +218,16 @@ def distributed_session() -> Iterator[Rendezvous]:
 def precision_dtype(precision: str) -> torch.dtype:
     """The dtype DeepSpeed casts the model to for `precision`, so inputs can match it."""
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def run_precision(config: RunConfig) -> str:
+    """The precision the run trains in: the end-to-end engine's (its 'auto' resolved here), else train's."""
+    return resolve_precision(config.end_to_end.engine.precision) if config.end_to_end_mode else config.train.precision
+
+
+def zero_stage(config: RunConfig) -> int:
+    """The ZeRO stage the run trains with."""
+    return config.end_to_end.engine.zero_stage if config.end_to_end_mode else config.train.zero_stage
 
 
 def deepspeed_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
@@ -329,16 +372,20 @@ class RunInputs:
 
 
 def build_model(config: RunConfig, modalities: Modalities) -> torch.nn.Module:
-    """The fusion network for the modalities' widths, initialised from the run's seed."""
+    """The fusion network for the modalities' widths (behind the text encoder, end to end), seeded by the run."""
+    if config.end_to_end_mode:
+        return build_end_to_end_model(config.end_to_end, config.model, modalities.audio_dim, config.seed)
     torch.manual_seed(config.seed)
     return build_fusion_model(config.model, modalities.audio_dim, modalities.text_dim)
 
 
 def run_modalities(config: RunConfig, store: FeatureStore) -> Modalities:
-    """The families the configured variant reads from `store`; a FeatureStoreError if the store lacks one."""
-    return select_modalities(
-        store_modalities(store, config.data), store, config.model.uses_audio, config.model.uses_text
-    )
+    """The families the configured variant reads from `store`; a FeatureStoreError if the store lacks one.
+
+    End to end, text comes from token ids, so the store's text family is neither needed nor read.
+    """
+    reads_text = config.model.uses_text and not config.end_to_end_mode
+    return select_modalities(store_modalities(store, config.data), store, config.model.uses_audio, reads_text)
 
 
 def prepare_inputs(
@@ -349,6 +396,8 @@ def prepare_inputs(
     modalities = run_modalities(config, store)
     model = build_model(config, modalities)
     datasets, statistics = load_datasets(store, modalities, splits, config.data.standardize, statistics)
+    if config.end_to_end_mode:
+        attach_tokens(store, datasets, config.end_to_end.encoder)
     if "train" in datasets:
         train_labels = datasets["train"].labels
     else:
@@ -358,36 +407,61 @@ def prepare_inputs(
     )
 
 
-def initialize_engine(model: torch.nn.Module, train: TrainConfig, world_size: int, with_optimizer: bool) -> Any:
-    """The DeepSpeed engine around `model`; torch's Adam as the optimizer when training."""
+def initialize_engine(
+    model: torch.nn.Module, config: RunConfig, world_size: int, steps_per_epoch: int | None
+) -> Any:
+    """The DeepSpeed engine around `model`; with an optimizer when training (`steps_per_epoch` given).
+
+    Features: torch's Adam at train.learning_rate. End to end: AdamW over layer-wise groups with
+    the warmup/decay schedule over train.max_epochs, which DeepSpeed steps and checkpoints.
+    """
     import deepspeed
 
     # DeepSpeed logs its whole config at INFO on every start; keep its INFO for -v runs only.
     deepspeed.utils.logger.setLevel(logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
-    optimizer = None
-    if with_optimizer:
-        parameters = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(parameters, lr=train.learning_rate, weight_decay=train.weight_decay)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(train, world_size))
+    train = config.train
+    optimizer = scheduler = None
+    if config.end_to_end_mode:
+        engine_config = config.end_to_end.engine
+        micro = micro_batch_dialogues(train.batch_dialogues, world_size, engine_config.gradient_accumulation_steps)
+        ds_config = build_deepspeed_config(engine_config, micro, world_size)
+        if steps_per_epoch is not None:
+            optimizer = build_optimizer(model, config.end_to_end, train.learning_rate, train.weight_decay)
+            total_steps = steps_per_epoch * train.max_epochs
+            scheduler = build_lr_scheduler(optimizer, config.end_to_end.schedule, total_steps)
+    else:
+        ds_config = deepspeed_config(train, world_size)
+        if steps_per_epoch is not None:
+            parameters = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.Adam(parameters, lr=train.learning_rate, weight_decay=train.weight_decay)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     return engine
 
 
+def _without_zero(config: RunConfig) -> RunConfig:
+    """The same run with ZeRO partitioning off, for an engine that only evaluates."""
+    if config.end_to_end_mode:
+        engine = dataclasses.replace(config.end_to_end.engine, zero_stage=0)
+        return dataclasses.replace(config, end_to_end=dataclasses.replace(config.end_to_end, engine=engine))
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, zero_stage=0))
+
+
 def load_inference_engine(
-    model: torch.nn.Module, train: TrainConfig, world_size: int, checkpoints: Checkpoints, tag: str
+    model: torch.nn.Module, config: RunConfig, world_size: int, checkpoints: Checkpoints, tag: str
 ) -> Any:
     """An engine without optimizer holding the weights of checkpoint `tag`.
 
-    It always runs without ZeRO partitioning (the fusion head fits on one device). Weights come
-    from the checkpoint's module file, or, for a ZeRO-3 run whose weights are partitioned across
-    ranks, are consolidated from its partitions first.
+    It always runs without ZeRO partitioning (the model fits on one device to evaluate). Weights
+    come from the checkpoint's module file, or, for a ZeRO-3 run whose weights are partitioned
+    across ranks, are consolidated from its partitions first.
     """
-    inference = dataclasses.replace(train, zero_stage=0)
-    if train.zero_stage == 3:
+    inference = _without_zero(config)
+    if zero_stage(config) == 3:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         model.load_state_dict(get_fp32_state_dict_from_zero_checkpoint(str(checkpoints.folder), tag=tag))
-        return initialize_engine(model, inference, world_size, with_optimizer=False)
-    engine = initialize_engine(model, inference, world_size, with_optimizer=False)
+        return initialize_engine(model, inference, world_size, steps_per_epoch=None)
+    engine = initialize_engine(model, inference, world_size, steps_per_epoch=None)
     path, _ = engine.load_checkpoint(
         str(checkpoints.folder),
         tag=tag,
@@ -421,22 +495,29 @@ def _train_epoch(
     dtype: torch.dtype,
     progress: tqdm,
 ) -> tuple[float, float]:
-    """One pass over the train split; returns (mean train loss over all ranks, seconds spent making batches)."""
+    """One pass over the train split; returns (mean train loss over all ranks, seconds spent making batches).
+
+    With gradient accumulation, each rank's share of a global batch runs as that many micro-batches,
+    each normalised by the whole global batch, so their gradients add up to the global batch's
+    (DeepSpeed's own 1/accumulation scaling is off) and every epoch ends on an optimizer step.
+    """
     engine.train()
     weights = None if class_weights is None else class_weights.cpu().numpy()
+    accumulation = engine.gradient_accumulation_steps()
     loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
     weight_sum = 0.0
     data_seconds = 0.0
     for rank_batch in sampler:
-        started = time.perf_counter()
-        batch = dataset.batch(rank_batch.indices, rank_batch.counted).to(engine.device, dtype)
-        data_seconds += time.perf_counter() - started
         global_weight = dataset.label_weight(rank_batch.global_indices, weights)
-        logits = engine(batch.audio, batch.text, batch.mask)
-        batch_loss = batch_loss_sum(logits, batch.labels, class_weights)
-        engine.backward(batch_loss * (rendezvous.world_size / global_weight))
-        engine.step()
-        loss_sum += batch_loss.detach().double()
+        for micro_batch in rank_batch.micro_batches(accumulation):
+            started = time.perf_counter()
+            batch = dataset.batch(micro_batch.indices, micro_batch.counted).to(engine.device, dtype)
+            data_seconds += time.perf_counter() - started
+            logits = engine(batch.audio, batch.text, batch.mask)
+            batch_loss = batch_loss_sum(logits, batch.labels, class_weights)
+            engine.backward(batch_loss * (rendezvous.world_size / global_weight), scale_wrt_gas=False)
+            engine.step()
+            loss_sum += batch_loss.detach().double()
         weight_sum += global_weight
         progress.update(len(rank_batch.global_indices))
     if rendezvous.world_size > 1:
@@ -508,7 +589,8 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, A
         if rendezvous.is_main:
             write_resolved_config(config, run_dir)
             inputs.statistics.save(run_dir / STATISTICS_NAME)
-        engine = initialize_engine(inputs.model, config.train, rendezvous.world_size, with_optimizer=True)
+        steps_per_epoch = math.ceil(len(inputs.datasets["train"]) / config.train.batch_dialogues)
+        engine = initialize_engine(inputs.model, config, rendezvous.world_size, steps_per_epoch)
         state = _restore(engine, checkpoints, resume, rendezvous, run_dir)
         _fit(engine, config, inputs, state, checkpoints, rendezvous, run_dir)
         del engine
@@ -547,17 +629,15 @@ def _fit(
 ) -> None:
     """Epochs until early stopping or max_epochs, a checkpoint and a metrics line after each."""
     train_set, dev_set = inputs.datasets["train"], inputs.datasets["dev"]
-    dtype = precision_dtype(config.train.precision)
+    dtype = precision_dtype(run_precision(config))
     weights = class_weight_vector(inputs.train_labels, config.train.class_weights)
     class_weights = None if weights is None else torch.from_numpy(weights).to(engine.device)
-    sampler = DialogueBatchSampler(
-        len(train_set),
-        config.train.batch_dialogues,
-        rank=rendezvous.rank,
-        world_size=rendezvous.world_size,
-        shuffle=True,
-        seed=config.seed,
-    )
+    placement = {"rank": rendezvous.rank, "world_size": rendezvous.world_size, "seed": config.seed}
+    if config.end_to_end_mode and config.end_to_end.bucket_by_length:
+        lengths = train_set.tokens.dialogue_lengths(train_set.dialogues)
+        sampler = LengthBucketSampler(lengths, config.train.batch_dialogues, **placement)
+    else:
+        sampler = DialogueBatchSampler(len(train_set), config.train.batch_dialogues, shuffle=True, **placement)
     with tqdm(
         total=config.train.max_epochs, initial=state.epoch, desc="epochs", unit="epoch", disable=not rendezvous.is_main
     ) as epochs_bar:
@@ -649,14 +729,14 @@ def _evaluate_checkpoint(
     The model is built afresh: training may have cast or (under ZeRO-3) partitioned the first one.
     """
     model = build_model(config, inputs.modalities)
-    engine = load_inference_engine(model, config.train, rendezvous.world_size, checkpoints, progress["best"])
+    engine = load_inference_engine(model, config, rendezvous.world_size, checkpoints, progress["best"])
     weights = class_weight_vector(inputs.train_labels, config.train.class_weights)
     evaluation = evaluate_split(
         engine,
         inputs.datasets[split],
         batch_dialogues=config.train.batch_dialogues,
         device=engine.device,
-        dtype=precision_dtype(config.train.precision),
+        dtype=precision_dtype(run_precision(config)),
         class_weights=None if weights is None else torch.from_numpy(weights).to(engine.device),
         rank=rendezvous.rank,
         world_size=rendezvous.world_size,
