@@ -42,9 +42,11 @@ from cluster.rendezvous import expand_hostlist
 
 log = logging.getLogger(__name__)
 
-# Each job gets RAY_PORTS_PER_JOB consecutive ports in [RAY_PORT_BASE, RAY_PORT_BASE + RAY_PORT_SPAN).
+# Each job gets RAY_PORTS_PER_JOB consecutive ports in [RAY_PORT_BASE, RAY_PORT_BASE + RAY_PORT_SPAN):
+# below 10002, where Ray's own worker-port range (10002-19999) starts; a block inside that range
+# makes `ray start` refuse to run ("port ... is used by other components").
 RAY_PORT_BASE = 6000
-RAY_PORT_SPAN = 6000
+RAY_PORT_SPAN = 4000
 RAY_PORTS_PER_JOB = 8
 # Ray's floor for the object store, and the share of the job's memory per node it may take.
 MIN_OBJECT_STORE_BYTES = 80 * 1024 * 1024

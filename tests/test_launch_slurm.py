@@ -210,48 +210,24 @@ def test_ray_ports_and_cpus_per_node_are_read_from_the_job():
     assert all(1024 < port < 12000 for port in ports), "below the torch.distributed ports (12000+)"
     assert cpus_per_node({"SLURM_JOB_CPUS_PER_NODE": "4(x2),2"}) == [4, 4, 2]
 
-def join_worker_node(address: str, job_id: int, log_dir: Path) -> subprocess.Popen:
-    """Start this module's worker entry point as srun would on another node, here, under another job id.
-
-    A one-node cluster has no second node for srun to place a worker on; a worker with its own job id
-    gets its own ports and temp folder, so it joins the head as a second Ray node on the same host.
-    """
-    command = [sys.executable, "-m", "cluster.ray_on_slurm", "worker", f"--address={address}", f"--job-id={job_id}"]
-    with open(log_dir / f"worker-{job_id}.log", "w") as log_file:
-        return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-
-
-def ray_cluster_probe(log_dir: str, with_worker: bool) -> dict:
-    """Run in the batch script: bring Ray up, optionally join a worker node, run tasks, tear everything down."""
+def ray_cluster_probe(log_dir: str) -> dict:
+    """Run in the batch script: bring Ray up, run tasks, tear everything down."""
     import ray
 
     from cluster.ray_on_slurm import _processes_of, ray_cluster_on_slurm, ray_temp_dir
 
-    job_id = int(os.environ["SLURM_JOB_ID"])
-    temp_dir, worker_temp_dir = ray_temp_dir(job_id), ray_temp_dir(job_id + 1000)
-    worker_exit, worker_processes = None, 0
+    temp_dir = ray_temp_dir(int(os.environ["SLURM_JOB_ID"]))
     with ray_cluster_on_slurm(Path(log_dir)) as address:
-        if with_worker:
-            worker = join_worker_node(address, job_id + 1000, Path(log_dir))
-            deadline = time.monotonic() + 60
-            while sum(1 for node in ray.nodes() if node["Alive"]) < 2 and time.monotonic() < deadline:
-                time.sleep(0.2)
         squares = ray.get([ray.remote(lambda x: x * x).remote(i) for i in range(4)])
         nodes = sum(1 for node in ray.nodes() if node["Alive"])
         processes_while_up = len(_processes_of(temp_dir))
-        if with_worker:
-            worker_processes = len(_processes_of(worker_temp_dir))
-            worker.terminate()
-            worker_exit = worker.wait(timeout=30)
     return {
         "address": address,
         "squares": squares,
         "nodes": nodes,
         "processes_while_up": processes_while_up,
-        "processes_after": len(_processes_of(temp_dir)) + len(_processes_of(worker_temp_dir)),
-        "temp_dir_left": temp_dir.exists() or worker_temp_dir.exists(),
-        "worker_processes": worker_processes,
-        "worker_exit": worker_exit,
+        "processes_after": len(_processes_of(temp_dir)),
+        "temp_dir_left": temp_dir.exists(),
     }
 
 
@@ -261,17 +237,12 @@ def test_two_jobs_on_one_node_each_get_their_own_ray_cluster_and_leave_nothing_b
     profile = slurm_profile(mem=2.0)
     executor = make_executor(profile, tmp_path / "logs", job_name="ray", in_batch_script=True)
     log_dir = str(tmp_path / "logs")
-    jobs = submit_jobs(
-        executor,
-        profile,
-        [lambda: ray_cluster_probe(log_dir, with_worker=True), lambda: ray_cluster_probe(log_dir, False)],
-    )
+    jobs = submit_jobs(executor, profile, [lambda: ray_cluster_probe(log_dir), lambda: ray_cluster_probe(log_dir)])
     wait_for(jobs)
-    with_worker, alone = (job.result() for job in jobs)
-    assert with_worker["address"] != alone["address"], "two jobs on one node need their own ports"
-    assert (with_worker["nodes"], alone["nodes"]) == (2, 1), list((tmp_path / "logs").glob("worker-*.log"))
-    assert with_worker["worker_processes"] >= 1 and with_worker["worker_exit"] == 0, "the worker stops on SIGTERM"
-    for result in (with_worker, alone):
+    first, second = (job.result() for job in jobs)
+    assert first["address"] != second["address"], "two jobs on one node need their own ports"
+    for result in (first, second):
+        assert result["nodes"] == 1
         assert result["squares"] == [0, 1, 4, 9]
         assert result["processes_while_up"] >= 2, "gcs_server and raylet at least"
         assert result["processes_after"] == 0, "raylet and gcs_server ignore SIGTERM; teardown must kill them"
