@@ -50,7 +50,7 @@ from extract.feature_store import (
     write_shard,
 )
 from extract.labels import emotion_index, sentiment_index
-from extract.meld import read_meld
+from extract.meld import CorpusError, read_meld
 from extract.openl3 import OpenL3Config, OpenL3Embedder, OpenL3SetupError, resolve_weights_file
 from extract.opensmile_features import OpenSmileConfig, OpenSmileExtractor
 from extract.text_features import TextEncoderError, TextFeatureConfig, TextFeatureExtractor, text_feature_dim
@@ -384,6 +384,8 @@ def _task_options(family: str, gpus: float, gpus_per_task: float) -> dict[str, A
 
 def run_extraction(config: ExtractConfig) -> Path:
     """Extract every planned shard not already in the store; return the store folder."""
+    if not Path(config.corpus).expanduser().is_dir():
+        raise CorpusError(f"corpus folder {config.corpus} does not exist; point it at the unpacked MELD.Raw folder")
     _check_extractors(config)
     corpus = read_meld(config.corpus, splits=tuple(config.splits), check_clips=config.check_clips)
     if not corpus.utterances:

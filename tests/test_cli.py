@@ -37,6 +37,8 @@ def test_demo_corpus_then_prepare(tmp_path, capsys):
         (["prepare", "/nonexistent/MELD.Raw"], "does not exist"),
         (["demo-corpus", "--out", "/tmp/unused", "train_dialogs=3"], "Did you mean 'train_dialogues'"),
         (["config", "nothing"], "invalid choice"),
+        (["extract", "/nonexistent/MELD.Raw"], "corpus folder /nonexistent/MELD.Raw does not exist"),
+        (["sweep", "--seeds", "0-2", "store=/nonexistent/store"], "feature store /nonexistent/store does not exist"),
     ],
 )
 def test_user_errors_are_one_clear_line(args, message):

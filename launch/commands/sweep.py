@@ -19,6 +19,7 @@ def default_sweep_dir(config_file: Path | None, overrides: list[str]) -> Path:
 
 def run_sweep(args: argparse.Namespace) -> int:
     """Plan the sweep, submit what is missing or failed, optionally wait, and write the report when runs are done."""
+    from extract.feature_store import FeatureStore
     from launch.aggregate import format_report, write_report
     from launch.executors import follow_jobs, load_profile
     from launch.sweep import parse_grid, parse_seeds, plan_sweep, submit_sweep
@@ -27,6 +28,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     profile = load_profile(args.cluster, args.profile, args.profile_set)
     sweep_dir = args.out or default_sweep_dir(args.config, args.overrides)
     runs = plan_sweep(RunConfig, sweep_dir, parse_seeds(args.seeds), parse_grid(args.grid), args.config, args.overrides)
+    # A store that cannot be read fails every run of the sweep: say so before anything is submitted.
+    for store in sorted({run.config.store for run in runs}):
+        FeatureStore.open(store)
     submission = submit_sweep(runs, profile, sweep_dir)
     done = sum(1 for status in submission.statuses.values() if status == "done")
     active = sum(1 for status in submission.statuses.values() if status == "active")
