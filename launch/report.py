@@ -60,7 +60,7 @@ PAPER_TABLE2: dict[str, tuple[float, ...]] = {
 VOICE_ONLY = "voice-only utterances"
 
 # Text mode -> row-name suffix, in report order.
-TEXT_MODE_SUFFIXES: dict[str, str] = {"features": "", "end_to_end": " (end-to-end)"}
+TEXT_MODE_SUFFIXES: dict[str, str] = {"frozen": "", "end_to_end": " (end-to-end)"}
 
 
 class ReportError(Exception):
@@ -78,7 +78,7 @@ class RunResult:
     seed: int
     """The run's seed."""
     text_mode: str
-    """Where its text vectors came from: 'features' (the store's) or 'end_to_end' (a fine-tuned encoder)."""
+    """Where its text vectors came from: 'frozen' (the store's) or 'end_to_end' (a fine-tuned encoder)."""
     test: dict[str, Any]
     """Its test_metrics.json."""
     voice_only: dict[str, float | int] | None
@@ -208,7 +208,7 @@ def load_run(run_dir: Path) -> RunResult:
         raise ReportError(
             f"run folder {run_dir} has model variant {variant!r}; expected one of {', '.join(VARIANT_NAMES)}"
         )
-    text_mode = config.get("text_mode", "features")
+    text_mode = config.get("text_mode", "frozen")
     if text_mode not in TEXT_MODE_SUFFIXES:
         raise ReportError(
             f"run folder {run_dir} has text_mode {text_mode!r}; expected one of {', '.join(TEXT_MODE_SUFFIXES)}"
@@ -239,12 +239,12 @@ def load_runs(paths: Sequence[Path]) -> list[RunResult]:
 
 
 def _text_modes(runs: Sequence[RunResult]) -> list[str]:
-    """Text modes of the runs that read text, in report order; 'features' alone when none does."""
+    """Text modes of the runs that read text, in report order; 'frozen' alone when none does."""
     present = {run.text_mode for run in runs if run.variant != "audio"}
-    return [mode for mode in TEXT_MODE_SUFFIXES if mode in present] or ["features"]
+    return [mode for mode in TEXT_MODE_SUFFIXES if mode in present] or ["frozen"]
 
 
-def _by_variant(runs: Sequence[RunResult], text_mode: str = "features") -> dict[str, list[RunResult]]:
+def _by_variant(runs: Sequence[RunResult], text_mode: str = "frozen") -> dict[str, list[RunResult]]:
     """Runs of each variant with `text_mode`; audio-only runs, which read no text, under every mode."""
     grouped: dict[str, list[RunResult]] = {}
     for variant in VARIANT_NAMES:

@@ -10,8 +10,8 @@ Every rank draws the same global batch and computes the loss of its share summed
 the global batch's utterance count (times world_size, since DeepSpeed averages gradients over
 ranks), so N ranks take the same steps as one rank with the same global batch.
 
-`text_mode` chooses where the text vectors come from: 'features' reads them from the store (the
-paper's frozen RoBERTa); 'end_to_end' feeds each utterance's token ids to a Hugging Face encoder
+`text_mode` chooses where the text vectors come from: 'frozen' reads them from the store (vectors of
+a pretrained encoder, the fast ablation); 'end_to_end' feeds each utterance's token ids to a Hugging Face encoder
 that trains with the head (`model.end_to_end`): AdamW with layer-wise learning rates and a
 warmup/decay schedule, ZeRO-2, bf16 where the GPU has it, and gradient accumulation, where each
 global batch is cut into micro-batches whose gradients add up to the whole batch's.
@@ -153,8 +153,8 @@ class RunConfig:
     """Which families make up each modality, and their standardisation."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation and DeepSpeed settings."""
-    text_mode: Literal["features", "end_to_end"] = "features"
-    """Where text vectors come from: 'features', the store's (a frozen encoder, as in the paper), or
+    text_mode: Literal["frozen", "end_to_end"] = "frozen"
+    """Where text vectors come from: 'frozen', the store's (a pretrained encoder's vectors), or
     'end_to_end', a text encoder fed token ids that trains with the head (set up in [end_to_end])."""
     end_to_end: EndToEndConfig = field(default_factory=EndToEndConfig)
     """The text encoder and its optimisation; read only when text_mode is 'end_to_end'."""
@@ -172,7 +172,7 @@ class RunConfig:
             if not self.model.uses_text:
                 raise ValueError(
                     f"text_mode 'end_to_end' trains a text encoder, but model.variant {self.model.variant!r} reads "
-                    "no text; use text_mode 'features' for it"
+                    "no text; use text_mode 'frozen' for it"
                 )
             defaults = TrainConfig()
             for name in ("zero_stage", "precision", "gradient_clipping"):

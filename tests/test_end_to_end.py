@@ -371,7 +371,7 @@ def test_reports_label_end_to_end_runs_apart(e2e_run, tmp_path):
     (features_dir / "config.toml").write_text('store = "/nowhere"\nseed = 3\n[model]\nvariant = "bimodal"\n')
     shutil.copy(e2e_dir / "test_metrics.json", features_dir / "test_metrics.json")
     runs = load_runs([features_dir, e2e_dir])
-    assert sorted(run.text_mode for run in runs) == ["end_to_end", "features"]
+    assert sorted(run.text_mode for run in runs) == ["end_to_end", "frozen"]
     row_names = {table.name: [name for name, _ in table.rows] for table in report_tables(runs)}
     assert {"CM-RoBERTa", "CM-RoBERTa (end-to-end)"} <= set(row_names["table1"])
     assert {"bimodal", "bimodal (end-to-end)"} <= set(row_names["table2"])
