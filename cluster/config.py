@@ -4,14 +4,17 @@ Every component owns a `@dataclass(kw_only=True)` config with a docstring under 
 field and `__post_init__` checks. This module turns TOML and command-line overrides
 into those dataclasses strictly: an unknown key, a value of the wrong type or a value
 the component rejects is a `ConfigError` that names the full dotted key, and suggests
-the closest known key for a typo. The resolved config is written back as TOML into
-every output folder, and reading that file gives the same config again.
+the closest known key for a typo. Numbers must be usable: a float must be finite (TOML
+accepts `nan` and `inf`), an integer must fit in 64 bits (a 20-digit seed would overflow
+inside torch). The resolved config is written back as TOML into every output folder, and
+reading that file gives the same config again.
 """
 
 import ast
 import dataclasses
 import difflib
 import inspect
+import math
 import textwrap
 import tomllib
 import types
@@ -21,13 +24,32 @@ from typing import Any, Literal, TypeVar
 
 import tomli_w
 
+from cluster.durable_files import atomic_write_text
+
 T = TypeVar("T")
 
 RESOLVED_CONFIG_NAME = "config.toml"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class ConfigError(ValueError):
     """A configuration a user wrote that cannot be used; the message names the key and the fix."""
+
+
+def control_characters(text: str) -> list[str]:
+    """The control characters in `text` (newline, tab, NUL, escape, ...), each as U+XXXX."""
+    return sorted({f"U+{ord(ch):04X}" for ch in text if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0})
+
+
+def refuse_control_characters(text: str, what: str) -> None:
+    """Raise ValueError when a name holds a control character: one in a file, job or script name breaks it.
+
+    A newline in a store or job name reaches a generated sbatch script as a line of its own;
+    no quoting survives that, so such names are refused where they are given.
+    """
+    found = control_characters(str(text))
+    if found:
+        raise ValueError(f"{what} {str(text)!r} holds control characters ({', '.join(found)}); use printable characters only")
 
 
 def _join(prefix: str, name: str) -> str:
@@ -95,11 +117,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config key {key!r} must be an integer, not {value!r}")
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise ConfigError(f"config key {key!r} is {value}, outside the 64-bit integer range; use a smaller number")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {key!r} must be a number, not {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ConfigError(f"config key {key!r} is {value}, too large for a float") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"config key {key!r} must be a finite number, not {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"config key {key!r} must be a string, not {value!r}")
@@ -209,7 +239,7 @@ def write_resolved_config(config: Any, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / RESOLVED_CONFIG_NAME
-    path.write_text(to_toml(config), encoding="utf-8")
+    atomic_write_text(path, to_toml(config))
     return path
 
 

@@ -2,23 +2,32 @@
 
 Layout of a store folder `<store_root>/<name>-<hash12>/`:
 
-    manifest.json         config, library versions, families and dims, shards with row counts
-                          and sha256 checksums, failed utterances with reasons, clip flags
+    manifest.json         config, library versions, families and dims, the plan (every shard
+                          the store is to hold, each split's row count), the shards written
+                          with row counts, input fingerprints and sha256 checksums, failed
+                          utterances with reasons, clip flags
     config.toml           the resolved extraction config
+    verified.json         shards whose sha256 was checked, by size, mtime and ctime (a cache)
+    .lock                 held by the one process writing the store (`cluster.durable_files`)
     shards/<split>-<NNNNN>.h5
 
 A shard holds whole dialogues of one split, rows ordered by (dialogue_id, utterance_id).
-It is written as `<name>.h5.tmp` and renamed when complete, so a crash never leaves a file
-that looks whole; the manifest is rewritten the same way after each shard. A row whose
-family failed (a corrupt clip) is zero-filled in that family and flagged in
-`valid_<family>`; its other families are kept.
+It is written under a unique temporary name, fsynced and renamed when complete
+(`cluster.durable_files.publish`), so a crash never leaves a file that looks whole; the
+manifest is rewritten the same way after each shard. A row whose family failed (a corrupt
+clip) is zero-filled in that family and flagged in `valid_<family>`; its other families are kept.
+
+A store validates itself when opened: it is complete only when every planned shard is
+recorded, matches its plan and its checksum. Checking every sha256 of a MELD-sized store
+reads about a gigabyte, so a verified shard is remembered in `verified.json` by its size,
+mtime and ctime; a second open re-reads only shards whose file changed since.
 """
 
 import hashlib
 import importlib.metadata
 import json
-import os
 import platform
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,11 +36,14 @@ import h5py
 import numpy as np
 import tomli_w
 
+from cluster.durable_files import atomic_write_json, atomic_write_text, publish, unique_temp_path
 from extract.labels import EMOTIONS, SENTIMENTS
 from extract.utterance import SPLITS
 
-FORMAT_VERSION = 1
+# 2: the manifest records the plan and each shard's input fingerprint.
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
+VERIFIED_NAME = "verified.json"
 SHARD_FOLDER = "shards"
 CONFIG_NAME = "config.toml"
 HASH_LENGTH = 12
@@ -41,6 +53,8 @@ HASH_LENGTH = 12
 _CHUNK_ROWS = 64
 _STR = h5py.string_dtype("utf-8")
 _HASH_BLOCK = 1 << 20
+# Problems a one-line message names before it says how many more there are.
+_PROBLEMS_SHOWN = 3
 
 
 class FeatureStoreError(Exception):
@@ -168,15 +182,26 @@ def _is_ordered(rows: SplitArrays) -> bool:
 
 
 def write_shard(path: Path, split: str, rows: ShardRows) -> WrittenShard:
-    """Write one shard: to `<path>.tmp` first, then an atomic rename onto `path`.
+    """Write one shard under a unique temporary name, then publish it (fsync, rename, fsync the folder).
 
-    Rows must already be ordered by (dialogue_id, utterance_id).
+    Rows must already be ordered by (dialogue_id, utterance_id). An interrupted write (an
+    exception, Ctrl-C) removes its temporary file; a killed one leaves it for the next
+    extraction to clear.
     """
     path = Path(path)
     if not _is_ordered(rows):
         raise ValueError(f"rows for shard {path.name} are not ordered by (dialogue_id, utterance_id)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = unique_temp_path(path)
+    try:
+        _write_shard_file(tmp, split, rows)
+        publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return WrittenShard(sha256=file_sha256(path), bytes=path.stat().st_size)
+
+
+def _write_shard_file(tmp: Path, split: str, rows: ShardRows) -> None:
     n = len(rows)
     # HDF5 1.8's file format stores large attributes densely; the earliest format caps an
     # attribute at 64 KiB, less than openSMILE's 6552 column names.
@@ -204,8 +229,6 @@ def write_shard(path: Path, split: str, rows: ShardRows) -> WrittenShard:
             if family in rows.feature_names:
                 dataset.attrs.create("names", np.array(rows.feature_names[family], dtype=object), dtype=_STR)
             shard.create_dataset(f"valid_{family}", data=rows.valid[family].astype(bool))
-    os.replace(tmp, path)
-    return WrittenShard(sha256=file_sha256(path), bytes=path.stat().st_size)
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -244,7 +267,7 @@ def library_versions() -> dict[str, str | None]:
 
 
 def new_manifest(name: str, config: dict[str, Any]) -> dict[str, Any]:
-    """An empty manifest for a store of `config`: no shards, no failures yet."""
+    """An empty manifest for a store of `config`: no plan, no shards, no failures yet."""
     return {
         "format_version": FORMAT_VERSION,
         "name": name,
@@ -254,18 +277,30 @@ def new_manifest(name: str, config: dict[str, Any]) -> dict[str, Any]:
         "families": {},
         "emotions": list(EMOTIONS),
         "sentiments": list(SENTIMENTS),
+        "plan": None,
         "shards": [],
         "failed": [],
         "clip_flags": [],
     }
 
 
+def planned_shard(file: str, split: str, rows: int, dialogues: list[int], inputs: str) -> dict[str, Any]:
+    """The plan's entry for one shard: what it must hold, and the fingerprint of the inputs it is made from."""
+    return {"file": file, "split": split, "rows": rows, "dialogues": dialogues, "inputs": inputs}
+
+
+def set_plan(manifest: dict[str, Any], shards: list[dict[str, Any]]) -> None:
+    """Record the plan: every shard the store is to hold (from `planned_shard`) and each split's row count."""
+    split_rows: dict[str, int] = {}
+    for shard in shards:
+        split_rows[shard["split"]] = split_rows.get(shard["split"], 0) + int(shard["rows"])
+    manifest["plan"] = {"shards": sorted(shards, key=lambda shard: shard["file"]), "split_rows": split_rows}
+
+
 def write_manifest(store_dir: Path, manifest: dict[str, Any]) -> Path:
-    """Write `manifest.json` atomically (tmp file, then rename)."""
+    """Write `manifest.json` durably (unique temporary file, fsync, rename, fsync the folder)."""
     path = Path(store_dir) / MANIFEST_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, manifest)
     return path
 
 
@@ -281,12 +316,14 @@ def read_manifest(store_dir: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise FeatureStoreError(f"{path} cannot be read ({error}); re-run `cmroberta extract` to rebuild it") from None
+    if not isinstance(manifest, dict):
+        raise FeatureStoreError(f"{path} is not a manifest (not a JSON object); re-run `cmroberta extract` to rebuild it")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise FeatureStoreError(
             f"{path} has format_version {manifest.get('format_version')!r}; this cmroberta reads version "
             f"{FORMAT_VERSION}. Re-run `cmroberta extract` to rebuild the store."
         )
-    for key in ("families", "shards", "failed", "emotions"):
+    for key in ("families", "plan", "shards", "failed", "emotions"):
         if key not in manifest:
             raise FeatureStoreError(f"{path} has no {key!r} entry; re-run `cmroberta extract` to rebuild it")
     if list(manifest["emotions"]) != list(EMOTIONS):
@@ -297,17 +334,135 @@ def read_manifest(store_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def shard_problem(store_dir: Path, entry: dict[str, Any], check_sha256: bool = True) -> str | None:
-    """Why the shard a manifest entry names is not usable (missing, wrong size, wrong checksum), or None."""
+def _file_state(path: Path) -> dict[str, int]:
+    """What `verified.json` remembers a checked file by: any write or copy changes one of these."""
+    status = path.stat()
+    return {"bytes": status.st_size, "mtime_ns": status.st_mtime_ns, "ctime_ns": status.st_ctime_ns}
+
+
+class ChecksumCache:
+    """`verified.json`: shards whose sha256 was checked, with the file state they had then.
+
+    A shard counts as verified without reading it when its size, mtime and ctime are those
+    it had when its sha256 last matched the manifest's. ctime cannot be set by `touch`, so
+    a rewrite that restores the old mtime is still re-read. The cache is only ever a
+    shortcut: a store folder that cannot be written (a copy on a read-only filesystem) is
+    checked in full at every open.
+    """
+
+    def __init__(self, store_dir: Path):
+        self.path = Path(store_dir) / VERIFIED_NAME
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.changed = False
+        try:
+            loaded = json.loads(self.path.read_text(encoding="utf-8"))
+            if isinstance(loaded, dict):
+                self.entries = {k: v for k, v in loaded.items() if isinstance(v, dict)}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            pass
+
+    def matches(self, store_dir: Path, entry: dict[str, Any]) -> bool:
+        """Whether the shard's sha256 equals the manifest's, reading the file only when it changed since."""
+        path = Path(store_dir) / entry["file"]
+        state = _file_state(path)
+        known = self.entries.get(entry["file"])
+        if known is not None and known.get("sha256") == entry["sha256"] and all(
+            known.get(k) == v for k, v in state.items()
+        ):
+            return True
+        digest = file_sha256(path)
+        if digest != entry["sha256"]:
+            if self.entries.pop(entry["file"], None) is not None:
+                self.changed = True
+            return False
+        self.entries[entry["file"]] = {"sha256": digest, **state}
+        self.changed = True
+        return True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        try:
+            atomic_write_json(self.path, self.entries)
+        except OSError:
+            pass
+        self.changed = False
+
+
+def shard_problem(
+    store_dir: Path, entry: dict[str, Any], check_sha256: bool = True, cache: ChecksumCache | None = None
+) -> str | None:
+    """Why the shard a manifest entry names is not usable (missing, wrong size, wrong checksum), or None.
+
+    With `cache`, a shard whose file is unchanged since its sha256 last matched is not read again.
+    """
     path = Path(store_dir) / entry["file"]
     if not path.is_file():
         return f"{entry['file']} is missing"
     size = path.stat().st_size
     if size != entry["bytes"]:
         return f"{entry['file']} has {size} bytes, the manifest records {entry['bytes']}"
-    if check_sha256 and file_sha256(path) != entry["sha256"]:
-        return f"{entry['file']} does not match its sha256 in the manifest"
+    if check_sha256:
+        matches = cache.matches(store_dir, entry) if cache is not None else file_sha256(path) == entry["sha256"]
+        if not matches:
+            return f"{entry['file']} does not match its sha256 in the manifest"
     return None
+
+
+def plan_problems(manifest: dict[str, Any]) -> list[str]:
+    """Planned shards the manifest does not record as written to plan, one sentence each."""
+    plan = manifest.get("plan")
+    if not isinstance(plan, dict) or not isinstance(plan.get("shards"), list):
+        return ["the manifest records no plan (extraction never got past reading the corpus)"]
+    recorded = {entry["file"]: entry for entry in manifest["shards"]}
+    problems = []
+    for planned in plan["shards"]:
+        entry = recorded.get(planned["file"])
+        if entry is None:
+            problems.append(f"{planned['file']} is planned but not written")
+        elif entry.get("inputs") != planned["inputs"]:
+            problems.append(f"{planned['file']} was made from other inputs than planned (the corpus changed)")
+        elif entry["rows"] != planned["rows"] or entry["dialogues"] != planned["dialogues"]:
+            problems.append(f"{planned['file']} holds other dialogues than planned")
+    planned_files = {planned["file"] for planned in plan["shards"]}
+    problems.extend(
+        f"{entry['file']} is recorded but not in the plan" for entry in manifest["shards"] if entry["file"] not in planned_files
+    )
+    for split, rows in plan.get("split_rows", {}).items():
+        written = sum(int(entry["rows"]) for entry in manifest["shards"] if entry["split"] == split)
+        if written != rows and not any(f"{split}-" in problem for problem in problems):
+            problems.append(f"split {split} has {written} rows, the plan {rows}")
+    return problems
+
+
+def store_problems(store_dir: Path, manifest: dict[str, Any], check_sha256: bool = True) -> list[str]:
+    """Everything that keeps the store from being complete and whole: plan, files, sizes, checksums."""
+    problems = plan_problems(manifest)
+    cache = ChecksumCache(store_dir)
+    for entry in manifest["shards"]:
+        problem = shard_problem(store_dir, entry, check_sha256=check_sha256, cache=cache)
+        if problem is not None:
+            problems.append(problem)
+    cache.save()
+    return problems
+
+
+def repair_command(store_dir: Path, manifest: dict[str, Any]) -> str:
+    """The command that finishes or repairs the store: extraction re-run with the store's own config."""
+    store_dir = Path(store_dir)
+    corpus = manifest.get("config", {}).get("corpus") if isinstance(manifest.get("config"), dict) else None
+    if not corpus or not (store_dir / CONFIG_NAME).is_file():
+        return "cmroberta extract CORPUS (with the config that made this store)"
+    words = ["cmroberta", "extract", str(corpus), "--config", str(store_dir / CONFIG_NAME)]
+    words.append(f"store_root={json.dumps(str(store_dir.resolve().parent))}")
+    return shlex.join(words)
+
+
+def summarise(problems: list[str]) -> str:
+    """Problems as one clause: the first few, then how many more."""
+    shown = "; ".join(problems[:_PROBLEMS_SHOWN])
+    more = len(problems) - _PROBLEMS_SHOWN
+    return f"{shown}; and {more} more" if more > 0 else shown
 
 
 def record_shard(manifest: dict[str, Any], entry: dict[str, Any], families: dict[str, int]) -> None:
@@ -323,13 +478,14 @@ def record_shard(manifest: dict[str, Any], entry: dict[str, Any], families: dict
     manifest["shards"].sort(key=lambda shard: shard["file"])
 
 
-def shard_entry(file: str, split: str, rows: SplitArrays, written: WrittenShard) -> dict[str, Any]:
-    """The manifest entry of a shard just written."""
+def shard_entry(file: str, split: str, rows: SplitArrays, written: WrittenShard, inputs: str = "") -> dict[str, Any]:
+    """The manifest entry of a shard just written; `inputs` is the fingerprint of what it was made from."""
     return {
         "file": file,
         "split": split,
         "rows": len(rows),
         "dialogues": sorted({int(d) for d in rows.dialogue_ids}),
+        "inputs": inputs,
         "sha256": written.sha256,
         "bytes": written.bytes,
     }
@@ -345,13 +501,21 @@ def _split_into_shards(rows: SplitArrays, shard_dialogues: int | None) -> list[S
     ]
 
 
+def arrays_fingerprint(rows: SplitArrays) -> str:
+    """Input fingerprint of a shard built from arrays: the sha256 of its keys and labels."""
+    digest = hashlib.sha256()
+    for key, emotion, sentiment in zip(rows.keys, rows.emotion.tolist(), rows.sentiment.tolist()):
+        digest.update(f"{key}\t{emotion}\t{sentiment}\n".encode("utf-8"))
+    return digest.hexdigest()
+
+
 def build_store_from_arrays(
     store_dir: Path,
     split_arrays: dict[str, SplitArrays],
     config: dict[str, Any],
     shard_dialogues: int | None = None,
 ) -> Path:
-    """Write a complete store from in-memory arrays, shards and manifest exactly as the pipeline does.
+    """Write a complete store from in-memory arrays, shards, plan and manifest exactly as the pipeline does.
 
     For tests and tools that need a store without running extractors. Rows are sorted by
     (dialogue_id, utterance_id); `shard_dialogues` dialogues go in each shard (None: one
@@ -360,19 +524,24 @@ def build_store_from_arrays(
     store_dir = Path(store_dir)
     store_dir.mkdir(parents=True, exist_ok=True)
     manifest = new_manifest(store_dir.name, config)
-    (store_dir / CONFIG_NAME).write_text(tomli_w.dumps(_toml_safe(config)), encoding="utf-8")
+    atomic_write_text(store_dir / CONFIG_NAME, tomli_w.dumps(_toml_safe(config)))
+    planned = []
     for split, rows in split_arrays.items():
         rows = rows.take(rows.row_order())
         for index, shard_rows in enumerate(_split_into_shards(rows, shard_dialogues)):
             file = shard_file_name(split, index)
+            inputs = arrays_fingerprint(shard_rows)
             written = write_shard(store_dir / file, split, shard_rows)
             dims = {family: array.shape[1] for family, array in shard_rows.features.items()}
-            record_shard(manifest, shard_entry(file, split, shard_rows, written), dims)
+            entry = shard_entry(file, split, shard_rows, written, inputs)
+            record_shard(manifest, entry, dims)
+            planned.append(planned_shard(file, split, entry["rows"], entry["dialogues"], inputs))
             for family, valid in shard_rows.valid.items():
                 manifest["failed"].extend(
                     {"key": shard_rows.keys[i], "family": family, "reason": "marked invalid in the arrays"}
                     for i in np.flatnonzero(~valid)
                 )
+    set_plan(manifest, planned)
     write_manifest(store_dir, manifest)
     return store_dir
 
@@ -386,6 +555,18 @@ def _toml_safe(value: Any) -> Any:
     return value
 
 
+def _check_labels(
+    store_dir: Path, file: str, name: str, values: np.ndarray, labels: tuple[str, ...], keys: list[str]
+) -> None:
+    """A label index outside the label set is damage (or another cmroberta's store): name the row."""
+    bad = np.flatnonzero((values < 0) | (values >= len(labels)))
+    if len(bad):
+        raise FeatureStoreError(
+            f"store {store_dir}: shard {file} row {int(bad[0])} ({keys[int(bad[0])]}) has {name} index "
+            f"{int(values[bad[0]])}, outside 0..{len(labels) - 1}; re-run `cmroberta extract` to redo the shard"
+        )
+
+
 class FeatureStore:
     """Read access to a finished store: manifest, families and whole splits as arrays."""
 
@@ -394,12 +575,25 @@ class FeatureStore:
         self.manifest = manifest
 
     @classmethod
-    def open(cls, path: str | Path) -> "FeatureStore":
-        """Open a store folder; raises FeatureStoreError with the fix if it is not one."""
+    def open(cls, path: str | Path, verify: bool = True) -> "FeatureStore":
+        """Open a complete, whole store; raises FeatureStoreError naming what is wrong and the command that fixes it.
+
+        The store must hold every planned shard, each matching its plan; with `verify` each
+        shard's sha256 is checked too (cached in `verified.json`, so a second open re-reads only
+        changed files). `verify=False` checks sizes only, for tools that inspect a store.
+        """
         path = Path(path)
         if not path.is_dir():
             raise FeatureStoreError(f"feature store {path} does not exist; create it with `cmroberta extract CORPUS`")
-        return cls(path, read_manifest(path))
+        manifest = read_manifest(path)
+        problems = store_problems(path, manifest, check_sha256=verify)
+        if problems:
+            state = "incomplete" if any("planned but not written" in p or "no plan" in p for p in problems) else "damaged"
+            raise FeatureStoreError(
+                f"feature store {path} is {state}: {summarise(problems)}. "
+                f"Finish or repair it with `{repair_command(path, manifest)}`"
+            )
+        return cls(path, manifest)
 
     @property
     def families(self) -> dict[str, int]:
@@ -417,13 +611,8 @@ class FeatureStore:
         return [shard for shard in self.manifest["shards"] if shard["split"] == split]
 
     def verify(self) -> list[str]:
-        """Check every shard's size and sha256 against the manifest; the problems found, empty if none."""
-        problems = []
-        for entry in self.manifest["shards"]:
-            problem = shard_problem(self.path, entry)
-            if problem is not None:
-                problems.append(problem)
-        return problems
+        """Check the plan and every shard's size and sha256 against the manifest; the problems found, empty if none."""
+        return store_problems(self.path, self.manifest)
 
     def read_split(self, split: str, families: tuple[str, ...] | list[str] | None = None) -> SplitArrays:
         """All rows of a split, shards concatenated, ordered by (dialogue_id, utterance_id).
@@ -475,6 +664,8 @@ class FeatureStore:
                     f"store {self.path}: shard {entry['file']} has {len(texts['key']) - start} rows, "
                     f"the manifest records {entry['rows']}; re-run `cmroberta extract` to redo it"
                 )
+            for name, labels in (("emotion", EMOTIONS), ("sentiment", SENTIMENTS)):
+                _check_labels(self.path, entry["file"], name, columns[name][-1], labels, texts["key"][start:stop])
             start = stop
         rows = SplitArrays(
             keys=texts["key"],

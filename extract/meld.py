@@ -132,33 +132,95 @@ def _find_clip(folder: Path | None, stem: str) -> Path | None:
     return None
 
 
-def _read_rows(csv_path: Path, split: str, row_errors: list[str]) -> list[dict]:
-    """Parse one split's CSV into plain dicts; a bad row is recorded and skipped, never fatal."""
+# MELD's ids are stored as int32 in the feature store: refuse what would overflow there, when reading.
+_INT32_MAX = 2**31 - 1
+
+
+def _field_id(row: dict, name: str, allow_empty: bool = False) -> int:
+    """A non-negative id field that fits int32; the error names the field."""
+    text = row[name].strip()
+    if allow_empty and not text:
+        return 0
     try:
-        text = csv_path.read_text(encoding="utf-8-sig")
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"field {name}: {row[name]!r} is not a whole number") from None
+    if not 0 <= value <= _INT32_MAX:
+        raise ValueError(f"field {name}: {value} is outside 0..{_INT32_MAX} (ids are stored as 32-bit integers)")
+    return value
+
+
+def _field_text(row: dict, name: str) -> str:
+    """A text field without control characters other than line breaks and tabs; the error names the field.
+
+    Line breaks and tabs inside a quoted transcript are whitespace, which normalisation folds
+    into one space. Every other control character (NUL, escape, ...) is damage: HDF5 cannot
+    store a NUL in a string, and a tokenizer would see the rest as text.
+    """
+    text = row[name]
+    bad = sorted({f"U+{ord(ch):04X}" for ch in text if (ord(ch) < 0x20 and ch not in "\t\n\r") or 0x7F <= ord(ch) < 0xA0})
+    if bad:
+        raise ValueError(f"field {name} holds control characters ({', '.join(bad)}); remove them from the CSV")
+    return text
+
+
+def _field_timestamp(row: dict, name: str) -> float:
+    try:
+        return parse_timestamp(row[name])
+    except ValueError as error:
+        raise ValueError(f"field {name}: {error}") from None
+
+
+def _read_rows(csv_path: Path, split: str, row_errors: list[str]) -> list[dict]:
+    """Parse one split's CSV into plain dicts; a bad row is recorded (file, line, field) and skipped, never fatal.
+
+    The file is read with newline="" as the csv module requires, so a quoted transcript that
+    spans lines keeps its line break; a row's line is where the row starts.
+    """
+    try:
+        with open(csv_path, encoding="utf-8-sig", newline="") as stream:
+            records = _csv_records(stream, csv_path)
     except UnicodeDecodeError as error:
         raise CorpusError(f"{csv_path} is not UTF-8 ({error}); MELD's CSVs are UTF-8: re-export the file as UTF-8") from None
-    reader = csv.DictReader(text.splitlines())
-    missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+    fieldnames = records[0][1] if records else []
+    records = records[1:]
+    missing = [c for c in CSV_COLUMNS if c not in fieldnames]
     if missing:
         raise CorpusError(
             f"{csv_path} lacks the MELD columns {', '.join(missing)}; expected the header: {','.join(CSV_COLUMNS)}"
         )
     rows = []
     seen: set[tuple[int, int]] = set()
-    for line_number, row in enumerate(reader, start=2):
+    for line_number, values in records:
         where = f"{csv_path.name} line {line_number}"
+        if not any(value.strip() for value in values):
+            continue
         try:
-            dialogue_id, utterance_id = int(row["Dialogue_ID"]), int(row["Utterance_ID"])
+            if len(values) < len(fieldnames):
+                lacking = fieldnames[len(values) :]
+                raise ValueError(
+                    f"the row has {len(values)} fields, the header {len(fieldnames)}: "
+                    f"field {lacking[0]} and after are missing"
+                )
+            if len(values) > len(fieldnames):
+                raise ValueError(
+                    f"the row has {len(values)} fields, the header {len(fieldnames)}: a field has an unquoted comma"
+                )
+            row = dict(zip(fieldnames, values))
+            dialogue_id, utterance_id = _field_id(row, "Dialogue_ID"), _field_id(row, "Utterance_ID")
             emotion, sentiment = row["Emotion"].strip().lower(), row["Sentiment"].strip().lower()
             if emotion not in EMOTIONS:
-                raise ValueError(f"unknown emotion {row['Emotion']!r} (expected one of {', '.join(EMOTIONS)})")
+                raise ValueError(f"field Emotion: unknown emotion {row['Emotion']!r} (expected one of {', '.join(EMOTIONS)})")
             if sentiment not in SENTIMENTS:
-                raise ValueError(f"unknown sentiment {row['Sentiment']!r} (expected one of {', '.join(SENTIMENTS)})")
-            start, end = parse_timestamp(row["StartTime"]), parse_timestamp(row["EndTime"])
-            season = int(row["Season"]) if row["Season"].strip() else 0
-            episode = int(row["Episode"]) if row["Episode"].strip() else 0
-        except (ValueError, TypeError, AttributeError) as error:
+                raise ValueError(
+                    f"field Sentiment: unknown sentiment {row['Sentiment']!r} (expected one of {', '.join(SENTIMENTS)})"
+                )
+            start, end = _field_timestamp(row, "StartTime"), _field_timestamp(row, "EndTime")
+            season = _field_id(row, "Season", allow_empty=True)
+            episode = _field_id(row, "Episode", allow_empty=True)
+            speaker = _field_text(row, "Speaker").strip()
+            transcript_raw = _field_text(row, "Utterance")
+        except ValueError as error:
             row_errors.append(f"{where}: {error}; the row was skipped")
             continue
         if (dialogue_id, utterance_id) in seen:
@@ -170,9 +232,9 @@ def _read_rows(csv_path: Path, split: str, row_errors: list[str]) -> list[dict]:
                 split=split,
                 dialogue_id=dialogue_id,
                 utterance_id=utterance_id,
-                speaker=row["Speaker"].strip(),
-                transcript=normalise_transcript(row["Utterance"]),
-                transcript_raw=row["Utterance"],
+                speaker=speaker,
+                transcript=normalise_transcript(transcript_raw),
+                transcript_raw=transcript_raw,
                 emotion=emotion,
                 sentiment=sentiment,
                 start_time=start,
@@ -182,6 +244,20 @@ def _read_rows(csv_path: Path, split: str, row_errors: list[str]) -> list[dict]:
             )
         )
     return rows
+
+
+def _csv_records(stream, csv_path: Path) -> list[tuple[int, list[str]]]:
+    """Every record of a CSV with the line it starts on; a record the csv module cannot parse is a CorpusError."""
+    reader = csv.reader(stream)
+    records = []
+    start = 1
+    try:
+        for values in reader:
+            records.append((start, values))
+            start = reader.line_num + 1
+    except csv.Error as error:
+        raise CorpusError(f"{csv_path.name} line {start}: {error}; fix the quoting of that row") from None
+    return records
 
 
 def _probe(path: Path) -> ClipInfo | AudioDecodeError:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from extract.feature_store import (
+    FORMAT_VERSION,
     MANIFEST_NAME,
     FeatureStore,
     FeatureStoreError,
@@ -83,7 +84,7 @@ def test_round_trip_keeps_every_row_sorted_by_dialogue(store, arrays):
 
 def test_manifest_lists_shards_of_whole_dialogues_and_failures(store):
     manifest = json.loads((store.path / MANIFEST_NAME).read_text())
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == FORMAT_VERSION
     assert manifest["config_hash"] == config_hash({"text": {"model": "tiny"}})
     train = [shard for shard in manifest["shards"] if shard["split"] == "train"]
     assert [shard["dialogues"] for shard in train] == [[1, 2], [4, 7]]
@@ -93,7 +94,7 @@ def test_manifest_lists_shards_of_whole_dialogues_and_failures(store):
         path = store.path / shard["file"]
         assert shard["sha256"] == file_sha256(path) and shard["bytes"] == path.stat().st_size
         with h5py.File(path) as h5:
-            assert h5.attrs["split"] == shard["split"] and h5.attrs["format_version"] == 1
+            assert h5.attrs["split"] == shard["split"] and h5.attrs["format_version"] == FORMAT_VERSION
             assert h5["opensmile"].chunks is not None and h5["opensmile"].compression == "gzip"
     # ROWS[2] (dialogue 1, utterance 0) is marked invalid in each split.
     assert sorted(record["key"] for record in manifest["failed"]) == ["dev/dia1_utt0", "train/dia1_utt0"]
@@ -101,11 +102,11 @@ def test_manifest_lists_shards_of_whole_dialogues_and_failures(store):
     assert (store.path / "config.toml").read_text().strip() == '[text]\nmodel = "tiny"'
 
 
-def test_write_shard_renames_a_complete_tmp_file(tmp_path, arrays, monkeypatch):
+def test_write_shard_publishes_a_complete_file_and_clears_its_temporary(tmp_path, arrays, monkeypatch):
     rows = arrays["train"].take(arrays["train"].row_order())
     target = tmp_path / "shards" / "train-00000.h5"
     written = write_shard(target, "train", rows)
-    assert target.is_file() and not (tmp_path / "shards" / "train-00000.h5.tmp").exists()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["train-00000.h5"]
     assert written.sha256 == file_sha256(target)
 
     def crash(src, dst):
@@ -115,9 +116,8 @@ def test_write_shard_renames_a_complete_tmp_file(tmp_path, arrays, monkeypatch):
     other = tmp_path / "shards" / "train-00001.h5"
     with pytest.raises(OSError, match="killed"):
         write_shard(other, "train", rows)
-    # A crash before the rename leaves only the .tmp name, which nothing mistakes for a shard.
-    assert not other.exists()
-    assert (tmp_path / "shards" / "train-00001.h5.tmp").is_file()
+    # A failed write leaves neither the shard nor its temporary file.
+    assert sorted(p.name for p in target.parent.iterdir()) == ["train-00000.h5"]
 
 
 def test_write_shard_rejects_unordered_rows(tmp_path, arrays):
