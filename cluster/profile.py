@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cluster.config import refuse_control_characters
+
 # sbatch's own syntax for node names and lists: letters, digits, '-', '_', '.', brackets and commas.
 _NODE_LIST = re.compile(r"^[A-Za-z0-9_.\-\[\],]+$")
 # What a partition, account or QoS name may hold; anything else would break the sbatch line.
@@ -64,6 +66,7 @@ class ClusterProfile:
     def __post_init__(self) -> None:
         if not self.name.strip():
             raise ValueError("name must be a short label for the profile, such as 'local' or 'mycluster'")
+        refuse_control_characters(self.name, "name")
         if self.kind not in ("local", "slurm"):
             raise ValueError(f"kind must be 'local' or 'slurm', not {self.kind!r}")
         for key in ("partition", "account", "qos"):
@@ -72,10 +75,12 @@ class ClusterProfile:
                 raise ValueError(f"{key} must be a plain SLURM name (letters, digits, '-', '_', '.'), not {value!r}")
         if self.exclude is not None and not _NODE_LIST.match(self.exclude):
             raise ValueError(f"exclude must be a SLURM node list such as 'gpu[03-04],gpu09', not {self.exclude!r}")
-        if self.constraint is not None and (not self.constraint.strip() or "\n" in self.constraint):
-            raise ValueError(
-                f"constraint must be a SLURM feature expression such as 'a100|h100', not {self.constraint!r}"
-            )
+        if self.constraint is not None:
+            if not self.constraint.strip():
+                raise ValueError(
+                    f"constraint must be a SLURM feature expression such as 'a100|h100', not {self.constraint!r}"
+                )
+            refuse_control_characters(self.constraint, "constraint")
         if self.nodes < 1:
             raise ValueError(f"nodes must be at least 1, not {self.nodes}")
         if self.gpus_per_node < 0:
@@ -98,8 +103,10 @@ class ClusterProfile:
         if self.array_parallelism < 1:
             raise ValueError(f"array_parallelism must be at least 1, not {self.array_parallelism}")
         for i, line in enumerate(self.setup):
-            if not line.strip() or "\n" in line:
+            # Setup lines are shell the user writes, copied into the job script as they are: one line each.
+            if not line.strip():
                 raise ValueError(f"setup[{i}] must be one non-empty shell line, not {line!r}")
+            refuse_control_characters(line, f"setup[{i}]")
         if self.signal_delay_s < 0:
             raise ValueError(f"signal_delay_s must be 0 or more, not {self.signal_delay_s}")
         if self.signal_delay_s >= self.time * 60:

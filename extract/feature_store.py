@@ -454,7 +454,8 @@ def repair_command(store_dir: Path, manifest: dict[str, Any]) -> str:
     if not corpus or not (store_dir / CONFIG_NAME).is_file():
         return "cmroberta extract CORPUS (with the config that made this store)"
     words = ["cmroberta", "extract", str(corpus), "--config", str(store_dir / CONFIG_NAME)]
-    words.append(f"store_root={json.dumps(str(store_dir.resolve().parent))}")
+    # An absolute path is never a TOML value, so the override parser reads it as the string it is.
+    words.append(f"store_root={store_dir.resolve().parent}")
     return shlex.join(words)
 
 

@@ -3,7 +3,9 @@
 A verb module exposes `register(subparsers)`, which adds its parser and sets
 `handler` to a typed function. User errors (a bad config, a missing corpus folder)
 print one clear message and exit with status 2; anything else is a bug and keeps
-its traceback.
+its traceback. Ctrl-C prints one line and exits 130, as shells expect of an interrupted
+command; every file is written under a temporary name that the interrupted write removes,
+so nothing partial is left behind.
 """
 
 import argparse
@@ -23,13 +25,18 @@ VERBS: tuple[str, ...] = (
     "launch",
     "sweep",
     "config",
+    "verify",
 )
 
+
+# Exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED_STATUS = 130
 
 # Exceptions that mean "the user asked for something that cannot be done": the CLI prints
 # their message and exits 2 instead of showing a traceback. Each component keeps its own.
 USER_ERRORS: tuple[str, ...] = (
     "cluster.config:ConfigError",
+    "cluster.durable_files:LockHeldError",
     "launch.cli:UserError",
     "extract.labels:UnknownLabelError",
     "extract.audio:AudioDecodeError",
@@ -90,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         result = args.handler(args)
+    except KeyboardInterrupt:
+        print(f"cmroberta {args.verb}: interrupted; run it again to continue", file=sys.stderr)
+        return INTERRUPTED_STATUS
     except _user_error_classes() as error:
         print(f"cmroberta {args.verb}: error: {error}", file=sys.stderr)
         return 2

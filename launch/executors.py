@@ -6,6 +6,13 @@
 SLURM itself (`sbatch --test-only`), so a request that can never run (more nodes, CPUs,
 memory or GPUs than exist, a partition or feature that does not exist) is a
 `SubmissionError` naming the profile field to change, not a job pending forever.
+
+Values reach the generated sbatch script in two ways. Submitit quotes every `#SBATCH` value
+and the paths on its command lines with shlex, so spaces, quotes, `;`, `$(...)` and backticks
+in a job name or folder arrive as text. A control character cannot be quoted there: a newline
+ends the `#SBATCH` line and starts one the shell runs, so `make_executor` refuses any job name
+or log folder that holds one. The profile's `setup` lines are shell by design and are checked
+the same way (`cluster.profile`).
 """
 
 import logging
@@ -21,7 +28,7 @@ from typing import Any, Literal
 import submitit
 
 from cluster.profile import LOCAL_PROFILE, ClusterProfile
-from cluster.config import ConfigError, apply_overrides, from_dict, load_config, to_dict
+from cluster.config import ConfigError, apply_overrides, control_characters, from_dict, load_config, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +222,13 @@ def make_executor(
     allocation's nodes, such as a Ray cluster.
     """
     log_folder = Path(log_folder)
+    for what, value in (("job name", job_name), ("log folder", str(log_folder.resolve()))):
+        found = control_characters(value)
+        if found:
+            raise SubmissionError(
+                f"{what} {value!r} holds control characters ({', '.join(found)}), which would break the job script; "
+                "use printable characters only"
+            )
     if profile.kind == "local":
         executor: submitit.Executor = submitit.LocalExecutor(folder=log_folder)
         executor.update_parameters(

@@ -14,6 +14,13 @@ runs whose job is still queued or running are left alone, and only missing or fa
 submitted; a failed run resumes from its last checkpoint. On SLURM the runs go out as one job
 array with at most `array_parallelism` tasks at once; the local executor has no arrays, so the
 runs are dealt into `array_parallelism` queues, one process each.
+
+A sweep never submits a run twice. When SLURM cannot be asked (squeue fails or times out), a
+run with a job is `unknown`, and unknown runs are left alone. submission.json is written in two
+steps: first the intent (a job name unique to this submission, and the run's place in the
+array), then, once SLURM has answered, the job id. A crash between the two leaves the intent;
+the next submission asks SLURM for jobs of that name and records the job it finds, or submits
+the run again only when SLURM answers that no such job exists.
 """
 
 import dataclasses
@@ -23,6 +30,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import subprocess
 import time
 from collections.abc import Sequence
@@ -32,10 +40,12 @@ from typing import Any, Literal
 
 import submitit
 
+from cluster.durable_files import atomic_write_json
 from cluster.profile import ClusterProfile
 from cluster.config import (
     ConfigError,
     apply_overrides,
+    control_characters,
     from_dict,
     load_config,
     parse_override,
@@ -73,7 +83,9 @@ ACTIVE_SLURM_STATES = frozenset(
     }
 )
 
-RunStatus = Literal["done", "active", "failed", "missing"]
+RunStatus = Literal["done", "active", "failed", "missing", "unknown"]
+RUN_STATUSES: tuple[str, ...] = ("done", "active", "failed", "missing", "unknown")
+SCHEDULER_TIMEOUT_S = 30
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -201,23 +213,51 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def active_slurm_jobs() -> set[str]:
-    """Ids of this user's SLURM jobs that are queued or running (array tasks as '1234_5')."""
+def _ask_slurm(command: list[str]) -> str | None:
+    """stdout of a SLURM query, or None (with a warning) when SLURM cannot be asked."""
     try:
-        result = subprocess.run(
-            ["squeue", "--noheader", "--array", "--user", str(os.getuid()), "--format=%i %T"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        result = subprocess.run(command, capture_output=True, text=True, timeout=SCHEDULER_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as error:
-        log.warning("cannot ask squeue which jobs run (%s); runs with a submitted job are treated as failed", error)
-        return set()
+        log.warning("cannot ask SLURM (`%s`: %s); runs with a job are counted as unknown", " ".join(command[:1]), error)
+        return None
+    if result.returncode != 0:
+        reason = " ".join(result.stderr.split())[:200]
+        log.warning("`%s` failed (%s); runs with a job are counted as unknown", command[0], reason)
+        return None
+    return result.stdout
+
+
+def active_slurm_jobs() -> set[str] | None:
+    """Ids of this user's SLURM jobs that are queued or running (array tasks as '1234_5'); None when squeue fails."""
+    output = _ask_slurm(["squeue", "--noheader", "--array", "--user", str(os.getuid()), "--format=%i %T"])
+    if output is None:
+        return None
     return {
         fields[0]
-        for fields in (line.split() for line in result.stdout.splitlines())
+        for fields in (line.split() for line in output.splitlines())
         if len(fields) == 2 and fields[1] in ACTIVE_SLURM_STATES
     }
+
+
+def slurm_jobs_named(job_name: str, since: float) -> set[str] | None:
+    """Base ids of the SLURM jobs called `job_name` (queued, running or ended since `since`); None when SLURM cannot say.
+
+    squeue knows the jobs still in the queue; sacct, the accounting database, also those that
+    ended. Both must answer before "no such job" is believed.
+    """
+    queued = _ask_slurm(["squeue", "--noheader", "--user", str(os.getuid()), "--name", job_name, "--format=%F"])
+    if queued is None:
+        return None
+    ids = {line.strip() for line in queued.splitlines() if line.strip()}
+    if ids:
+        return ids
+    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 24 * 3600))
+    ended = _ask_slurm(
+        ["sacct", "--noheader", "--parsable2", "--allocations", "--name", job_name, "--starttime", start, "--format=JobID"]
+    )
+    if ended is None:
+        return None
+    return {line.strip().split("_")[0] for line in ended.splitlines() if line.strip()}
 
 
 def _local_job_alive(job_id: str) -> bool:
@@ -228,17 +268,68 @@ def _local_job_alive(job_id: str) -> bool:
         return False
 
 
-def run_status(run_dir: Path, active_slurm: set[str]) -> RunStatus:
-    """done: test metrics written; active: its job is queued or running; failed: its job ended without them; missing."""
+def _local_submission_alive(log_folder: str) -> bool:
+    """Whether any of Submitit's local job processes works in `log_folder` (their command lines name it)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"submitit" in command and log_folder.encode() in command:
+            return True
+    return False
+
+
+def _reconcile(run_dir: Path, submission: dict[str, Any]) -> dict[str, Any] | None:
+    """A submission cut short after its intent: the record with the job SLURM knows by its name, {} when none, None: unknown."""
+    if submission.get("cluster") != "slurm":
+        return None if _local_submission_alive(str(submission.get("log_folder", ""))) else {}
+    ids = slurm_jobs_named(str(submission.get("job_name", "")), float(submission.get("intent", time.time())))
+    if ids is None:
+        return None
+    if not ids:
+        return {}
+    if len(ids) > 1:
+        log.warning("SLURM has %d jobs named %s; %s counts as unknown", len(ids), submission.get("job_name"), run_dir)
+        return None
+    (base,) = ids
+    index = submission.get("array_index")
+    record = {**submission, "state": "submitted", "job_id": base if index is None else f"{base}_{index}"}
+    atomic_write_json(run_dir / SUBMISSION_NAME, record)
+    log.info("%s: found job %s by its name %s", run_dir, record["job_id"], submission.get("job_name"))
+    return record
+
+
+def run_status(run_dir: Path, active_slurm: set[str] | None) -> RunStatus:
+    """done: test metrics written; active: its job is queued or running; failed: its job ended without them;
+    missing: never submitted; unknown: SLURM could not be asked (`active_slurm` None), so it may still run."""
     if (run_dir / TEST_METRICS_NAME).is_file():
         return "done"
     submission = _read_json(run_dir / SUBMISSION_NAME)
     if submission is None:
         return "missing"
-    job_id = str(submission.get("job_id", ""))
+    if "job_id" not in submission:
+        reconciled = _reconcile(run_dir, submission)
+        if reconciled is None:
+            return "unknown"
+        if not reconciled:
+            return "missing"
+        submission = reconciled
+    job_id = str(submission["job_id"])
     if submission.get("cluster") == "slurm":
+        if active_slurm is None:
+            return "unknown"
         return "active" if job_id in active_slurm else "failed"
     return "active" if _local_job_alive(job_id) else "failed"
+
+
+def run_statuses(runs: Sequence[PlannedRun]) -> dict[Path, RunStatus]:
+    """Every run's status, asking SLURM once when some run went there."""
+    went_to_slurm = any((_read_json(run.run_dir / SUBMISSION_NAME) or {}).get("cluster") == "slurm" for run in runs)
+    active = active_slurm_jobs() if went_to_slurm else set()
+    return {run.run_dir: run_status(run.run_dir, active) for run in runs}
 
 
 @dataclass(kw_only=True)
@@ -263,33 +354,43 @@ def write_sweep_record(sweep_dir: Path, runs: Sequence[PlannedRun]) -> Path:
         record["configurations"].setdefault(run.config_hash, {"label": run.label})
     record["seeds"] = sorted(set(record["seeds"]) | {run.seed for run in runs})
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(path, record)
     return path
 
 
 def submit_sweep(runs: Sequence[PlannedRun], profile: ClusterProfile, sweep_dir: Path) -> SweepSubmission:
     """Submit the runs that are missing or failed; leave finished and active ones alone."""
     sweep_dir = Path(sweep_dir)
-    log_folder = sweep_dir / LOGS_FOLDER
+    found = control_characters(str(sweep_dir.resolve()))
+    if found:
+        raise ConfigError(
+            f"sweep folder {str(sweep_dir)!r} holds control characters ({', '.join(found)}); "
+            "choose a folder name of printable characters"
+        )
+    # Absolute, as Submitit's local job processes name it on their command lines (see _local_submission_alive).
+    log_folder = sweep_dir.resolve() / LOGS_FOLDER
     write_sweep_record(sweep_dir, runs)
-    # Ask SLURM only when some run went there (perhaps by an earlier submission to another cluster).
-    went_to_slurm = any((_read_json(run.run_dir / SUBMISSION_NAME) or {}).get("cluster") == "slurm" for run in runs)
-    active = active_slurm_jobs() if went_to_slurm else set()
-    statuses = {run.run_dir: run_status(run.run_dir, active) for run in runs}
+    statuses = run_statuses(runs)
     pending = [run for run in runs if statuses[run.run_dir] in ("missing", "failed")]
-    counts = {
-        status: sum(1 for s in statuses.values() if s == status) for status in ("done", "active", "failed", "missing")
-    }
+    counts = {status: sum(1 for s in statuses.values() if s == status) for status in RUN_STATUSES}
     log.info("sweep %s: %s", sweep_dir, ", ".join(f"{n} {status}" for status, n in counts.items()))
+    if counts["unknown"]:
+        log.warning(
+            "%d run(s) have a job whose state SLURM could not report; they are not submitted again. "
+            "Run the sweep again when squeue answers",
+            counts["unknown"],
+        )
     if not pending:
         return SweepSubmission(jobs=[], submitted=[], statuses=statuses, log_folder=log_folder)
     for run in pending:
         write_resolved_config(run.config, run.run_dir)
         record = {"label": run.label, "seed": run.seed, "config_hash": run.config_hash}
-        (run.run_dir / RUN_RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        atomic_write_json(run.run_dir / RUN_RECORD_NAME, record)
     # resume=True throughout: a failed run continues from its last checkpoint, a new one starts fresh.
     trainings = [TrainingJob(run.config, run.run_dir, resume=True) for run in pending]
-    executor = make_executor(profile, log_folder, job_name=f"sweep-{sweep_dir.name}")
+    # A name of its own per submission: after a crash, SLURM is asked for jobs by this name.
+    job_name = f"sweep-{sweep_dir.name}-{secrets.token_hex(4)}"
+    executor = make_executor(profile, log_folder, job_name=job_name)
     if profile.kind == "slurm":
         functions: list[Any] = trainings
         runs_of_job = [[run] for run in pending]
@@ -298,16 +399,18 @@ def submit_sweep(runs: Sequence[PlannedRun], profile: ClusterProfile, sweep_dir:
         threads = max(1, (os.cpu_count() or 1) // queues)
         functions = [RunQueueJob(trainings[i::queues], threads) for i in range(queues)]
         runs_of_job = [pending[i::queues] for i in range(queues)]
+    intent = {"state": "submitting", "cluster": profile.kind, "job_name": job_name, "log_folder": str(log_folder)}
+    intent["intent"] = time.time()
+    for index, job_runs in enumerate(runs_of_job):
+        for run in job_runs:
+            # An array's task i runs functions[i]; a single job has no index.
+            place = index if len(runs_of_job) > 1 and profile.kind == "slurm" else None
+            atomic_write_json(run.run_dir / SUBMISSION_NAME, {**intent, "array_index": place})
     jobs = submit_jobs(executor, profile, functions)
     submitted_at = time.time()
     for job, job_runs in zip(jobs, runs_of_job):
         for run in job_runs:
-            record = {
-                "job_id": job.job_id,
-                "cluster": profile.kind,
-                "log_folder": str(log_folder),
-                "submitted": submitted_at,
-            }
-            (run.run_dir / SUBMISSION_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+            record = {**intent, "state": "submitted", "job_id": job.job_id, "submitted": submitted_at}
+            atomic_write_json(run.run_dir / SUBMISSION_NAME, record)
     log.info("submitted %d run(s) in %d job(s); logs in %s", len(pending), len(jobs), log_folder)
     return SweepSubmission(jobs=jobs, submitted=pending, statuses=statuses, log_folder=log_folder)

@@ -34,9 +34,11 @@ def run_sweep(args: argparse.Namespace) -> int:
     submission = submit_sweep(runs, profile, sweep_dir)
     done = sum(1 for status in submission.statuses.values() if status == "done")
     active = sum(1 for status in submission.statuses.values() if status == "active")
+    unknown = sum(1 for status in submission.statuses.values() if status == "unknown")
     print(
         f"sweep {sweep_dir}: {len(runs)} runs, {done} finished, {active} queued or running, "
         f"{len(submission.submitted)} submitted now"
+        + (f", {unknown} unknown (SLURM could not be asked; not submitted again)" if unknown else "")
     )
     if submission.jobs:
         print(f"job ids: {' '.join(job.job_id for job in submission.jobs)}")
@@ -52,7 +54,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     if report.configurations:
         print(format_report(report))
         print(f"report: {sweep_dir / 'report.md'}, {sweep_dir / 'spread.png'}")
-    if not args.wait and (submission.jobs or active):
+    if not args.wait and (submission.jobs or active or unknown):
         print("run the same command again once the jobs have finished: it submits nothing new and updates the report")
     return 1 if failed_jobs else 0
 
