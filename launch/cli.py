@@ -12,6 +12,9 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
+
+from cluster.config import control_characters
 
 # Verbs in the order `--help` lists them.
 VERBS: tuple[str, ...] = (
@@ -65,6 +68,16 @@ def _user_error_classes() -> tuple[type[BaseException], ...]:
     return tuple(classes)
 
 
+def _path_problem(args: argparse.Namespace) -> str | None:
+    """A folder or file argument with a control character: such a name breaks job scripts and logs, so it is refused."""
+    for name, value in sorted(vars(args).items()):
+        if isinstance(value, Path):
+            found = control_characters(str(value))
+            if found:
+                return f"{name.replace('_', ' ')} {str(value)!r} holds control characters ({', '.join(found)}); use printable characters only"
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cmroberta",
@@ -95,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    problem = _path_problem(args)
+    if problem is not None:
+        print(f"cmroberta {args.verb}: error: {problem}", file=sys.stderr)
+        return 2
     try:
         result = args.handler(args)
     except KeyboardInterrupt:

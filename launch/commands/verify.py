@@ -1,0 +1,164 @@
+"""`cmroberta verify PATH`: check a feature store, a run folder or a sweep folder, e.g. after copying it between clusters.
+
+Each problem is printed on a line of its own, with the command that repairs it; the exit status
+is 0 only when nothing is wrong (1 when something is, 2 when PATH is none of the three).
+
+- A store is checked as `FeatureStore.open` checks it, in full: the plan, every shard's presence,
+  size and sha256 (the cache of verified shards is used and refreshed), and labels in range.
+- A run folder is checked by `run_folder_problems`, the one function every run-folder check
+  goes through: its config loads, and the metrics files it has parse.
+- A sweep folder: sweep.json, each run's run.json and submission.json, and every run folder.
+"""
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+from launch.cli import UserError
+
+# What marks each kind of folder.
+STORE_MARKER = "manifest.json"
+SWEEP_MARKER = "sweep.json"
+RUN_MARKER = "config.toml"
+
+
+def _json_problem(path: Path, lines: bool = False) -> str | None:
+    """Why a JSON (or JSON lines) file does not parse, naming the line; None when it does."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        return f"{path.name} cannot be read ({error})"
+    documents = [(i, line) for i, line in enumerate(text.splitlines(), start=1) if line.strip()] if lines else [(1, text)]
+    for number, document in documents:
+        try:
+            value = json.loads(document)
+        except json.JSONDecodeError as error:
+            where = f"line {number}" if lines else f"line {error.lineno}"
+            return f"{path.name} {where} is not valid JSON ({error.msg})"
+        if not isinstance(value, dict):
+            return f"{path.name} line {number} is not a JSON object"
+    return None
+
+
+def store_problems(store_dir: Path) -> list[str]:
+    """What is wrong with a feature store, each with the command that finishes or repairs it."""
+    from extract.feature_store import FeatureStoreError, read_manifest, repair_command
+    from extract.feature_store import store_problems as shard_problems
+    from extract.feature_store import FeatureStore
+
+    try:
+        manifest = read_manifest(store_dir)
+    except FeatureStoreError as error:
+        return [str(error)]
+    repair = repair_command(store_dir, manifest)
+    problems = [f"{problem}; repair: {repair}" for problem in shard_problems(store_dir, manifest)]
+    if problems:
+        return problems
+    store = FeatureStore(store_dir, manifest)
+    for split in store.splits:
+        try:
+            store.read_split(split, families=[])
+        except FeatureStoreError as error:
+            problems.append(f"{error}; repair: {repair}")
+    return problems
+
+
+def _run_repair(run_dir: Path) -> str:
+    return f"cmroberta train STORE --run-dir {shlex.quote(str(run_dir))} --resume"
+
+
+def run_folder_problems(run_dir: Path) -> list[str]:
+    """What is wrong with a run folder: its config and its metrics files, each with the command that repairs it."""
+    from cluster.config import ConfigError, load_config
+    from model.train import RunConfig
+
+    problems = []
+    try:
+        config = load_config(RunConfig, run_dir / RUN_MARKER)
+        retrain = f"cmroberta train {shlex.quote(str(config.store))} --run-dir {shlex.quote(str(run_dir))} --resume"
+    except ConfigError as error:
+        problems.append(f"{RUN_MARKER} does not load ({error}); repair: restore it from the run's source, or retrain")
+        retrain = _run_repair(run_dir)
+    for name in ("metrics.jsonl", "predictions.jsonl"):
+        if (run_dir / name).is_file():
+            problem = _json_problem(run_dir / name, lines=True)
+            if problem:
+                problems.append(f"{problem}; repair: {retrain}")
+    for path in sorted(run_dir.glob("*_metrics.json")):
+        problem = _json_problem(path)
+        if problem:
+            split = path.name.removesuffix("_metrics.json")
+            problems.append(f"{problem}; repair: cmroberta evaluate {shlex.quote(str(run_dir))} --split {split}")
+    return problems
+
+
+def sweep_problems(sweep_dir: Path) -> list[str]:
+    """What is wrong with a sweep folder and the runs in it."""
+    from launch.sweep import RUN_RECORD_NAME, RUNS_FOLDER, SUBMISSION_NAME
+
+    again = "run the `cmroberta sweep` command that made it again (it submits only missing or failed runs)"
+    problem = _json_problem(sweep_dir / SWEEP_MARKER)
+    if problem:
+        return [f"{problem}; repair: {again}"]
+    record = json.loads((sweep_dir / SWEEP_MARKER).read_text(encoding="utf-8"))
+    problems = [
+        f"{SWEEP_MARKER} has no {key!r} entry; repair: {again}" for key in ("configurations", "seeds") if key not in record
+    ]
+    runs = sorted(path for path in (sweep_dir / RUNS_FOLDER).glob("*") if path.is_dir())
+    for run_dir in runs:
+        where = f"{RUNS_FOLDER}/{run_dir.name}"
+        for name in (RUN_RECORD_NAME, SUBMISSION_NAME):
+            if (run_dir / name).is_file():
+                problem = _json_problem(run_dir / name)
+                if problem:
+                    problems.append(f"{where}: {problem}; repair: delete it and {again}")
+        if (run_dir / RUN_MARKER).is_file():
+            problems.extend(f"{where}: {problem}" for problem in run_folder_problems(run_dir))
+    expected = len(record.get("configurations", {})) * len(record.get("seeds", []))
+    if len(runs) < expected:
+        problems.append(f"{len(runs)} run folders, the sweep asked for {expected}; repair: {again}")
+    return problems
+
+
+def folder_kind(path: Path) -> str:
+    """store, sweep or run: what PATH is, by the file that marks it; a UserError when it is none of them."""
+    if not path.is_dir():
+        raise UserError(f"{path} does not exist or is not a folder")
+    for kind, marker in (("store", STORE_MARKER), ("sweep", SWEEP_MARKER), ("run", RUN_MARKER)):
+        if (path / marker).is_file():
+            return kind
+    raise UserError(
+        f"{path} is not a feature store ({STORE_MARKER}), a sweep folder ({SWEEP_MARKER}) or a run folder ({RUN_MARKER})"
+    )
+
+
+CHECKS = {"store": store_problems, "sweep": sweep_problems, "run": run_folder_problems}
+
+
+def run_verify(path: Path) -> int:
+    """Print what is wrong and how to repair it; 0 when all is well, 1 otherwise."""
+    kind = folder_kind(path)
+    problems = CHECKS[kind](path)
+    for problem in problems:
+        print(f"{path}: {problem}")
+    if problems:
+        print(f"{kind} {path}: {len(problems)} problem(s)")
+        return 1
+    print(f"{kind} {path}: all is well")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "verify",
+        help="check a feature store, run folder or sweep folder; print what is wrong and how to repair it",
+        description=(
+            "Check PATH in full: a feature store (its plan, every shard's size and sha256, labels), a run folder "
+            "(config and metrics files) or a sweep folder (its records and every run folder). Each problem is "
+            "printed with the command that repairs it. Exits 0 only when all is well. Useful after copying results "
+            "between clusters."
+        ),
+    )
+    parser.add_argument("path", type=Path, metavar="PATH", help="store, run or sweep folder")
+    parser.set_defaults(handler=lambda args: run_verify(args.path))

@@ -1,0 +1,151 @@
+"""`cmroberta verify PATH` on whole and damaged stores, run folders and sweep folders: what it prints and its status."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cluster.config import load_config, write_resolved_config
+from extract.feature_store import SplitArrays, build_store_from_arrays
+from launch.cli import main
+
+
+def tiny_split(split: str) -> SplitArrays:
+    n = 4
+    return SplitArrays(
+        keys=[f"{split}/dia{i // 2}_utt{i % 2}" for i in range(n)],
+        dialogue_ids=[i // 2 for i in range(n)],
+        utterance_ids=[i % 2 for i in range(n)],
+        speakers=["Joey"] * n,
+        transcripts=["How you doin'?"] * n,
+        emotion=[0, 1, 2, 3],
+        sentiment=[0, 1, 2, 0],
+        features={"text": np.ones((n, 3), dtype=np.float32)},
+    )
+
+
+@pytest.fixture
+def store_dir(tmp_path):
+    arrays = {"train": tiny_split("train"), "dev": tiny_split("dev")}
+    return build_store_from_arrays(tmp_path / "s-000000000000", arrays, {"corpus": "/data/MELD.Raw"}, shard_dialogues=1)
+
+
+def verify(path, capsys) -> tuple[int, list[str], str]:
+    status = main(["verify", str(path)])
+    captured = capsys.readouterr()
+    return status, captured.out.strip().splitlines(), captured.err.strip()
+
+
+def run_folder(tmp_path, store_dir):
+    from model.train import RunConfig
+
+    run_dir = tmp_path / "run"
+    write_resolved_config(load_config(RunConfig, None, [f'store="{store_dir}"']), run_dir)
+    (run_dir / "metrics.jsonl").write_text('{"epoch": 1, "dev_loss": 1.5}\n{"epoch": 2, "dev_loss": 1.2}\n')
+    (run_dir / "test_metrics.json").write_text('{"weighted_f1": 0.5}\n')
+    return run_dir
+
+
+def test_a_whole_store_is_well(store_dir, capsys):
+    status, out, _ = verify(store_dir, capsys)
+    assert status == 0 and out == [f"store {store_dir}: all is well"]
+
+
+def test_a_damaged_store_names_the_shard_and_the_repair(store_dir, capsys):
+    path = store_dir / "shards/dev-00001.h5"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x10
+    path.write_bytes(bytes(data))
+    status, out, _ = verify(store_dir, capsys)
+    assert status == 1
+    assert out[0].startswith(f"{store_dir}: shards/dev-00001.h5 does not match its sha256 in the manifest; repair: ")
+    assert "cmroberta extract /data/MELD.Raw --config" in out[0]
+    assert out[-1] == f"store {store_dir}: 1 problem(s)"
+
+
+def test_an_incomplete_store_names_each_missing_shard(store_dir, capsys):
+    manifest = json.loads((store_dir / "manifest.json").read_text())
+    manifest["shards"] = manifest["shards"][:1]
+    (store_dir / "manifest.json").write_text(json.dumps(manifest))
+    status, out, _ = verify(store_dir, capsys)
+    assert status == 1
+    assert [line.split("; repair")[0] for line in out[:-1]] == [
+        f"{store_dir}: shards/dev-00001.h5 is planned but not written",
+        f"{store_dir}: shards/train-00000.h5 is planned but not written",
+        f"{store_dir}: shards/train-00001.h5 is planned but not written",
+    ]
+
+
+def test_a_whole_run_folder_is_well(tmp_path, store_dir, capsys):
+    run_dir = run_folder(tmp_path, store_dir)
+    status, out, _ = verify(run_dir, capsys)
+    assert status == 0 and out == [f"run {run_dir}: all is well"]
+
+
+def test_a_torn_metrics_line_is_named_with_the_command_that_redoes_it(tmp_path, store_dir, capsys):
+    run_dir = run_folder(tmp_path, store_dir)
+    with open(run_dir / "metrics.jsonl", "a") as stream:
+        stream.write('{"epoch": 3, "dev_lo')
+    status, out, _ = verify(run_dir, capsys)
+    assert status == 1
+    assert out[0] == (
+        f"{run_dir}: metrics.jsonl line 3 is not valid JSON (Unterminated string starting at); "
+        f"repair: cmroberta train {store_dir} --run-dir {run_dir} --resume"
+    )
+
+
+def test_a_garbage_test_metrics_file_names_evaluate(tmp_path, store_dir, capsys):
+    run_dir = run_folder(tmp_path, store_dir)
+    (run_dir / "test_metrics.json").write_bytes(b"\x00\x01garbage")
+    status, out, _ = verify(run_dir, capsys)
+    assert status == 1
+    assert out[0].startswith(f"{run_dir}: test_metrics.json line 1 is not valid JSON")
+    assert out[0].endswith(f"repair: cmroberta evaluate {run_dir} --split test")
+
+
+def test_a_run_config_with_a_typo_is_named(tmp_path, store_dir, capsys):
+    run_dir = run_folder(tmp_path, store_dir)
+    (run_dir / "config.toml").write_text('store = "/x"\nseeed = 3\n')
+    status, out, _ = verify(run_dir, capsys)
+    assert status == 1
+    assert "config.toml does not load (unknown config key 'seeed'. Did you mean 'seed'?" in out[0]
+
+
+def sweep_folder(tmp_path, store_dir):
+    sweep = tmp_path / "sweep"
+    (sweep / "runs").mkdir(parents=True)
+    (sweep / "sweep.json").write_text(json.dumps({"configurations": {"abc": {"label": "base"}}, "seeds": [0, 1]}))
+    for seed in (0, 1):
+        run_dir = run_folder(tmp_path / f"r{seed}", store_dir)
+        run_dir.rename(sweep / "runs" / f"abc-seed{seed}")
+        (sweep / "runs" / f"abc-seed{seed}" / "run.json").write_text(json.dumps({"seed": seed}))
+    return sweep
+
+
+def test_a_whole_sweep_is_well(tmp_path, store_dir, capsys):
+    sweep = sweep_folder(tmp_path, store_dir)
+    status, out, _ = verify(sweep, capsys)
+    assert status == 0 and out == [f"sweep {sweep}: all is well"]
+
+
+def test_a_sweep_with_a_torn_submission_record_and_a_lost_run(tmp_path, store_dir, capsys):
+    sweep = sweep_folder(tmp_path, store_dir)
+    (sweep / "runs/abc-seed0/submission.json").write_text('{"job_id": "12')
+    import shutil
+
+    shutil.rmtree(sweep / "runs/abc-seed1")
+    status, out, _ = verify(sweep, capsys)
+    assert status == 1
+    assert out[0].startswith(f"{sweep}: runs/abc-seed0: submission.json line 1 is not valid JSON")
+    assert out[1].startswith(f"{sweep}: 1 run folders, the sweep asked for 2; repair: run the `cmroberta sweep` command")
+
+
+def test_a_folder_that_is_none_of_the_three_is_one_line_and_status_2(tmp_path, capsys):
+    status, out, err = verify(tmp_path, capsys)
+    assert status == 2 and out == []
+    assert err == (
+        f"cmroberta verify: error: {tmp_path} is not a feature store (manifest.json), a sweep folder (sweep.json) "
+        "or a run folder (config.toml)"
+    )
+    status, _, err = verify(tmp_path / "nowhere", capsys)
+    assert status == 2 and err == f"cmroberta verify: error: {tmp_path / 'nowhere'} does not exist or is not a folder"
