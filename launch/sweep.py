@@ -242,10 +242,13 @@ def active_slurm_jobs() -> set[str] | None:
 def slurm_jobs_named(job_name: str, since: float) -> set[str] | None:
     """Base ids of the SLURM jobs called `job_name` (queued, running or ended since `since`); None when SLURM cannot say.
 
-    squeue knows the jobs still in the queue; sacct, the accounting database, also those that
-    ended. Both must answer before "no such job" is believed.
+    squeue (all states) knows the jobs the controller still holds, ended ones included for a few
+    minutes; sacct, the accounting database, those that ended earlier, but it records a job's
+    name seconds after the job. Both must answer before "no such job" is believed.
     """
-    queued = _ask_slurm(["squeue", "--noheader", "--user", str(os.getuid()), "--name", job_name, "--format=%F"])
+    queued = _ask_slurm(
+        ["squeue", "--noheader", "--states=all", "--user", str(os.getuid()), "--name", job_name, "--format=%F"]
+    )
     if queued is None:
         return None
     ids = {line.strip() for line in queued.splitlines() if line.strip()}
