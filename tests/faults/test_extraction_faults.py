@@ -1,0 +1,222 @@
+"""Extraction under faults, run as a user runs it (`cmroberta extract` in its own process, real Ray and openSMILE).
+
+- killed with SIGKILL (driver and Ray workers, as an out-of-memory killer or a lost node would) at
+  random points of the shard writing, then run again: every utterance is in the store exactly
+  once, and the store verifies;
+- interrupted by Ctrl-C: exit status 130, one line, no traceback, no temporary file left;
+- two extractions of one store at once: the second is refused naming the first's host and pid,
+  and the first finishes a whole store;
+- a CSV row edited, or a clip rewritten: only the shards made from them are redone.
+"""
+
+import csv
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
+from extract.feature_store import MANIFEST_NAME, FeatureStore
+from extract.meld import CSV_NAMES, read_meld
+from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+REPO = Path(__file__).resolve().parents[2]
+KILLS = 3
+RUN_TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    config = DemoCorpusConfig(
+        train_dialogues=5, dev_dialogues=2, test_dialogues=2, min_utterances=2, max_utterances=3, clip_format="wav", workers=2
+    )
+    return write_demo_corpus(tmp_path_factory.mktemp("corpus"), config)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, corpus) -> Path:
+    texts = [u.transcript for u in read_meld(corpus, check_clips=False).utterances]
+    return build_tiny_text_encoder(tmp_path_factory.mktemp("tiny"), texts, TinyEncoderConfig(hidden_size=16))
+
+
+def extract_command(corpus: Path, store_root: Path, tiny_model: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "launch.cli",
+        "extract",
+        str(corpus),
+        f"store_root={json.dumps(str(store_root))}",
+        "name=faults",
+        'families=["opensmile", "text"]',
+        "shard_dialogues=1",
+        "check_clips=false",
+        f"text.model={json.dumps(str(tiny_model))}",
+        "ray.num_workers=1",
+    ]
+
+
+def start(command: list[str]) -> subprocess.Popen:
+    # A session of its own: the kill reaches Ray's processes too, as a node failure would.
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
+    return subprocess.Popen(
+        command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=RUN_TIMEOUT_S)
+    return process.returncode, out, err
+
+
+def store_of(store_root: Path) -> Path:
+    (store,) = [path for path in store_root.iterdir() if path.name.startswith("faults-")]
+    return store
+
+
+def recorded_shards(store_root: Path) -> int:
+    try:
+        return len(json.loads((store_of(store_root) / MANIFEST_NAME).read_text())["shards"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def wait_until(predicate, process: subprocess.Popen, timeout_s: float = RUN_TIMEOUT_S) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.02)
+    raise TimeoutError("extraction made no progress")
+
+
+def leftovers(store: Path) -> list[str]:
+    return sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.name.endswith(".tmp"))
+
+
+def assert_whole(store: Path, corpus: Path) -> None:
+    opened = FeatureStore.open(store)
+    keys = [key for split in opened.splits for key in opened.read_split(split, families=[]).keys]
+    expected = sorted(u.key for u in read_meld(corpus, check_clips=False).utterances)
+    assert sorted(keys) == expected, "an utterance is missing or stored twice"
+    assert len(keys) == len(set(keys))
+    assert opened.verify() == []
+    assert leftovers(store) == []
+
+
+def test_killed_at_random_points_then_rerun_gives_a_whole_store(corpus, tiny_model, tmp_path):
+    store_root = tmp_path / "stores"
+    command = extract_command(corpus, store_root, tiny_model)
+    rng = random.Random(9)
+    planned = len({(u.split, u.dialogue_id) for u in read_meld(corpus, check_clips=False).utterances})
+    killed_at = []
+    for _ in range(KILLS):
+        process = start(command)
+        # Somewhere in the writing: after a random number of shards, plus a random fraction of one.
+        target = rng.randrange(0, planned - 1)
+        if wait_until(lambda: recorded_shards(store_root) >= target if store_root.exists() else False, process):
+            time.sleep(rng.uniform(0.0, 0.4))
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate(timeout=60)
+        killed_at.append(recorded_shards(store_root))
+    assert any(0 < n < planned for n in killed_at), f"no kill fell inside the writing: {killed_at} of {planned}"
+    store = store_of(store_root)
+    if killed_at[-1] < planned:
+        with pytest.raises(Exception, match="is incomplete: .* is planned but not written"):
+            FeatureStore.open(store)
+    status, _, err = finish(start(command))
+    assert status == 0, err[-2000:]
+    assert_whole(store, corpus)
+
+
+def test_ctrl_c_exits_130_with_one_line_and_leaves_no_partial_file(corpus, tiny_model, tmp_path):
+    store_root = tmp_path / "stores"
+    process = start(extract_command(corpus, store_root, tiny_model))
+    assert wait_until(lambda: store_root.exists() and recorded_shards(store_root) >= 1, process)
+    # A terminal sends SIGINT to the whole foreground process group.
+    os.killpg(process.pid, signal.SIGINT)
+    status, _, err = finish(process)
+    assert status == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "cmroberta extract: interrupted; run it again to continue"
+    assert leftovers(store_of(store_root)) == []
+
+
+def test_a_second_writer_is_refused_with_the_holder_named_and_nothing_is_lost(corpus, tiny_model, tmp_path, capsys):
+    from launch.cli import main
+
+    store_root = tmp_path / "stores"
+    command = extract_command(corpus, store_root, tiny_model)
+    first = start(command)
+    lock_text = f"pid {first.pid} on host {socket.gethostname()}"
+    assert wait_until(
+        lambda: store_root.exists() and (store_of(store_root) / ".lock").is_file()
+        and (store_of(store_root) / ".lock").read_text().strip() == lock_text,
+        first,
+    )
+    assert main(command[3:]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"cmroberta extract: error: feature store {store_of(store_root)} is in use by {lock_text}; "
+        "wait for it to finish, or stop that process"
+    )
+    status, _, first_err = finish(first)
+    assert status == 0, first_err[-2000:]
+    assert_whole(store_of(store_root), corpus)
+
+
+def shard_files(store: Path) -> dict[str, int]:
+    """Each shard's inode: a redone shard is a new file renamed into place (its bytes may well be the same)."""
+    return {p.name: p.stat().st_ino for p in (store / "shards").iterdir()}
+
+
+def test_an_edited_csv_row_or_a_rewritten_clip_redoes_only_its_shard(corpus, tiny_model, tmp_path_factory):
+    # A corpus of its own: this test edits it.
+    import shutil
+
+    own = tmp_path_factory.mktemp("edited") / "corpus"
+    shutil.copytree(corpus, own)
+    store_root = own.parent / "stores"
+    command = extract_command(own, store_root, tiny_model)
+    status, _, err = finish(start(command))
+    assert status == 0, err[-2000:]
+    store = store_of(store_root)
+    before = shard_files(store)
+
+    csv_path = own / CSV_NAMES["dev"]
+    utterance = read_meld(own, splits=("dev",), check_clips=False).utterances[0]
+    new_emotion = "disgust" if utterance.emotion != "disgust" else "fear"
+    with open(csv_path, newline="", encoding="utf-8") as stream:
+        rows = list(csv.reader(stream))
+    header = rows[0]
+    for row in rows[1:]:
+        ids = int(row[header.index("Dialogue_ID")]), int(row[header.index("Utterance_ID")])
+        if ids == (utterance.dialogue_id, utterance.utterance_id):
+            row[header.index("Emotion")] = new_emotion
+    with open(csv_path, "w", newline="", encoding="utf-8") as stream:
+        csv.writer(stream).writerows(rows)
+    clip = Path(read_meld(own, splits=("test",), check_clips=False).utterances[-1].media_path)
+    os.utime(clip, ns=(clip.stat().st_atime_ns, clip.stat().st_mtime_ns + 10**9))
+
+    status, _, err = finish(start(command))
+    assert status == 0, err[-2000:]
+    assert "store " in err and ": 2 of " in err and " shards to extract" in err
+    after = shard_files(store)
+    changed = sorted(file for file in before if before[file] != after[file])
+    assert len(changed) == 2 and changed[0].startswith("dev-") and changed[1].startswith("test-"), changed
+    rows = FeatureStore.open(store).read_split("dev", families=[])
+    from extract.labels import EMOTIONS
+
+    assert EMOTIONS[int(rows.emotion[rows.keys.index(utterance.key)])] == new_emotion
