@@ -12,7 +12,9 @@ into the store folder:
 `hash12` is the first 12 hex digits of the sha256 of the tokenizer's full definition (vocabulary,
 merges, normaliser, special tokens) and the input format (speaker prefix, context window,
 max_tokens), so a change to any of them makes a new file and never reads a stale one. The file
-is written under a temporary name and renamed when complete.
+is written under a name unique to its host and process (ranks that race to build the same cache
+never share a file), fsynced and renamed when complete (`cluster.durable_files.publish`); an
+interrupted build removes its temporary file.
 
 Batches pad each utterance's ids to the longest utterance in the batch;
 `model.dialogue_data.LengthBucketSampler`, given `TokenSplit.dialogue_lengths`, optionally groups
@@ -22,7 +24,6 @@ dialogues of similar longest utterance into the same batch to waste less of that
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from cluster.durable_files import publish, unique_temp_path
 from extract.feature_store import FeatureStore, SplitArrays
 from extract.labels import EMOTIONS, SENTIMENTS
 from extract.text_features import text_inputs
@@ -139,8 +141,7 @@ def build_token_cache(
         raise TokenCacheError(
             f"cannot create {path.parent} for the token cache ({error}); make the feature store folder writable"
         ) from None
-    # A name of its own per process: ranks that race to build the same cache never share a file.
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp = unique_temp_path(path)
     try:
         with h5py.File(tmp, "w") as cache:
             cache.attrs["format_version"] = TOKEN_CACHE_VERSION
@@ -157,10 +158,11 @@ def build_token_cache(
                 flat = np.fromiter((token for row in ids for token in row), dtype=np.int32, count=int(offsets[-1]))
                 group.create_dataset("ids", data=flat)
                 log.info("%s: %d utterances, %d tokens", split, len(ids), int(offsets[-1]))
-        os.replace(tmp, path)
+        publish(tmp, path)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         raise TokenCacheError(f"cannot write the token cache {path} ({error}); check the store folder") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     log.info("token cache %s written", path)
     return path
 

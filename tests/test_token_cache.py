@@ -156,3 +156,18 @@ def test_micro_batches_split_a_share_and_never_run_empty():
             counted = sorted(i for m in micro for i, c in zip(m.indices, m.counted) if c)
             assert counted == sorted(i for i, c in zip(rank_batch.indices, rank_batch.counted) if c)
         assert [m.counted for m in rank_batch.micro_batches(3)][-1] == [False]
+
+
+def test_an_interrupted_build_leaves_no_partial_file(tmp_path, encoder_config, monkeypatch):
+    import model.token_cache as token_cache
+
+    arrays = {"dev": split_rows("dev", 2, 5)}
+    source = FeatureStore.open(build_store_from_arrays(tmp_path / "s-111111111111", arrays, {"corpus": "y"}))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(token_cache, "tokenize_split", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_token_cache(source, load_tokenizer(encoder_config), encoder_config)
+    assert list((source.path / "tokens").iterdir()) == []

@@ -229,3 +229,28 @@ def test_a_negative_sentiment_names_the_shard_and_row(store_dir):
         shard["sentiment"][...] = sentiment
     with pytest.raises(FeatureStoreError, match=r"row 0 \(test/dia0_utt0\) has sentiment index -1, outside 0..2"):
         FeatureStore.open(store_dir, verify=False).read_split("test")
+
+
+def cut_short(store_dir):
+    manifest = manifest_of(store_dir)
+    manifest["shards"] = [shard for shard in manifest["shards"] if shard["split"] != "test"]
+    rewrite_manifest(store_dir, manifest)
+
+
+@pytest.mark.parametrize("verb", ["train", "sweep"])
+def test_train_and_sweep_refuse_an_incomplete_store_in_one_line(store_dir, tmp_path, capsys, verb):
+    from launch.cli import main
+
+    cut_short(store_dir)
+    if verb == "train":
+        argv = ["train", str(store_dir), "--run-dir", str(tmp_path / "run")]
+    else:
+        argv = ["sweep", "--seeds", "0", "--out", str(tmp_path / "sweep"), f"store={json.dumps(str(store_dir))}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(
+        f"cmroberta {verb}: error: feature store {store_dir} is incomplete: shards/test-00000.h5 is planned but not written"
+    )
+    assert "Finish or repair it with `cmroberta extract /data/MELD.Raw --config" in err
+    assert "\n" not in err
+    assert not (tmp_path / "sweep" / "runs").exists()
