@@ -40,9 +40,8 @@ def intent(run_dir, job_name, array_index=None, cluster="slurm"):
 
 
 def sbatch(*options: str) -> str:
-    result = subprocess.run(
-        ["sbatch", "--parsable", "--time=2", "--mem=100M", *options], capture_output=True, text=True, timeout=30
-    )
+    command = ["sbatch", "--parsable", "--time=2", "--mem=100M", "--output=/dev/null", *options]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().split(";")[0]
 
