@@ -118,3 +118,14 @@ def test_an_empty_file_is_one_clear_error(tmp_path):
     (root / CSV_NAMES["train"]).write_text("", encoding="utf-8")
     with pytest.raises(CorpusError, match="lacks the MELD columns Sr No., Utterance"):
         read_train(root)
+
+
+def test_prepare_names_the_row_with_a_nul_and_extraction_never_sees_it(tmp_path, capsys):
+    from launch.cli import main
+
+    root = write_rows(tmp_path / "corpus", [GOOD, changed(Utterance="Oh\x00my")])
+    for split in ("dev", "test"):
+        (root / CSV_NAMES[split]).write_bytes((root / CSV_NAMES["train"]).read_bytes())
+    assert main(["prepare", str(root), "--no-check-clips"]) == 0
+    out = capsys.readouterr().out
+    assert "train_sent_emo.csv line 3: field Utterance holds control characters (U+0000)" in out
