@@ -19,6 +19,7 @@ VERBS: tuple[str, ...] = (
     "extract",
     "train",
     "evaluate",
+    "predict",
     "report",
     "launch",
     "sweep",
@@ -43,6 +44,8 @@ USER_ERRORS: tuple[str, ...] = (
     "launch.report:ReportError",
     "launch.executors:SubmissionError",
     "model.token_cache:TokenCacheError",
+    "model.predict:PredictInputError",
+    "model.perturb:PerturbationError",
 )
 
 
