@@ -26,7 +26,8 @@ keep their context.
 `evaluate_perturbed(run_dir, perturbation)` scores a run's split (test by default) of its own store
 under a `model.perturb.Perturbation`: only the perturbed family is computed again (from the
 corpus's clips for noise, from the store's transcripts for ASR errors); a missing modality is masked
-in the model. It writes `robustness/<condition>-seed<seed>.json` into the run folder.
+in the model. It writes `robustness/<condition>-seed<seed>.json` into the run folder (for a split
+other than test, `robustness/<split>-<condition>-seed<seed>.json`).
 """
 
 import csv
@@ -63,11 +64,10 @@ from model.dialogue_data import DialogueDataset, FeatureStatistics, Modalities, 
 from model.evaluate import SplitEvaluation, evaluate_split, evaluation_record, majority_label
 from model.fusion import ModalityDropout
 from model.metrics import classification_metrics
-from model.perturb import NoiseMaker, Perturbation, simulate_asr_errors
+from model.perturb import ROBUSTNESS_FOLDER, NoiseMaker, Perturbation, simulate_asr_errors
 
 log = logging.getLogger(__name__)
 
-ROBUSTNESS_FOLDER = "robustness"
 PREDICT_SPLIT = "predict"
 TRANSCRIPTS_STEM = "transcripts"
 # The reader's clip flags that leave an utterance without a usable clip.
@@ -526,9 +526,10 @@ def write_predictions(records: Sequence[dict[str, Any]], out: Path) -> Path:
     return out
 
 
-def robustness_path(run_dir: Path, perturbation: Perturbation) -> Path:
-    """Where `evaluate_perturbed` writes a condition's scores in a run folder."""
-    return Path(run_dir) / ROBUSTNESS_FOLDER / f"{perturbation.condition}-seed{perturbation.seed}.json"
+def robustness_path(run_dir: Path, perturbation: Perturbation, split: str = "test") -> Path:
+    """Where `evaluate_perturbed` writes a condition's scores in a run folder (named by the split unless test)."""
+    prefix = "" if split == "test" else f"{split}-"
+    return Path(run_dir) / ROBUSTNESS_FOLDER / f"{prefix}{perturbation.condition}-seed{perturbation.seed}.json"
 
 
 def _replace_rows(rows: SplitArrays, fresh: SplitArrays, families: Sequence[str]) -> None:
@@ -589,7 +590,7 @@ def evaluate_perturbed(run: LoadedRun, perturbation: Perturbation, split: str = 
         "perturbation": {**dataclasses.asdict(perturbation), "condition": perturbation.condition},
         **record_extra,
     }
-    path = robustness_path(run.run_dir, perturbation)
+    path = robustness_path(run.run_dir, perturbation, split)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, _json_safe(record))
     log.info("%s under %s: weighted F1 %.2f", split, perturbation.describe(), 100 * record["weighted_f1"])

@@ -29,7 +29,7 @@ def run_evaluate_perturbed(run_dir: Path, split: str, spec: str) -> None:
     record = evaluate_perturbed(load_run(run_dir), perturbation, split)
     print(f"{split} split under {perturbation.describe()}, checkpoint {record['checkpoint']}, F1 in %:")
     print(run_table(record, split))
-    print(f"wrote {robustness_path(run_dir, perturbation)}")
+    print(f"wrote {robustness_path(run_dir, perturbation, split)}")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
