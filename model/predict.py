@@ -450,13 +450,16 @@ def _dataset(run: LoadedRun, split: str, rows: SplitArrays) -> DialogueDataset:
 
 def _score(run: LoadedRun, dataset: DialogueDataset, absent: frozenset[str]) -> SplitEvaluation:
     """The run's model on `dataset`, with the `absent` modalities masked (model.fusion.ModalityDropout)."""
+    from model.train import deterministic_kernels
+
     dropouts = [module for module in run.model.modules() if isinstance(module, ModalityDropout)]
     for module in dropouts:
         module.absent = absent
     try:
-        return evaluate_split(
-            run.model, dataset, batch_dialogues=run.config.train.batch_dialogues, device=run.device, dtype=run.dtype
-        )
+        with deterministic_kernels(run.config.train.deterministic):
+            return evaluate_split(
+                run.model, dataset, batch_dialogues=run.config.train.batch_dialogues, device=run.device, dtype=run.dtype
+            )
     finally:
         for module in dropouts:
             module.absent = frozenset()

@@ -136,8 +136,9 @@ def test_a_broken_clip_gets_a_reason_and_every_other_row_keeps_its_label(frozen_
     out = tmp_path / "labelled.csv"
     assert main(["predict", str(frozen_run), str(tmp_path / "input.csv"), "--out", str(out)]) == 0
     labelled = {r["key"]: r for r in csv.DictReader(out.read_text().splitlines())}
-    assert main(["predict", str(frozen_run), str(tmp_path / "input.jsonl"), "--out", str(tmp_path / "clean.jsonl")]) == 0
-    clean = {r["key"]: r for r in map(json.loads, (tmp_path / "clean.jsonl").read_text().splitlines())}
+    clean_out = tmp_path / "clean.jsonl"
+    assert main(["predict", str(frozen_run), str(tmp_path / "input.jsonl"), "--out", str(clean_out)]) == 0
+    clean = {r["key"]: r for r in map(json.loads, clean_out.read_text().splitlines())}
 
     broken_key = f"predict/dia{broken['dialogue_id']}_utt{broken['utterance_id']}"
     assert set(labelled) == set(clean) and len(labelled) == len(rows)
@@ -177,3 +178,27 @@ def test_predict_refuses_bad_input_in_one_line(frozen_run, tmp_path, capsys):
     assert "unknown emotion 'bored'" in capsys.readouterr().err
     assert main(["evaluate", str(frozen_run), "--perturb", "audio_noise:snr=3"]) == 2
     assert "audio_noise takes" in capsys.readouterr().err
+
+
+def test_evaluate_perturb_and_the_report_show_the_robustness_table(frozen_run, tmp_path, capsys):
+    assert main(["evaluate", str(frozen_run), "--perturb", "audio_missing"]) == 0
+    assert "under audio missing" in capsys.readouterr().out
+    assert main(["report", str(frozen_run), "--out", str(tmp_path / "report")]) == 0
+    printed = capsys.readouterr().out
+    assert "Robustness: weighted F1" in printed and "audio missing - clean" in printed
+    table = list(csv.DictReader((tmp_path / "report" / "robustness.csv").read_text().splitlines()))
+    clean = json.loads((frozen_run / "test_metrics.json").read_text())["weighted_f1"]
+    missing = json.loads((frozen_run / "robustness" / "audio_missing-seed0.json").read_text())["weighted_f1"]
+    assert float(table[0]["clean"]) == pytest.approx(100 * clean, abs=1e-4)
+    assert float(table[0]["audio missing - clean"]) == pytest.approx(100 * (missing - clean), abs=1e-4)
+
+
+def test_launch_predict_runs_as_a_submitit_job(frozen_run, demo, tmp_path, capsys):
+    _, corpus, _ = demo
+    out = tmp_path / "job" / "labelled.jsonl"
+    command = ["launch", "predict", str(frozen_run), str(corpus), "--split", "test", "--out", str(out), "--wait"]
+    assert main(command) == 0
+    assert "finished: predictions in" in capsys.readouterr().out
+    saved = _saved_predictions(frozen_run)
+    labelled = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["key"]: r["label"] for r in labelled} == {key: r["pred"] for key, r in saved.items()}

@@ -98,14 +98,15 @@ def launch_predict(args: argparse.Namespace) -> int:
 
     profile = load_profile(args.cluster, args.profile, args.profile_set)
     if not args.input.exists():
-        raise UserError(f"input {args.input} does not exist; give a MELD-layout folder, a clip folder or a CSV/JSONL")
+        raise UserError(
+            f"input {args.input} does not exist; give a MELD-layout folder, a clip folder or a CSV or JSONL file"
+        )
     log_folder = args.out.parent / "logs"
     executor = make_executor(profile, log_folder, job_name=f"predict-{args.run_dir.name}")
     job = PredictionJob(args.run_dir, args.input, args.out, args.split, args.perturb)
     jobs = submit_jobs(executor, profile, [job])
-    return _report_submission(
-        jobs, f"predictions of {args.input}", profile.name, log_folder, args.wait, lambda _: f"predictions in {args.out}"
-    )
+    what = f"predictions of {args.input}"
+    return _report_submission(jobs, what, profile.name, log_folder, args.wait, lambda _: f"predictions in {args.out}")
 
 
 def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
