@@ -401,7 +401,8 @@ def _record(
     manifest["failed"].sort(key=lambda record: (record["key"], record["family"]))
 
 
-def _unusable_clips(flags: Sequence[ClipFlag]) -> dict[str, str]:
+def unusable_clips(flags: Sequence[ClipFlag]) -> dict[str, str]:
+    """Key -> reason of every clip the corpus reader found unusable (missing, corrupt, without audio)."""
     return {flag.key: f"{flag.kind}: {flag.reason}" for flag in flags if flag.kind in _UNUSABLE_CLIP_KINDS}
 
 
@@ -431,7 +432,7 @@ def run_extraction(config: ExtractConfig) -> Path:
     write_manifest(store_dir, manifest)
     log.info("store %s: %d of %d shards to extract", store_dir, len(todo), len(plans))
     if todo:
-        _extract_shards(config, store_dir, manifest, todo, _unusable_clips(corpus.flags), total=len(plans))
+        _extract_shards(config, store_dir, manifest, todo, unusable_clips(corpus.flags), total=len(plans))
     failed_keys = {record["key"] for record in manifest["failed"]}
     log.info(
         "store %s complete: %d utterances, %d with a failed family", store_dir, len(corpus.utterances), len(failed_keys)

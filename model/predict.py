@@ -57,6 +57,7 @@ from extract.pipeline import (
     ShardPlan,
     decode_utterance,
     extract_shard,
+    unusable_clips,
 )
 from extract.transcript import normalise_transcript
 from extract.utterance import SPLITS, Utterance
@@ -70,8 +71,6 @@ log = logging.getLogger(__name__)
 
 PREDICT_SPLIT = "predict"
 TRANSCRIPTS_STEM = "transcripts"
-# The reader's clip flags that leave an utterance without a usable clip.
-_UNUSABLE_CLIP_KINDS = frozenset({"missing", "corrupt", "no_audio"})
 _MELD_CLIP_NAME = re.compile(r"dia(\d+)_utt(\d+)")
 # Labels and sentiments the store format needs for rows without gold; never reported as gold.
 _PLACEHOLDER_LABEL = "neutral"
@@ -328,7 +327,7 @@ def _read_meld_folder(folder: Path, splits: Sequence[str]) -> PredictInput | Non
                 continue
             raise
         utterances.extend(corpus.utterances)
-        unusable.update({f.key: f"{f.kind}: {f.reason}" for f in corpus.flags if f.kind in _UNUSABLE_CLIP_KINDS})
+        unusable.update(unusable_clips(corpus.flags))
     if not utterances:
         return None
     return PredictInput(utterances=utterances, gold={u.key: u.emotion for u in utterances}, unusable=unusable)
@@ -574,7 +573,7 @@ def evaluate_perturbed(run: LoadedRun, perturbation: Perturbation, split: str = 
     record_extra: dict[str, Any] = {}
     if perturbation.changes_audio and audio_families:
         corpus = read_meld(run.extraction.corpus, splits=(split,))
-        unusable = {f.key: f"{f.kind}: {f.reason}" for f in corpus.flags if f.kind in _UNUSABLE_CLIP_KINDS}
+        unusable = unusable_clips(corpus.flags)
         decode = noisy_decoder(perturbation, corpus.utterances, unusable, run.extraction.max_audio_seconds)
         fresh, _ = compute_rows(run, _store_plans(run, split, corpus.utterances), audio_families, unusable, decode)
         _replace_rows(rows, fresh, audio_families)

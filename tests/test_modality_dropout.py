@@ -25,7 +25,7 @@ DROPOUT = 0.5
 
 @pytest.mark.integration
 def test_modality_dropout_trains_and_loses_less_with_audio_missing(tmp_path):
-    _, store = write_demo_store(tmp_path, train=30, dev=6, test=10, seed=5)
+    _, store = write_demo_store(tmp_path, train=24, dev=6, test=10, seed=5)
     runs: dict[float, list] = {0.0: [], DROPOUT: []}
     for p in runs:
         for seed in SEEDS:
@@ -34,13 +34,14 @@ def test_modality_dropout_trains_and_loses_less_with_audio_missing(tmp_path):
                 "text_mode=frozen",
                 "model.variant=bimodal",
                 f"model.modality_dropout={p}",
-                "model.hidden_size=32",
-                "model.feedforward_size=64",
-                "model.classifier_hidden=64",
+                "model.hidden_size=16",
+                "model.feedforward_size=32",
+                "model.classifier_hidden=32",
+                "model.audio_projection=32",
                 "train.batch_dialogues=6",
-                "train.learning_rate=0.001",
-                "train.max_epochs=10",
-                "train.patience=4",
+                "train.learning_rate=0.002",
+                "train.max_epochs=8",
+                "train.patience=3",
                 f"seed={seed}",
             ])
             run_dir = tmp_path / f"p{p}-seed{seed}"
