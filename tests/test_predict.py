@@ -165,9 +165,15 @@ def test_a_folder_of_clips_with_transcripts_is_labelled(frozen_run, demo, tmp_pa
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    records, metrics = predict(load_run(frozen_run), read_predict_input(folder))
+    run, found = load_run(frozen_run), read_predict_input(folder)
+    records, metrics = predict(run, found)
     assert len(records) == 5 and metrics is None
     assert all(r["label"] in EMOTIONS and sum(r[e] for e in EMOTIONS) == pytest.approx(1.0) for r in records)
+    # predict --perturb: strength zero changes nothing; removing the text changes the probabilities.
+    assert predict(run, found, parse_perturbation("text_asr:wer=0,seed=9"))[0] == records
+    without_text, _ = predict(run, found, parse_perturbation("text_missing"))
+    assert [r["key"] for r in without_text] == [r["key"] for r in records]
+    assert any(a["anger"] != pytest.approx(b["anger"], abs=1e-6) for a, b in zip(without_text, records))
 
 
 def test_predict_refuses_bad_input_in_one_line(frozen_run, tmp_path, capsys):
