@@ -7,7 +7,6 @@ score, on average, than those trained without it.
 
 import json
 import os
-import statistics
 
 import pytest
 
@@ -59,4 +58,3 @@ def test_modality_dropout_trains_and_loses_less_with_audio_missing(tmp_path):
     assert robust_loss < plain_loss, (robust_loss, plain_loss)
     assert len(plain[3].values) == len(SEEDS)
     print(table.render())
-    print("mean clean:", statistics.fmean(plain[1].values), statistics.fmean(robust[1].values))
