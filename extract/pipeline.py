@@ -271,14 +271,21 @@ def _cached_extractor(family: str, settings: Any, build: Callable[[], Any]) -> A
     return _EXTRACTORS[family][1]
 
 
-def _decode(utterance: Utterance, sample_rate: int, max_seconds: float, unusable: dict[str, str]) -> np.ndarray:
+Decoder = Callable[[Utterance, int, float, dict[str, str]], np.ndarray]
+"""decode(utterance, sample_rate, max_seconds, unusable) -> mono float32 samples, or AudioDecodeError."""
+
+
+def decode_utterance(
+    utterance: Utterance, sample_rate: int, max_seconds: float, unusable: dict[str, str]
+) -> np.ndarray:
+    """An utterance's clip as the extractors read it; `unusable` gives the reason of clips the reader refused."""
     if utterance.media_path is None:
         raise AudioDecodeError(utterance.key, unusable.get(utterance.key, "no clip for this utterance"), kind="missing")
     return decode_audio(utterance.media_path, sample_rate, max_seconds)
 
 
 def _extract_opensmile(
-    config: ExtractConfig, utterances: Sequence[Utterance], unusable: dict[str, str]
+    config: ExtractConfig, utterances: Sequence[Utterance], unusable: dict[str, str], decode: Decoder
 ) -> FamilyResult:
     extractor = _cached_extractor("opensmile", config.opensmile, lambda: OpenSmileExtractor(config.opensmile))
     features = np.zeros((len(utterances), extractor.dim), dtype=np.float32)
@@ -286,14 +293,16 @@ def _extract_opensmile(
     failures = []
     for row, utterance in enumerate(utterances):
         try:
-            features[row] = extractor(_decode(utterance, extractor.SAMPLE_RATE, config.max_audio_seconds, unusable))
+            features[row] = extractor(decode(utterance, extractor.SAMPLE_RATE, config.max_audio_seconds, unusable))
             valid[row] = True
         except (AudioDecodeError, ValueError, RuntimeError) as error:
             failures.append((utterance.key, str(error)))
     return FamilyResult("opensmile", features, valid, failures, list(extractor.feature_names))
 
 
-def _extract_openl3(config: ExtractConfig, utterances: Sequence[Utterance], unusable: dict[str, str]) -> FamilyResult:
+def _extract_openl3(
+    config: ExtractConfig, utterances: Sequence[Utterance], unusable: dict[str, str], decode: Decoder
+) -> FamilyResult:
     embedder = _cached_extractor("openl3", config.openl3, lambda: OpenL3Embedder(config.openl3))
     features = np.zeros((len(utterances), embedder.dim), dtype=np.float32)
     valid = np.zeros(len(utterances), dtype=bool)
@@ -302,7 +311,7 @@ def _extract_openl3(config: ExtractConfig, utterances: Sequence[Utterance], unus
         rows, clips = [], []
         for row in range(start, min(start + _OPENL3_CLIPS_PER_CALL, len(utterances))):
             try:
-                clips.append(_decode(utterances[row], embedder.SAMPLE_RATE, config.max_audio_seconds, unusable))
+                clips.append(decode(utterances[row], embedder.SAMPLE_RATE, config.max_audio_seconds, unusable))
                 rows.append(row)
             except AudioDecodeError as error:
                 failures.append((utterances[row].key, str(error)))
@@ -322,13 +331,15 @@ def _extract_openl3(config: ExtractConfig, utterances: Sequence[Utterance], unus
     return FamilyResult("openl3", features, valid, failures, None)
 
 
-def _extract_text(config: ExtractConfig, utterances: Sequence[Utterance], unusable: dict[str, str]) -> FamilyResult:
+def _extract_text(
+    config: ExtractConfig, utterances: Sequence[Utterance], unusable: dict[str, str], decode: Decoder
+) -> FamilyResult:
     extractor = _cached_extractor("text", config.text, lambda: TextFeatureExtractor(config.text))
     features = extractor(utterances)
     return FamilyResult("text", features, np.ones(len(utterances), dtype=bool), [], None)
 
 
-_EXTRACT: dict[str, Callable[[ExtractConfig, Sequence[Utterance], dict[str, str]], FamilyResult]] = {
+_EXTRACT: dict[str, Callable[[ExtractConfig, Sequence[Utterance], dict[str, str], Decoder], FamilyResult]] = {
     "opensmile": _extract_opensmile,
     "openl3": _extract_openl3,
     "text": _extract_text,
@@ -342,7 +353,25 @@ def _family_task(
     """Ray task: one feature family of one shard."""
     # Per-task "Loading weights" bars from every worker would bury the driver's progress bar.
     transformers.utils.logging.disable_progress_bar()
-    return _EXTRACT[family](config, utterances, unusable)
+    return _EXTRACT[family](config, utterances, unusable, decode_utterance)
+
+
+def extract_shard(
+    config: ExtractConfig,
+    plan: ShardPlan,
+    families: Sequence[str],
+    unusable: dict[str, str],
+    decode: Decoder = decode_utterance,
+) -> tuple[SplitArrays, list[tuple[str, str, str]]]:
+    """One shard's rows with `families` computed in this process, without Ray, and its (key, family, reason) failures.
+
+    The rows are what a store shard of the same plan holds. `cmroberta predict` and the robustness
+    evaluation call this to compute features exactly as the store's were; `decode` lets them change
+    the waveform (added noise) before the extractors read it.
+    """
+    results = {family: _EXTRACT[family](config, plan.utterances, unusable, decode) for family in families}
+    failures = [(key, family, reason) for family, result in results.items() for key, reason in result.failures]
+    return _shard_rows(plan, results), failures
 
 
 def _shard_rows(plan: ShardPlan, results: dict[str, FamilyResult]) -> SplitArrays:
@@ -428,7 +457,8 @@ def _record(
     manifest["failed"].sort(key=lambda record: (record["key"], record["family"]))
 
 
-def _unusable_clips(flags: Sequence[ClipFlag]) -> dict[str, str]:
+def unusable_clips(flags: Sequence[ClipFlag]) -> dict[str, str]:
+    """Key -> reason of every clip the corpus reader found unusable (missing, corrupt, without audio)."""
     return {flag.key: f"{flag.kind}: {flag.reason}" for flag in flags if flag.kind in _UNUSABLE_CLIP_KINDS}
 
 
@@ -479,7 +509,7 @@ def run_extraction(config: ExtractConfig) -> Path:
         write_manifest(store_dir, manifest)
         log.info("store %s: %d of %d shards to extract", store_dir, len(todo), len(plans))
         if todo:
-            _extract_shards(config, store_dir, manifest, todo, _unusable_clips(corpus.flags), total=len(plans))
+            _extract_shards(config, store_dir, manifest, todo, unusable_clips(corpus.flags), total=len(plans))
         problems = plan_problems(manifest)
         if problems:
             raise FeatureStoreError(f"store {store_dir} is still incomplete after extraction: {summarise(problems)}")

@@ -24,6 +24,7 @@ VERBS: tuple[str, ...] = (
     "extract",
     "train",
     "evaluate",
+    "predict",
     "report",
     "launch",
     "sweep",
@@ -53,6 +54,8 @@ USER_ERRORS: tuple[str, ...] = (
     "launch.report:ReportError",
     "launch.executors:SubmissionError",
     "model.token_cache:TokenCacheError",
+    "model.predict:PredictInputError",
+    "model.perturb:PerturbationError",
 )
 
 

@@ -13,6 +13,7 @@ and its log folder shows what it was asked to do.
   the requeued job continues from the last finished epoch and ends exactly as an uninterrupted
   run would. With several tasks (one per GPU, across nodes) every task runs it, and each finds
   its rank and rank 0's address in SLURM's environment (`cluster.rendezvous`).
+- `PredictionJob` runs `cmroberta predict` on a large input, on the job's GPU when it has one.
 - `RunQueueJob` trains several runs one after another, for the local executor, which has no
   job arrays to bound how many runs of a sweep run at once.
 """
@@ -165,6 +166,32 @@ class TrainingJob(submitit.helpers.Checkpointable):
 
     def __repr__(self) -> str:
         return f"TrainingJob(run_dir={str(self.run_dir)!r}, resume={self.resume})"
+
+
+class PredictionJob:
+    """Label an input with a trained run into a predictions file; returns the metrics where it has gold labels."""
+
+    def __init__(self, run_dir: Path, input_path: Path, out: Path, split: str | None, perturb: str | None):
+        self.run_dir = Path(run_dir)
+        """The trained run."""
+        self.input_path = Path(input_path)
+        """The input, in any form `cmroberta predict` reads."""
+        self.out = Path(out)
+        """The predictions file."""
+        self.split = split
+        """Of a MELD-layout input, only this split (None: all)."""
+        self.perturb = perturb
+        """A perturbation spec, or None."""
+
+    def __call__(self) -> dict[str, Any] | None:
+        from launch.commands.predict import run_predict
+
+        _log_to_job_log()
+        use_cpus()
+        return run_predict(self.run_dir, self.input_path, self.out, self.split, self.perturb)
+
+    def __repr__(self) -> str:
+        return f"PredictionJob(run_dir={str(self.run_dir)!r}, input={str(self.input_path)!r})"
 
 
 class RunQueueJob(submitit.helpers.Checkpointable):

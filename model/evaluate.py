@@ -2,7 +2,8 @@
 
 `evaluate_split` runs the model over a split's dialogues, sharded across ranks like training, and
 gathers the predictions of every utterance on every rank. `write_evaluation` writes
-`<split>_metrics.json`, the per-utterance predictions (`predictions.jsonl` for test) and a
+`<split>_metrics.json`, the per-utterance predictions with each emotion's probability
+(`predictions.jsonl` for test) and a
 confusion-matrix plot. Reopening a finished run to evaluate it again is `model.train.evaluate_run`,
 which shares its set-up with training.
 """
@@ -60,6 +61,8 @@ class SplitEvaluation:
     """int64 [N] true emotion indices."""
     pred: np.ndarray
     """int64 [N] predicted emotion indices."""
+    probabilities: np.ndarray | None = None
+    """float32 [N, 7] softmax of the logits, emotions in `EMOTIONS` order (None where not kept)."""
 
 
 def batch_loss_sum(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
@@ -94,6 +97,7 @@ def evaluate_split(
     model.eval()
     sampler = DialogueBatchSampler(len(dataset), batch_dialogues, rank=rank, world_size=world_size)
     predictions = torch.full((dataset.num_utterances,), -1, dtype=torch.int64, device=device)
+    probabilities = torch.zeros((dataset.num_utterances, len(EMOTIONS)), dtype=torch.float32, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for rank_batch in sampler:
         batch = dataset.batch(rank_batch.indices, rank_batch.counted).to(device, dtype)
@@ -101,9 +105,11 @@ def evaluate_split(
         loss_sum += batch_loss_sum(logits, batch.labels, class_weights).double()
         counted = batch.labels != IGNORE_LABEL
         predictions[batch.rows[counted]] = logits.argmax(dim=-1)[counted]
+        probabilities[batch.rows[counted]] = torch.softmax(logits.float(), dim=-1)[counted]
     if world_size > 1:
-        # Each utterance is predicted by exactly one rank and is -1 elsewhere, so MAX gathers them.
+        # Each utterance is predicted by exactly one rank and is -1 (or 0) elsewhere, so MAX (or SUM) gathers them.
         dist.all_reduce(predictions, op=dist.ReduceOp.MAX)
+        dist.all_reduce(probabilities, op=dist.ReduceOp.SUM)
         dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
     pred = predictions.cpu().numpy()
     if (pred < 0).any():
@@ -117,6 +123,7 @@ def evaluate_split(
         keys=dataset.keys,
         gold=dataset.labels.copy(),
         pred=pred,
+        probabilities=probabilities.cpu().numpy(),
     )
 
 
@@ -162,8 +169,13 @@ def write_evaluation(run_dir: Path, evaluation: SplitEvaluation, record: dict[st
     write_lines_atomic(
         run_dir / predictions_file(evaluation.split),
         [
-            {"key": key, "gold": EMOTIONS[gold], "pred": EMOTIONS[pred]}
-            for key, gold, pred in zip(evaluation.keys, evaluation.gold.tolist(), evaluation.pred.tolist())
+            {"key": key, "gold": EMOTIONS[gold], "pred": EMOTIONS[pred], **dict(zip(EMOTIONS, probabilities))}
+            for key, gold, pred, probabilities in zip(
+                evaluation.keys,
+                evaluation.gold.tolist(),
+                evaluation.pred.tolist(),
+                [[]] * len(evaluation.keys) if evaluation.probabilities is None else evaluation.probabilities.tolist(),
+            )
         ],
     )
     plot_confusion_matrix(

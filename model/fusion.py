@@ -25,6 +25,19 @@ The Table 1 variants (`FusionConfig.variant`):
 Every LSTM runs on packed sequences and every attention excludes padded keys, so padding never
 changes the output of a real utterance; padded positions get finite, meaningless logits.
 
+Modality dropout (`FusionConfig.modality_dropout`, off by default as in the paper) trains a bimodal
+model to cope with a missing modality. In training, each utterance loses its audio input with
+probability p and, independently, its text input with probability p; where both are drawn, one of
+the two, chosen at random, is kept, so an utterance never loses both. The model sees a dropped
+modality through a mask: the utterance's input vector of that modality is multiplied by 0. We
+chose the mask over a learned "absent" vector because zero is already what a missing modality looks
+like here: inputs are standardised with the train split's statistics, so zero is the train mean,
+and the store gives exactly that to a clip that failed extraction (MELD has such clips). Training with
+the mask therefore teaches the model the same signal it meets at a corrupt clip, adds no parameter
+(checkpoints with and without it have the same tensors), and lets a robustness evaluation remove a
+modality the same way (`ModalityDropout.absent`). Dropout acts on the input before the branches, so
+every path (SCA, mid-level fusion, residual) sees the same absent input.
+
 End-to-end training (RoBERTa fine-tuned together with this head) composes the head unchanged: a
 text encoder turns each dialogue's token ids into per-utterance vectors [B, T, text_dim] inside the
 graph and passes them as `text`, so one backward pass trains encoder and head
@@ -82,6 +95,10 @@ class FusionConfig:
     audio_projection: int | None = None
     """Width the audio vector is first mapped to by one linear layer, which every audio branch then
     reads: a cheaper model for the 12696-wide input. None (the default) feeds the raw vector, as the paper does."""
+    modality_dropout: float = 0.0
+    """Probability, per utterance and per modality, that training masks that modality's input to zeros
+    (never both of one utterance; see the module docstring). 0, the paper's setting, turns it off;
+    only the bimodal variants have a modality to spare."""
 
     def __post_init__(self) -> None:
         if self.variant not in get_args(Variant):
@@ -100,6 +117,13 @@ class FusionConfig:
         for name in ("dropout", "input_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be within [0, 1), not {getattr(self, name)}")
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ValueError(f"modality_dropout must be within [0, 1), not {self.modality_dropout}")
+        if self.modality_dropout > 0 and not (self.uses_audio and self.uses_text):
+            raise ValueError(
+                f"modality_dropout needs two modalities, but the {self.variant} variant reads one; "
+                "set it to 0 or choose bimodal or bimodal_no_sca"
+            )
         if self.audio_projection is not None and self.audio_projection < 1:
             raise ValueError(f"audio_projection must be at least 1 (or left out for none), not {self.audio_projection}")
 
@@ -139,6 +163,55 @@ class MaskedLSTM(nn.Module):
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         return out
+
+
+MODALITIES: tuple[str, ...] = ("audio", "text")
+
+
+class ModalityDropout(nn.Module):
+    """Masks whole modalities of whole utterances: at random in training, and as told by `absent`.
+
+    In training, each utterance drops each modality with probability `p`, never both (module
+    docstring); in evaluation nothing is dropped at random. `absent` names modalities every
+    utterance lacks, in training and evaluation alike: a robustness evaluation sets it to score a
+    model with its audio or text missing. Draws come from torch's global generator, which the
+    training loop seeds per epoch, so a resumed run draws the same masks.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.absent: frozenset[str] = frozenset()
+
+    def keep_masks(self, mask: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """Per modality, a float [B, T, 1] that is 0 where its input is dropped, or None where nothing is."""
+        unknown = self.absent - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"absent modalities must be among {', '.join(MODALITIES)}, not {sorted(unknown)}")
+        keep: dict[str, torch.Tensor | None] = {name: None for name in MODALITIES}
+        if self.training and self.p > 0:
+            drop_audio = torch.rand(mask.shape, device=mask.device) < self.p
+            drop_text = torch.rand(mask.shape, device=mask.device) < self.p
+            both = drop_audio & drop_text
+            # Where both were drawn, a fair coin picks the one modality that stays.
+            keep_audio_instead = torch.rand(mask.shape, device=mask.device) < 0.5
+            drop_audio = drop_audio & ~(both & keep_audio_instead)
+            drop_text = drop_text & ~(both & ~keep_audio_instead)
+            keep = {"audio": (~drop_audio).unsqueeze(-1), "text": (~drop_text).unsqueeze(-1)}
+        for name in self.absent:
+            keep[name] = torch.zeros((*mask.shape, 1), dtype=torch.bool, device=mask.device)
+        return keep
+
+    def forward(
+        self, audio: torch.Tensor | None, text: torch.Tensor | None, mask: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The inputs with dropped modalities masked to zeros (a modality given as None stays None)."""
+        keep = self.keep_masks(mask)
+        if audio is not None and keep["audio"] is not None:
+            audio = audio * keep["audio"].to(audio.dtype)
+        if text is not None and keep["text"] is not None:
+            text = text * keep["text"].to(text.dtype)
+        return audio, text
 
 
 class ModalityBranch(nn.Module):
@@ -192,6 +265,7 @@ class FusionModel(nn.Module):
         self.audio_dim, self.text_dim = audio_dim, text_dim
         self.uses_audio, self.uses_text = config.uses_audio, config.uses_text
         d = config.model_width
+        self.modality_dropout = ModalityDropout(config.modality_dropout)
         self.audio = ModalityBranch(audio_dim, config, config.audio_projection) if self.uses_audio else None
         self.text = ModalityBranch(text_dim, config) if self.uses_text else None
         self.sca = (
@@ -227,9 +301,14 @@ class FusionModel(nn.Module):
             raise ValueError(f"mask must be [batch, utterances], not {tuple(mask.shape)}")
         mask = mask.bool()
         if self.audio is not None:
-            x_a, h_a, r_a = self.audio(self._check_input("audio", audio, self.audio_dim, mask), mask)
+            audio = self._check_input("audio", audio, self.audio_dim, mask)
         if self.text is not None:
-            x_t, h_t, r_t = self.text(self._check_input("text", text, self.text_dim, mask), mask)
+            text = self._check_input("text", text, self.text_dim, mask)
+        audio, text = self.modality_dropout(audio, text, mask)
+        if self.audio is not None:
+            x_a, h_a, r_a = self.audio(audio, mask)
+        if self.text is not None:
+            x_t, h_t, r_t = self.text(text, mask)
         if self.config.variant == "audio":
             parts = [h_a, r_a]
         elif self.config.variant == "text":

@@ -19,6 +19,19 @@ def run_evaluate(run_dir: Path, split: str) -> None:
         print(f"wrote {run_dir / metrics_file(split)}")
 
 
+def run_evaluate_perturbed(run_dir: Path, split: str, spec: str) -> None:
+    """Score the split under the perturbation `spec`, print it beside the clean score, and write it into the run."""
+    from launch.report import run_table
+    from model.perturb import parse_perturbation
+    from model.predict import evaluate_perturbed, load_run, robustness_path
+
+    perturbation = parse_perturbation(spec)
+    record = evaluate_perturbed(load_run(run_dir), perturbation, split)
+    print(f"{split} split under {perturbation.describe()}, checkpoint {record['checkpoint']}, F1 in %:")
+    print(run_table(record, split))
+    print(f"wrote {robustness_path(run_dir, perturbation, split)}")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
@@ -31,4 +44,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN", help="run folder written by `cmroberta train`")
     parser.add_argument("--split", choices=["train", "dev", "test"], default="test", help="which split to score")
-    parser.set_defaults(handler=lambda args: run_evaluate(args.run_dir, args.split))
+    parser.add_argument(
+        "--perturb",
+        default=None,
+        metavar="SPEC",
+        help="score under a perturbation: audio_missing, text_missing, audio_noise:noise=white|babble,snr_db=DB, "
+        "text_asr:wer=RATE (each may add ,seed=N); writes robustness/<condition>-seed<N>.json",
+    )
+    parser.set_defaults(
+        handler=lambda args: run_evaluate_perturbed(args.run_dir, args.split, args.perturb)
+        if args.perturb
+        else run_evaluate(args.run_dir, args.split)
+    )

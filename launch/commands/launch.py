@@ -1,4 +1,4 @@
-"""`cmroberta launch extract|train|sweep`: submit a stage through Submitit, here or on SLURM."""
+"""`cmroberta launch extract|train|predict|sweep`: submit a stage through Submitit, here or on SLURM."""
 
 import argparse
 import json
@@ -9,6 +9,7 @@ from typing import Any
 import submitit
 
 from launch.cli import UserError
+from launch.commands.predict import add_predict_arguments
 from launch.commands.sweep import add_sweep_arguments, run_sweep
 from cluster.config import load_config
 
@@ -90,6 +91,24 @@ def launch_train(args: argparse.Namespace) -> int:
     )
 
 
+def launch_predict(args: argparse.Namespace) -> int:
+    """Submit one prediction job, for inputs too large to label here (a GPU job on SLURM)."""
+    from launch.executors import load_profile, make_executor, submit_jobs
+    from launch.jobs import PredictionJob
+
+    profile = load_profile(args.cluster, args.profile, args.profile_set)
+    if not args.input.exists():
+        raise UserError(
+            f"input {args.input} does not exist; give a MELD-layout folder, a clip folder or a CSV or JSONL file"
+        )
+    log_folder = args.out.parent / "logs"
+    executor = make_executor(profile, log_folder, job_name=f"predict-{args.run_dir.name}")
+    job = PredictionJob(args.run_dir, args.input, args.out, args.split, args.perturb)
+    jobs = submit_jobs(executor, profile, [job])
+    what = f"predictions of {args.input}"
+    return _report_submission(jobs, what, profile.name, log_folder, args.wait, lambda _: f"predictions in {args.out}")
+
+
 def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster", choices=("local", "slurm"), default="local", help="where the job goes")
     parser.add_argument(
@@ -147,6 +166,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_cluster_arguments(train)
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="run config overrides, e.g. store=features/x")
     train.set_defaults(handler=launch_train)
+
+    predict = stages.add_parser(
+        "predict",
+        help="the same as `cmroberta predict`, as a job (for large inputs)",
+        description="Submit `cmroberta predict RUN INPUT --out FILE` as one job; see `cmroberta predict --help`.",
+    )
+    add_predict_arguments(predict)
+    _add_cluster_arguments(predict)
+    predict.set_defaults(handler=launch_predict)
 
     sweep = stages.add_parser(
         "sweep",

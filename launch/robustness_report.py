@@ -1,0 +1,163 @@
+"""The robustness table: weighted F1 on test under each perturbation, per configuration, against clean.
+
+A run folder holds its clean test score (`test_metrics.json`) and one file per perturbed evaluation
+(`robustness/<condition>-seed<N>.json`, written by `cmroberta evaluate RUN --perturb SPEC`). Runs
+that differ only in their seed are one configuration: the variant, the text mode and the modality
+dropout rate. For each configuration and condition the table shows the weighted F1 as mean ± sample
+sd over seeds, and the paired change against clean (each seed's perturbed minus its own clean
+score), also as mean ± sd. Numbers are percentages.
+
+`robustness_table(run_dirs, conditions)` first evaluates every run under every condition it has not
+been scored under yet, then builds the table (the demo calls it); `robustness_section` and
+`write_robustness` only read what is there (the report calls them).
+"""
+
+import json
+import logging
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from launch.report import Cell, ReportError, Table, find_run_dirs
+from model.evaluate import TEST_METRICS_NAME
+from model.perturb import ROBUSTNESS_FOLDER
+
+log = logging.getLogger(__name__)
+
+ROBUSTNESS_NAME = "robustness"
+# Conditions in table order by kind; within a kind, by the file name.
+_KIND_ORDER = ("audio_missing", "audio_noise", "text_missing", "text_asr")
+DEMO_CONDITIONS: tuple[str, ...] = ("audio_missing", "text_missing", "text_asr:wer=0.3")
+"""The demo's robustness table: audio missing, text missing, and text at 30% WER."""
+
+
+@dataclass(kw_only=True)
+class RunRobustness:
+    """One run's clean and perturbed weighted F1 on test."""
+
+    run_dir: Path
+    """The run folder."""
+    configuration: str
+    """What it trained, seeds aside: 'bimodal', 'bimodal (end-to-end), modality dropout 0.3'."""
+    seed: int
+    """Its seed."""
+    clean: float
+    """Clean test weighted F1."""
+    perturbed: dict[str, float] = field(default_factory=dict)
+    """Condition -> test weighted F1 under it."""
+    descriptions: dict[str, str] = field(default_factory=dict)
+    """Condition -> the condition in words."""
+
+
+def _configuration(config: dict) -> str:
+    model = config.get("model", {})
+    name = str(model.get("variant", "?"))
+    if config.get("text_mode", "frozen") == "end_to_end" and name != "audio":
+        name += " (end-to-end)"
+    dropout = float(model.get("modality_dropout", 0.0))
+    return name + (f", modality dropout {dropout:g}" if dropout > 0 else "")
+
+
+def _describe(perturbation: dict) -> str:
+    kind = perturbation.get("kind", "?")
+    if kind == "audio_noise":
+        return f"audio, {perturbation.get('noise')} noise {perturbation.get('snr_db')} dB"
+    if kind == "text_asr":
+        return f"text at {100 * float(perturbation.get('wer', 0)):g}% WER"
+    return kind.replace("_", " ")
+
+
+def read_run_robustness(run_dir: Path) -> RunRobustness:
+    """A finished run's clean score and every perturbed score in its robustness folder."""
+    run_dir = Path(run_dir)
+    try:
+        config = tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))
+        clean = json.loads((run_dir / TEST_METRICS_NAME).read_text(encoding="utf-8"))["weighted_f1"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+        raise ReportError(f"run folder {run_dir} cannot be read ({error}); is it a finished run?") from None
+    result = RunRobustness(
+        run_dir=run_dir, configuration=_configuration(config), seed=int(config.get("seed", 0)), clean=clean
+    )
+    for path in sorted((run_dir / ROBUSTNESS_FOLDER).glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if record.get("split") != "test":
+                continue
+            condition = record["perturbation"]["condition"]
+            result.perturbed[condition] = float(record["weighted_f1"])
+            result.descriptions[condition] = _describe(record["perturbation"])
+        except (OSError, KeyError, TypeError, json.JSONDecodeError) as error:
+            log.warning("skipping %s, which cannot be read (%s); evaluate the condition again", path, error)
+    return result
+
+
+def _condition_order(condition: str) -> tuple[int, str]:
+    kind = next((k for k in _KIND_ORDER if condition.startswith(k)), "")
+    return (_KIND_ORDER.index(kind) if kind else len(_KIND_ORDER), condition)
+
+
+def table_from_runs(runs: Sequence[RunRobustness]) -> Table | None:
+    """The robustness table of these runs; None when none was scored under a perturbation."""
+    conditions = sorted({c for run in runs for c in run.perturbed}, key=_condition_order)
+    if not conditions:
+        return None
+    descriptions = {c: d for run in runs for c, d in run.descriptions.items()}
+    configurations = list(dict.fromkeys(run.configuration for run in sorted(runs, key=lambda r: r.configuration)))
+    rows: list[tuple[str, list[Cell | float | int | None]]] = []
+    for configuration in configurations:
+        chosen = sorted((run for run in runs if run.configuration == configuration), key=lambda run: run.seed)
+        cells: list[Cell | float | int | None] = [len(chosen), Cell(tuple(100 * run.clean for run in chosen))]
+        for condition in conditions:
+            scored = [run for run in chosen if condition in run.perturbed]
+            if not scored:
+                cells.extend([None, None])
+                continue
+            cells.append(Cell(tuple(100 * run.perturbed[condition] for run in scored)))
+            cells.append(Cell(tuple(100 * (run.perturbed[condition] - run.clean) for run in scored)))
+        rows.append((configuration, cells))
+    columns = ["configuration", "seeds", "clean"]
+    for condition in conditions:
+        columns.extend([descriptions[condition], f"{descriptions[condition]} - clean"])
+    return Table(
+        title="Robustness: weighted F1 (%) on test under each condition, and its change against clean",
+        name=ROBUSTNESS_NAME,
+        columns=columns,
+        rows=rows,
+    )
+
+
+def robustness_section(paths: Sequence[Path], markdown: bool = False) -> str:
+    """The robustness table of the runs under `paths` as text, or '' when none has perturbed scores."""
+    table = table_from_runs([read_run_robustness(run_dir) for run_dir in find_run_dirs(paths)])
+    if table is None:
+        return ""
+    heading = f"## {table.title}" if markdown else table.title
+    return f"\n{heading}\n\n{table.render(markdown=markdown)}\n"
+
+
+def write_robustness(paths: Sequence[Path], out_dir: Path) -> list[Path]:
+    """`robustness.csv` and `robustness.md` in `out_dir`, when any run has perturbed scores; the paths written."""
+    table = table_from_runs([read_run_robustness(run_dir) for run_dir in find_run_dirs(paths)])
+    if table is None:
+        return []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = out_dir / f"{ROBUSTNESS_NAME}.md"
+    markdown.write_text(f"## {table.title}\n\n{table.render(markdown=True)}\n", encoding="utf-8")
+    return [table.write_csv(out_dir / f"{ROBUSTNESS_NAME}.csv"), markdown]
+
+
+def robustness_table(run_dirs: Sequence[Path], conditions: Sequence[str] = DEMO_CONDITIONS) -> Table | None:
+    """Score every run under every condition (perturbation specs) not yet scored, then the robustness table."""
+    from model.perturb import parse_perturbation
+    from model.predict import evaluate_perturbed, load_run, robustness_path
+
+    perturbations = [parse_perturbation(spec) for spec in conditions]
+    for run_dir in run_dirs:
+        todo = [p for p in perturbations if not robustness_path(run_dir, p).is_file()]
+        if todo:
+            run = load_run(run_dir)
+            for perturbation in todo:
+                evaluate_perturbed(run, perturbation)
+    return table_from_runs([read_run_robustness(run_dir) for run_dir in run_dirs])

@@ -1,0 +1,610 @@
+"""Applying a trained run to new dialogues, and scoring a run under a perturbation of its inputs.
+
+`predict(run_dir, input)` labels every utterance of an input in one of three forms:
+
+- a folder in MELD's layout (MELD.Raw, the demo corpus): every split whose CSV it holds, or the
+  one asked for; gold labels come from the CSV;
+- a CSV or JSONL file, one utterance a row: `dialogue_id`, `utterance_id`, `speaker`, `transcript`,
+  `audio` (the clip's path, relative to the file's folder unless absolute), and optionally `emotion`
+  (the gold label) and `split`;
+- a folder of clips with a transcripts file (`transcripts.csv` or `transcripts.jsonl`) in it or
+  beside it (`<folder>.csv`, `<folder>.jsonl`): `clip` (the file name in the folder), `transcript`,
+  and optionally `speaker`, `dialogue_id`, `utterance_id`, `emotion`. Without ids, a clip named like
+  MELD's (`dia3_utt1.wav`) gives them; otherwise the rows are one dialogue in file order.
+
+Rows of a file input get the split `predict` unless they name one; keys are `<split>/dia<D>_utt<U>`.
+
+The features are exactly the run's: the run's store holds the extraction config (`config.toml`),
+from which each family is computed again in this process, dialogue shard by dialogue shard as the
+store's shards were cut (so text batches, and with them the floating-point results, are the same);
+the run's `feature_statistics.npz` standardises them. End to end, the run's tokenizer makes the
+token ids and the run's fine-tuned encoder, restored with the head from the run's checkpoint,
+encodes them. A clip that cannot be decoded gets a row with the reason and no label; the utterance
+stays in its dialogue with its audio masked (as the store treats a failed clip), so its neighbours
+keep their context.
+
+`evaluate_perturbed(run_dir, perturbation)` scores a run's split (test by default) of its own store
+under a `model.perturb.Perturbation`: only the perturbed family is computed again (from the
+corpus's clips for noise, from the store's transcripts for ASR errors); a missing modality is masked
+in the model. It writes `robustness/<condition>-seed<seed>.json` into the run folder (for a split
+other than test, `robustness/<split>-<condition>-seed<seed>.json`).
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cluster.config import RESOLVED_CONFIG_NAME, load_config
+from cluster.durable_files import atomic_write_json, atomic_write_text
+from extract.feature_store import FeatureStore, FeatureStoreError, SplitArrays
+from extract.labels import EMOTIONS, emotion_index
+from extract.meld import CSV_NAMES, CorpusError, read_meld
+from extract.pipeline import (
+    AUDIO_FAMILIES,
+    Decoder,
+    ExtractConfig,
+    ShardPlan,
+    decode_utterance,
+    extract_shard,
+    unusable_clips,
+)
+from extract.transcript import normalise_transcript
+from extract.utterance import SPLITS, Utterance
+from model.dialogue_data import DialogueDataset, FeatureStatistics, Modalities, dataset_from_arrays
+from model.evaluate import SplitEvaluation, evaluate_split, evaluation_record, majority_label
+from model.fusion import ModalityDropout
+from model.metrics import classification_metrics
+from model.perturb import ROBUSTNESS_FOLDER, NoiseMaker, Perturbation, simulate_asr_errors
+
+log = logging.getLogger(__name__)
+
+PREDICT_SPLIT = "predict"
+TRANSCRIPTS_STEM = "transcripts"
+_MELD_CLIP_NAME = re.compile(r"dia(\d+)_utt(\d+)")
+# Labels and sentiments the store format needs for rows without gold; never reported as gold.
+_PLACEHOLDER_LABEL = "neutral"
+
+
+class PredictInputError(ValueError):
+    """An input that `cmroberta predict` cannot read; the message names the file, the row and the fix."""
+
+
+@dataclass(kw_only=True)
+class LoadedRun:
+    """A trained run, ready to score: its config, model, standardisation and the store it was trained on."""
+
+    run_dir: Path
+    """The run folder."""
+    config: Any
+    """Its RunConfig."""
+    model: torch.nn.Module
+    """The selected checkpoint's model (in a DeepSpeed inference engine), in eval mode."""
+    device: torch.device
+    """Where the model runs: the GPU when there is one."""
+    dtype: torch.dtype
+    """The dtype inputs are cast to (the run's precision)."""
+    modalities: Modalities
+    """The store families the model reads."""
+    statistics: FeatureStatistics
+    """The run's train-split standardisation."""
+    store: FeatureStore
+    """The run's feature store."""
+    extraction: ExtractConfig
+    """The store's extraction config: how every family is computed."""
+    floor_label: int
+    """The train split's majority class."""
+    checkpoint: str
+    """Tag of the selected checkpoint."""
+    epoch: int
+    """Its epoch."""
+
+
+def load_run(run_dir: Path) -> LoadedRun:
+    """Load a finished (or at least checkpointed) run's selected model and what it needs to score inputs.
+
+    This is the one place that restores run weights, through `model.train`'s DeepSpeed loader.
+    """
+    from model.train import (
+        STATISTICS_NAME,
+        Checkpoints,
+        RunConfig,
+        RunFolderError,
+        build_model,
+        distributed_session,
+        load_inference_engine,
+        precision_dtype,
+        run_modalities,
+        run_precision,
+    )
+
+    run_dir = Path(run_dir)
+    if not (run_dir / RESOLVED_CONFIG_NAME).is_file():
+        raise RunFolderError(f"{run_dir} is not a run folder: it has no {RESOLVED_CONFIG_NAME}; train one first")
+    config = load_config(RunConfig, run_dir / RESOLVED_CONFIG_NAME)
+    progress = Checkpoints(run_dir).progress()
+    if progress is None:
+        raise RunFolderError(f"run {run_dir} has no checkpoint yet; finish training it with `cmroberta train --resume`")
+    store = FeatureStore.open(config.store)
+    extraction_path = store.path / RESOLVED_CONFIG_NAME
+    if not extraction_path.is_file():
+        raise FeatureStoreError(
+            f"store {store.path} has no {RESOLVED_CONFIG_NAME}, so its extraction config is unknown; "
+            "re-run `cmroberta extract` to write it"
+        )
+    extraction = load_config(ExtractConfig, extraction_path)
+    modalities = run_modalities(config, store)
+    statistics = FeatureStatistics.load(run_dir / STATISTICS_NAME)
+    with distributed_session() as rendezvous:
+        engine = load_inference_engine(
+            build_model(config, modalities), config, rendezvous.world_size, Checkpoints(run_dir), progress["best"]
+        )
+    engine.eval()
+    return LoadedRun(
+        run_dir=run_dir,
+        config=config,
+        model=engine,
+        device=engine.device,
+        dtype=precision_dtype(run_precision(config)),
+        modalities=modalities,
+        statistics=statistics,
+        store=store,
+        extraction=extraction,
+        floor_label=majority_label(store.read_split("train", families=[]).emotion),
+        checkpoint=progress["best"],
+        epoch=int(progress["best_epoch"]),
+    )
+
+
+@dataclass(kw_only=True)
+class PredictInput:
+    """The utterances of an input, with their gold labels where it has them."""
+
+    utterances: list[Utterance]
+    """Every utterance, in (split, dialogue, utterance) order; `emotion` is a placeholder where gold is None."""
+    gold: dict[str, str | None]
+    """Key -> gold emotion, or None."""
+    unusable: dict[str, str]
+    """Key -> why its clip cannot be used, for clips the reader already refused."""
+
+
+def _utterance(split: str, dialogue_id: int, utterance_id: int, speaker: str, transcript: str,
+               media_path: str | None) -> Utterance:
+    return Utterance(
+        split=split,
+        dialogue_id=dialogue_id,
+        utterance_id=utterance_id,
+        speaker=speaker,
+        transcript=normalise_transcript(transcript),
+        transcript_raw=transcript,
+        emotion=_PLACEHOLDER_LABEL,
+        sentiment=_PLACEHOLDER_LABEL,
+        media_path=media_path,
+        start_time=0.0,
+        end_time=0.0,
+    )
+
+
+def _read_table(path: Path) -> list[dict[str, Any]]:
+    """Rows of a CSV (header line) or JSONL file as dicts."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise PredictInputError(f"{path} cannot be read ({error}); give a UTF-8 CSV or JSONL file") from None
+    if path.suffix.lower() == ".csv":
+        return list(csv.DictReader(text.splitlines()))
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise PredictInputError(f"{path} line {number} is not JSON ({error}); write one object per line") from None
+        if not isinstance(row, dict):
+            raise PredictInputError(f"{path} line {number} is not a JSON object; write one object per line")
+        rows.append(row)
+    return rows
+
+
+def _field(row: dict[str, Any], name: str, where: str, default: Any = None) -> Any:
+    value = row.get(name)
+    if value is None or str(value).strip() == "":
+        if default is None:
+            raise PredictInputError(f"{where} has no {name!r}; every row needs one")
+        return default
+    return value
+
+
+def _integer(row: dict[str, Any], name: str, where: str, default: int | None = None) -> int:
+    value = _field(row, name, where, default)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise PredictInputError(f"{where}: {name} must be a whole number, not {value!r}") from None
+
+
+def _gold(row: dict[str, Any], where: str) -> str | None:
+    value = row.get("emotion")
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        return EMOTIONS[emotion_index(str(value))]
+    except ValueError:
+        raise PredictInputError(
+            f"{where}: unknown emotion {value!r}; use one of {', '.join(EMOTIONS)} or leave it empty"
+        ) from None
+
+
+def _finish(rows: list[tuple[Utterance, str | None]], source: Path) -> PredictInput:
+    if not rows:
+        raise PredictInputError(f"{source} holds no utterances")
+    seen: set[str] = set()
+    for utterance, _ in rows:
+        if utterance.key in seen:
+            raise PredictInputError(f"{source}: utterance {utterance.key} appears twice; give each row its own ids")
+        seen.add(utterance.key)
+    rows.sort(key=lambda row: (row[0].split, row[0].dialogue_id, row[0].utterance_id))
+    return PredictInput(
+        utterances=[utterance for utterance, _ in rows], gold={u.key: gold for u, gold in rows}, unusable={}
+    )
+
+
+def _read_utterance_file(path: Path) -> PredictInput:
+    """A CSV or JSONL with one utterance a row (module docstring)."""
+    rows = []
+    for number, row in enumerate(_read_table(path), start=2 if path.suffix.lower() == ".csv" else 1):
+        where = f"{path.name} row {number}"
+        audio = Path(str(_field(row, "audio", where))).expanduser()
+        rows.append((
+            _utterance(
+                str(_field(row, "split", where, PREDICT_SPLIT)),
+                _integer(row, "dialogue_id", where),
+                _integer(row, "utterance_id", where),
+                str(row.get("speaker") or ""),
+                str(_field(row, "transcript", where)),
+                str(audio if audio.is_absolute() else (path.parent / audio).resolve()),
+            ),
+            _gold(row, where),
+        ))
+    return _finish(rows, path)
+
+
+def _transcripts_file(folder: Path) -> Path | None:
+    for place in (folder / TRANSCRIPTS_STEM, folder.parent / folder.name):
+        for suffix in (".csv", ".jsonl"):
+            if place.with_suffix(suffix).is_file():
+                return place.with_suffix(suffix)
+    return None
+
+
+def _read_clip_folder(folder: Path) -> PredictInput:
+    """A folder of clips with a transcripts file (module docstring)."""
+    transcripts = _transcripts_file(folder)
+    if transcripts is None:
+        raise PredictInputError(
+            f"{folder} is neither in MELD's layout (no *_sent_emo.csv) nor a folder of clips with a transcripts "
+            f"file: put {TRANSCRIPTS_STEM}.csv or {TRANSCRIPTS_STEM}.jsonl (columns clip, transcript) in it"
+        )
+    rows = []
+    for index, row in enumerate(_read_table(transcripts)):
+        where = f"{transcripts.name} row {index + (2 if transcripts.suffix == '.csv' else 1)}"
+        clip = str(_field(row, "clip", where))
+        named = _MELD_CLIP_NAME.search(Path(clip).stem)
+        dialogue_default, utterance_default = (int(named[1]), int(named[2])) if named else (0, index)
+        rows.append((
+            _utterance(
+                str(_field(row, "split", where, PREDICT_SPLIT)),
+                _integer(row, "dialogue_id", where, dialogue_default),
+                _integer(row, "utterance_id", where, utterance_default),
+                str(row.get("speaker") or ""),
+                str(_field(row, "transcript", where)),
+                str((folder / clip).resolve()),
+            ),
+            _gold(row, where),
+        ))
+    return _finish(rows, transcripts)
+
+
+def _read_meld_folder(folder: Path, splits: Sequence[str]) -> PredictInput | None:
+    """The splits of a MELD-layout folder that have their CSV; None when it has none."""
+    utterances, unusable = [], {}
+    for split in splits:
+        try:
+            corpus = read_meld(folder, splits=(split,))
+        except CorpusError as error:
+            if str(error).startswith(f"no {CSV_NAMES[split]}"):
+                continue
+            raise
+        utterances.extend(corpus.utterances)
+        unusable.update(unusable_clips(corpus.flags))
+    if not utterances:
+        return None
+    return PredictInput(utterances=utterances, gold={u.key: u.emotion for u in utterances}, unusable=unusable)
+
+
+def read_predict_input(path: Path, split: str | None = None) -> PredictInput:
+    """The utterances of a predict input in any of its three forms (module docstring)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        if path.suffix.lower() not in (".csv", ".jsonl"):
+            raise PredictInputError(f"{path} must be a .csv or .jsonl file, or a folder")
+        found = _read_utterance_file(path)
+    elif path.is_dir():
+        if split is not None and split not in SPLITS:
+            raise PredictInputError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+        found = _read_meld_folder(path, (split,) if split else SPLITS) or _read_clip_folder(path)
+    else:
+        raise PredictInputError(
+            f"input {path} does not exist; give a MELD-layout folder, a clip folder, or a CSV or JSONL file"
+        )
+    if split is not None:
+        found.utterances = [u for u in found.utterances if u.split == split]
+        if not found.utterances:
+            raise PredictInputError(f"{path} has no utterances of split {split!r}")
+    return found
+
+
+def shard_plans(utterances: Sequence[Utterance], shard_dialogues: int) -> list[ShardPlan]:
+    """The utterances cut as the pipeline cuts a store: `shard_dialogues` whole dialogues of one split a shard."""
+    by_split: dict[str, dict[int, list[Utterance]]] = {}
+    for utterance in utterances:
+        by_split.setdefault(utterance.split, {}).setdefault(utterance.dialogue_id, []).append(utterance)
+    plans = []
+    for split, dialogues in by_split.items():
+        ids = sorted(dialogues)
+        for start in range(0, len(ids), shard_dialogues):
+            chosen = ids[start : start + shard_dialogues]
+            rows = [u for d in chosen for u in sorted(dialogues[d], key=lambda u: u.utterance_id)]
+            plans.append(ShardPlan(file=f"{split}-{start // shard_dialogues:05d}", split=split, utterances=tuple(rows)))
+    return plans
+
+
+def concatenate_rows(parts: Sequence[SplitArrays]) -> SplitArrays:
+    """Shards' rows one after another."""
+    families = list(parts[0].features)
+    return SplitArrays(
+        keys=[key for part in parts for key in part.keys],
+        dialogue_ids=np.concatenate([part.dialogue_ids for part in parts]),
+        utterance_ids=np.concatenate([part.utterance_ids for part in parts]),
+        speakers=[speaker for part in parts for speaker in part.speakers],
+        transcripts=[text for part in parts for text in part.transcripts],
+        emotion=np.concatenate([part.emotion for part in parts]),
+        sentiment=np.concatenate([part.sentiment for part in parts]),
+        features={family: np.concatenate([part.features[family] for part in parts]) for family in families},
+        valid={family: np.concatenate([part.valid[family] for part in parts]) for family in families},
+    )
+
+
+def compute_rows(
+    run: LoadedRun,
+    plans: Sequence[ShardPlan],
+    families: Sequence[str],
+    unusable: dict[str, str],
+    decode: Decoder = decode_utterance,
+) -> tuple[SplitArrays, dict[str, str]]:
+    """Rows of the plans' utterances with `families` computed as the run's store computed them, and
+    key -> reason for each utterance whose audio failed."""
+    parts, failed = [], {}
+    for plan in tqdm(plans, desc="computing features", unit="shard", disable=None):
+        rows, failures = extract_shard(run.extraction, plan, families, unusable, decode)
+        parts.append(rows)
+        for key, family, reason in failures:
+            if family in AUDIO_FAMILIES:
+                failed.setdefault(key, reason)
+    return concatenate_rows(parts), failed
+
+
+def noisy_decoder(
+    perturbation: Perturbation, utterances: Sequence[Utterance], unusable: dict[str, str], max_seconds: float
+) -> Decoder:
+    """A decoder that mixes the perturbation's noise into every clip; babble talks from `utterances`."""
+    by_key = {u.key: u for u in utterances if u.media_path is not None}
+
+    def clean(key: str, sample_rate: int) -> np.ndarray:
+        return decode_utterance(by_key[key], sample_rate, max_seconds, unusable)
+
+    maker = NoiseMaker(perturbation, list(by_key), clean)
+
+    def decode(utterance: Utterance, sample_rate: int, seconds: float, reasons: dict[str, str]) -> np.ndarray:
+        return maker.apply(utterance.key, decode_utterance(utterance, sample_rate, seconds, reasons), sample_rate)
+
+    return decode
+
+
+def _with_transcripts(utterances: Sequence[Utterance], transcripts: Sequence[str]) -> list[Utterance]:
+    return [dataclasses.replace(u, transcript=t) for u, t in zip(utterances, transcripts)]
+
+
+def _dataset(run: LoadedRun, split: str, rows: SplitArrays) -> DialogueDataset:
+    """The run's dataset of `rows`: standardised with the run's statistics; end to end, with token ids."""
+    dataset = dataset_from_arrays(split, rows, run.modalities, run.statistics)
+    if run.config.end_to_end_mode:
+        from model.text_encoder import load_tokenizer
+        from model.token_cache import TokenSplit, tokenize_split
+
+        encoder = run.config.end_to_end.encoder
+        tokenizer = load_tokenizer(encoder)
+        ids = tokenize_split(split, rows, tokenizer, encoder)
+        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum([len(row) for row in ids], out=offsets[1:])
+        dataset.tokens = TokenSplit(
+            keys=rows.keys,
+            offsets=offsets,
+            ids=np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(offsets[-1])),
+            pad_token_id=int(tokenizer.pad_token_id),
+        )
+    return dataset
+
+
+def _score(run: LoadedRun, dataset: DialogueDataset, absent: frozenset[str]) -> SplitEvaluation:
+    """The run's model on `dataset`, with the `absent` modalities masked (model.fusion.ModalityDropout)."""
+    from model.train import deterministic_kernels
+
+    dropouts = [module for module in run.model.modules() if isinstance(module, ModalityDropout)]
+    for module in dropouts:
+        module.absent = absent
+    try:
+        with deterministic_kernels(run.config.train.deterministic):
+            return evaluate_split(
+                run.model, dataset, batch_dialogues=run.config.train.batch_dialogues, device=run.device, dtype=run.dtype
+            )
+    finally:
+        for module in dropouts:
+            module.absent = frozenset()
+
+
+def _absent(perturbation: Perturbation | None) -> frozenset[str]:
+    return frozenset([perturbation.missing]) if perturbation is not None and perturbation.missing else frozenset()
+
+
+def predict(
+    run: LoadedRun, found: PredictInput, perturbation: Perturbation | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """One output row per utterance (key, label, a probability per emotion, gold, or a reason), and the
+    metrics over the rows with gold labels (None when there are none)."""
+    utterances = found.utterances
+    asr = None
+    if perturbation is not None and perturbation.changes_text:
+        asr = simulate_asr_errors([u.key for u in utterances], [u.transcript for u in utterances],
+                                  perturbation.wer, perturbation.seed)
+        utterances = _with_transcripts(utterances, asr.transcripts)
+    decode = decode_utterance
+    if perturbation is not None and perturbation.changes_audio:
+        decode = noisy_decoder(perturbation, utterances, found.unusable, run.extraction.max_audio_seconds)
+    rows, failed = compute_rows(
+        run, shard_plans(utterances, run.extraction.shard_dialogues), run.modalities.families, found.unusable, decode
+    )
+    absent = _absent(perturbation)
+    uses_audio = bool(run.modalities.audio_families) and "audio" not in absent
+    output: dict[str, dict[str, Any]] = {}
+    for split in dict.fromkeys(u.split for u in utterances):
+        indices = np.flatnonzero(np.array([key.startswith(f"{split}/") for key in rows.keys]))
+        evaluation = _score(run, _dataset(run, split, rows.take(indices)), absent)
+        for key, pred, probabilities in zip(evaluation.keys, evaluation.pred.tolist(), evaluation.probabilities):
+            record: dict[str, Any] = {"key": key}
+            if uses_audio and key in failed:
+                record.update({"label": None, **dict.fromkeys(EMOTIONS), "reason": failed[key]})
+            else:
+                record.update({"label": EMOTIONS[pred], **dict(zip(EMOTIONS, map(float, probabilities)))})
+            if found.gold.get(key) is not None:
+                record["gold"] = found.gold[key]
+            output[key] = record
+    records = [output[u.key] for u in found.utterances]
+    scored = [r for r in records if r.get("gold") is not None and r["label"] is not None]
+    metrics = None
+    if scored:
+        gold = np.array([emotion_index(r["gold"]) for r in scored])
+        pred = np.array([emotion_index(r["label"]) for r in scored])
+        metrics = classification_metrics(gold, pred).to_dict()
+        metrics["unlabelled_for_failure"] = sum(r.get("gold") is not None and r["label"] is None for r in records)
+        if asr is not None:
+            metrics["realised_wer"] = asr.wer
+    return records, metrics
+
+
+def write_predictions(records: Sequence[dict[str, Any]], out: Path) -> Path:
+    """The rows as CSV (for a .csv name) or JSON lines, written atomically."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".csv":
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=["key", "label", *EMOTIONS, "gold", "reason"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({key: "" if value is None else value for key, value in record.items()} for record in records)
+        atomic_write_text(out, text.getvalue())
+    else:
+        atomic_write_text(out, "".join(json.dumps(record) + "\n" for record in records))
+    return out
+
+
+def robustness_path(run_dir: Path, perturbation: Perturbation, split: str = "test") -> Path:
+    """Where `evaluate_perturbed` writes a condition's scores in a run folder (named by the split unless test)."""
+    prefix = "" if split == "test" else f"{split}-"
+    return Path(run_dir) / ROBUSTNESS_FOLDER / f"{prefix}{perturbation.condition}-seed{perturbation.seed}.json"
+
+
+def _replace_rows(rows: SplitArrays, fresh: SplitArrays, families: Sequence[str]) -> None:
+    """Put `fresh`'s features of `families` into `rows`, matched by key."""
+    position = {key: i for i, key in enumerate(fresh.keys)}
+    missing = [key for key in rows.keys if key not in position]
+    if missing:
+        raise CorpusError(
+            f"the corpus lacks {len(missing)} utterances of the store (first {missing[0]}); "
+            "the store was extracted from another corpus"
+        )
+    order = np.array([position[key] for key in rows.keys], dtype=np.int64)
+    for family in families:
+        rows.features[family] = fresh.features[family][order]
+        rows.valid[family] = fresh.valid[family][order]
+
+
+def _store_plans(run: LoadedRun, split: str, utterances: Sequence[Utterance]) -> list[ShardPlan]:
+    """The store's own shards of `split` as plans over `utterances`."""
+    by_dialogue: dict[int, list[Utterance]] = {}
+    for utterance in sorted(utterances, key=lambda u: u.utterance_id):
+        by_dialogue.setdefault(utterance.dialogue_id, []).append(utterance)
+    return [
+        ShardPlan(
+            file=entry["file"],
+            split=split,
+            utterances=tuple(u for d in entry["dialogues"] for u in by_dialogue.get(d, [])),
+        )
+        for entry in run.store.shards(split)
+    ]
+
+
+def evaluate_perturbed(run: LoadedRun, perturbation: Perturbation, split: str = "test") -> dict[str, Any]:
+    """Score `split` of the run's store under `perturbation`; write and return the record (module docstring)."""
+    from model.token_cache import store_utterances
+
+    rows = run.store.read_split(split, families=run.modalities.families)
+    audio_families = list(run.modalities.audio_families)
+    record_extra: dict[str, Any] = {}
+    if perturbation.changes_audio and audio_families:
+        corpus = read_meld(run.extraction.corpus, splits=(split,))
+        unusable = unusable_clips(corpus.flags)
+        decode = noisy_decoder(perturbation, corpus.utterances, unusable, run.extraction.max_audio_seconds)
+        fresh, _ = compute_rows(run, _store_plans(run, split, corpus.utterances), audio_families, unusable, decode)
+        _replace_rows(rows, fresh, audio_families)
+    if perturbation.changes_text:
+        asr = simulate_asr_errors(rows.keys, rows.transcripts, perturbation.wer, perturbation.seed)
+        rows.transcripts = asr.transcripts
+        record_extra["realised_wer"] = asr.wer
+        text_family = run.modalities.text_family
+        if text_family is not None:
+            utterances = store_utterances(split, rows)
+            fresh, _ = compute_rows(run, _store_plans(run, split, utterances), [text_family], {})
+            _replace_rows(rows, fresh, [text_family])
+    evaluation = _score(run, _dataset(run, split, rows), _absent(perturbation))
+    record = {
+        **evaluation_record(evaluation, run.floor_label, run.checkpoint, run.epoch),
+        "perturbation": {**dataclasses.asdict(perturbation), "condition": perturbation.condition},
+        **record_extra,
+    }
+    path = robustness_path(run.run_dir, perturbation, split)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, _json_safe(record))
+    log.info("%s under %s: weighted F1 %.2f", split, perturbation.describe(), 100 * record["weighted_f1"])
+    return record
+
+
+def _json_safe(value: Any) -> Any:
+    """Infinite SNRs as the string 'inf' (JSON has no infinity)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
