@@ -21,6 +21,7 @@ shards are written by the driver alone.
 import dataclasses
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -205,6 +206,8 @@ class FamilyResult:
     """(key, reason) of each failed row."""
     feature_names: list[str] | None
     """Column names, where the extractor names them."""
+    host: str = field(default_factory=socket.gethostname)
+    """Hostname of the node whose Ray worker computed it (the manifest's `hosts` of the shard)."""
 
 
 # One extractor per family per worker process, reused by the next task with the same
@@ -360,9 +363,11 @@ def _record(
     written: WrittenShard,
     results: dict[str, FamilyResult],
 ) -> None:
+    entry = shard_entry(plan.file, plan.split, rows, written)
+    entry["hosts"] = sorted({result.host for result in results.values()})
     record_shard(
         manifest,
-        shard_entry(plan.file, plan.split, rows, written),
+        entry,
         {f: r.features.shape[1] for f, r in results.items()},
     )
     keys = set(rows.keys)
