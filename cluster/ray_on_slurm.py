@@ -28,6 +28,9 @@ Facts about Ray 2.60 that shape this module, measured on SLURM nodes:
   ("timed out during startup"), which happens on a loaded 2-core machine: a worker retries
   `ray start` once;
 - raylet and gcs_server ignore SIGTERM: teardown sends SIGTERM, waits, then SIGKILL;
+- `ray start` detaches Ray's processes from the srun task, and srun answers SIGTERM by killing
+  its tasks at once: the worker tasks are told to stop by the head removing the job's token,
+  and each stops its own node's Ray before it exits;
 - `ray stop` kills every Ray process of the user on the node, other jobs' too: teardown
   stops only the processes that belong to this job's temp folder.
 """
@@ -69,6 +72,9 @@ RAY_START_TIMEOUT_S = 120.0
 RAY_START_ATTEMPTS = 2
 JOIN_TIMEOUT_S = 180.0
 STOP_GRACE_S = 2.0
+# A worker looks this often for the job's token, and stops once it is gone; the head waits this long for that.
+WORKER_POLL_S = 0.5
+WORKER_STOP_S = 30.0
 # Ray's unix socket paths (temp folder + about 60 characters) must stay under 107 bytes.
 MAX_TEMP_ROOT_CHARS = 40
 # The variables that point every Ray process of the job at its token and its temp folder.
@@ -166,8 +172,17 @@ def _temp_root() -> str:
 
 
 def make_ray_temp_dir(job_id: int) -> Path:
-    """A new private (0700) temp folder for job `job_id`'s Ray processes on this node, at an unpredictable path."""
+    """A new private (0700) temp folder for job `job_id`'s Ray processes on this node, at an unpredictable path.
+
+    Ray itself works in its subfolder `ray` (`ray_work_dir`): Ray opens its temp folder to everyone
+    (mode 0777), so the private folder around it is what keeps others out.
+    """
     return Path(tempfile.mkdtemp(prefix=f"ray-{job_id}-", dir=_temp_root()))
+
+
+def ray_work_dir(temp_dir: Path) -> Path:
+    """The folder Ray is given as its temp folder, inside the job's private `temp_dir`."""
+    return temp_dir / "ray"
 
 
 def ray_temp_dirs(job_id: int) -> list[Path]:
@@ -209,7 +224,7 @@ def ray_environment(temp_dir: Path, token_path: Path) -> dict[str, str]:
     env.update(
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN_PATH=str(token_path),
-        RAY_TMPDIR=str(temp_dir),
+        RAY_TMPDIR=str(ray_work_dir(temp_dir)),
         RAY_USAGE_STATS_ENABLED="0",
     )
     return env
@@ -257,7 +272,7 @@ def _ray_start(flags: list[str], temp_dir: Path, token_path: Path, timeout_s: fl
     command = [
         str(ray_cli) if ray_cli.exists() else "ray",
         "start",
-        f"--temp-dir={temp_dir}",
+        f"--temp-dir={ray_work_dir(temp_dir)}",
         "--disable-usage-stats",
         *flags,
     ]
@@ -396,8 +411,7 @@ def ray_cluster_on_slurm(
             token_path,
             RAY_START_TIMEOUT_S,
         )
-        os.environ.pop("RAY_AUTH_TOKEN", None)
-        os.environ.update({name: ray_environment(temp_dir, token_path)[name] for name in RAY_JOB_VARIABLES})
+        _use_job_ray_environment(temp_dir, token_path)
         head_ip = head_address or ray.util.get_node_ip_address()
         address = f"{head_ip}:{ports.gcs}"
         if others:
@@ -438,25 +452,42 @@ def ray_cluster_on_slurm(
     finally:
         if ray.is_initialized():
             ray.shutdown()
+        # The workers stop when the token is gone. (Terminating their srun would not do: srun answers
+        # SIGTERM by killing the tasks at once, and their Ray processes, detached, would stay.)
+        shutil.rmtree(token_path.parent, ignore_errors=True)
         if workers is not None:
-            # srun forwards SIGTERM to the worker tasks, which stop their Ray processes and exit.
-            workers.terminate()
             try:
-                workers.wait(timeout=STOP_GRACE_S * 3)
+                workers.wait(timeout=WORKER_STOP_S)
             except subprocess.TimeoutExpired:
+                log.warning("the Ray workers did not stop within %.0f s of the job's end; killing their srun", WORKER_STOP_S)
                 workers.kill()
                 workers.wait()
         stop_ray_processes(temp_dir)
-        shutil.rmtree(token_path.parent, ignore_errors=True)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        _refresh_ray_config()
+
+
+def _refresh_ray_config() -> None:
+    """Make this process's Ray read RAY_AUTH_MODE and the token again (it caches both), as `ray start` does."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _use_job_ray_environment(temp_dir: Path, token_path: Path) -> None:
+    """Point this process (the driver) at the job's token and temp folder."""
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ.update({name: ray_environment(temp_dir, token_path)[name] for name in RAY_JOB_VARIABLES})
+    _refresh_ray_config()
 
 
 def _run_worker(address: str, job_id: int, token_path: Path) -> int:
-    """Entry point of one srun task: join the head at `address`, stay until SIGTERM, then stop this node's Ray."""
+    """Entry point of one srun task: join the head at `address`; once the token is gone, or on SIGTERM, stop this node's Ray."""
     check_token_file(token_path)
     temp_dir = make_ray_temp_dir(job_id)
     stopping = False
@@ -481,8 +512,9 @@ def _run_worker(address: str, job_id: int, token_path: Path) -> int:
             attempts=RAY_START_ATTEMPTS,
         )
         print(f"{socket.gethostname()}: joined the Ray head at {address}", flush=True)
-        while not stopping:
-            time.sleep(0.5)
+        # The head removes the token when the job's Ray cluster ends: that is this worker's signal to stop.
+        while not stopping and token_path.exists():
+            time.sleep(WORKER_POLL_S)
     finally:
         stop_ray_processes(temp_dir)
     return 0
@@ -491,7 +523,7 @@ def _run_worker(address: str, job_id: int, token_path: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="A Ray worker node of a SLURM job (started by ray_cluster_on_slurm).")
     subparsers = parser.add_subparsers(dest="role", required=True)
-    worker = subparsers.add_parser("worker", help="join the job's Ray head and stay until SIGTERM")
+    worker = subparsers.add_parser("worker", help="join the job's Ray head; stay until its token is removed, or SIGTERM")
     worker.add_argument("--address", required=True, help="head address, IP:PORT")
     worker.add_argument("--job-id", type=int, required=True, help="SLURM job id: picks the ports and the temp folder")
     worker.add_argument("--token-file", type=Path, required=True, help="the job's Ray auth token (mode 0600)")

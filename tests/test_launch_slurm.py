@@ -51,6 +51,13 @@ def slurm_cluster() -> None:
         pytest.skip(f"no usable SLURM node ({sinfo.stderr.strip() or sinfo.stdout.split()}); {START_HINT}")
 
 
+def usable_nodes() -> list[str]:
+    """The cluster's nodes that can take jobs, sorted by name."""
+    sinfo = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True, timeout=15)
+    return sorted({name for name, state in (line.split() for line in sinfo.stdout.splitlines())
+                   if state.rstrip("*") in USABLE_NODE_STATES})
+
+
 def slurm_profile(**fields) -> ClusterProfile:
     """The packaged SLURM profile (partition debug), small and short, with `fields` changed."""
     base = load_profile("slurm")
@@ -78,7 +85,7 @@ def wait_for(jobs: list[submitit.Job], timeout_s: float = JOB_WAIT_S) -> None:
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"nodes": 2}, r"nodes = 2, but partition 'debug' has 1 node"),
+        ({"nodes": 9}, r"nodes = 9, but partition 'debug' has [12] node"),
         ({"mem": 100_000.0}, r"mem = 100000.0 GB per node"),
         ({"gpus_per_node": 1}, r"gpus_per_node = 1, but the nodes of partition 'debug' have no GPU"),
         ({"cpus_per_task": 64}, r"64 CPUs per node"),
@@ -207,19 +214,20 @@ def test_ray_ports_and_cpus_per_node_are_read_from_the_job():
     blocks = [ray_ports(job_id) for job_id in range(1000, 1010)]
     ports = [port for block in blocks for port in vars(block).values()]
     assert len(set(ports)) == len(ports), "neighbouring jobs share no port"
-    assert all(1024 < port < 12000 for port in ports), "below the torch.distributed ports (12000+)"
+    assert all(1024 < port < 10002 for port in ports), "below Ray's worker ports and torch.distributed's (12000+)"
     assert cpus_per_node({"SLURM_JOB_CPUS_PER_NODE": "4(x2),2"}) == [4, 4, 2]
 
 def ray_cluster_probe(log_dir: str) -> dict:
     """Run in the batch script: bring Ray up, run tasks, tear everything down."""
     import ray
 
-    from cluster.ray_on_slurm import _processes_of, ray_cluster_on_slurm, ray_temp_dir
+    from cluster.ray_on_slurm import _processes_of, ray_cluster_on_slurm, ray_temp_dirs
 
-    temp_dir = ray_temp_dir(int(os.environ["SLURM_JOB_ID"]))
+    job_id = int(os.environ["SLURM_JOB_ID"])
     with ray_cluster_on_slurm(Path(log_dir)) as address:
         squares = ray.get([ray.remote(lambda x: x * x).remote(i) for i in range(4)])
         nodes = sum(1 for node in ray.nodes() if node["Alive"])
+        (temp_dir,) = ray_temp_dirs(job_id)
         processes_while_up = len(_processes_of(temp_dir))
     return {
         "address": address,
@@ -227,14 +235,16 @@ def ray_cluster_probe(log_dir: str) -> dict:
         "nodes": nodes,
         "processes_while_up": processes_while_up,
         "processes_after": len(_processes_of(temp_dir)),
-        "temp_dir_left": temp_dir.exists(),
+        "temp_dir_left": bool(ray_temp_dirs(job_id)),
     }
 
 
 @pytest.mark.slurm
 @pytest.mark.integration
 def test_two_jobs_on_one_node_each_get_their_own_ray_cluster_and_leave_nothing_behind(slurm_cluster, tmp_path):
-    profile = slurm_profile(mem=2.0)
+    # On a cluster of several nodes, both jobs go to the first (the two-node case is in test_multinode.py).
+    others = usable_nodes()[1:]
+    profile = slurm_profile(mem=2.0, exclude=",".join(others) if others else None)
     executor = make_executor(profile, tmp_path / "logs", job_name="ray", in_batch_script=True)
     log_dir = str(tmp_path / "logs")
     jobs = submit_jobs(executor, profile, [lambda: ray_cluster_probe(log_dir), lambda: ray_cluster_probe(log_dir)])
@@ -252,7 +262,7 @@ def test_two_jobs_on_one_node_each_get_their_own_ray_cluster_and_leave_nothing_b
 @pytest.mark.slurm
 @pytest.mark.integration
 def test_extraction_job_runs_the_pipeline_on_the_jobs_ray_cluster(slurm_cluster, tmp_path):
-    from cluster.ray_on_slurm import ray_temp_dir
+    from cluster.ray_on_slurm import ray_temp_dirs
     from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
     from extract.feature_store import FeatureStore
     from extract.meld import read_meld
@@ -291,7 +301,7 @@ def test_extraction_job_runs_the_pipeline_on_the_jobs_ray_cluster(slurm_cluster,
     utterances = read_meld(corpus, check_clips=False).utterances
     assert sum(len(store.read_split(split, families=[])) for split in store.splits) == len(utterances)
     assert "Ray cluster of job" in job.stderr(), "the pipeline ran on the Ray cluster the job brought up"
-    assert not ray_temp_dir(int(job.job_id)).exists()
+    assert ray_temp_dirs(int(job.job_id)) == []
 
 
 # --- preemption: signalled, requeued, resumed ------------------------------------------------------------
