@@ -13,6 +13,7 @@ Job functions defined here travel by value (cloudpickle), since a job's Python c
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -145,3 +146,157 @@ def test_two_jobs_at_once_each_get_a_private_ray_cluster_across_both_nodes(two_n
         assert result["processes_after"] == 0, "raylet and gcs_server ignore SIGTERM; teardown must kill them"
         assert result["temp_dirs_left"] == [] and not result["token_left"]
     assert not set(first["temp_dirs"]) & set(second["temp_dirs"])
+
+
+# --- extraction across the allocation ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_corpus(tmp_path_factory) -> Path:
+    from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
+
+    return write_demo_corpus(
+        tmp_path_factory.mktemp("corpus"),
+        DemoCorpusConfig(
+            train_dialogues=5, dev_dialogues=1, test_dialogues=1, min_utterances=2, max_utterances=3,
+            clip_format="wav", workers=2,
+        ),
+    )
+
+
+def feature_checksums(store_dir: Path) -> dict[str, tuple[list[str], str]]:
+    """Per split: the row keys and the sha256 of its opensmile feature array."""
+    from extract.feature_store import FeatureStore
+
+    store = FeatureStore.open(store_dir)
+    checksums = {}
+    for split in store.splits:
+        rows = store.read_split(split, families=["opensmile"])
+        features = np.ascontiguousarray(rows.features["opensmile"])
+        checksums[split] = (list(rows.keys), hashlib.sha256(features.tobytes()).hexdigest())
+    return checksums
+
+
+def test_extraction_across_two_nodes_records_both_hosts_and_equals_a_one_node_store(two_nodes, demo_corpus, tmp_path):
+    from cluster.ray_on_slurm import ray_temp_dirs
+    from extract.feature_store import read_manifest
+    from extract.pipeline import ExtractConfig, run_extraction
+
+    overrides = ['families=["opensmile"]', "shard_dialogues=1"]
+    one_node = run_extraction(load_config(ExtractConfig, None, [
+        *overrides, f"corpus={json.dumps(str(demo_corpus))}", f"store_root={json.dumps(str(tmp_path / 'one'))}",
+        "ray.num_workers=2",
+    ]))
+    code = main([
+        "launch", "extract", str(demo_corpus), "--cluster", "slurm", "--profile", str(TWO_NODE_PROFILE),
+        "--profile-set", "time=10", "--wait", *overrides, f"store_root={json.dumps(str(tmp_path / 'two'))}",
+    ])
+    assert code == 0
+    (two_node,) = [folder for folder in (tmp_path / "two").iterdir() if folder.name != "logs"]
+    assert two_node.name == one_node.name, "the same config names the same store"
+
+    shards = read_manifest(two_node)["shards"]
+    assert all(entry["hosts"] and set(entry["hosts"]) <= set(two_nodes) for entry in shards), shards
+    assert {host for entry in shards for host in entry["hosts"]} == set(two_nodes[:2]), "both nodes computed shards"
+    assert feature_checksums(two_node) == feature_checksums(one_node)
+    log = "".join(path.read_text() for path in (tmp_path / "two" / "logs").glob("*_log.err"))
+    assert "2 node(s)" in log, "the pipeline ran on the job's two-node Ray cluster"
+    job_ids = {path.name.split("_")[0] for path in (tmp_path / "two" / "logs").glob("*_log.err")}
+    assert all(ray_temp_dirs(int(job_id)) == [] for job_id in job_ids), "no temp folder left on any node"
+
+
+# --- training with one rank per node ----------------------------------------------------------------------
+
+TRAIN_EPOCHS = 4
+
+
+def one_process_environment() -> dict[str, str]:
+    """This process's environment without SLURM's or torch.distributed's variables, one torch thread."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in (
+        "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def one_process_run(run_dir: Path, overrides: list[str]) -> subprocess.Popen:
+    """The reference: the same run as one process on this machine, started now, awaited by the caller."""
+    command = [sys.executable, "-m", "launch.cli", "train", *overrides, "--run-dir", str(run_dir)]
+    return subprocess.Popen(
+        command, env=one_process_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+def task_hosts(log_folder: Path) -> set[str]:
+    """The hosts Submitit's tasks started on, from each task's log ('Starting with JobEnvironment(... hostname=X')."""
+    hosts = set()
+    for path in log_folder.glob("*_log.err"):
+        hosts.update(re.findall(r"JobEnvironment\(.*?hostname=([^,]+),", path.read_text()))
+    return hosts
+
+
+def history(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_run(run_dir: Path, reference_dir: Path, tolerance: float = 1e-6) -> None:
+    ours = json.loads((run_dir / "test_metrics.json").read_text())
+    theirs = json.loads((reference_dir / "test_metrics.json").read_text())
+    assert ours["epoch"] == theirs["epoch"] and ours["confusion"] == theirs["confusion"]
+    for key in ("weighted_f1", "accuracy", "macro_f1", "loss"):
+        assert ours[key] == pytest.approx(theirs[key], rel=tolerance, abs=tolerance), key
+    assert len(history(run_dir)) == len(history(reference_dir))
+    for mine, reference in zip(history(run_dir), history(reference_dir), strict=True):
+        for key in ("train_loss", "dev_loss", "dev_weighted_f1"):
+            assert mine[key] == pytest.approx(reference[key], rel=tolerance, abs=tolerance), key
+
+
+@pytest.fixture(scope="module")
+def frozen_overrides(tmp_path_factory) -> list[str]:
+    from test_sweep import write_tiny_store
+    from test_train import OVERRIDES
+
+    store = write_tiny_store(tmp_path_factory.mktemp("features"))
+    return [*OVERRIDES, "text_mode=frozen", f"train.max_epochs={TRAIN_EPOCHS}", f"train.patience={TRAIN_EPOCHS}",
+            f"store={json.dumps(str(store))}"]
+
+
+@pytest.fixture(scope="module")
+def end_to_end_overrides(tmp_path_factory) -> list[str]:
+    from extract.feature_store import FeatureStore, build_store_from_arrays
+    from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
+    from learnable_store import learnable_split
+    from model.text_encoder import TextEncoderConfig, load_tokenizer
+    from model.token_cache import build_token_cache
+    from test_end_to_end import CLASS_WORDS, WORDS, e2e_overrides
+
+    encoder = build_tiny_text_encoder(tmp_path_factory.mktemp("tiny"), WORDS * 2, TinyEncoderConfig(hidden_size=32))
+    config = json.loads((encoder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (encoder / "config.json").write_text(json.dumps(config))
+    rng = np.random.default_rng(5)
+    arrays = {split: learnable_split(split, dialogues, seed) for split, dialogues, seed in
+              (("train", 16, 0), ("dev", 4, 1), ("test", 4, 2))}
+    for rows in arrays.values():
+        rows.transcripts = [" ".join([CLASS_WORDS[label], *rng.choice(WORDS, int(rng.integers(0, 6)))])
+                            for label in rows.emotion]
+    store = build_store_from_arrays(tmp_path_factory.mktemp("e2e") / "words-000000000000", arrays, {"corpus": "x"})
+    # Built here, once: the ranks of the job then read it, rather than each tokenizing the store.
+    encoder_config = TextEncoderConfig(model=str(encoder))
+    build_token_cache(FeatureStore.open(store), load_tokenizer(encoder_config), encoder_config)
+    return [*e2e_overrides(store, encoder), "train.max_epochs=2", "train.patience=2"]
+
+
+@pytest.mark.parametrize("mode", ["frozen", "end_to_end"])
+def test_training_with_one_rank_on_each_node_matches_one_process(two_nodes, mode, request, tmp_path):
+    overrides = request.getfixturevalue(f"{mode}_overrides")
+    reference = one_process_run(tmp_path / "one", overrides)
+    run_dir = tmp_path / "two"
+    code = main([
+        "launch", "train", "--cluster", "slurm", "--profile", str(TWO_NODE_PROFILE), "--profile-set",
+        "cpus_per_task=1", "--profile-set", "time=10", "--run-dir", str(run_dir), "--wait", *overrides,
+    ])
+    assert code == 0
+    assert task_hosts(run_dir / "logs") == set(two_nodes[:2]), "rank 0 and rank 1 ran on different nodes"
+    _, errors = reference.communicate(timeout=JOB_WAIT_S)
+    assert reference.returncode == 0, errors[-3000:]
+    assert_same_run(run_dir, tmp_path / "one")
