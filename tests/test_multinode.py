@@ -220,7 +220,9 @@ def one_process_environment() -> dict[str, str]:
 
 def one_process_run(run_dir: Path, overrides: list[str]) -> subprocess.Popen:
     """The reference: the same run as one process on this machine, started now, awaited by the caller."""
-    command = [sys.executable, "-m", "launch.cli", "train", *overrides, "--run-dir", str(run_dir)]
+    (store,) = [json.loads(o.partition("=")[2]) for o in overrides if o.startswith("store=")]
+    rest = [o for o in overrides if not o.startswith("store=")]
+    command = [sys.executable, "-m", "launch.cli", "train", store, *rest, "--run-dir", str(run_dir)]
     return subprocess.Popen(
         command, env=one_process_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -229,7 +231,7 @@ def one_process_run(run_dir: Path, overrides: list[str]) -> subprocess.Popen:
 def task_hosts(log_folder: Path) -> set[str]:
     """The hosts Submitit's tasks started on, from each task's log ('Starting with JobEnvironment(... hostname=X')."""
     hosts = set()
-    for path in log_folder.glob("*_log.err"):
+    for path in log_folder.glob("*_log.*"):
         hosts.update(re.findall(r"JobEnvironment\(.*?hostname=([^,]+),", path.read_text()))
     return hosts
 
