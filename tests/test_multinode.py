@@ -302,3 +302,64 @@ def test_training_with_one_rank_on_each_node_matches_one_process(two_nodes, mode
     _, errors = reference.communicate(timeout=JOB_WAIT_S)
     assert reference.returncode == 0, errors[-3000:]
     assert_same_run(run_dir, tmp_path / "one")
+
+
+# --- preemption of a two-node job, and a sweep over both nodes --------------------------------------------
+
+PREEMPTED_EPOCHS = 8
+
+
+def completed_epochs(run_dir: Path) -> int:
+    try:
+        return len((run_dir / "metrics.jsonl").read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def test_a_preempted_two_node_run_is_requeued_and_ends_as_the_uninterrupted_one(two_nodes, frozen_overrides, tmp_path):
+    from launch.jobs import ATTEMPTS_NAME, TrainingJob
+    from model.train import RunConfig
+
+    overrides = [*frozen_overrides, f"train.max_epochs={PREEMPTED_EPOCHS}", f"train.patience={PREEMPTED_EPOCHS}"]
+    reference = one_process_run(tmp_path / "uninterrupted", overrides)
+    profile = two_node_profile("cpus_per_task=1", "time=10")
+    run_dir = tmp_path / "run"
+    (job,) = submit_jobs(
+        make_executor(profile, tmp_path / "logs", job_name="preempted"),
+        profile,
+        [TrainingJob(load_config(RunConfig, None, overrides), run_dir)],
+    )
+    deadline = time.monotonic() + JOB_WAIT_S
+    while completed_epochs(run_dir) < 2:
+        if job.done() or time.monotonic() > deadline:
+            pytest.fail(f"job {job.job_id} did not reach epoch 2 (state {job.state}); logs {job.paths.folder}")
+        time.sleep(0.05)
+    job._interrupt()
+    release_requeued_slurm_job(job)
+    wait_for([job], timeout_s=JOB_WAIT_S)
+    assert job.results()[0]["weighted_f1"] >= 0
+
+    attempts = [json.loads(line) for line in (run_dir / ATTEMPTS_NAME).read_text().splitlines()]
+    assert [a["resume"] for a in attempts] == [False, True], "one start, then one requeued start that resumes"
+    assert 2 <= completed_epochs(run_dir) == PREEMPTED_EPOCHS
+    assert task_hosts(tmp_path / "logs") == set(two_nodes[:2])
+    _, errors = reference.communicate(timeout=JOB_WAIT_S)
+    assert reference.returncode == 0, errors[-3000:]
+    assert_same_run(run_dir, tmp_path / "uninterrupted")
+
+
+def test_a_sweep_of_two_parallel_runs_lands_on_both_nodes(two_nodes, frozen_overrides, tmp_path):
+    from launch.jobs import ATTEMPTS_NAME
+
+    sweep_dir = tmp_path / "sweep"
+    # Each run asks for more than half a node's memory, so the two runs of the array cannot share a node.
+    node_memory_gb = int(subprocess.run(["sinfo", "-h", "-o", "%m"], capture_output=True, text=True).stdout.split()[0]) / 1024
+    code = main([
+        "sweep", "--seeds", "0,1", "--cluster", "slurm", "--profile", str(TWO_NODE_PROFILE),
+        "--profile-set", "nodes=1", "--profile-set", "cpus_per_task=1", "--profile-set", "array_parallelism=2",
+        "--profile-set", f"mem={0.6 * node_memory_gb:.1f}", "--profile-set", "time=10", "--out", str(sweep_dir),
+        "--wait", *[o for o in frozen_overrides if not o.startswith("seed=")], "train.max_epochs=2", "train.patience=2",
+    ])
+    assert code == 0
+    hosts = [json.loads(path.read_text().splitlines()[0])["host"] for path in sorted(sweep_dir.rglob(ATTEMPTS_NAME))]
+    assert len(hosts) == 2 and set(hosts) == set(two_nodes[:2]), hosts
