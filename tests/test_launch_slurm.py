@@ -217,6 +217,68 @@ def test_ray_ports_and_cpus_per_node_are_read_from_the_job():
     assert all(1024 < port < 10002 for port in ports), "below Ray's worker ports and torch.distributed's (12000+)"
     assert cpus_per_node({"SLURM_JOB_CPUS_PER_NODE": "4(x2),2"}) == [4, 4, 2]
 
+def test_a_taken_port_moves_the_job_to_the_next_free_block():
+    import socket
+
+    from cluster.ray_on_slurm import free_ray_ports
+
+    own = ray_ports(4242)
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("", own.node_manager))
+        holder.listen()
+        ports = free_ray_ports(4242)
+    assert own.node_manager not in vars(ports).values()
+    assert "--min-worker-port=0" in ports.flags(head=False), "Ray's worker processes take ports the OS picks"
+
+
+def test_job_token_and_temp_folders_are_private(tmp_path):
+    from cluster.ray_on_slurm import (
+        RaySlurmError,
+        check_token_file,
+        make_ray_temp_dir,
+        ray_environment,
+        ray_temp_dirs,
+        write_job_token,
+    )
+
+    token = write_job_token(tmp_path)
+    assert (token.stat().st_mode & 0o777, token.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+    assert len(token.read_text()) == 64 and token.read_text() != write_job_token(tmp_path).read_text()
+    check_token_file(token)
+    token.chmod(0o644)
+    with pytest.raises(RaySlurmError, match="mode 0600"):
+        check_token_file(token)
+    with pytest.raises(RaySlurmError, match="cannot read"):
+        check_token_file(tmp_path / "missing")
+    temp = make_ray_temp_dir(987654)
+    try:
+        assert temp.stat().st_mode & 0o777 == 0o700
+        assert ray_temp_dirs(987654) == [temp]
+        env = ray_environment(temp, token)
+        assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"] == str(token)
+        assert env["RAY_TMPDIR"].startswith(f"{temp}/"), "Ray works inside the private folder"
+    finally:
+        temp.rmdir()
+
+
+def test_gloo_is_bound_to_the_interface_that_reaches_rank_0():
+    from cluster.rendezvous import Rendezvous, export_rendezvous, interface_towards, node_address
+
+    assert interface_towards("127.0.0.1") == "lo"
+    assert node_address("no-such-node-anywhere") is None
+    two = Rendezvous(rank=1, local_rank=0, world_size=2, master_addr="127.0.0.1", master_port=23456)
+    environ: dict[str, str] = {}
+    export_rendezvous(two, environ)
+    assert environ["GLOO_SOCKET_IFNAME"] == "lo"
+    environ = {"GLOO_SOCKET_IFNAME": "ib0"}
+    export_rendezvous(two, environ)
+    assert environ["GLOO_SOCKET_IFNAME"] == "ib0", "the user's choice wins"
+    environ = {}
+    export_rendezvous(Rendezvous(rank=0, local_rank=0, world_size=1, master_addr="127.0.0.1", master_port=1), environ)
+    assert "GLOO_SOCKET_IFNAME" not in environ
+
+
 def ray_cluster_probe(log_dir: str) -> dict:
     """Run in the batch script: bring Ray up, run tasks, tear everything down."""
     import ray
