@@ -111,3 +111,32 @@ remove_node_links() {
     ip link delete "$BRIDGE"
   fi
 }
+
+# The further nodes' names resolve to their link addresses, as cluster nodes resolve each other's
+# names: programs that look up their own hostname (torch.distributed, Ray) find it. The lines sit
+# between two markers in /etc/hosts, rewritten in place (it may be a bind mount), and go on stop.
+HOSTS_BEGIN="# cmroberta local cluster nodes: begin"
+HOSTS_END="# cmroberta local cluster nodes: end"
+
+remove_node_hosts() {
+  [[ -f /etc/hosts ]] && grep -qxF "$HOSTS_BEGIN" /etc/hosts || return 0
+  say "removing the nodes' names from /etc/hosts"
+  local kept
+  kept=$(awk -v begin="$HOSTS_BEGIN" -v end="$HOSTS_END" '$0 == begin {skip = 1} !skip {print} $0 == end {skip = 0}' /etc/hosts)
+  printf '%s\n' "$kept" >/etc/hosts
+}
+
+# $@: "address name" pairs of the nodes after the first.
+write_node_hosts() {
+  remove_node_hosts
+  (($# > 0)) || return 0
+  say "naming the nodes in /etc/hosts: $*"
+  {
+    echo "$HOSTS_BEGIN"
+    local entry
+    for entry in "$@"; do
+      echo "$entry"
+    done
+    echo "$HOSTS_END"
+  } >>/etc/hosts
+}

@@ -19,7 +19,8 @@
 #   2. creates the munge key if absent and starts munged;
 #   3. starts MariaDB and creates the database user `slurm` (authenticated as the Unix user
 #      `slurm`, so no password exists);
-#   4. with --nodes N > 1, creates the bridge, the namespaces and their veth pairs;
+#   4. with --nodes N > 1, creates the bridge, the namespaces and their veth pairs, and names the
+#      further nodes in /etc/hosts (between marker lines, removed by the stop script);
 #   5. writes /etc/slurm/slurm.conf and slurmdbd.conf from the templates beside this script,
 #      with this host's CPU layout (`slurmd -C`); one partition, `debug`, holding every node;
 #   6. starts slurmdbd, registers the cluster with accounting, starts slurmctld and one slurmd per
@@ -116,6 +117,7 @@ plan_nodes() {
 setup_node_links() {
   if ((NODES == 1)); then
     remove_node_links
+    remove_node_hosts
     return
   fi
   command -v ip >/dev/null || die "the 'ip' command (iproute2) is needed for a cluster of several nodes"
@@ -152,6 +154,11 @@ setup_node_links() {
     ip -n "$netns" link set eth0 up
     ip -n "$netns" link set lo up
   done
+  local entries=()
+  for ((k = 2; k <= NODES; k++)); do
+    entries+=("${NODE_ADDRS[k - 1]} ${NODE_NAMES[k - 1]}")
+  done
+  write_node_hosts "${entries[@]}"
 }
 
 # Starts one daemon, or restarts it when its config changed; leaves a healthy one alone.

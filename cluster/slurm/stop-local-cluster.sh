@@ -6,8 +6,8 @@
 #   sudo bash cluster/slurm/stop-local-cluster.sh --purge   # ... and delete every file the start wrote
 #
 # The default stops every node's slurmd, slurmctld and slurmdbd, kills what still runs in the
-# further nodes' namespaces, and removes those namespaces, their veth pairs, the bridge and the
-# nodes' pid files and spool folders. MariaDB and munged stay up because other programs on the
+# further nodes' namespaces, and removes those namespaces, their veth pairs, the bridge, the nodes'
+# names in /etc/hosts, and their pid files and spool folders. MariaDB and munged stay up because other programs on the
 # machine may use them; the accounting database, the job state under /var/spool/slurmctld, the
 # logs and the configs in /etc/slurm are kept, so the next start resumes quickly. --purge removes
 # those too (the packages and the munge key stay). Running it when nothing runs, or twice, is fine.
@@ -72,6 +72,7 @@ main() {
   stop_service slurmctld /run/slurmctld.pid slurmctld
   stop_service slurmdbd /run/slurmdbd.pid slurmdbd
   remove_node_links
+  remove_node_hosts
   rm -rf /var/spool/slurmd /var/spool/slurmd-*
   if [[ -n $purge ]]; then
     drop_accounting_database
