@@ -90,7 +90,11 @@ def deepspeed_steps(steps: int) -> dict[str, float]:
     export_rendezvous(rendezvous)
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Linear(512, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 512), torch.nn.ReLU(), torch.nn.Linear(512, 7)
+        torch.nn.Linear(512, 1024),
+        torch.nn.ReLU(),
+        torch.nn.Linear(1024, 512),
+        torch.nn.ReLU(),
+        torch.nn.Linear(512, 7),
     )
     config = {
         "train_micro_batch_size_per_gpu": 32,
@@ -157,11 +161,13 @@ def main() -> None:
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
     nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True, timeout=15).stdout.split()
     if len(set(nodes)) < 2:
-        raise SystemExit(f"needs two SLURM nodes, found {nodes}: sudo bash cluster/slurm/start-local-cluster.sh --nodes 2")
+        raise SystemExit(
+            f"needs two SLURM nodes, found {nodes}: sudo bash cluster/slurm/start-local-cluster.sh --nodes 2"
+        )
     spinners = [multiprocessing.Process(target=spin, daemon=True) for _ in range(args.load)]
     for process in spinners:
         process.start()
-    print(f"nodes {sorted(set(nodes))}; {args.load} busy process(es) meanwhile; both nodes share {os.cpu_count()} cores")
+    print(f"nodes {sorted(set(nodes))}; {args.load} busy process(es) meanwhile; the nodes share {os.cpu_count()} cores")
 
     one = load_profile("slurm", TWO_NODE_PROFILE, ["nodes=1", "cpus_per_task=1", "mem=1.5", "time=20"])
     two = load_profile("slurm", TWO_NODE_PROFILE, ["nodes=2", "cpus_per_task=1", "mem=1.5", "time=20"])

@@ -292,7 +292,7 @@ def _ray_start(flags: list[str], temp_dir: Path, token_path: Path, timeout_s: fl
         stop_ray_processes(temp_dir, remove=False)
         output = (result.stdout + result.stderr).strip()
         if "timed out during startup" in output and attempt < attempts:
-            log.warning("the raylet on %s did not register in time (a loaded node); starting it again", socket.gethostname())
+            log.warning("the raylet on %s did not register in time: starting it again", socket.gethostname())
             continue
         tail = "\n".join(output.splitlines()[-15:])
         raise RaySlurmError(f"`{' '.join(command)}` failed on {socket.gethostname()}:\n{tail}")
@@ -459,7 +459,7 @@ def ray_cluster_on_slurm(
             try:
                 workers.wait(timeout=WORKER_STOP_S)
             except subprocess.TimeoutExpired:
-                log.warning("the Ray workers did not stop within %.0f s of the job's end; killing their srun", WORKER_STOP_S)
+                log.warning("the Ray workers did not stop within %.0f s; killing their srun", WORKER_STOP_S)
                 workers.kill()
                 workers.wait()
         stop_ray_processes(temp_dir)
@@ -487,7 +487,7 @@ def _use_job_ray_environment(temp_dir: Path, token_path: Path) -> None:
 
 
 def _run_worker(address: str, job_id: int, token_path: Path) -> int:
-    """Entry point of one srun task: join the head at `address`; once the token is gone, or on SIGTERM, stop this node's Ray."""
+    """One srun task: join the head at `address`; stop this node's Ray once the token goes, or on SIGTERM."""
     check_token_file(token_path)
     temp_dir = make_ray_temp_dir(job_id)
     stopping = False
@@ -523,7 +523,7 @@ def _run_worker(address: str, job_id: int, token_path: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="A Ray worker node of a SLURM job (started by ray_cluster_on_slurm).")
     subparsers = parser.add_subparsers(dest="role", required=True)
-    worker = subparsers.add_parser("worker", help="join the job's Ray head; stay until its token is removed, or SIGTERM")
+    worker = subparsers.add_parser("worker", help="join the job's Ray head; stay until its token goes, or SIGTERM")
     worker.add_argument("--address", required=True, help="head address, IP:PORT")
     worker.add_argument("--job-id", type=int, required=True, help="SLURM job id: picks the ports and the temp folder")
     worker.add_argument("--token-file", type=Path, required=True, help="the job's Ray auth token (mode 0600)")

@@ -22,7 +22,7 @@ import submitit
 
 from cluster.profile import ClusterProfile
 from cluster.ray_on_slurm import cpus_per_node, ray_ports
-from cluster.rendezvous import expand_hostlist
+from cluster.rendezvous import expand_hostlist, node_address
 from launch.cli import main
 from cluster.config import load_config
 from launch.executors import SubmissionError, check_request, load_profile, make_executor, submit_jobs
@@ -191,7 +191,8 @@ def test_two_task_job_finds_its_rendezvous_and_takes_a_deepspeed_step(request, m
     assert {r["backend"] for r in results} == {"gloo"}
     (address,) = {r["master_addr"] for r in results}
     if cluster == "slurm":
-        assert address == expand_hostlist(results[0]["nodelist"])[0], "rank 0 listens on the job's first node"
+        first = expand_hostlist(results[0]["nodelist"])[0]
+        assert address == (node_address(first) or first), "rank 0 listens on the job's first node, at its NodeAddr"
     else:
         assert address == "127.0.0.1"
     (port,) = {r["master_port"] for r in results}
@@ -378,7 +379,9 @@ def preemption_config(tmp_path_factory):
 
     store = write_tiny_store(tmp_path_factory.mktemp("features"))
     epochs = [f"train.max_epochs={PREEMPTED_EPOCHS}", f"train.patience={PREEMPTED_EPOCHS}"]
-    return load_config(RunConfig, None, [*TINY_OVERRIDES, *epochs, f"store={json.dumps(str(store))}"])
+    return load_config(
+        RunConfig, None, [*TINY_OVERRIDES, "text_mode=frozen", *epochs, f"store={json.dumps(str(store))}"]
+    )
 
 
 @pytest.fixture(scope="module")

@@ -116,7 +116,7 @@ def ray_cluster_probe(log_dir: str) -> dict:
         "token_left": token.exists(),
         "temp_dirs": [str(folder) for folder in temp_dirs],
         "temp_dir_modes": temp_dir_modes,
-        "temp_dirs_left": [str(folder) for folder in temp_dirs if folder.exists()] + [str(f) for f in ray_temp_dirs(job_id)],
+        "temp_dirs_left": sorted({str(f) for f in [*temp_dirs, *ray_temp_dirs(job_id)] if f.exists()}),
         "intruder_exit": intruder.returncode,
         "intruder_output": (intruder.stdout + intruder.stderr)[-2000:],
         "processes_while_up": processes_while_up,
@@ -353,7 +353,8 @@ def test_a_sweep_of_two_parallel_runs_lands_on_both_nodes(two_nodes, frozen_over
 
     sweep_dir = tmp_path / "sweep"
     # Each run asks for more than half a node's memory, so the two runs of the array cannot share a node.
-    node_memory_gb = int(subprocess.run(["sinfo", "-h", "-o", "%m"], capture_output=True, text=True).stdout.split()[0]) / 1024
+    sinfo = subprocess.run(["sinfo", "-h", "-o", "%m"], capture_output=True, text=True, timeout=15)
+    node_memory_gb = int(sinfo.stdout.split()[0]) / 1024
     code = main([
         "sweep", "--seeds", "0,1", "--cluster", "slurm", "--profile", str(TWO_NODE_PROFILE),
         "--profile-set", "nodes=1", "--profile-set", "cpus_per_task=1", "--profile-set", "array_parallelism=2",
