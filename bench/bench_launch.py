@@ -90,6 +90,7 @@ def random_store(folder: Path) -> Path:
 
 def tiny_overrides(store: Path) -> list[str]:
     return [
+        "text_mode=frozen",
         "model.hidden_size=8",
         "train.batch_dialogues=8",
         "train.max_epochs=3",

@@ -1,4 +1,4 @@
-"""A Ray cluster across the nodes of a SLURM allocation, for the length of one job.
+"""A Ray cluster across the nodes of a SLURM allocation, for the length of one job, usable by that job alone.
 
 The job's batch script runs on the first node of the allocation; `ray_cluster_on_slurm`
 starts the Ray head there, starts one Ray worker node on each other node with `srun`
@@ -6,44 +6,61 @@ starts the Ray head there, starts one Ray worker node on each other node with `s
 head's address with this process connected as the driver. When the body ends, for any
 reason, everything it started is stopped.
 
+Only the job itself can use its cluster:
+- token authentication is on (RAY_AUTH_MODE=token): each job makes a fresh 256-bit token, in a
+  file of mode 0600 inside a private (0700) folder under the job's log folder, which every node
+  of the job sees; every Ray process of the job reads it through RAY_AUTH_TOKEN_PATH, and a
+  process without it is refused with InvalidAuthToken;
+- each node's temp folder (RAY_TMPDIR: sockets, logs, spilled objects) is made with `mkdtemp`,
+  so no other user can predict or pre-create it;
+- each node takes the first block of RAY_PORTS_PER_JOB ports that is free there, starting at a
+  block derived from SLURM_JOB_ID, below the torch.distributed ports of `cluster.rendezvous`
+  (12000 and up); Ray's worker processes take ports the OS picks (`--min-worker-port=0`), from
+  the ephemeral range, which no fixed block uses. Two jobs on one node never share a port.
+
 Facts about Ray 2.60 that shape this module, measured on SLURM nodes:
-- token authentication is on by default, and a worker's `ray start --address` then fails
-  with InvalidAuthToken: every process here runs with RAY_AUTH_MODE=disabled;
-- Ray binds to the host's routable address, not 127.0.0.1, and a worker joining a head
-  forced onto loopback hung: the head picks its own address, workers are told it, and every
-  `ray start` runs under a timeout;
+- Ray advertises the address of the interface that routes to the internet, which need not be
+  the network the nodes share (and a head forced onto loopback left joining workers hanging):
+  every node runs with `--node-ip-address` set to SLURM's own address of the node (NodeAddr,
+  `cluster.rendezvous.node_address`) when SLURM knows one, and every `ray start` runs under a
+  timeout;
+- a node whose raylet does not register with the GCS within a fixed 30 s fails `ray start`
+  ("timed out during startup"), which happens on a loaded 2-core machine: a worker retries
+  `ray start` once;
 - raylet and gcs_server ignore SIGTERM: teardown sends SIGTERM, waits, then SIGKILL;
+- `ray start` detaches Ray's processes from the srun task, and srun answers SIGTERM by killing
+  its tasks at once: the worker tasks are told to stop by the head removing the job's token,
+  and each stops its own node's Ray before it exits;
 - `ray stop` kills every Ray process of the user on the node, other jobs' too: teardown
   stops only the processes that belong to this job's temp folder.
-
-Two jobs on one node never collide: each gets its own temp folder (RAY_TMPDIR, under /tmp,
-since Ray's socket paths must stay under 107 bytes) and its own block of ports, derived from
-SLURM_JOB_ID, below the torch.distributed ports of `cluster.rendezvous` (12000 and up).
 """
 
 import argparse
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import ray
 
-from cluster.rendezvous import expand_hostlist
+from cluster.rendezvous import expand_hostlist, node_address
 
 log = logging.getLogger(__name__)
 
 # Each job gets RAY_PORTS_PER_JOB consecutive ports in [RAY_PORT_BASE, RAY_PORT_BASE + RAY_PORT_SPAN):
-# below 10002, where Ray's own worker-port range (10002-19999) starts; a block inside that range
+# below 10002, where Ray's default worker-port range (10002-19999) starts; a block inside that range
 # makes `ray start` refuse to run ("port ... is used by other components").
 RAY_PORT_BASE = 6000
 RAY_PORT_SPAN = 4000
@@ -52,8 +69,16 @@ RAY_PORTS_PER_JOB = 8
 MIN_OBJECT_STORE_BYTES = 80 * 1024 * 1024
 OBJECT_STORE_SHARE = 0.3
 RAY_START_TIMEOUT_S = 120.0
+RAY_START_ATTEMPTS = 2
 JOIN_TIMEOUT_S = 180.0
 STOP_GRACE_S = 2.0
+# A worker looks this often for the job's token, and stops once it is gone; the head waits this long for that.
+WORKER_POLL_S = 0.5
+WORKER_STOP_S = 30.0
+# Ray's unix socket paths (temp folder + about 60 characters) must stay under 107 bytes.
+MAX_TEMP_ROOT_CHARS = 40
+# The variables that point every Ray process of the job at its token and its temp folder.
+RAY_JOB_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED")
 
 
 class RaySlurmError(RuntimeError):
@@ -62,7 +87,7 @@ class RaySlurmError(RuntimeError):
 
 @dataclass(frozen=True, kw_only=True)
 class RayPorts:
-    """The fixed ports of one job's Ray processes (worker processes take free ports the OS picks)."""
+    """The fixed ports of one job's Ray processes on one node (worker processes take ports the OS picks)."""
 
     gcs: int
     """Head's GCS: the cluster's address."""
@@ -90,6 +115,9 @@ class RayPorts:
             f"--runtime-env-agent-port={self.runtime_env_agent}",
             f"--node-manager-port={self.node_manager}",
             f"--object-manager-port={self.object_manager}",
+            # Worker processes bind ports the OS picks, from the ephemeral range (32768 and up).
+            "--min-worker-port=0",
+            "--max-worker-port=0",
         ]
         if head:
             flags += [f"--port={self.gcs}", f"--dashboard-port={self.dashboard}", "--include-dashboard=false"]
@@ -97,7 +125,7 @@ class RayPorts:
 
 
 def ray_ports(job_id: int) -> RayPorts:
-    """The port block of SLURM job `job_id`: distinct for jobs whose ids differ by less than RAY_PORT_SPAN / 8."""
+    """The first port block of SLURM job `job_id`: distinct for jobs whose ids differ by less than RAY_PORT_SPAN / 8."""
     slots = RAY_PORT_SPAN // RAY_PORTS_PER_JOB
     base = RAY_PORT_BASE + (job_id % slots) * RAY_PORTS_PER_JOB
     return RayPorts(
@@ -112,15 +140,93 @@ def ray_ports(job_id: int) -> RayPorts:
     )
 
 
-def ray_temp_dir(job_id: int) -> Path:
-    """This job's Ray temp folder on a node's local disk."""
-    return Path("/tmp") / f"ray-{job_id}"
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", port))
+        except OSError:
+            return True
+    return False
 
 
-def ray_environment(temp_dir: Path) -> dict[str, str]:
-    """The environment every Ray process of the job runs with."""
+def free_ray_ports(job_id: int) -> RayPorts:
+    """This job's port block on this node: its own block when free, else the next whose ports are all free here."""
+    slots = RAY_PORT_SPAN // RAY_PORTS_PER_JOB
+    for offset in range(slots):
+        ports = ray_ports(job_id + offset)
+        if not any(_port_in_use(port) for port in astuple(ports)):
+            if offset:
+                log.info("ports of job %d's own block are taken on this node; using block %d", job_id, offset)
+            return ports
+    raise RaySlurmError(
+        f"no block of {RAY_PORTS_PER_JOB} free ports in {RAY_PORT_BASE}-{RAY_PORT_BASE + RAY_PORT_SPAN - 1} on "
+        f"{socket.gethostname()}"
+    )
+
+
+def _temp_root() -> str:
+    """Where the job's temp folders go: the system's (TMPDIR), unless its path is too long for Ray's sockets."""
+    root = tempfile.gettempdir()
+    return root if len(root) <= MAX_TEMP_ROOT_CHARS else "/tmp"
+
+
+def make_ray_temp_dir(job_id: int) -> Path:
+    """A new private (0700) temp folder for job `job_id`'s Ray processes on this node, at an unpredictable path.
+
+    Ray itself works in its subfolder `ray` (`ray_work_dir`): Ray opens its temp folder to everyone
+    (mode 0777), so the private folder around it is what keeps others out.
+    """
+    return Path(tempfile.mkdtemp(prefix=f"ray-{job_id}-", dir=_temp_root()))
+
+
+def ray_work_dir(temp_dir: Path) -> Path:
+    """The folder Ray is given as its temp folder, inside the job's private `temp_dir`."""
+    return temp_dir / "ray"
+
+
+def ray_temp_dirs(job_id: int) -> list[Path]:
+    """The temp folders job `job_id` has on this machine now (empty once its Ray cluster is down)."""
+    return sorted(Path(_temp_root()).glob(f"ray-{job_id}-*"))
+
+
+def write_job_token(folder: Path) -> Path:
+    """Make a fresh Ray auth token for one job: a 0600 file in a new 0700 folder under `folder`; returns its path.
+
+    `folder` must be one every node of the job sees (the job's log folder).
+    """
+    private = Path(tempfile.mkdtemp(prefix="ray-auth-", dir=folder))
+    token_path = private / "token"
+    descriptor = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as stream:
+        stream.write(secrets.token_hex(32))
+    return token_path
+
+
+def check_token_file(token_path: Path) -> None:
+    """Refuse a token file that is missing, not this user's, or readable by anyone else."""
+    try:
+        info = token_path.stat()
+    except OSError as error:
+        raise RaySlurmError(f"cannot read the job's Ray token {token_path}: {error}") from None
+    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        raise RaySlurmError(
+            f"the Ray token {token_path} must belong to this user and have mode 0600 "
+            f"(it has owner {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o})"
+        )
+
+
+def ray_environment(temp_dir: Path, token_path: Path) -> dict[str, str]:
+    """The environment every Ray process of the job runs with: token auth from `token_path`, temp folder `temp_dir`."""
     env = dict(os.environ)
-    env.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=str(temp_dir), RAY_USAGE_STATS_ENABLED="0")
+    # A token in the environment would win over the job's file.
+    env.pop("RAY_AUTH_TOKEN", None)
+    env.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(token_path),
+        RAY_TMPDIR=str(ray_work_dir(temp_dir)),
+        RAY_USAGE_STATS_ENABLED="0",
+    )
     return env
 
 
@@ -148,29 +254,47 @@ def cpus_per_node(environ: Mapping[str, str]) -> list[int]:
     return counts
 
 
-def _ray_start(flags: list[str], temp_dir: Path, timeout_s: float) -> None:
-    """Run `ray start` with `flags`, bounded by `timeout_s`; it returns once this node's processes run."""
+def _this_node(environ: Mapping[str, str]) -> str:
+    """This node's SLURM name (SLURMD_NODENAME inside a job), else the short hostname."""
+    return environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
+
+
+def _address_flags(address: str | None) -> list[str]:
+    return [] if address is None else [f"--node-ip-address={address}"]
+
+
+def _ray_start(flags: list[str], temp_dir: Path, token_path: Path, timeout_s: float, attempts: int = 1) -> None:
+    """Run `ray start` with `flags`, bounded by `timeout_s`; it returns once this node's processes run.
+
+    A raylet that did not register within Ray's fixed 30 s is retried, up to `attempts` starts in all.
+    """
     ray_cli = Path(sys.executable).with_name("ray")
     command = [
         str(ray_cli) if ray_cli.exists() else "ray",
         "start",
-        f"--temp-dir={temp_dir}",
+        f"--temp-dir={ray_work_dir(temp_dir)}",
         "--disable-usage-stats",
         *flags,
     ]
-    try:
-        result = subprocess.run(
-            command, env=ray_environment(temp_dir), capture_output=True, text=True, timeout=timeout_s
-        )
-    except subprocess.TimeoutExpired:
-        stop_ray_processes(temp_dir)
-        raise RaySlurmError(
-            f"`{' '.join(command)}` did not finish within {timeout_s:.0f} s on {socket.gethostname()}: the head's "
-            "address may be unreachable from here"
-        ) from None
-    if result.returncode != 0:
-        stop_ray_processes(temp_dir)
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+    for attempt in range(1, attempts + 1):
+        try:
+            result = subprocess.run(
+                command, env=ray_environment(temp_dir, token_path), capture_output=True, text=True, timeout=timeout_s
+            )
+        except subprocess.TimeoutExpired:
+            stop_ray_processes(temp_dir, remove=False)
+            raise RaySlurmError(
+                f"`{' '.join(command)}` did not finish within {timeout_s:.0f} s on {socket.gethostname()}: the "
+                "head's address may be unreachable from here"
+            ) from None
+        if result.returncode == 0:
+            return
+        stop_ray_processes(temp_dir, remove=False)
+        output = (result.stdout + result.stderr).strip()
+        if "timed out during startup" in output and attempt < attempts:
+            log.warning("the raylet on %s did not register in time: starting it again", socket.gethostname())
+            continue
+        tail = "\n".join(output.splitlines()[-15:])
         raise RaySlurmError(f"`{' '.join(command)}` failed on {socket.gethostname()}:\n{tail}")
 
 
@@ -196,10 +320,10 @@ def _processes_of(temp_dir: Path) -> list[int]:
     return pids
 
 
-def stop_ray_processes(temp_dir: Path, grace_s: float = STOP_GRACE_S) -> int:
+def stop_ray_processes(temp_dir: Path, grace_s: float = STOP_GRACE_S, remove: bool = True) -> int:
     """Stop this job's Ray processes on this node: SIGTERM, then SIGKILL for those still alive after `grace_s`.
 
-    Returns how many needed SIGKILL (raylet and gcs_server always do). The temp folder is removed.
+    Returns how many needed SIGKILL (raylet and gcs_server always do). With `remove`, the temp folder goes too.
     """
     for pid in _processes_of(temp_dir):
         _signal(pid, signal.SIGTERM)
@@ -212,7 +336,8 @@ def stop_ray_processes(temp_dir: Path, grace_s: float = STOP_GRACE_S) -> int:
     deadline = time.monotonic() + grace_s
     while _processes_of(temp_dir) and time.monotonic() < deadline:
         time.sleep(0.1)
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    if remove:
+        shutil.rmtree(temp_dir, ignore_errors=True)
     return len(survivors)
 
 
@@ -221,16 +346,6 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("", port))
-        except OSError:
-            return True
-    return False
 
 
 def _wait_for_nodes(expected: int, workers: subprocess.Popen | None, worker_log: Path, timeout_s: float) -> None:
@@ -265,7 +380,8 @@ def ray_cluster_on_slurm(
 ) -> Iterator[str]:
     """Bring up Ray on every node of this SLURM job, connect this process as its driver, and yield the address.
 
-    Call it from the job's batch script (on the first node); the workers' srun output goes to
+    Call it from the job's batch script (on the first node). `log_dir` must be on a filesystem
+    every node sees: the job's token goes there, and the workers' srun output goes to
     `log_dir/ray-workers-<job id>.log`.
     """
     environ = os.environ if environ is None else environ
@@ -275,27 +391,28 @@ def ray_cluster_on_slurm(
         )
     job_id = int(environ["SLURM_JOB_ID"])
     hosts = expand_hostlist(environ["SLURM_JOB_NODELIST"])
-    head_host = socket.gethostname().split(".")[0]
+    head_host = _this_node(environ)
     if head_host not in hosts:
         raise RaySlurmError(f"this process runs on {head_host}, which is not in the job's nodes {hosts}")
     others = [host for host in hosts if host != head_host]
-    ports = ray_ports(job_id)
-    temp_dir = ray_temp_dir(job_id)
-    busy = [port for port in (ports.gcs, ports.dashboard, ports.node_manager) if _port_in_use(port)]
-    if busy:
-        raise RaySlurmError(
-            f"ports {busy} of job {job_id}'s block are taken on {head_host}; another job whose id is congruent "
-            f"modulo {RAY_PORT_SPAN // RAY_PORTS_PER_JOB} may be running there"
-        )
+    ports = free_ray_ports(job_id)
     log_dir.mkdir(parents=True, exist_ok=True)
     worker_log = log_dir / f"ray-workers-{job_id}.log"
+    token_path = write_job_token(log_dir)
+    temp_dir = make_ray_temp_dir(job_id)
     workers: subprocess.Popen | None = None
-    saved = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE", "RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED")}
+    saved = {name: os.environ.get(name) for name in (*RAY_JOB_VARIABLES, "RAY_AUTH_TOKEN")}
     started = time.perf_counter()
     try:
-        _ray_start(["--head", *ports.flags(head=True), *_node_resources(environ)], temp_dir, RAY_START_TIMEOUT_S)
-        os.environ.update({name: ray_environment(temp_dir)[name] for name in saved})
-        head_ip = ray.util.get_node_ip_address()
+        head_address = node_address(head_host)
+        _ray_start(
+            ["--head", *_address_flags(head_address), *ports.flags(head=True), *_node_resources(environ)],
+            temp_dir,
+            token_path,
+            RAY_START_TIMEOUT_S,
+        )
+        _use_job_ray_environment(temp_dir, token_path)
+        head_ip = head_address or ray.util.get_node_ip_address()
         address = f"{head_ip}:{ports.gcs}"
         if others:
             # One task per other node, holding all the job's CPUs there, so Ray may use them all.
@@ -316,12 +433,13 @@ def ray_cluster_on_slurm(
                 "worker",
                 f"--address={address}",
                 f"--job-id={job_id}",
+                f"--token-file={token_path}",
             ]
             with worker_log.open("a") as log_file:
                 workers = subprocess.Popen(
-                    command, stdout=log_file, stderr=subprocess.STDOUT, env=ray_environment(temp_dir)
+                    command, stdout=log_file, stderr=subprocess.STDOUT, env=ray_environment(temp_dir, token_path)
                 )
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, _node_ip_address=head_ip, logging_level=logging.WARNING)
         _wait_for_nodes(len(hosts), workers, worker_log, join_timeout_s)
         log.info(
             "Ray cluster of job %d up in %.1f s: head %s, %d node(s)",
@@ -334,12 +452,14 @@ def ray_cluster_on_slurm(
     finally:
         if ray.is_initialized():
             ray.shutdown()
+        # The workers stop when the token is gone. (Terminating their srun would not do: srun answers
+        # SIGTERM by killing the tasks at once, and their Ray processes, detached, would stay.)
+        shutil.rmtree(token_path.parent, ignore_errors=True)
         if workers is not None:
-            # srun forwards SIGTERM to the worker tasks, which stop their Ray processes and exit.
-            workers.terminate()
             try:
-                workers.wait(timeout=STOP_GRACE_S * 3)
+                workers.wait(timeout=WORKER_STOP_S)
             except subprocess.TimeoutExpired:
+                log.warning("the Ray workers did not stop within %.0f s; killing their srun", WORKER_STOP_S)
                 workers.kill()
                 workers.wait()
         stop_ray_processes(temp_dir)
@@ -348,11 +468,28 @@ def ray_cluster_on_slurm(
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        _refresh_ray_config()
 
 
-def _run_worker(address: str, job_id: int) -> int:
-    """Entry point of one srun task: join the head at `address`, stay until SIGTERM, then stop this node's Ray."""
-    temp_dir = ray_temp_dir(job_id)
+def _refresh_ray_config() -> None:
+    """Make this process's Ray read RAY_AUTH_MODE and the token again (it caches both), as `ray start` does."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _use_job_ray_environment(temp_dir: Path, token_path: Path) -> None:
+    """Point this process (the driver) at the job's token and temp folder."""
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ.update({name: ray_environment(temp_dir, token_path)[name] for name in RAY_JOB_VARIABLES})
+    _refresh_ray_config()
+
+
+def _run_worker(address: str, job_id: int, token_path: Path) -> int:
+    """One srun task: join the head at `address`; stop this node's Ray once the token goes, or on SIGTERM."""
+    check_token_file(token_path)
+    temp_dir = make_ray_temp_dir(job_id)
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -363,13 +500,21 @@ def _run_worker(address: str, job_id: int) -> int:
     signal.signal(signal.SIGINT, request_stop)
     try:
         _ray_start(
-            [f"--address={address}", *ray_ports(job_id).flags(head=False), *_node_resources(os.environ)],
+            [
+                f"--address={address}",
+                *_address_flags(node_address(_this_node(os.environ))),
+                *free_ray_ports(job_id).flags(head=False),
+                *_node_resources(os.environ),
+            ],
             temp_dir,
+            token_path,
             RAY_START_TIMEOUT_S,
+            attempts=RAY_START_ATTEMPTS,
         )
         print(f"{socket.gethostname()}: joined the Ray head at {address}", flush=True)
-        while not stopping:
-            time.sleep(0.5)
+        # The head removes the token when the job's Ray cluster ends: that is this worker's signal to stop.
+        while not stopping and token_path.exists():
+            time.sleep(WORKER_POLL_S)
     finally:
         stop_ray_processes(temp_dir)
     return 0
@@ -378,11 +523,16 @@ def _run_worker(address: str, job_id: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="A Ray worker node of a SLURM job (started by ray_cluster_on_slurm).")
     subparsers = parser.add_subparsers(dest="role", required=True)
-    worker = subparsers.add_parser("worker", help="join the job's Ray head and stay until SIGTERM")
+    worker = subparsers.add_parser("worker", help="join the job's Ray head; stay until its token goes, or SIGTERM")
     worker.add_argument("--address", required=True, help="head address, IP:PORT")
     worker.add_argument("--job-id", type=int, required=True, help="SLURM job id: picks the ports and the temp folder")
+    worker.add_argument("--token-file", type=Path, required=True, help="the job's Ray auth token (mode 0600)")
     args = parser.parse_args(argv)
-    return _run_worker(args.address, args.job_id)
+    try:
+        return _run_worker(args.address, args.job_id, args.token_file)
+    except RaySlurmError as error:
+        print(f"{socket.gethostname()}: {error}", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ Facts about Ray 2.60 that shape this module, measured on a laptop:
   its own (`RAY_TMPDIR`), removed when the job ends, and two jobs never collide;
 - raylet and gcs_server ignore SIGTERM, so a job that dies without `ray.shutdown()`
   leaves them running: the session always shuts Ray down, on errors too;
-- token authentication is on by default: a second node's `ray start --address`
-  fails with InvalidAuthToken unless the cluster was started with
-  `RAY_AUTH_MODE=disabled` (or the token is shared). That is the cluster's business;
-  this module only connects.
+- token authentication is on by default: a local Ray makes a token in
+  ~/.ray/auth_token, and a process that connects to a cluster needs that cluster's
+  token (RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH). On SLURM,
+  `cluster.ray_on_slurm` makes a token per job and connects the job's process before
+  the pipeline asks for a session, so this module uses that connection.
 """
 
 import logging
@@ -124,8 +125,8 @@ def ray_session(config: RayConfig) -> Iterator[RayResources]:
             except Exception as error:
                 raise RayStartError(
                     f"could not connect to the Ray cluster at {config.address!r}: {error}. Check that it runs "
-                    "(`ray status --address ...`), and that this process has its auth token or the cluster "
-                    "was started with RAY_AUTH_MODE=disabled"
+                    "(`ray status --address ...`), and that this process has the cluster's auth token "
+                    "(RAY_AUTH_MODE=token with RAY_AUTH_TOKEN_PATH pointing at its token file)"
                 ) from error
             log.info("connected to the Ray cluster at %s", config.address)
         yield _resources()

@@ -3,22 +3,28 @@
 Read, in this order, from
 1. torchrun's (or a user's explicit) environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT;
 2. SLURM's environment inside an `srun` step: SLURM_PROCID, SLURM_LOCALID, SLURM_STEP_NUM_TASKS (or
-   SLURM_NTASKS), with rank 0 on the first host of the step's (else the job's) node list and a port
-   derived from SLURM_JOB_ID, so that two jobs sharing a node never pick the same port (MASTER_ADDR /
-   MASTER_PORT, when set, still win);
+   SLURM_NTASKS), with rank 0 on the first host of the step's (else the job's) node list, at the
+   address SLURM itself reaches that node at (its NodeAddr), and a port derived from SLURM_JOB_ID, so
+   that two jobs sharing a node never pick the same port (MASTER_ADDR / MASTER_PORT, when set, still win);
 3. a single process on this machine, on a free port. This includes the batch script of an
    `sbatch --ntasks=N` job run without `srun`: SLURM sets SLURM_PROCID=0 and SLURM_NTASKS=N there
    too, but only one process runs, and waiting for N would hang.
 
 `export_rendezvous` writes the result back as the five variables torch.distributed's `env://`
 and DeepSpeed read; without them DeepSpeed falls back to MPI discovery and fails for want of mpi4py.
+It also names the network interface gloo binds to (GLOO_SOCKET_IFNAME, unless set): gloo otherwise
+advertises the address its hostname resolves to, which on many machines is 127.0.1.1 or an address
+the other nodes cannot reach, and the job hangs in its first collective.
 """
 
+import fcntl
+import ipaddress
 import logging
 import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -31,6 +37,9 @@ LOOPBACK = "127.0.0.1"
 # so a port a client socket happens to hold is never chosen.
 SLURM_PORT_BASE = 12000
 SLURM_PORT_SPAN = 20000
+SCONTROL_TIMEOUT_S = 30
+# ioctl request that reads an interface's IPv4 address (linux/sockios.h).
+_SIOCGIFADDR = 0x8915
 
 
 class RendezvousError(ValueError):
@@ -149,6 +158,55 @@ def first_host(nodelist: str) -> str:
     return hosts[0]
 
 
+def node_address(node: str) -> str | None:
+    """The IPv4 address at which the other nodes reach SLURM node `node`, or None when SLURM cannot say.
+
+    SLURM's own NodeAddr (`scontrol show node`), resolved when it is a name. A name that
+    resolves to a loopback address (Debian maps a host's own name to 127.0.1.1) says nothing.
+    """
+    scontrol = shutil.which("scontrol")
+    if scontrol is None:
+        return None
+    try:
+        shown = subprocess.run(
+            [scontrol, "show", "node", "--oneliner", node],
+            capture_output=True,
+            text=True,
+            timeout=SCONTROL_TIMEOUT_S,
+            check=True,
+        ).stdout
+    except (subprocess.SubprocessError, OSError) as error:
+        log.debug("scontrol show node %s failed (%s)", node, error)
+        return None
+    match = re.search(r"\bNodeAddr=(\S+)", shown)
+    if match is None:
+        return None
+    try:
+        address = ipaddress.ip_address(socket.gethostbyname(match.group(1)))
+    except (OSError, ValueError):
+        return None
+    return None if address.is_loopback else str(address)
+
+
+def interface_towards(address: str) -> str | None:
+    """Name of the network interface this machine sends to `address` from, or None when none routes there."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            # Connecting a UDP socket sends nothing; it only picks the route and the source address.
+            probe.connect((address, 9))
+        except OSError:
+            return None
+        source = probe.getsockname()[0]
+        for _, name in socket.if_nameindex():
+            try:
+                reply = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue
+            if socket.inet_ntoa(reply[20:24]) == source:
+                return name
+    return None
+
+
 def slurm_port(job_id: int) -> int:
     """The rendezvous port of a SLURM job: distinct for job ids that differ by less than SLURM_PORT_SPAN."""
     return SLURM_PORT_BASE + job_id % SLURM_PORT_SPAN
@@ -188,11 +246,15 @@ def _from_slurm(environ: Mapping[str, str]) -> Rendezvous:
         master_port = slurm_port(_int_variable(environ, "SLURM_JOB_ID"))
     else:
         raise RendezvousError("SLURM_PROCID is set but neither SLURM_JOB_ID nor MASTER_PORT is")
+    master_addr = environ.get("MASTER_ADDR")
+    if not master_addr:
+        host = first_host(nodelist)
+        master_addr = node_address(host) or host
     return Rendezvous(
         rank=_int_variable(environ, "SLURM_PROCID"),
         local_rank=_int_variable(environ, "SLURM_LOCALID") if "SLURM_LOCALID" in environ else 0,
         world_size=_int_variable(environ, world_name),
-        master_addr=environ.get("MASTER_ADDR") or first_host(nodelist),
+        master_addr=master_addr,
         master_port=master_port,
     )
 
@@ -210,8 +272,20 @@ def resolve_rendezvous(environ: Mapping[str, str] | None = None) -> Rendezvous:
 
 
 def export_rendezvous(rendezvous: Rendezvous, environ: MutableMapping[str, str] | None = None) -> None:
-    """Set RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT, as torch.distributed's env:// reads them."""
+    """Set RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT, as torch.distributed's env:// reads them.
+
+    In a job of several processes, also GLOO_SOCKET_IFNAME (unless set): the interface that reaches
+    rank 0, so every rank advertises an address the others can reach.
+    """
     environ = os.environ if environ is None else environ
+    if rendezvous.world_size > 1 and "GLOO_SOCKET_IFNAME" not in environ:
+        try:
+            interface = interface_towards(socket.gethostbyname(rendezvous.master_addr))
+        except OSError:
+            interface = None
+        if interface is not None:
+            log.info("gloo binds to %s, the interface that reaches rank 0 at %s", interface, rendezvous.master_addr)
+            environ["GLOO_SOCKET_IFNAME"] = interface
     environ["RANK"] = str(rendezvous.rank)
     environ["LOCAL_RANK"] = str(rendezvous.local_rank)
     environ["WORLD_SIZE"] = str(rendezvous.world_size)

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -256,6 +257,8 @@ class FamilyResult:
     """(key, reason) of each failed row."""
     feature_names: list[str] | None
     """Column names, where the extractor names them."""
+    host: str = field(default_factory=socket.gethostname)
+    """Hostname of the node whose Ray worker computed it (the manifest's `hosts` of the shard)."""
 
 
 # One extractor per family per worker process, reused by the next task with the same
@@ -445,9 +448,11 @@ def _record(
     written: WrittenShard,
     results: dict[str, FamilyResult],
 ) -> None:
+    entry = shard_entry(plan.file, plan.split, rows, written, plan.inputs)
+    entry["hosts"] = sorted({result.host for result in results.values()})
     record_shard(
         manifest,
-        shard_entry(plan.file, plan.split, rows, written, plan.inputs),
+        entry,
         {f: r.features.shape[1] for f, r in results.items()},
     )
     keys = set(rows.keys)

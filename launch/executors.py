@@ -265,6 +265,11 @@ def make_executor(
     # whose JobRequeue default is off.
     sbatch = profile.sbatch_options()
     extra: dict[str, Any] = {key: sbatch[key] for key in ("mem", "mem-per-gpu") if key in sbatch}
+    if in_batch_script:
+        # The function runs once, in the batch script: Submitit must wait for that one result, not one
+        # per node, while sbatch still asks for every node.
+        parameters["nodes"] = 1
+        extra["nodes"] = profile.nodes
     parameters["additional_parameters"] = {**extra, "requeue": True}
     executor.update_parameters(**parameters)
     return executor

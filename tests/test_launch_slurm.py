@@ -22,7 +22,7 @@ import submitit
 
 from cluster.profile import ClusterProfile
 from cluster.ray_on_slurm import cpus_per_node, ray_ports
-from cluster.rendezvous import expand_hostlist
+from cluster.rendezvous import expand_hostlist, node_address
 from launch.cli import main
 from cluster.config import load_config
 from launch.executors import SubmissionError, check_request, load_profile, make_executor, submit_jobs
@@ -49,6 +49,13 @@ def slurm_cluster() -> None:
         pytest.skip(f"no SLURM cluster: sinfo did not answer within 15 s; {START_HINT}")
     if sinfo.returncode != 0 or not USABLE_NODE_STATES & set(sinfo.stdout.split()):
         pytest.skip(f"no usable SLURM node ({sinfo.stderr.strip() or sinfo.stdout.split()}); {START_HINT}")
+
+
+def usable_nodes() -> list[str]:
+    """The cluster's nodes that can take jobs, sorted by name."""
+    sinfo = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True, timeout=15)
+    return sorted({name for name, state in (line.split() for line in sinfo.stdout.splitlines())
+                   if state.rstrip("*") in USABLE_NODE_STATES})
 
 
 def slurm_profile(**fields) -> ClusterProfile:
@@ -78,7 +85,7 @@ def wait_for(jobs: list[submitit.Job], timeout_s: float = JOB_WAIT_S) -> None:
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"nodes": 2}, r"nodes = 2, but partition 'debug' has 1 node"),
+        ({"nodes": 9}, r"nodes = 9, but partition 'debug' has [12] node"),
         ({"mem": 100_000.0}, r"mem = 100000.0 GB per node"),
         ({"gpus_per_node": 1}, r"gpus_per_node = 1, but the nodes of partition 'debug' have no GPU"),
         ({"cpus_per_task": 64}, r"64 CPUs per node"),
@@ -184,7 +191,8 @@ def test_two_task_job_finds_its_rendezvous_and_takes_a_deepspeed_step(request, m
     assert {r["backend"] for r in results} == {"gloo"}
     (address,) = {r["master_addr"] for r in results}
     if cluster == "slurm":
-        assert address == expand_hostlist(results[0]["nodelist"])[0], "rank 0 listens on the job's first node"
+        first = expand_hostlist(results[0]["nodelist"])[0]
+        assert address == (node_address(first) or first), "rank 0 listens on the job's first node, at its NodeAddr"
     else:
         assert address == "127.0.0.1"
     (port,) = {r["master_port"] for r in results}
@@ -207,19 +215,82 @@ def test_ray_ports_and_cpus_per_node_are_read_from_the_job():
     blocks = [ray_ports(job_id) for job_id in range(1000, 1010)]
     ports = [port for block in blocks for port in vars(block).values()]
     assert len(set(ports)) == len(ports), "neighbouring jobs share no port"
-    assert all(1024 < port < 12000 for port in ports), "below the torch.distributed ports (12000+)"
+    assert all(1024 < port < 10002 for port in ports), "below Ray's worker ports and torch.distributed's (12000+)"
     assert cpus_per_node({"SLURM_JOB_CPUS_PER_NODE": "4(x2),2"}) == [4, 4, 2]
+
+def test_a_taken_port_moves_the_job_to_the_next_free_block():
+    import socket
+
+    from cluster.ray_on_slurm import free_ray_ports
+
+    own = ray_ports(4242)
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("", own.node_manager))
+        holder.listen()
+        ports = free_ray_ports(4242)
+    assert own.node_manager not in vars(ports).values()
+    assert "--min-worker-port=0" in ports.flags(head=False), "Ray's worker processes take ports the OS picks"
+
+
+def test_job_token_and_temp_folders_are_private(tmp_path):
+    from cluster.ray_on_slurm import (
+        RaySlurmError,
+        check_token_file,
+        make_ray_temp_dir,
+        ray_environment,
+        ray_temp_dirs,
+        write_job_token,
+    )
+
+    token = write_job_token(tmp_path)
+    assert (token.stat().st_mode & 0o777, token.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+    assert len(token.read_text()) == 64 and token.read_text() != write_job_token(tmp_path).read_text()
+    check_token_file(token)
+    token.chmod(0o644)
+    with pytest.raises(RaySlurmError, match="mode 0600"):
+        check_token_file(token)
+    with pytest.raises(RaySlurmError, match="cannot read"):
+        check_token_file(tmp_path / "missing")
+    temp = make_ray_temp_dir(987654)
+    try:
+        assert temp.stat().st_mode & 0o777 == 0o700
+        assert ray_temp_dirs(987654) == [temp]
+        env = ray_environment(temp, token)
+        assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"] == str(token)
+        assert env["RAY_TMPDIR"].startswith(f"{temp}/"), "Ray works inside the private folder"
+    finally:
+        temp.rmdir()
+
+
+def test_gloo_is_bound_to_the_interface_that_reaches_rank_0():
+    from cluster.rendezvous import Rendezvous, export_rendezvous, interface_towards, node_address
+
+    assert interface_towards("127.0.0.1") == "lo"
+    assert node_address("no-such-node-anywhere") is None
+    two = Rendezvous(rank=1, local_rank=0, world_size=2, master_addr="127.0.0.1", master_port=23456)
+    environ: dict[str, str] = {}
+    export_rendezvous(two, environ)
+    assert environ["GLOO_SOCKET_IFNAME"] == "lo"
+    environ = {"GLOO_SOCKET_IFNAME": "ib0"}
+    export_rendezvous(two, environ)
+    assert environ["GLOO_SOCKET_IFNAME"] == "ib0", "the user's choice wins"
+    environ = {}
+    export_rendezvous(Rendezvous(rank=0, local_rank=0, world_size=1, master_addr="127.0.0.1", master_port=1), environ)
+    assert "GLOO_SOCKET_IFNAME" not in environ
+
 
 def ray_cluster_probe(log_dir: str) -> dict:
     """Run in the batch script: bring Ray up, run tasks, tear everything down."""
     import ray
 
-    from cluster.ray_on_slurm import _processes_of, ray_cluster_on_slurm, ray_temp_dir
+    from cluster.ray_on_slurm import _processes_of, ray_cluster_on_slurm, ray_temp_dirs
 
-    temp_dir = ray_temp_dir(int(os.environ["SLURM_JOB_ID"]))
+    job_id = int(os.environ["SLURM_JOB_ID"])
     with ray_cluster_on_slurm(Path(log_dir)) as address:
         squares = ray.get([ray.remote(lambda x: x * x).remote(i) for i in range(4)])
         nodes = sum(1 for node in ray.nodes() if node["Alive"])
+        (temp_dir,) = ray_temp_dirs(job_id)
         processes_while_up = len(_processes_of(temp_dir))
     return {
         "address": address,
@@ -227,14 +298,16 @@ def ray_cluster_probe(log_dir: str) -> dict:
         "nodes": nodes,
         "processes_while_up": processes_while_up,
         "processes_after": len(_processes_of(temp_dir)),
-        "temp_dir_left": temp_dir.exists(),
+        "temp_dir_left": bool(ray_temp_dirs(job_id)),
     }
 
 
 @pytest.mark.slurm
 @pytest.mark.integration
 def test_two_jobs_on_one_node_each_get_their_own_ray_cluster_and_leave_nothing_behind(slurm_cluster, tmp_path):
-    profile = slurm_profile(mem=2.0)
+    # On a cluster of several nodes, both jobs go to the first (the two-node case is in test_multinode.py).
+    others = usable_nodes()[1:]
+    profile = slurm_profile(mem=2.0, exclude=",".join(others) if others else None)
     executor = make_executor(profile, tmp_path / "logs", job_name="ray", in_batch_script=True)
     log_dir = str(tmp_path / "logs")
     jobs = submit_jobs(executor, profile, [lambda: ray_cluster_probe(log_dir), lambda: ray_cluster_probe(log_dir)])
@@ -252,7 +325,7 @@ def test_two_jobs_on_one_node_each_get_their_own_ray_cluster_and_leave_nothing_b
 @pytest.mark.slurm
 @pytest.mark.integration
 def test_extraction_job_runs_the_pipeline_on_the_jobs_ray_cluster(slurm_cluster, tmp_path):
-    from cluster.ray_on_slurm import ray_temp_dir
+    from cluster.ray_on_slurm import ray_temp_dirs
     from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
     from extract.feature_store import FeatureStore
     from extract.meld import read_meld
@@ -291,7 +364,7 @@ def test_extraction_job_runs_the_pipeline_on_the_jobs_ray_cluster(slurm_cluster,
     utterances = read_meld(corpus, check_clips=False).utterances
     assert sum(len(store.read_split(split, families=[])) for split in store.splits) == len(utterances)
     assert "Ray cluster of job" in job.stderr(), "the pipeline ran on the Ray cluster the job brought up"
-    assert not ray_temp_dir(int(job.job_id)).exists()
+    assert ray_temp_dirs(int(job.job_id)) == []
 
 
 # --- preemption: signalled, requeued, resumed ------------------------------------------------------------
@@ -306,7 +379,9 @@ def preemption_config(tmp_path_factory):
 
     store = write_tiny_store(tmp_path_factory.mktemp("features"))
     epochs = [f"train.max_epochs={PREEMPTED_EPOCHS}", f"train.patience={PREEMPTED_EPOCHS}"]
-    return load_config(RunConfig, None, [*TINY_OVERRIDES, *epochs, f"store={json.dumps(str(store))}"])
+    return load_config(
+        RunConfig, None, [*TINY_OVERRIDES, "text_mode=frozen", *epochs, f"store={json.dumps(str(store))}"]
+    )
 
 
 @pytest.fixture(scope="module")

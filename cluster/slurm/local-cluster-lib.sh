@@ -3,6 +3,17 @@
 
 SLURM_LOCAL_WAIT_S="${SLURM_LOCAL_WAIT_S:-60}"
 
+# The nodes after the first are network namespaces named NETNS_PREFIX<k>, each joined by a veth
+# pair to the bridge BRIDGE on the machine. The link has a /28 of its own in IPv4's link-local
+# range, which is never routed: node k has LINK_PREFIX.k, and no namespace has a route anywhere
+# else, so all traffic between the nodes stays on these links.
+NETNS_PREFIX="cmroberta-node"
+BRIDGE="cmroberta0"
+VETH_PREFIX="cmroberta-v"
+LINK_PREFIX="169.254.100"
+LINK_BITS=28
+MAX_NODES=8
+
 say() { printf '[slurm-local] %s\n' "$*"; }
 
 die() {
@@ -48,6 +59,7 @@ stop_by_pidfile() {
   local name=$1 pidfile=$2 program=$3 pid
   if ! pid=$(pid_of_running "$pidfile" "$program"); then
     say "$name is not running"
+    rm -f "$pidfile"
     return
   fi
   say "stopping $name (pid $pid)"
@@ -58,4 +70,73 @@ stop_by_pidfile() {
   # slurmctld and slurmdbd run as the user slurm and cannot delete their pid files in /run;
   # a stale one makes Debian's package scripts believe the daemon still runs.
   rm -f "$pidfile"
+}
+
+# Every slurmd this script may have started: one pid file per node (/run/slurmd-<node>.pid), and
+# /run/slurmd.pid of the single-node layout that earlier versions wrote.
+stop_all_slurmd() {
+  local pidfile
+  for pidfile in /run/slurmd.pid /run/slurmd-*.pid; do
+    [[ -e $pidfile ]] || continue
+    stop_by_pidfile "slurmd ($(basename "$pidfile" .pid))" "$pidfile" slurmd
+  done
+}
+
+# Removes the namespaces, veth pairs and bridge of the further nodes; quiet when there are none.
+remove_node_links() {
+  local netns name pids
+  for netns in /var/run/netns/"$NETNS_PREFIX"*; do
+    [[ -e $netns ]] || continue
+    name=$(basename "$netns")
+    # Job steps and Ray processes of that node outlive its slurmd; they would keep the namespace alive.
+    pids=$(ip netns pids "$name" 2>/dev/null || true)
+    if [[ -n $pids ]]; then
+      say "stopping the processes left in node namespace $name: $(tr '\n' ' ' <<<"$pids")"
+      # shellcheck disable=SC2086
+      kill -TERM $pids 2>/dev/null || true
+      sleep 1
+      pids=$(ip netns pids "$name" 2>/dev/null || true)
+      # shellcheck disable=SC2086
+      [[ -z $pids ]] || kill -KILL $pids 2>/dev/null || true
+    fi
+    say "removing node namespace $name"
+    ip netns delete "$name"
+  done
+  local link
+  for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep "^$VETH_PREFIX" || true); do
+    ip link delete "$link" 2>/dev/null || true
+  done
+  if ip link show "$BRIDGE" >/dev/null 2>&1; then
+    say "removing bridge $BRIDGE"
+    ip link delete "$BRIDGE"
+  fi
+}
+
+# The further nodes' names resolve to their link addresses, as cluster nodes resolve each other's
+# names: programs that look up their own hostname (torch.distributed, Ray) find it. The lines sit
+# between two markers in /etc/hosts, rewritten in place (it may be a bind mount), and go on stop.
+HOSTS_BEGIN="# cmroberta local cluster nodes: begin"
+HOSTS_END="# cmroberta local cluster nodes: end"
+
+remove_node_hosts() {
+  [[ -f /etc/hosts ]] && grep -qxF "$HOSTS_BEGIN" /etc/hosts || return 0
+  say "removing the nodes' names from /etc/hosts"
+  local kept
+  kept=$(awk -v begin="$HOSTS_BEGIN" -v end="$HOSTS_END" '$0 == begin {skip = 1} !skip {print} $0 == end {skip = 0}' /etc/hosts)
+  printf '%s\n' "$kept" >/etc/hosts
+}
+
+# $@: "address name" pairs of the nodes after the first.
+write_node_hosts() {
+  remove_node_hosts
+  (($# > 0)) || return 0
+  say "naming the nodes in /etc/hosts: $*"
+  {
+    echo "$HOSTS_BEGIN"
+    local entry
+    for entry in "$@"; do
+      echo "$entry"
+    done
+    echo "$HOSTS_END"
+  } >>/etc/hosts
 }

@@ -32,7 +32,8 @@ def _report_submission(
     failed = 0
     for job, outcome in zip(jobs, follow_jobs(jobs)):
         if outcome.error is None:
-            print(f"job {outcome.job_id} finished: {describe_result(job.result())}")
+            # A job of several tasks (one rank per GPU or node) returns one result per task; rank 0's speaks for it.
+            print(f"job {outcome.job_id} finished: {describe_result(job.results()[0])}")
         else:
             failed += 1
             print(f"job {outcome.job_id} failed ({outcome.state}); see {outcome.stderr_path}:\n{outcome.error}")
