@@ -67,7 +67,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from cluster.rendezvous import Rendezvous, export_rendezvous, resolve_rendezvous
-from extract.feature_store import FeatureStore
+from extract.feature_store import FeatureStore, FeatureStoreError
 from extract.labels import EMOTIONS
 from cluster.config import RESOLVED_CONFIG_NAME, load_config, to_dict, write_resolved_config
 from model.deepspeed_config import (
