@@ -262,7 +262,8 @@ def main() -> None:
             f"padding {100 * (1 - real_tokens / padded_tokens):.1f}% of encoder input"
         )
         print(
-            f"  time of a step: encoder {100 * encoder_seconds / seconds:.0f}%, head {100 * head_seconds / seconds:.0f}%, "
+            f"  time of a step: encoder {100 * encoder_seconds / seconds:.0f}%, "
+            f"head {100 * head_seconds / seconds:.0f}%, "
             f"rest (optimizer, reductions, batches) {100 * rest_seconds / seconds:.0f}%; "
             f"encoder / head = {encoder_seconds / head_seconds:.2f}"
         )

@@ -18,12 +18,15 @@ loss of every global batch, every parameter group's rate, and the dev loss and w
 every epoch (`model.train`).
 """
 
+import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
+from cluster.config import ConfigError
 
 Precision = Literal["fp32", "bf16", "fp16"]
 MONITOR_FOLDER = "monitor"
@@ -72,6 +75,11 @@ class MonitorConfig:
 
     def deepspeed_sections(self, run_dir: Path) -> dict[str, Any]:
         """DeepSpeed's `tensorboard` and `csv_monitor` config sections for a run in `run_dir`."""
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError(
+                "monitor.tensorboard=true needs the tensorboard package: pip install 'cmroberta[monitor]' "
+                "(or use monitor.csv=true)"
+            )
         folder = str(Path(self.folder).expanduser() if self.folder else Path(run_dir) / MONITOR_FOLDER)
         return {
             "tensorboard": {"enabled": self.tensorboard, "output_path": folder, "job_name": self.job_name},

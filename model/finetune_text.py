@@ -136,7 +136,8 @@ def finetuned_family(store: FeatureStore, config: FinetuneConfig) -> str:
 
 def finetune_folder(store: FeatureStore, config: FinetuneConfig, runs_root: str) -> Path:
     """The fine-tuning's run folder, `<runs_root>/<store name>/text-finetune-<hash12>`."""
-    return Path(runs_root).expanduser().resolve() / store.path.name / f"{FINETUNE_FOLDER_PREFIX}{finetune_hash(store, config)}"
+    name = f"{FINETUNE_FOLDER_PREFIX}{finetune_hash(store, config)}"
+    return Path(runs_root).expanduser().resolve() / store.path.name / name
 
 
 def run_finetune_chain(
@@ -217,7 +218,8 @@ def finetune_encoder(store: FeatureStore, config: FinetuneConfig, folder: Path, 
             atomic_write_json_lines(folder / METRICS_NAME, history)
         if dev_loss < best_loss:
             best_loss, best_epoch, since_best = dev_loss, epoch, 0
-            best = {name: value.detach().cpu().clone() for name, value in engine.module.encoder.model.state_dict().items()}
+            weights = engine.module.encoder.model.state_dict()
+            best = {name: value.detach().cpu().clone() for name, value in weights.items()}
         else:
             since_best += 1
             if since_best >= config.patience:

@@ -103,7 +103,6 @@ from model.evaluate import (
 )
 from model.end_to_end import (
     EndToEndConfig,
-    EndToEndModel,
     attach_tokens,
     build_end_to_end_model,
     build_end_to_end_optimizer,

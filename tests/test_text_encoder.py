@@ -1,6 +1,7 @@
 """The trainable text encoder (same vector as the frozen extraction, clear errors), layer-wise parameter
 groups, the per-group warmup/decay schedule and the DeepSpeed config of end-to-end training."""
 
+import importlib.util
 import json
 import math
 
@@ -13,7 +14,14 @@ from transformers import RobertaConfig, RobertaModel
 from extract.text_features import TextEncoderError, TextFeatureConfig, TextFeatureExtractor
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from extract.utterance import Utterance
-from model.deepspeed_config import EngineConfig, build_deepspeed_config, micro_batch_dialogues, resolve_precision
+from cluster.config import ConfigError
+from model.deepspeed_config import (
+    EngineConfig,
+    MonitorConfig,
+    build_deepspeed_config,
+    micro_batch_dialogues,
+    resolve_precision,
+)
 from model.lr_schedule import LRScheduleConfig, build_lr_scheduler, schedule_steps
 from model.param_groups import ParamGroupsConfig, build_param_groups, layer_depth
 from model.text_encoder import TextEncoder, TextEncoderConfig, load_tokenizer
@@ -162,7 +170,8 @@ def test_schedule_horizon_is_capped_by_the_run_and_checked():
 
 
 def test_deepspeed_config_defaults_and_accumulation():
-    config = build_deepspeed_config(EngineConfig(), micro_batch_dialogues=4, world_size=3, gradient_accumulation_steps=2)
+    config = build_deepspeed_config(EngineConfig(), micro_batch_dialogues=4, world_size=3,
+                                    gradient_accumulation_steps=2)
     if not torch.cuda.is_available():
         assert resolve_precision("auto") == "fp32" and not config["bf16"]["enabled"]
     assert config["zero_optimization"]["stage"] == 2
@@ -172,3 +181,15 @@ def test_deepspeed_config_defaults_and_accumulation():
     assert micro_batch_dialogues(32, world_size=3, gradient_accumulation_steps=2) == 6
     with pytest.raises(ValueError, match="zero_stage"):
         EngineConfig(zero_stage=4)
+
+
+def test_monitor_sections_point_into_the_run_folder(tmp_path):
+    sections = MonitorConfig(csv=True).deepspeed_sections(tmp_path)
+    assert sections["csv_monitor"] == {"enabled": True, "output_path": str(tmp_path / "monitor"), "job_name": "train"}
+    assert sections["tensorboard"]["enabled"] is False
+    elsewhere = MonitorConfig(tensorboard=False, csv=True, folder=str(tmp_path / "live"), job_name="seed3")
+    assert elsewhere.deepspeed_sections(tmp_path)["csv_monitor"]["output_path"] == str(tmp_path / "live")
+    assert not MonitorConfig().enabled
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(ConfigError, match=r"cmroberta\[monitor\]"):
+            MonitorConfig(tensorboard=True).deepspeed_sections(tmp_path)
