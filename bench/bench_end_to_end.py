@@ -110,17 +110,16 @@ def _timed(function) -> float:
     return time.perf_counter() - started
 
 
-def time_shares(engine, dataset, tokens, batches, dtype) -> tuple[float, float]:
+def time_shares(model, dataset, tokens, batches, dtype, device) -> tuple[float, float]:
     """Seconds of the encoder's and of the head's forward and backward passes over `batches`, apart.
 
     The encoder's backward is driven by a random gradient of its output's shape, the head's pass
     runs on the encoder's vectors detached, so neither includes the other; gradients are dropped.
     """
-    model = engine.module
     encoder_seconds = head_seconds = 0.0
     for rank_batch in batches:
-        batch = dataset.batch(rank_batch.indices, rank_batch.counted).to(engine.device, dtype)
-        token_batch = tokens.batch(batch.rows.cpu()).to(engine.device)
+        batch = dataset.batch(rank_batch.indices, rank_batch.counted).to(device, dtype)
+        token_batch = tokens.batch(batch.rows.cpu()).to(device)
         vectors = []
 
         def encoder_pass() -> None:
@@ -193,14 +192,6 @@ def main() -> None:
         total = args.warmup_steps + args.steps
         schedule = LRScheduleConfig(warmup_epochs=args.warmup_steps, decay_epochs=total)
         scheduler = build_lr_scheduler(optimizer, schedule, steps_per_epoch=1, max_epochs=total)
-        engine_config = EngineConfig(zero_stage=args.zero_stage, precision=args.precision)
-        micro = -(-args.batch_dialogues // rendezvous.world_size)
-        engine, *_ = deepspeed.initialize(
-            model=model,
-            optimizer=optimizer,
-            lr_scheduler=scheduler,
-            config=build_deepspeed_config(engine_config, micro, rendezvous.world_size),
-        )
         dtype = precision_dtype(resolve_precision(args.precision))
         kwargs = {"rank": rendezvous.rank, "world_size": rendezvous.world_size, "seed": 0}
         if args.bucket:
@@ -213,6 +204,23 @@ def main() -> None:
             epoch += 1
             sampler.set_epoch(epoch)
             batches.extend(sampler)
+        # The split of a step's time, on the bare model before DeepSpeed wraps it: ZeRO's gradient hooks
+        # allow one backward pass per step. One untimed pass first, as the engine's warmup steps.
+        device = torch.device("cuda", rendezvous.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        model.to(device, dtype).train()
+        time_shares(model, dataset, tokens, batches[:1], dtype, device)
+        encoder_seconds, head_seconds = time_shares(
+            model, dataset, tokens, batches[args.warmup_steps : total], dtype, device
+        )
+        model.float()
+        engine_config = EngineConfig(zero_stage=args.zero_stage, precision=args.precision)
+        micro = -(-args.batch_dialogues // rendezvous.world_size)
+        engine, *_ = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=build_deepspeed_config(engine_config, micro, rendezvous.world_size),
+        )
 
         non_embedding = non_embedding_parameters(encoder)
         real_tokens = padded_tokens = dialogues = utterances = 0
@@ -243,7 +251,6 @@ def main() -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
-        encoder_seconds, head_seconds = time_shares(engine, dataset, tokens, batches[args.warmup_steps : total], dtype)
         rest_seconds = max(0.0, seconds - encoder_seconds - head_seconds)
 
         print(
