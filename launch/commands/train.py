@@ -1,4 +1,4 @@
-"""`cmroberta train STORE`: train CM-RoBERTa (by default end to end with its text encoder) with DeepSpeed, into a run folder."""
+"""`cmroberta train STORE`: train CM-RoBERTa with DeepSpeed (by default end to end with its text encoder)."""
 
 import argparse
 import json
@@ -47,7 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("store", type=Path, help="feature store folder, as printed by `cmroberta extract`")
     parser.add_argument("--config", type=Path, default=None, help="TOML file with RunConfig keys")
     parser.add_argument(
-        "--run-dir", type=Path, default=None, help="run folder (default: <runs_root>/<store>/<variant>-<text_mode>-seed<seed>)"
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="run folder (default: <runs_root>/<store>/<variant>-<text_mode>-seed<seed>)",
     )
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. model.variant=text")
