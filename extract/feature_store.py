@@ -28,6 +28,7 @@ import importlib.metadata
 import json
 import platform
 import shlex
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ import h5py
 import numpy as np
 import tomli_w
 
-from cluster.durable_files import atomic_write_json, atomic_write_text, publish, unique_temp_path
+from cluster.durable_files import atomic_write_json, atomic_write_text, exclusive_lock, publish, unique_temp_path
 from extract.labels import EMOTIONS, SENTIMENTS
 from extract.utterance import SPLITS
 
@@ -685,3 +686,67 @@ class FeatureStore:
     def failed(self, family: str | None = None) -> list[dict[str, Any]]:
         """Failed (key, family, reason) records, optionally of one family."""
         return [record for record in self.manifest["failed"] if family is None or record["family"] == family]
+
+
+def add_family(
+    store_dir: Path,
+    family: str,
+    features: dict[str, tuple[list[str], np.ndarray]],
+    provenance: dict[str, Any],
+) -> None:
+    """Add a feature family to every shard of a finished store, recording its provenance in the manifest.
+
+    `features` maps each split to (utterance keys, float32 [N, dim]) covering every row of the
+    split. Each shard is copied under a unique temporary name, given the family, fsynced and renamed
+    over the old one, and the manifest records its new checksum before the next shard is touched; the
+    family itself is recorded last, with `provenance`. So a crash leaves a store whose every shard
+    verifies and which does not list the family; running again redoes it. One writer at a time
+    holds the store's lock.
+    """
+    store_dir = Path(store_dir)
+    with exclusive_lock(store_dir, "feature store"):
+        manifest = read_manifest(store_dir)
+        if family in manifest["families"]:
+            raise FeatureStoreError(f"store {store_dir} already has a family {family!r}")
+        dims = {array.shape[1] for _, array in features.values()}
+        if len(dims) != 1:
+            raise ValueError(f"family {family!r} must have one width in every split, not {sorted(dims)}")
+        rows = {split: {key: i for i, key in enumerate(keys)} for split, (keys, _) in features.items()}
+        for entry in manifest["shards"]:
+            problem = shard_problem(store_dir, entry)
+            if problem is not None:
+                raise FeatureStoreError(f"store {store_dir}: {problem}; re-run `cmroberta extract` to redo it")
+            path = store_dir / entry["file"]
+            temp = unique_temp_path(path)
+            try:
+                shutil.copyfile(path, temp)
+                with h5py.File(temp, "a") as shard:
+                    keys = shard["key"].asstr()[...].tolist()
+                    split_rows = rows.get(entry["split"], {})
+                    missing = [key for key in keys if key not in split_rows]
+                    if missing:
+                        raise FeatureStoreError(
+                            f"family {family!r} has no row for {len(missing)} utterances of {entry['file']}, "
+                            f"such as {missing[0]}"
+                        )
+                    array = features[entry["split"]][1][[split_rows[key] for key in keys]]
+                    for name in (family, f"valid_{family}"):
+                        if name in shard:  # left by an interrupted earlier attempt
+                            del shard[name]
+                    n, dim = array.shape
+                    shard.create_dataset(
+                        family,
+                        data=array.astype(np.float32),
+                        chunks=(max(1, min(n, _CHUNK_ROWS)), max(1, dim)) if n and dim else None,
+                        compression="gzip" if n and dim else None,
+                        compression_opts=1 if n and dim else None,
+                        shuffle=bool(n and dim),
+                    )
+                    shard.create_dataset(f"valid_{family}", data=np.ones(n, dtype=bool))
+                publish(temp, path)
+            finally:
+                temp.unlink(missing_ok=True)
+            entry["sha256"], entry["bytes"] = file_sha256(path), path.stat().st_size
+            write_manifest(store_dir, manifest)
+        manifest["families"][family] = {"dim": dims.pop(), "provenance": provenance}
+        write_manifest(store_dir, manifest)

@@ -3,7 +3,9 @@
 As in the paper, each utterance's transcript goes through RoBERTa-Large and the vectors
 of the first token (`<s>`, BERT's `[CLS]`) from the final four layers are concatenated,
 oldest layer first: 4 x 1024 = 4096 values. Any Hugging Face encoder works, by hub name
-or local folder.
+or local folder. The paper read these vectors from a RoBERTa-Large it had fine-tuned (its
+section 4.1.3); from a pretrained encoder they are the `frozen` text mode's features, and
+`model.finetune_text` extracts them from a fine-tuned one with this same code.
 
 Input text, built deterministically from the utterance and its dialogue:
 

@@ -1,26 +1,40 @@
-"""DeepSpeed's JSON config for end-to-end fine-tuning of the text encoder with the fusion head.
+"""DeepSpeed's JSON config: ZeRO, precision, clipping, accumulation, and DeepSpeed's own monitor.
 
-RoBERTa-Large with AdamW holds about 5.7 GB of fp32 optimizer state (355M parameters x 16 bytes
+RoBERTa-Large with Adam holds about 5.7 GB of fp32 optimizer state (355M parameters x 16 bytes
 with master weights and gradients); ZeRO stage 2 partitions the optimizer state and the gradients
 across ranks, which is what lets several of them fit beside activations on one GPU each. Stage 1
-(optimizer state only) and stage 3 (the weights too) can be chosen.
+(optimizer state only) and stage 3 (the weights too) can be chosen. The fusion head alone is
+small, so head-only runs (text_mode 'frozen' or 'finetuned') default to stage 0 and fp32
+(`model.train.TrainConfig`); an encoder that trains uses `EngineConfig`.
 
 Precision 'auto' trains in bf16 on a GPU that supports it (Ampere and later) and in fp32 anywhere
 else, a CPU included; DeepSpeed then keeps fp32 master weights in the ZeRO optimizer.
+
+`MonitorConfig` switches on DeepSpeed's monitor, so a person can watch a SLURM job while it runs:
+TensorBoard event files (`tensorboard --logdir RUN/monitor`; needs the `tensorboard` package) and
+CSV files, one per series, `RUN/monitor/<job>/Train_Samples_lr.csv` and the like. DeepSpeed itself
+writes the first group's learning rate at every optimizer step; the training loop adds the train
+loss of every global batch, every parameter group's rate, and the dev loss and weighted F1 of
+every epoch (`model.train`).
 """
 
+import importlib.util
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from cluster.config import ConfigError
+
 Precision = Literal["fp32", "bf16", "fp16"]
+MONITOR_FOLDER = "monitor"
 
 
 @dataclass(kw_only=True)
 class EngineConfig:
-    """How DeepSpeed runs the end-to-end model: ZeRO stage, precision, clipping, accumulation."""
+    """How DeepSpeed runs a model whose text encoder trains: ZeRO stage, precision, clipping."""
 
     zero_stage: int = 2
     """ZeRO stage: 2 partitions optimizer state and gradients (the default), 1 optimizer state only,
@@ -29,16 +43,53 @@ class EngineConfig:
     """'auto': bf16 on a GPU that supports it, fp32 otherwise (a CPU)."""
     gradient_clipping: float = 1.0
     """Clip the global gradient norm to this value (0: no clipping)."""
-    gradient_accumulation_steps: int = 1
-    """Micro-batches whose gradients add up before each optimizer step."""
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, not {self.zero_stage}")
         if self.gradient_clipping < 0:
             raise ValueError(f"gradient_clipping must be 0 (off) or positive, not {self.gradient_clipping}")
-        if self.gradient_accumulation_steps < 1:
-            raise ValueError(f"gradient_accumulation_steps must be at least 1, not {self.gradient_accumulation_steps}")
+
+
+@dataclass(kw_only=True)
+class MonitorConfig:
+    """DeepSpeed's monitor: live training curves while a job runs (off by default)."""
+
+    tensorboard: bool = False
+    """Write TensorBoard event files (needs the `tensorboard` package)."""
+    csv: bool = False
+    """Write one CSV file per series (step, value), readable with `tail -f` on a cluster."""
+    folder: str = ""
+    """Where the files go; empty: `monitor/` in the run folder."""
+    job_name: str = "train"
+    """Sub-folder of `folder` for this job (DeepSpeed's job_name)."""
+
+    def __post_init__(self) -> None:
+        if not self.job_name.strip() or "/" in self.job_name:
+            raise ValueError(f"job_name must be a plain folder name, not {self.job_name!r}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any monitor writes."""
+        return self.tensorboard or self.csv
+
+    def deepspeed_sections(self, run_dir: Path) -> dict[str, Any]:
+        """DeepSpeed's `tensorboard` and `csv_monitor` config sections for a run in `run_dir`."""
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError(
+                "monitor.tensorboard=true needs the tensorboard package: pip install 'cmroberta[monitor]' "
+                "(or use monitor.csv=true)"
+            )
+        folder = str(Path(self.folder).expanduser() if self.folder else Path(run_dir) / MONITOR_FOLDER)
+        return {
+            "tensorboard": {"enabled": self.tensorboard, "output_path": folder, "job_name": self.job_name},
+            "csv_monitor": {"enabled": self.csv, "output_path": folder, "job_name": self.job_name},
+        }
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """The dtype DeepSpeed casts the model to for `precision`, so inputs can match it."""
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def resolve_precision(precision: str) -> Precision:
@@ -48,8 +99,14 @@ def resolve_precision(precision: str) -> Precision:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def build_deepspeed_config(config: EngineConfig, micro_batch_dialogues: int, world_size: int) -> dict[str, Any]:
-    """DeepSpeed's config dict for `config`.
+def build_deepspeed_config(
+    config: EngineConfig,
+    micro_batch_dialogues: int,
+    world_size: int,
+    gradient_accumulation_steps: int = 1,
+    monitor: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """DeepSpeed's config dict for `config`, plus the monitor sections `MonitorConfig.deepspeed_sections` gave.
 
     The training loop draws its own batches; the batch sizes here are DeepSpeed's bookkeeping
     (micro batch x accumulation x world size), and the accumulation count is what decides when
@@ -57,11 +114,13 @@ def build_deepspeed_config(config: EngineConfig, micro_batch_dialogues: int, wor
     """
     if micro_batch_dialogues < 1:
         raise ValueError(f"micro_batch_dialogues must be at least 1, not {micro_batch_dialogues}")
+    if gradient_accumulation_steps < 1:
+        raise ValueError(f"gradient_accumulation_steps must be at least 1, not {gradient_accumulation_steps}")
     precision = resolve_precision(config.precision)
     return {
-        "train_batch_size": micro_batch_dialogues * config.gradient_accumulation_steps * world_size,
+        "train_batch_size": micro_batch_dialogues * gradient_accumulation_steps * world_size,
         "train_micro_batch_size_per_gpu": micro_batch_dialogues,
-        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "gradient_accumulation_steps": gradient_accumulation_steps,
         "gradient_clipping": config.gradient_clipping,
         "zero_optimization": {
             "stage": config.zero_stage,
@@ -71,12 +130,14 @@ def build_deepspeed_config(config: EngineConfig, micro_batch_dialogues: int, wor
             "reduce_bucket_size": 5 * 10**7,
             "allgather_bucket_size": 5 * 10**7,
         },
-        # torch's AdamW needs no C++ build; DeepSpeed's FusedAdam and CPU-Adam each compile for a minute.
+        # torch's Adam needs no C++ build; DeepSpeed's FusedAdam and CPU-Adam each compile for a
+        # minute, and neither takes a per-group choice between coupled and decoupled weight decay.
         "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
+        **(monitor or {}),
     }
 
 

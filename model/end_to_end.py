@@ -4,30 +4,42 @@ The model is called like the fusion head, `model(audio, text, mask)`, except tha
 token ids of the batch's N real utterances (`model.token_cache.TokenBatch`: [N, L], padded to the
 longest utterance of the batch) instead of stored text vectors, so one training and evaluation
 loop serves both. The dialogue mask [B, T] marks the real utterances of B dialogues. The encoder
-turns the ids into N text vectors [N, 4H] in the graph; they are scattered into [B, T, 4H] in
-row-major order of the mask (zeros at padding, where the feature pipeline also puts zeros) and go
-to the fusion head with the audio features from the store, so one backward pass trains both. Encoding only the real utterances spends no encoder compute on
-padded dialogue positions.
+turns the ids into N text vectors [N, 4H] in the graph; they are standardised, scattered into
+[B, T, 4H] in row-major order of the mask (zeros at padding, where the feature pipeline also puts
+zeros) and go to the fusion head with the audio features from the store, so one backward pass
+trains both. Encoding only the real utterances spends no encoder compute on padded positions.
 
-A run chooses this with `text_mode = "end_to_end"` (`model.train.RunConfig`); `EndToEndConfig` holds
-the encoder, its layer-wise learning rates, the warmup/decay schedule and the DeepSpeed engine
-settings (ZeRO-2 and bf16 where the GPU has it, by default).
+The head sees text vectors on one scale in every text mode. Stored vectors ('frozen',
+'finetuned') are standardised column by column with the train split's mean and standard
+deviation (`model.dialogue_data`). Here the same transform is fitted once, before the first step,
+on the pretrained encoder's vectors of the train split (`fit_text_standardisation`), and then held
+fixed in the model's buffers (saved with every checkpoint): at step 0 the head sees exactly what
+a frozen run of the same encoder sees, and afterwards the encoder learns on that fixed scale. A
+run with `data.standardize = false` skips it in every mode.
+
+A run chooses this with `text_mode = "end_to_end"` (`model.train.RunConfig`, the default whenever
+the variant reads text); `EndToEndConfig` holds the encoder, its layer-wise learning rates, the
+warmup/decay schedule and the DeepSpeed engine settings (ZeRO-2 and bf16 where the GPU has it, by
+default).
 """
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
 from extract.feature_store import FeatureStore
 from model.deepspeed_config import EngineConfig
-from model.dialogue_data import DialogueDataset
+from model.dialogue_data import ColumnStatistics, DialogueDataset
 from model.fusion import FusionConfig, build_fusion_model
 from model.lr_schedule import LRScheduleConfig
-from model.param_groups import ParamGroupsConfig, build_param_groups
+from model.param_groups import ParamGroupsConfig, build_optimizer, build_param_groups
 from model.text_encoder import TextEncoder, TextEncoderConfig, load_tokenizer
-from model.token_cache import TokenBatch, build_token_cache, read_token_split
+from model.token_cache import TokenBatch, TokenSplit, build_token_cache, read_token_split
 
+# Utterances per forward pass when the encoder only encodes (no gradient): bounds activation memory.
+ENCODE_BATCH = 64
 
 
 @dataclass(kw_only=True)
@@ -35,14 +47,16 @@ class EndToEndConfig:
     """The text encoder that trains with the fusion head, and how it trains (text_mode = 'end_to_end')."""
 
     encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    """Which Hugging Face encoder, its input format, activation checkpointing, freezing."""
+    """Which Hugging Face encoder ('store': the one the store's text family came from), its input
+    format, activation checkpointing, freezing."""
     param_groups: ParamGroupsConfig = field(default_factory=ParamGroupsConfig)
-    """Layer-wise learning rates of the encoder; the head learns at train.learning_rate."""
+    """Layer-wise learning rates and decoupled weight decay of the encoder; the head learns at
+    train.learning_rate with train.weight_decay, as in every mode."""
     schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
-    """Warmup and decay of every group's rate, over train.max_epochs."""
+    """Warmup and decay of every group's rate, in epochs."""
     engine: EngineConfig = field(default_factory=EngineConfig)
-    """ZeRO stage, precision, gradient clipping and accumulation; they replace train.zero_stage,
-    train.precision and train.gradient_clipping, which must stay at their defaults."""
+    """ZeRO stage, precision and gradient clipping; they replace train.zero_stage, train.precision
+    and train.gradient_clipping, which must stay at their defaults."""
     bucket_by_length: bool = False
     """Batch dialogues of similar longest utterance together: less token padding, less random batches."""
 
@@ -59,6 +73,9 @@ class EndToEndModel(nn.Module):
             )
         self.encoder = encoder
         self.head = head
+        # The standardisation of the text vectors: identity until `fit_text_standardisation`.
+        self.register_buffer("text_mean", torch.zeros(encoder.dim))
+        self.register_buffer("text_scale", torch.ones(encoder.dim))
 
     @property
     def uses_audio(self) -> bool:
@@ -75,9 +92,14 @@ class EndToEndModel(nn.Module):
         """Whether the encoder keeps its pretrained weights (only the head trains)."""
         return self.encoder.frozen
 
+    def text_vectors(self, text: TokenBatch) -> torch.Tensor:
+        """Standardised text vectors [N, 4H] of the batch's utterances."""
+        vectors = self.encoder(text.input_ids, text.attention_mask)
+        return (vectors - self.text_mean) / self.text_scale
+
     def forward(self, audio: torch.Tensor | None, text: TokenBatch, mask: torch.Tensor) -> torch.Tensor:
         """Logits [B, T, classes] from audio [B, T, Da] (or None), the utterances' token ids and the mask [B, T]."""
-        vectors = self.encoder(text.input_ids, text.attention_mask)
+        vectors = self.text_vectors(text)
         real = int(mask.sum())
         if vectors.shape[0] != real:
             raise ValueError(
@@ -95,10 +117,10 @@ def build_end_to_end_model(config: EndToEndConfig, head: FusionConfig, audio_dim
     return EndToEndModel(encoder, build_fusion_model(head, audio_dim, encoder.dim))
 
 
-def build_optimizer(
+def build_end_to_end_optimizer(
     model: EndToEndModel, config: EndToEndConfig, head_lr: float, head_weight_decay: float
-) -> torch.optim.AdamW:
-    """AdamW over layer-wise groups of the encoder (none when frozen) and the head's groups."""
+) -> torch.optim.Adam:
+    """Adam over layer-wise groups of the encoder (none when frozen, decoupled decay) and the head (coupled L2)."""
     encoder = model.encoder
     groups = build_param_groups(
         encoder.model,
@@ -108,7 +130,31 @@ def build_optimizer(
         head_lr=head_lr,
         head_weight_decay=head_weight_decay,
     )
-    return torch.optim.AdamW(groups)
+    return build_optimizer(groups)
+
+
+@torch.no_grad()
+def encode_rows(encoder: TextEncoder, tokens: TokenSplit, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Text vectors [len(rows), 4H] of the given rows, in eval mode and without a graph, on the CPU."""
+    was_training = encoder.training
+    encoder.eval()
+    parts = []
+    for start in range(0, len(rows), ENCODE_BATCH):
+        batch = tokens.batch(torch.as_tensor(rows[start : start + ENCODE_BATCH]).view(-1, 1)).to(device)
+        parts.append(encoder(batch.input_ids, batch.attention_mask).float().cpu())
+    encoder.train(was_training)
+    return torch.cat(parts) if parts else torch.zeros(0, encoder.dim)
+
+
+def fit_text_standardisation(model: EndToEndModel, train: DialogueDataset, device: torch.device) -> None:
+    """Set the model's text standardisation to the column statistics of its encoder's train-split vectors."""
+    if train.tokens is None:
+        raise ValueError("the train dataset holds no token ids; attach them first (attach_tokens)")
+    rows = np.arange(train.num_utterances)
+    vectors = encode_rows(model.encoder.to(device), train.tokens, rows, device).numpy()
+    statistics = ColumnStatistics.fit(vectors, np.ones(len(rows), dtype=bool))
+    model.text_mean.copy_(torch.from_numpy(statistics.mean))
+    model.text_scale.copy_(torch.from_numpy(statistics.scale))
 
 
 def attach_tokens(store: FeatureStore, datasets: dict[str, DialogueDataset], encoder: TextEncoderConfig) -> None:

@@ -8,8 +8,20 @@ network builds is d = 2h wide, the two directions of a BiLSTM side by side:
     x_a, x_t ─► BiLSTM (h per direction) ─► H_a, H_t [B, T, d]
     H_a, H_t ─► SCA unit (model.sca, 2 layers) ─► H_a^c, H_t^c (cross), H_a^s, H_t^s (self)
     x_a, x_t ─► two stacked LSTMs (h) each ─► ⊕ ─► BiLSTM (h per direction) ─► feed-forward ─► H_mid  (eq. 10)
+      (or, with mid_fusion_input = 'encodings': H_a ⊕ H_t ─► BiLSTM ─► feed-forward ─► H_mid)
     x_a, x_t ─► linear + LayerNorm ─► H_a^r, H_t^r                                               (residual)
     [H_a^c, H_t^c, H_a^s, H_t^s, H_mid, H_a^r, H_t^r] ─► linear ─► ReLU ─► dropout ─► linear ─► 7 logits
+
+Eq. 10 has two readings, and `mid_fusion_input` gives both. Its formula is
+H_mid = FeedForward(LSTM([H_a, H_t])): the BiLSTM encodings, joined ('encodings'). The sentence
+that introduces it says more: "individual modalities (x_a, x_t) are passed in parallel through two
+stacked LSTM layers separately to store single modality feature (H_a^m, H_t^m), then combined via
+a bidirectional LSTM" ('inputs'). 'inputs' is the default because it is the only reading in which
+every part the text names exists (the inputs x_a, x_t, the two stacked layers per modality, H^m,
+the bidirectional join), while the formula's H_a, H_t read as shorthand for H_a^m, H_t^m; it also
+keeps the mid-level path independent of the encoders the SCA unit reads, which is what the
+paper's "in parallel" suggests. 'encodings' is the formula taken literally, and much cheaper on
+the 12,696-wide audio input (no second pair of LSTMs over x_a, x_t).
 
 Concatenating the BiLSTM's directions keeps the paper's 128 hidden units per LSTM and spends no
 extra layer on folding them back to 128. The mid-level LSTMs are unidirectional (the paper's
@@ -38,7 +50,7 @@ the mask therefore teaches the model the same signal it meets at a corrupt clip,
 modality the same way (`ModalityDropout.absent`). Dropout acts on the input before the branches, so
 every path (SCA, mid-level fusion, residual) sees the same absent input.
 
-End-to-end training (RoBERTa fine-tuned together with this head) composes the head unchanged: a
+End-to-end training (RoBERTa fine-tuned together with this head, the default text mode) composes the head unchanged: a
 text encoder turns each dialogue's token ids into per-utterance vectors [B, T, text_dim] inside the
 graph and passes them as `text`, so one backward pass trains encoder and head
 (`model.end_to_end.EndToEndModel`). The head never sees token ids.
@@ -58,6 +70,7 @@ from model.sca import FeedForward, SCAUnit, SublayerJoinMode
 log = logging.getLogger(__name__)
 
 Variant = Literal["bimodal", "bimodal_no_sca", "text", "audio"]
+MidFusionInput = Literal["inputs", "encodings"]
 
 
 @dataclass(kw_only=True)
@@ -84,7 +97,11 @@ class FusionConfig:
     feedforward_size: int = 512
     """Inner width of the feed-forward blocks (the SCA unit's and eq. 10's)."""
     mid_lstm_layers: int = 2
-    """Stacked LSTM layers per modality in the mid-level fusion (the paper: 2)."""
+    """Stacked LSTM layers per modality in the mid-level fusion (the paper: 2); read with mid_fusion_input 'inputs'."""
+    mid_fusion_input: MidFusionInput = "inputs"
+    """What eq. 10's bidirectional LSTM joins: 'inputs', two stacked LSTMs over each modality's input
+    x_a, x_t (the paper's prose, the default); 'encodings', the BiLSTM encodings H_a, H_t as the
+    formula LSTM([H_a, H_t]) writes it (see the module docstring)."""
     classifier_hidden: int = 128
     """Width of the first of the two fully-connected classification layers."""
     dropout: float = 0.2
@@ -103,6 +120,8 @@ class FusionConfig:
     def __post_init__(self) -> None:
         if self.variant not in get_args(Variant):
             raise ValueError(f"variant must be one of {', '.join(get_args(Variant))}, not {self.variant!r}")
+        if self.mid_fusion_input not in get_args(MidFusionInput):
+            raise ValueError(f"mid_fusion_input must be 'inputs' or 'encodings', not {self.mid_fusion_input!r}")
         if self.sublayer_join not in get_args(SublayerJoinMode):
             raise ValueError(f"sublayer_join must be 'concat' or 'residual', not {self.sublayer_join!r}")
         for name in ("hidden_size", "sca_layers", "attention_heads", "feedforward_size", "mid_lstm_layers",
@@ -237,18 +256,32 @@ class ModalityBranch(nn.Module):
 
 
 class MidLevelFusion(nn.Module):
-    """Eq. 10: two stacked LSTMs per modality, their outputs concatenated, a BiLSTM, a feed-forward -> H_mid."""
+    """Eq. 10 -> H_mid: a BiLSTM over the two modalities side by side, then a feed-forward.
+
+    With `mid_fusion_input` 'inputs' the BiLSTM joins two stacked LSTMs per modality run over the
+    inputs x_a, x_t; with 'encodings' it joins the BiLSTM encodings H_a, H_t (d wide each).
+    """
 
     def __init__(self, audio_dim: int, text_dim: int, config: FusionConfig):
         super().__init__()
         h = config.hidden_size
-        self.audio_lstm = MaskedLSTM(audio_dim, h, num_layers=config.mid_lstm_layers, dropout=config.dropout)
-        self.text_lstm = MaskedLSTM(text_dim, h, num_layers=config.mid_lstm_layers, dropout=config.dropout)
-        self.joint_lstm = MaskedLSTM(2 * h, h, bidirectional=True)
+        self.reads = config.mid_fusion_input
+        if self.reads == "inputs":
+            self.audio_lstm = MaskedLSTM(audio_dim, h, num_layers=config.mid_lstm_layers, dropout=config.dropout)
+            self.text_lstm = MaskedLSTM(text_dim, h, num_layers=config.mid_lstm_layers, dropout=config.dropout)
+            joined_width = 2 * h
+        else:
+            joined_width = 2 * config.model_width
+        self.joint_lstm = MaskedLSTM(joined_width, h, bidirectional=True)
         self.feedforward = FeedForward(config.model_width, config.feedforward_size, config.dropout)
 
-    def forward(self, x_a: torch.Tensor, x_t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        joined = torch.cat([self.audio_lstm(x_a, mask), self.text_lstm(x_t, mask)], dim=-1)
+    def forward(
+        self, x_a: torch.Tensor, x_t: torch.Tensor, h_a: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        if self.reads == "inputs":
+            joined = torch.cat([self.audio_lstm(x_a, mask), self.text_lstm(x_t, mask)], dim=-1)
+        else:
+            joined = torch.cat([h_a, h_t], dim=-1)
         return self.feedforward(self.joint_lstm(joined, mask))
 
 
@@ -314,7 +347,7 @@ class FusionModel(nn.Module):
         elif self.config.variant == "text":
             parts = [h_t, r_t]
         else:
-            h_mid = self.mid(x_a, x_t, mask)
+            h_mid = self.mid(x_a, x_t, h_a, h_t, mask)
             encoded = [h_a, h_t] if self.sca is None else list(self.sca(h_a, h_t, mask))
             parts = [*encoded, h_mid, r_a, r_t]
         return self.classifier(torch.cat(parts, dim=-1))

@@ -7,9 +7,18 @@ groups set in `model.param_groups` hold at every step. Pass it to `deepspeed.ini
 the engine steps it once per optimizer step (after the last micro-batch of an accumulation) and
 saves and restores its state with each checkpoint.
 
-    warmup   s < warmup_steps:  (s + 1) / warmup_steps, so the first step already learns
-    decay    afterwards, over the remaining steps up to total_steps, from 1 down to min_lr_ratio:
-             'constant' stays at 1, 'linear' falls in a straight line, 'cosine' along half a cosine
+The schedule is set in epochs and turned into optimizer steps once the run knows its steps per
+epoch, so one config means the same on MELD (33 steps an epoch at 32 dialogues) and on the demo
+corpus (a handful):
+
+    warmup   s < W:  (s + 1) / W, so the first step already learns (W = warmup_epochs x steps/epoch)
+    decay    from W up to the horizon H = min(decay_epochs, train.max_epochs) x steps/epoch, from 1
+             down to min_lr_ratio: 'constant' stays at 1, 'linear' falls in a straight line,
+             'cosine' along half a cosine; after H the rate stays at min_lr_ratio
+
+The horizon is its own key, not train.max_epochs: the paper's 200 epochs are a ceiling that early
+stopping (15 epochs of patience) never lets an end-to-end run reach, and a decay spread over them
+would leave the rate near its peak for the whole run.
 """
 
 import math
@@ -21,19 +30,30 @@ import torch
 
 @dataclass(kw_only=True)
 class LRScheduleConfig:
-    """Warmup and decay of every group's learning rate, in optimizer steps."""
+    """Warmup and decay of every group's learning rate, in epochs of the train split."""
 
-    warmup_steps: int = 50
-    """Steps of linear warmup from base / warmup_steps up to the base rate (0: none); 50 steps are
-    about 1.5 epochs of MELD's train split at 32 dialogues a step."""
+    warmup_epochs: float = 1.0
+    """Epochs of linear warmup from base / warmup_steps up to the base rate (0: none); one epoch is
+    33 optimizer steps on MELD at 32 dialogues a step."""
     decay: Literal["constant", "linear", "cosine"] = "linear"
-    """Shape after warmup, until the last step of the run."""
+    """Shape after warmup, until the horizon."""
+    decay_epochs: float = 20.0
+    """Horizon: the decay reaches min_lr_ratio after this many epochs (or train.max_epochs, if fewer)
+    and holds there. End-to-end MELD runs reach their best dev loss within 5-15 epochs and early
+    stopping ends them 15 epochs later, so 20 lets the rate fall while the run still learns."""
     min_lr_ratio: float = 0.0
     """Fraction of the base rate the decay ends at."""
 
     def __post_init__(self) -> None:
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be 0 or more, not {self.warmup_steps}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be 0 or more, not {self.warmup_epochs}")
+        if not self.decay_epochs > 0:
+            raise ValueError(f"decay_epochs must be positive, not {self.decay_epochs}")
+        if self.warmup_epochs > self.decay_epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must not exceed decay_epochs ({self.decay_epochs}), "
+                "the horizon the warmup and the decay share"
+            )
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must lie in [0, 1], not {self.min_lr_ratio}")
 
@@ -45,7 +65,7 @@ class WarmupDecay:
     warmup_steps: int
     """Steps of warmup."""
     total_steps: int
-    """Optimizer steps in the whole run."""
+    """The horizon in optimizer steps: where the decay ends."""
     decay: str
     """'constant', 'linear' or 'cosine'."""
     min_lr_ratio: float
@@ -65,16 +85,21 @@ class WarmupDecay:
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * remaining
 
 
+def schedule_steps(config: LRScheduleConfig, steps_per_epoch: int, max_epochs: int) -> tuple[int, int]:
+    """(warmup steps, horizon steps) of `config` for a run of `steps_per_epoch` optimizer steps an epoch."""
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be at least 1, not {steps_per_epoch}")
+    horizon = max(1, math.ceil(min(config.decay_epochs, max_epochs) * steps_per_epoch))
+    warmup = min(horizon, round(config.warmup_epochs * steps_per_epoch))
+    return warmup, horizon
+
+
 def build_lr_scheduler(
-    optimizer: torch.optim.Optimizer, config: LRScheduleConfig, total_steps: int
+    optimizer: torch.optim.Optimizer, config: LRScheduleConfig, steps_per_epoch: int, max_epochs: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """The schedule over `total_steps` optimizer steps, scaling each of `optimizer`'s groups' own rate."""
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be at least 1, not {total_steps}")
+    """The schedule for a run of `steps_per_epoch` optimizer steps an epoch, scaling each group's own rate."""
+    warmup, horizon = schedule_steps(config, steps_per_epoch, max_epochs)
     multiplier = WarmupDecay(
-        warmup_steps=config.warmup_steps,
-        total_steps=total_steps,
-        decay=config.decay,
-        min_lr_ratio=config.min_lr_ratio,
+        warmup_steps=warmup, total_steps=horizon, decay=config.decay, min_lr_ratio=config.min_lr_ratio
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=multiplier)

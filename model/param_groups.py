@@ -6,9 +6,17 @@ its upper ones (layer-wise learning-rate decay, as in ELECTRA and BEiT): the top
 lowest, at `encoder_lr * layer_decay ** num_layers`. The randomly initialised fusion head learns at
 its own rate, the run's `train.learning_rate` (1e-4, ten times the encoder's top layer).
 
-The groups are for AdamW, whose weight decay is decoupled from the gradient. It follows nanoGPT's
-rule: matrices and embeddings decay; vectors (biases, LayerNorm and LSTM biases) do not, since
-shrinking a bias or a normalisation gain towards zero is no regularisation.
+Weight decay has one meaning per part, the same in every text mode:
+
+- the head: the paper's 'L2 weight decay' (`train.weight_decay`, 3e-4) on every head parameter,
+  added to the gradient before Adam's moments, as torch's `Adam(weight_decay=...)` applies it;
+  the head trains the same way whether its text vectors come from the store or from an encoder;
+- the encoder: `encoder_weight_decay`, decoupled from the gradient as AdamW applies it (RoBERTa's
+  fine-tuning recipe), on matrices and embeddings only, following nanoGPT's rule: shrinking a bias
+  or a LayerNorm gain towards zero is no regularisation.
+
+One torch `Adam` holds both: `decoupled_weight_decay` is a per-group option of torch's Adam, so
+each group carries its own kind of decay (`build_optimizer`).
 
 Each group carries its own `lr`; a scheduler must scale those (see `model.lr_schedule`), never
 overwrite them with one value.
@@ -18,6 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|block|blocks)\.(\d+)\.")
@@ -33,7 +42,8 @@ class ParamGroupsConfig:
     layer_decay: float = 0.95
     """Factor per layer going down the encoder (1: every layer at encoder_lr)."""
     encoder_weight_decay: float = 0.01
-    """Decoupled weight decay of the encoder's matrices (RoBERTa's fine-tuning value)."""
+    """Decoupled (AdamW) weight decay of the encoder's matrices and embeddings (RoBERTa's fine-tuning
+    value); biases and LayerNorm parameters do not decay. The head's decay is train.weight_decay."""
 
     def __post_init__(self) -> None:
         if not self.encoder_lr > 0:
@@ -59,12 +69,24 @@ def encoder_layer_lr(depth: int, num_layers: int, config: ParamGroupsConfig) -> 
     return config.encoder_lr * config.layer_decay ** (num_layers - depth)
 
 
-def _decays(parameter: nn.Parameter) -> bool:
-    return parameter.ndim >= 2
+def head_param_groups(head: nn.Module, *, head_lr: float, head_weight_decay: float) -> list[dict[str, Any]]:
+    """The head's one group: every trainable parameter, coupled L2 `head_weight_decay` (the paper's)."""
+    parameters = [parameter for parameter in head.parameters() if parameter.requires_grad]
+    if not parameters:
+        return []
+    return [
+        {
+            "name": "head",
+            "params": parameters,
+            "lr": head_lr,
+            "weight_decay": head_weight_decay,
+            "decoupled_weight_decay": False,
+        }
+    ]
 
 
 def build_param_groups(
-    encoder: nn.Module,
+    encoder: nn.Module | None,
     num_layers: int,
     head: nn.Module,
     config: ParamGroupsConfig,
@@ -72,25 +94,36 @@ def build_param_groups(
     head_lr: float,
     head_weight_decay: float,
 ) -> list[dict[str, Any]]:
-    """Parameter groups for AdamW: one per encoder depth and decay kind, two for the head.
+    """Parameter groups for torch's Adam: one per encoder depth and decay kind, one for the head.
 
-    Parameters that need no gradient (a frozen encoder) are left out. Each group has `params`,
-    `lr`, `weight_decay` and a readable `name` ('encoder.depth03', 'head', with '.no_decay').
+    Parameters that need no gradient (a frozen encoder) are left out; `encoder` None gives the
+    head's group alone. Each group has `params`, `lr`, `weight_decay`, `decoupled_weight_decay`
+    and a readable `name` ('encoder.depth03', 'encoder.depth03.no_decay', 'head').
     """
     groups: dict[str, dict[str, Any]] = {}
-
-    def add(name: str, parameter: nn.Parameter, lr: float, weight_decay: float) -> None:
-        if not _decays(parameter):
-            name, weight_decay = f"{name}.no_decay", 0.0
-        group = groups.setdefault(name, {"name": name, "params": [], "lr": lr, "weight_decay": weight_decay})
+    for parameter_name, parameter in (encoder.named_parameters() if encoder is not None else ()):
+        if not parameter.requires_grad:
+            continue
+        depth = layer_depth(parameter_name, num_layers)
+        name, decay = f"encoder.depth{depth:02d}", config.encoder_weight_decay
+        if parameter.ndim < 2:
+            name, decay = f"{name}.no_decay", 0.0
+        group = groups.setdefault(
+            name,
+            {
+                "name": name,
+                "params": [],
+                "lr": encoder_layer_lr(depth, num_layers, config),
+                "weight_decay": decay,
+                "decoupled_weight_decay": True,
+            },
+        )
         group["params"].append(parameter)
+    return [*groups.values(), *head_param_groups(head, head_lr=head_lr, head_weight_decay=head_weight_decay)]
 
-    for parameter_name, parameter in encoder.named_parameters():
-        if parameter.requires_grad:
-            depth = layer_depth(parameter_name, num_layers)
-            lr = encoder_layer_lr(depth, num_layers, config)
-            add(f"encoder.depth{depth:02d}", parameter, lr, config.encoder_weight_decay)
-    for parameter in head.parameters():
-        if parameter.requires_grad:
-            add("head", parameter, head_lr, head_weight_decay)
-    return list(groups.values())
+
+def build_optimizer(groups: list[dict[str, Any]]) -> torch.optim.Adam:
+    """torch's Adam over `groups`, each applying its own kind of weight decay."""
+    if not groups:
+        raise ValueError("the model has no trainable parameter to optimise")
+    return torch.optim.Adam(groups)

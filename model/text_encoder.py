@@ -1,6 +1,6 @@
 """The trainable text branch: a Hugging Face encoder whose 4 x hidden utterance vector is built in the graph.
 
-The vector is the one the feature store holds for frozen features (`extract.text_features`): the
+The vector is the one the feature store holds for extracted features (`extract.text_features`): the
 first token (`<s>`) of each of the last four hidden layers, concatenated oldest layer first, so
 4 x 1024 = 4096 values for RoBERTa-Large. Here it is computed inside the autograd graph, so the
 fusion head's loss fine-tunes the encoder. The encoder's input text (speaker prefix, context
@@ -10,30 +10,46 @@ window, truncation) is the extraction's format, reused from `extract.text_featur
 A frozen encoder (`freeze = true`) keeps its pretrained weights: no parameter asks for a gradient,
 it stays in eval mode (no dropout) whatever the model around it does, and it runs under
 `torch.no_grad`, so it keeps no activations for a backward pass.
+
+The model named `store` (the default) is the encoder the store's text family was extracted with,
+as its manifest records it (`model.train` resolves it before the encoder loads), so end-to-end
+training on any store starts from the encoder its frozen features came from.
+
+`export_encoder` writes a trained encoder as a Hugging Face folder (`save_pretrained` with
+safetensors, and the tokenizer), which `AutoModel.from_pretrained` and `cmroberta extract
+text.model=FOLDER` load as they are. The pooler is kept, untrained, so the folder holds every
+weight its architecture expects.
 """
 
 import logging
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
+from cluster.durable_files import fsync_folder, unique_temp_path
 from extract.text_features import TextEncoderError, resolve_model_source
 
 log = logging.getLogger(__name__)
 
 LAST_LAYERS = 4
 """Hidden layers whose first-token vectors make the utterance vector (the paper's choice)."""
+STORE_ENCODER = "store"
+"""`model` value meaning: the encoder the store's text family was extracted with."""
 
 
 @dataclass(kw_only=True)
 class TextEncoderConfig:
     """Which encoder turns each utterance's token ids into its text vector, and how it trains."""
 
-    model: str = "FacebookAI/roberta-large"
+    model: str = STORE_ENCODER
     """Hugging Face hub name (resolved in the local cache only) or local model folder holding the
-    weights and the tokenizer; the same name as the extraction's `text.model` shares its cache."""
+    weights and the tokenizer; 'store' (the default): the encoder the store's text family was
+    extracted with, as its manifest records it (RoBERTa-Large in the MELD recipe)."""
     with_speaker: bool = False
     """Prefix each utterance with its speaker's name, 'Ross: ...'."""
     context_window: int = 0
@@ -61,6 +77,11 @@ class TextEncoderConfig:
 
 def _locate(config: TextEncoderConfig) -> tuple[str, PretrainedConfig]:
     """(folder or cached hub name, the model's config), with a clear error when it is not here or too shallow."""
+    if config.model == STORE_ENCODER:
+        raise TextEncoderError(
+            "text encoder 'store' stands for the store's own encoder and must be resolved from its manifest "
+            "first (model.train.resolve_run_config); name an encoder with end_to_end.encoder.model=..."
+        )
     source, local = resolve_model_source(config.model)
     try:
         model_config = AutoConfig.from_pretrained(source, local_files_only=True)
@@ -112,10 +133,10 @@ class TextEncoder(nn.Module):
         source, model_config = _locate(config)
         # float32 master weights whatever the checkpoint's dtype; DeepSpeed casts for bf16 itself.
         self.model = AutoModel.from_pretrained(source, local_files_only=True, dtype=torch.float32)
-        # The pooler head is never used here; its parameters would get no gradient, which ZeRO-3
-        # and DDP treat as an error, and under ZeRO-1/2 they would only waste optimizer state.
+        # The pooler is never used here. Trainable, its parameters would get no gradient, which
+        # ZeRO-3 and DDP treat as an error; kept frozen, the exported folder stays complete.
         if getattr(self.model, "pooler", None) is not None:
-            self.model.pooler = None
+            self.model.pooler.requires_grad_(False)
         self.num_layers = int(model_config.num_hidden_layers)
         self.hidden_size = int(model_config.hidden_size)
         self.dim = LAST_LAYERS * self.hidden_size
@@ -161,3 +182,28 @@ class TextEncoder(nn.Module):
         # hidden_states holds the embeddings' output, then one tensor per layer.
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
         return torch.cat([layer[:, 0] for layer in hidden[-LAST_LAYERS:]], dim=-1)
+
+
+def export_encoder(model: nn.Module, tokenizer: PreTrainedTokenizerBase, folder: Path) -> Path:
+    """Write a Hugging Face model and its tokenizer to `folder` (safetensors), replacing it whole.
+
+    The folder is written under a unique temporary name and renamed into place, so a crash leaves
+    the previous export or none, never half of one.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temp = unique_temp_path(folder)
+    try:
+        model.save_pretrained(temp, safe_serialization=True)
+        tokenizer.save_pretrained(temp)
+        for path in temp.iterdir():
+            with open(path, "rb") as stream:
+                os.fsync(stream.fileno())
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(temp, folder)
+        fsync_folder(folder.parent)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    log.info("exported the text encoder to %s", folder)
+    return folder

@@ -10,15 +10,29 @@ Every rank draws the same global batch and computes the loss of its share summed
 the global batch's utterance count (times world_size, since DeepSpeed averages gradients over
 ranks), so N ranks take the same steps as one rank with the same global batch.
 
-`text_mode` chooses where the text vectors come from: 'frozen' reads them from the store (vectors of
-a pretrained encoder, the fast ablation); 'end_to_end' feeds each utterance's token ids to a Hugging Face encoder
-that trains with the head (`model.end_to_end`): AdamW with layer-wise learning rates and a
-warmup/decay schedule, ZeRO-2, bf16 where the GPU has it, and gradient accumulation, where each
-global batch is cut into micro-batches whose gradients add up to the whole batch's.
+`text_mode` chooses where the text vectors come from. The paper fine-tuned RoBERTa-Large (its section
+4.1.3) and read the fine-tuned encoder's 4096-value vectors, as COSMIC (its reference [25]) does:
+
+- 'end_to_end' (the default whenever the variant reads text) feeds each utterance's token ids to a
+  Hugging Face encoder that trains with the head (`model.end_to_end`): layer-wise learning rates, a
+  warmup/decay schedule, ZeRO-2 and bf16 where the GPU has it. Unless `end_to_end.encoder.model`
+  names another, the encoder is the one the store's text family was extracted with.
+- 'finetuned' is the paper's recipe as one chain (`model.finetune_text`): the encoder is fine-tuned
+  alone on utterance-level emotion, exported, its vectors extracted into the store as a family of
+  their own, and the head trains on them; each step is skipped when its result exists.
+- 'frozen' reads the store's vectors of a pretrained encoder: the fast ablation.
+
+An audio-only variant reads no text, so its text_mode is recorded as 'frozen' whatever was asked.
+In every mode the head trains with the paper's Adam and coupled L2 (`model.param_groups`), sees text
+vectors standardised with train statistics (`model.end_to_end`), and can cut each global batch into
+`train.gradient_accumulation_steps` micro-batches whose gradients add up to the whole batch's. A
+run whose encoder trains exports it in Hugging Face format to `encoder/`.
 
 A run folder holds:
     config.toml                 the resolved RunConfig
     feature_statistics.npz      train-split standardisation, applied again at evaluation
+    encoder/                    the trained text encoder (end_to_end), selected epoch, Hugging Face format
+    monitor/                    DeepSpeed's monitor files, when [monitor] switches them on
     metrics.jsonl               one line per epoch: losses, dev scores, seconds (the epoch, its
                                 training pass, and the batch assembly within it)
     checkpoints/                DeepSpeed checkpoints `epoch-NNNN` (latest and best) and
@@ -53,10 +67,17 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from cluster.rendezvous import Rendezvous, export_rendezvous, resolve_rendezvous
-from extract.feature_store import FeatureStore
+from extract.feature_store import FeatureStore, FeatureStoreError
 from extract.labels import EMOTIONS
 from cluster.config import RESOLVED_CONFIG_NAME, load_config, to_dict, write_resolved_config
-from model.deepspeed_config import build_deepspeed_config, micro_batch_dialogues, resolve_precision
+from model.deepspeed_config import (
+    EngineConfig,
+    MonitorConfig,
+    build_deepspeed_config,
+    micro_batch_dialogues,
+    precision_dtype,
+    resolve_precision,
+)
 from model.dialogue_data import (
     DialogueBatchSampler,
     DialogueDataConfig,
@@ -80,15 +101,25 @@ from model.evaluate import (
     write_json_atomic,
     write_lines_atomic,
 )
-from model.end_to_end import EndToEndConfig, attach_tokens, build_end_to_end_model, build_optimizer
+from model.end_to_end import (
+    EndToEndConfig,
+    attach_tokens,
+    build_end_to_end_model,
+    build_end_to_end_optimizer,
+    fit_text_standardisation,
+)
+from model.finetune_text import FinetuneConfig, finetuned_family, resolve_finetune, run_finetune_chain
 from model.fusion import FusionConfig, build_fusion_model
 from model.lr_schedule import build_lr_scheduler
+from model.param_groups import build_optimizer, head_param_groups
+from model.text_encoder import STORE_ENCODER, TextEncoderConfig, export_encoder, load_tokenizer
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
 METRICS_NAME = "metrics.jsonl"
 STATISTICS_NAME = "feature_statistics.npz"
+ENCODER_FOLDER = "encoder"
 CURVES_NAME = "learning_curves.png"
 CHECKPOINT_FOLDER = "checkpoints"
 PROGRESS_NAME = "progress.json"
@@ -108,7 +139,8 @@ class TrainConfig:
     learning_rate: float = 1e-4
     """Adam's learning rate."""
     weight_decay: float = 3e-4
-    """L2 penalty, added to the gradient as torch's Adam does (the paper's 'L2 weight decay')."""
+    """The head's L2 penalty, added to the gradient as torch's Adam does (the paper's 'L2 weight decay'),
+    in every text mode; a training encoder's decay is end_to_end.param_groups.encoder_weight_decay."""
     max_epochs: int = 200
     """Most epochs to train."""
     patience: int = 15
@@ -117,10 +149,15 @@ class TrainConfig:
     """'balanced' weights each class's cross-entropy by N / (7 · count in train); 'none' is the paper's plain loss."""
     gradient_clipping: float = 0.0
     """Clip the gradient norm to this value; 0 leaves gradients unclipped (the paper does not clip)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches each rank cuts its share of a global batch into; their gradients add up to the
+    whole batch's, so the step is the same, with less activation memory (every text mode)."""
     zero_stage: int = 0
-    """DeepSpeed ZeRO stage 0-3; the fusion head is small, so stage 0 (plain data parallel) is the default."""
+    """DeepSpeed ZeRO stage 0-3 of a head-only run (text_mode frozen or finetuned); the fusion head is
+    small, so stage 0 (plain data parallel) is the default. End to end: end_to_end.engine.zero_stage."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """Training precision; bf16 suits A100/H100 GPUs, fp32 a CPU."""
+    """Training precision of a head-only run; bf16 suits A100/H100 GPUs, fp32 a CPU. End to end:
+    end_to_end.engine.precision."""
     deterministic: bool = True
     """Ask torch for deterministic kernels, so a seed gives the same run (always true of CPU runs)."""
 
@@ -139,6 +176,18 @@ class TrainConfig:
             raise ValueError(f"gradient_clipping must be 0 (off) or positive, not {self.gradient_clipping}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, not {self.zero_stage}")
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError(f"gradient_accumulation_steps must be at least 1, not {self.gradient_accumulation_steps}")
+
+    @property
+    def engine(self) -> EngineConfig:
+        """These settings as the DeepSpeed engine config of a head-only run."""
+        return EngineConfig(
+            zero_stage=self.zero_stage, precision=self.precision, gradient_clipping=self.gradient_clipping
+        )
+
+
+TextMode = Literal["end_to_end", "finetuned", "frozen"]
 
 
 @dataclass(kw_only=True)
@@ -153,11 +202,18 @@ class RunConfig:
     """Which families make up each modality, and their standardisation."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation and DeepSpeed settings."""
-    text_mode: Literal["frozen", "end_to_end"] = "frozen"
-    """Where text vectors come from: 'frozen', the store's (a pretrained encoder's vectors), or
-    'end_to_end', a text encoder fed token ids that trains with the head (set up in [end_to_end])."""
+    text_mode: TextMode = "end_to_end"
+    """Where text vectors come from: 'end_to_end', a text encoder fed token ids that trains with the
+    head ([end_to_end]); 'finetuned', the paper's recipe: an encoder fine-tuned alone on utterance
+    emotion, its vectors extracted into the store, the head trained on them ([finetune]); 'frozen',
+    the store's vectors of a pretrained encoder (the fast ablation). A variant without text
+    (audio) reads none, and is recorded as 'frozen'."""
     end_to_end: EndToEndConfig = field(default_factory=EndToEndConfig)
     """The text encoder and its optimisation; read only when text_mode is 'end_to_end'."""
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """The utterance-level fine-tuning of the encoder; read only when text_mode is 'finetuned'."""
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    """DeepSpeed's TensorBoard and CSV monitor, to watch a running job's losses and learning rates."""
     seed: int = 0
     """Seed of the initial weights, the shuffle and dropout."""
     runs_root: str = "runs"
@@ -168,12 +224,10 @@ class RunConfig:
             raise ValueError("store must be a feature store folder, as printed by `cmroberta extract`")
         if self.seed < 0:
             raise ValueError(f"seed must be 0 or more, not {self.seed}")
+        if not self.model.uses_text:
+            # Nothing to encode: one recorded mode for every audio-only run, whatever the sweep asked.
+            self.text_mode = "frozen"
         if self.text_mode == "end_to_end":
-            if not self.model.uses_text:
-                raise ValueError(
-                    f"text_mode 'end_to_end' trains a text encoder, but model.variant {self.model.variant!r} reads "
-                    "no text; use text_mode 'frozen' for it"
-                )
             defaults = TrainConfig()
             for name in ("zero_stage", "precision", "gradient_clipping"):
                 if getattr(self.train, name) != getattr(defaults, name):
@@ -188,9 +242,50 @@ class RunConfig:
 
 
 def default_run_dir(config: RunConfig) -> Path:
-    """`<runs_root>/<store folder name>/<variant>[-end_to_end]-seed<seed>`."""
-    mode = "-end_to_end" if config.end_to_end_mode else ""
+    """`<runs_root>/<store folder name>/<variant>-<text mode>-seed<seed>` (audio: `audio-seed<seed>`)."""
+    mode = f"-{config.text_mode}" if config.model.uses_text else ""
     return Path(config.runs_root) / Path(config.store).name / f"{config.model.variant}{mode}-seed{config.seed}"
+
+
+def store_text_encoder(store: FeatureStore, family: str) -> str:
+    """The encoder the store's text `family` was extracted with, as its manifest records it."""
+    info = store.manifest["families"].get(family, {})
+    encoder = info.get("provenance", {}).get("encoder")
+    if encoder is None and family == "text":
+        encoder = store.manifest.get("config", {}).get("text", {}).get("model")
+    if not encoder:
+        raise FeatureStoreError(
+            f"store {store.path} records no text encoder for family {family!r}; name one with "
+            "end_to_end.encoder.model=NAME_OR_FOLDER"
+        )
+    return str(encoder)
+
+
+def _with_encoder(encoder: TextEncoderConfig, store: FeatureStore, family: str) -> TextEncoderConfig:
+    if encoder.model != STORE_ENCODER:
+        return encoder
+    return dataclasses.replace(encoder, model=store_text_encoder(store, family))
+
+
+def resolve_run_config(config: RunConfig) -> RunConfig:
+    """The config as it will run, cheaply (no training): 'store' encoders named, the finetuned family named.
+
+    This is what config.toml records and what a resumed run is compared with.
+    """
+    if config.text_mode == "frozen":
+        return config
+    store = FeatureStore.open(config.store)
+    if config.text_mode == "end_to_end":
+        encoder = _with_encoder(config.end_to_end.encoder, store, config.data.text_family)
+        return dataclasses.replace(config, end_to_end=dataclasses.replace(config.end_to_end, encoder=encoder))
+    finetune = resolve_finetune(
+        dataclasses.replace(
+            config.finetune, encoder=_with_encoder(config.finetune.encoder, store, config.data.text_family)
+        ),
+        config.seed,
+    )
+    data = dataclasses.replace(config.data, text_family=finetuned_family(store, finetune))
+    return dataclasses.replace(config, finetune=finetune, data=data)
 
 
 @contextmanager
@@ -215,11 +310,6 @@ def distributed_session() -> Iterator[Rendezvous]:
                 os.environ[name] = value
 
 
-def precision_dtype(precision: str) -> torch.dtype:
-    """The dtype DeepSpeed casts the model to for `precision`, so inputs can match it."""
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
 def run_precision(config: RunConfig) -> str:
     """The precision the run trains in: the end-to-end engine's (its 'auto' resolved here), else train's."""
     return resolve_precision(config.end_to_end.engine.precision) if config.end_to_end_mode else config.train.precision
@@ -230,27 +320,16 @@ def zero_stage(config: RunConfig) -> int:
     return config.end_to_end.engine.zero_stage if config.end_to_end_mode else config.train.zero_stage
 
 
-def deepspeed_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
-    """DeepSpeed's JSON config for this run.
+def deepspeed_config(config: RunConfig, world_size: int, monitor: dict[str, Any] | None = None) -> dict[str, Any]:
+    """DeepSpeed's JSON config for this run: the encoder's engine settings end to end, train's otherwise.
 
     The loop draws its own batches, so the batch sizes here only satisfy DeepSpeed's bookkeeping
-    (train_batch_size = micro batch x world size); the real global batch is `batch_dialogues`.
+    (micro batch x accumulation x world size); the real global batch is `batch_dialogues`.
     """
-    micro = math.ceil(train.batch_dialogues / world_size)
-    return {
-        "train_batch_size": micro * world_size,
-        "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": 1,
-        "gradient_clipping": train.gradient_clipping,
-        "zero_optimization": {"stage": train.zero_stage},
-        # ZeRO warns about any optimizer it does not ship; torch's Adam is what the paper used and
-        # needs no C++ build (DeepSpeed's FusedAdam and CPU-Adam each compile for a minute).
-        "zero_allow_untested_optimizer": True,
-        "bf16": {"enabled": train.precision == "bf16"},
-        "fp16": {"enabled": train.precision == "fp16"},
-        "steps_per_print": 2**31 - 1,
-        "wall_clock_breakdown": False,
-    }
+    train = config.train
+    engine = config.end_to_end.engine if config.end_to_end_mode else train.engine
+    micro = micro_batch_dialogues(train.batch_dialogues, world_size, train.gradient_accumulation_steps)
+    return build_deepspeed_config(engine, micro, world_size, train.gradient_accumulation_steps, monitor)
 
 
 def class_weight_vector(train_labels: np.ndarray, mode: str) -> np.ndarray | None:
@@ -372,7 +451,10 @@ class RunInputs:
 
 
 def build_model(config: RunConfig, modalities: Modalities) -> torch.nn.Module:
-    """The fusion network for the modalities' widths (behind the text encoder, end to end), seeded by the run."""
+    """The fusion network for the modalities' widths (behind the text encoder, end to end), seeded by the run.
+
+    `config` must be resolved (`resolve_run_config`): an end-to-end encoder named, not 'store'.
+    """
     if config.end_to_end_mode:
         return build_end_to_end_model(config.end_to_end, config.model, modalities.audio_dim, config.seed)
     torch.manual_seed(config.seed)
@@ -408,32 +490,34 @@ def prepare_inputs(
 
 
 def initialize_engine(
-    model: torch.nn.Module, config: RunConfig, world_size: int, steps_per_epoch: int | None
+    model: torch.nn.Module,
+    config: RunConfig,
+    world_size: int,
+    steps_per_epoch: int | None,
+    run_dir: Path | None = None,
 ) -> Any:
     """The DeepSpeed engine around `model`; with an optimizer when training (`steps_per_epoch` given).
 
-    Features: torch's Adam at train.learning_rate. End to end: AdamW over layer-wise groups with
-    the warmup/decay schedule over train.max_epochs, which DeepSpeed steps and checkpoints.
+    Head only: torch's Adam at train.learning_rate with the coupled L2 train.weight_decay, constant,
+    as in the paper. End to end: the same for the head, plus layer-wise groups of the encoder with
+    decoupled decay, all under the warmup/decay schedule, which DeepSpeed steps and checkpoints.
+    DeepSpeed's monitor writes into `run_dir` when the config switches it on and `run_dir` is given.
     """
     import deepspeed
 
     # DeepSpeed logs its whole config at INFO on every start; keep its INFO for -v runs only.
     deepspeed.utils.logger.setLevel(logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
     train = config.train
+    monitor = config.monitor.deepspeed_sections(run_dir) if run_dir is not None and config.monitor.enabled else None
+    ds_config = deepspeed_config(config, world_size, monitor)
     optimizer = scheduler = None
-    if config.end_to_end_mode:
-        engine_config = config.end_to_end.engine
-        micro = micro_batch_dialogues(train.batch_dialogues, world_size, engine_config.gradient_accumulation_steps)
-        ds_config = build_deepspeed_config(engine_config, micro, world_size)
-        if steps_per_epoch is not None:
-            optimizer = build_optimizer(model, config.end_to_end, train.learning_rate, train.weight_decay)
-            total_steps = steps_per_epoch * train.max_epochs
-            scheduler = build_lr_scheduler(optimizer, config.end_to_end.schedule, total_steps)
-    else:
-        ds_config = deepspeed_config(train, world_size)
-        if steps_per_epoch is not None:
-            parameters = [p for p in model.parameters() if p.requires_grad]
-            optimizer = torch.optim.Adam(parameters, lr=train.learning_rate, weight_decay=train.weight_decay)
+    if steps_per_epoch is not None and config.end_to_end_mode:
+        optimizer = build_end_to_end_optimizer(model, config.end_to_end, train.learning_rate, train.weight_decay)
+        scheduler = build_lr_scheduler(optimizer, config.end_to_end.schedule, steps_per_epoch, train.max_epochs)
+    elif steps_per_epoch is not None:
+        optimizer = build_optimizer(
+            head_param_groups(model, head_lr=train.learning_rate, head_weight_decay=train.weight_decay)
+        )
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     return engine
 
@@ -474,6 +558,13 @@ def load_inference_engine(
     return engine
 
 
+def accelerator_device(rendezvous: Rendezvous) -> torch.device:
+    """The device this rank trains on (the one DeepSpeed will move the model to)."""
+    from deepspeed.accelerator import get_accelerator
+
+    return torch.device(get_accelerator().device_name(rendezvous.local_rank))
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, numpy's and torch's global generators."""
     random.seed(seed)
@@ -494,12 +585,14 @@ def _train_epoch(
     rendezvous: Rendezvous,
     dtype: torch.dtype,
     progress: tqdm,
+    monitor: bool = False,
 ) -> tuple[float, float]:
     """One pass over the train split; returns (mean train loss over all ranks, seconds spent making batches).
 
     With gradient accumulation, each rank's share of a global batch runs as that many micro-batches,
     each normalised by the whole global batch, so their gradients add up to the global batch's
     (DeepSpeed's own 1/accumulation scaling is off) and every epoch ends on an optimizer step.
+    With `monitor`, each global batch's loss and every group's learning rate go to DeepSpeed's monitor.
     """
     engine.train()
     weights = None if class_weights is None else class_weights.cpu().numpy()
@@ -509,6 +602,7 @@ def _train_epoch(
     data_seconds = 0.0
     for rank_batch in sampler:
         global_weight = dataset.label_weight(rank_batch.global_indices, weights)
+        step_loss = torch.zeros((), dtype=torch.float64, device=engine.device)
         for micro_batch in rank_batch.micro_batches(accumulation):
             started = time.perf_counter()
             batch = dataset.batch(micro_batch.indices, micro_batch.counted).to(engine.device, dtype)
@@ -517,12 +611,27 @@ def _train_epoch(
             batch_loss = batch_loss_sum(logits, batch.labels, class_weights)
             engine.backward(batch_loss * (rendezvous.world_size / global_weight), scale_wrt_gas=False)
             engine.step()
-            loss_sum += batch_loss.detach().double()
+            step_loss += batch_loss.detach().double()
+        loss_sum += step_loss
         weight_sum += global_weight
+        if monitor:
+            _monitor_step(engine, step_loss, global_weight, rendezvous)
         progress.update(len(rank_batch.global_indices))
     if rendezvous.world_size > 1:
         dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
     return float(loss_sum.item() / weight_sum), data_seconds
+
+
+def _monitor_step(engine: Any, step_loss: torch.Tensor, global_weight: float, rendezvous: Rendezvous) -> None:
+    """The global batch's mean loss and each parameter group's rate, into DeepSpeed's monitor (rank 0 writes)."""
+    if rendezvous.world_size > 1:
+        dist.all_reduce(step_loss, op=dist.ReduceOp.SUM)
+    if rendezvous.is_main:
+        samples = engine.global_samples
+        events = [("Train/Samples/train_loss", float(step_loss.item() / global_weight), samples)]
+        for index, group in enumerate(engine.optimizer.param_groups):
+            events.append((f"Train/Samples/lr_{group.get('name', index)}", float(group["lr"]), samples))
+        engine.monitor.write_events(events)
 
 
 def _check_run_folder(run_dir: Path, config: RunConfig, resume: bool, checkpoints: Checkpoints) -> None:
@@ -577,6 +686,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, A
     run_dir = Path(run_dir)
     checkpoints = Checkpoints(run_dir)
     with distributed_session() as rendezvous, deterministic_kernels(config.train.deterministic):
+        config = resolve_run_config(config)
         _check_run_folder(run_dir, config, resume, checkpoints)
         test_path = run_dir / TEST_METRICS_NAME
         if test_path.is_file():
@@ -584,13 +694,17 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, A
             if rendezvous.is_main:
                 checkpoints.keep_only_best()
             return json.loads(test_path.read_text(encoding="utf-8"))
+        if config.text_mode == "finetuned":
+            run_finetune_chain(config.store, config.finetune, config.data.text_family, config.runs_root, rendezvous)
         seed_everything(config.seed)
         inputs = prepare_inputs(config, SPLITS)
+        if config.end_to_end_mode and config.data.standardize:
+            fit_text_standardisation(inputs.model, inputs.datasets["train"], accelerator_device(rendezvous))
         if rendezvous.is_main:
             write_resolved_config(config, run_dir)
             inputs.statistics.save(run_dir / STATISTICS_NAME)
         steps_per_epoch = math.ceil(len(inputs.datasets["train"]) / config.train.batch_dialogues)
-        engine = initialize_engine(inputs.model, config, rendezvous.world_size, steps_per_epoch)
+        engine = initialize_engine(inputs.model, config, rendezvous.world_size, steps_per_epoch, run_dir)
         state = _restore(engine, checkpoints, resume, rendezvous, run_dir)
         _fit(engine, config, inputs, state, checkpoints, rendezvous, run_dir)
         del engine
@@ -654,7 +768,7 @@ def _fit(
                 disable=not rendezvous.is_main,
             ) as batches_bar:
                 train_loss, data_seconds = _train_epoch(
-                    engine, train_set, sampler, class_weights, rendezvous, dtype, batches_bar
+                    engine, train_set, sampler, class_weights, rendezvous, dtype, batches_bar, config.monitor.enabled
                 )
             train_seconds = time.perf_counter() - started
             dev = evaluate_split(
@@ -679,6 +793,14 @@ def _fit(
                     "data_seconds": data_seconds,
                 }
             )
+            if config.monitor.enabled and rendezvous.is_main:
+                engine.monitor.write_events(
+                    [
+                        ("Epoch/train_loss", train_loss, epoch),
+                        ("Epoch/dev_loss", dev.loss, epoch),
+                        ("Epoch/dev_weighted_f1", dev.metrics.weighted_f1, epoch),
+                    ]
+                )
             checkpoints.save(engine, state, rendezvous.is_main)
             if rendezvous.is_main:
                 write_lines_atomic(run_dir / METRICS_NAME, state.history)
@@ -706,6 +828,8 @@ def _test(
     if progress is None:
         raise RunFolderError(f"run {run_dir} has no checkpoint to test")
     evaluation, record = _evaluate_checkpoint(config, inputs, checkpoints, progress, rendezvous, "test")
+    if config.end_to_end_mode and not config.end_to_end.encoder.freeze:
+        _export_run_encoder(config, inputs, checkpoints, progress["best"], rendezvous, run_dir / ENCODER_FOLDER)
     if rendezvous.is_main:
         history = [json.loads(line) for line in (run_dir / METRICS_NAME).read_text(encoding="utf-8").splitlines()]
         plot_learning_curves(history, run_dir / CURVES_NAME, best_epoch=progress["best_epoch"])
@@ -714,6 +838,18 @@ def _test(
     if rendezvous.world_size > 1:
         dist.barrier()
     return record
+
+
+def _export_run_encoder(
+    config: RunConfig, inputs: RunInputs, checkpoints: Checkpoints, tag: str, rendezvous: Rendezvous, folder: Path
+) -> None:
+    """Export the text encoder of checkpoint `tag` (the selected epoch) as a Hugging Face folder (rank 0 writes)."""
+    model = build_model(config, inputs.modalities)
+    engine = load_inference_engine(model, config, rendezvous.world_size, checkpoints, tag)
+    if rendezvous.is_main:
+        export_encoder(engine.module.encoder.model, load_tokenizer(config.end_to_end.encoder), folder)
+    if rendezvous.world_size > 1:
+        dist.barrier()
 
 
 def _evaluate_checkpoint(

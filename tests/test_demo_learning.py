@@ -48,6 +48,7 @@ def test_bimodal_beats_text_on_voice_only_utterances(tmp_path):
     for variant in ("text", "bimodal"):
         config = RunConfig(
             store=str(store),
+            text_mode="frozen",
             model=FusionConfig(variant=variant, hidden_size=32, feedforward_size=64, classifier_hidden=64),
             train=TrainConfig(batch_dialogues=8, learning_rate=1e-3, max_epochs=12, patience=4),
             seed=0,

@@ -1,8 +1,11 @@
 """End-to-end fine-tuning of a tiny RoBERTa with the fusion head under the real DeepSpeed engine on CPU:
 a step trains the encoder, frozen mode keeps it, layer-wise rates survive warmup and accumulation,
 a checkpoint resumes identically, and two gloo ranks take the steps one rank takes. Then the same
-through `cmroberta train text_mode=end_to_end`: the training loop, a killed and resumed run, reports."""
+through `cmroberta train STORE` with no text_mode (end to end is the default, from the store's own
+encoder): the training loop, the exported encoder, DeepSpeed's CSV monitor, a killed and resumed run,
+reports; and gradient accumulation taking the step one batch takes, end to end and on frozen vectors."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -17,24 +20,35 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing
+from tqdm import tqdm
 
 from cluster.config import ConfigError, load_config
 from cluster.rendezvous import LOOPBACK, free_port
-from extract.feature_store import FeatureStore, SplitArrays, build_store_from_arrays
+from extract.feature_store import FeatureStore, FeatureStoreError, SplitArrays, build_store_from_arrays
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from launch.cli import main
 from launch.report import format_report, load_runs, report_tables
 from learnable_store import learnable_split
 from model.deepspeed_config import EngineConfig, build_deepspeed_config
 from model.dialogue_data import DialogueBatchSampler, DialogueDataset, Modalities, load_datasets
-from model.end_to_end import EndToEndModel
+from model.end_to_end import EndToEndModel, fit_text_standardisation
 from model.evaluate import batch_loss_sum
 from model.fusion import FusionConfig, build_fusion_model
 from model.lr_schedule import LRScheduleConfig, build_lr_scheduler
-from model.param_groups import ParamGroupsConfig, build_param_groups, encoder_layer_lr
+from model.param_groups import ParamGroupsConfig, build_optimizer, build_param_groups, encoder_layer_lr
 from model.text_encoder import TextEncoder, TextEncoderConfig, load_tokenizer
 from model.token_cache import TokenSplit, build_token_cache, read_token_split
-from model.train import METRICS_NAME, RunConfig, default_run_dir, distributed_session, train
+from model.train import (
+    METRICS_NAME,
+    RunConfig,
+    _train_epoch,
+    default_run_dir,
+    distributed_session,
+    initialize_engine,
+    prepare_inputs,
+    resolve_run_config,
+    seed_everything,
+)
 
 # DeepSpeed compiles its shm_comm op once per environment into TORCH_EXTENSIONS_DIR; reuse .ci/run's folder.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
@@ -45,7 +59,9 @@ STEPS = 4
 WORDS = "okay so we were on a break you know I can not believe this oh my god what is going on here".split()
 GROUPS = ParamGroupsConfig(encoder_lr=1e-3, layer_decay=0.5)
 HEAD_LR = 3e-3
-SCHEDULE = LRScheduleConfig(warmup_steps=2, decay="linear")
+WARMUP = 2
+# One "epoch" a step here, so the schedule's epochs are steps: 2 of warmup, then linear decay to step 2 x STEPS.
+SCHEDULE = LRScheduleConfig(warmup_epochs=WARMUP, decay_epochs=2 * STEPS, decay="linear")
 
 
 def train_rows(dialogues: int) -> SplitArrays:
@@ -115,11 +131,11 @@ def make_engine(encoder_folder: Path, *, seed: int = 0, freeze: bool = False, ze
     head = build_fusion_model(FusionConfig(hidden_size=8, dropout=0.0, input_dropout=0.0), AUDIO_DIM, encoder.dim)
     model = EndToEndModel(encoder, head)
     groups = build_param_groups(encoder.model, encoder.num_layers, head, GROUPS, head_lr=HEAD_LR, head_weight_decay=0)
-    optimizer = torch.optim.AdamW(groups)
-    scheduler = build_lr_scheduler(optimizer, SCHEDULE, total_steps=2 * STEPS)
+    optimizer = build_optimizer(groups)
+    scheduler = build_lr_scheduler(optimizer, SCHEDULE, steps_per_epoch=1, max_epochs=2 * STEPS)
     config = build_deepspeed_config(
-        EngineConfig(zero_stage=zero_stage, gradient_accumulation_steps=accumulation),
-        micro_batch_dialogues=BATCH // world_size, world_size=world_size,
+        EngineConfig(zero_stage=zero_stage), micro_batch_dialogues=BATCH // world_size, world_size=world_size,
+        gradient_accumulation_steps=accumulation,
     )
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
     return engine
@@ -162,7 +178,8 @@ def test_a_step_updates_every_encoder_tensor_and_the_head(single_process, store,
     run_steps(engine, dataset, tokens, 0, 1)
     after = parameters(engine)
     unchanged = [name for name in before if torch.equal(before[name], after[name])]
-    assert unchanged == []
+    # The pooler stays in the model, untrained, so that the exported encoder is complete; nothing else is still.
+    assert unchanged and all(name.startswith("encoder.model.pooler.") for name in unchanged)
     assert any(name.startswith("encoder.model.embeddings.") for name in after)
     assert any(name.startswith("head.") for name in after)
 
@@ -179,7 +196,7 @@ def test_frozen_mode_trains_the_head_and_leaves_the_encoder(single_process, stor
     assert encoder_names and all(torch.equal(before[name], after[name]) for name in encoder_names)
     assert any(not torch.equal(before[name], after[name]) for name in head_names)
     assert not engine.module.encoder.training and engine.module.head.training
-    assert {group["name"] for group in engine.optimizer.param_groups} == {"head", "head.no_decay"}
+    assert {group["name"] for group in engine.optimizer.param_groups} == {"head"}
 
 
 @pytest.mark.integration
@@ -202,7 +219,7 @@ def test_layerwise_rates_hold_after_warmup_with_accumulation(single_process, sto
         assert lr == pytest.approx(configured(name)), f"{name} at the end of warmup"
     run_steps(engine, dataset, tokens, 2, 4)
     assert engine.global_steps == 3
-    linear = 1 - 1 / (2 * STEPS - SCHEDULE.warmup_steps)
+    linear = 1 - 1 / (2 * STEPS - WARMUP)
     for name, lr in rates().items():
         assert lr == pytest.approx(configured(name) * linear), name
     seen = rates()
@@ -268,15 +285,15 @@ def test_two_gloo_ranks_take_the_steps_of_one(reference, store, encoder_folder, 
         np.testing.assert_allclose(np.array(result["weights"][name]), weights[name].numpy(), atol=1e-6, err_msg=name)
 
 
-# The same runs through `cmroberta train`: text_mode=end_to_end in the feature-mode loop, run folder and report.
+# The same runs through `cmroberta train STORE`: no text_mode and no encoder named, so the run trains end to
+# end from the encoder the store's manifest records, in the feature-mode loop, into a run folder and a report.
 
 CLASS_WORDS = ["okay", "what", "god", "break", "believe", "oh", "not"]
 E2E_EPOCHS = 4
 
 
-@pytest.fixture(scope="module")
-def run_store(tmp_path_factory) -> Path:
-    """A store whose transcripts name their emotion (plus filler words), for the encoder to learn from."""
+def words_store(folder: Path, encoder_folder: Path) -> Path:
+    """A store whose transcripts name their emotion (plus filler words), recording `encoder_folder` as its encoder."""
     rng = np.random.default_rng(5)
     arrays = {split: learnable_split(split, dialogues, seed) for split, dialogues, seed in
               (("train", 32, 0), ("dev", 8, 1), ("test", 8, 2))}
@@ -284,18 +301,22 @@ def run_store(tmp_path_factory) -> Path:
         rows.transcripts = [
             " ".join([CLASS_WORDS[label], *rng.choice(WORDS, int(rng.integers(0, 6)))]) for label in rows.emotion
         ]
-    return build_store_from_arrays(tmp_path_factory.mktemp("runs") / "words-000000000000", arrays, {"corpus": "x"})
+    config = {"corpus": "x", "text": {"model": str(encoder_folder)}}
+    return build_store_from_arrays(folder / "words-000000000000", arrays, config)
 
 
-def e2e_overrides(store: Path, encoder_folder: Path) -> list[str]:
+@pytest.fixture(scope="module")
+def run_store(tmp_path_factory, encoder_folder) -> Path:
+    return words_store(tmp_path_factory.mktemp("runs"), encoder_folder)
+
+
+def e2e_overrides(store: Path) -> list[str]:
     return [
         f"store={json.dumps(str(store))}",
-        "text_mode=end_to_end",
-        f"end_to_end.encoder.model={json.dumps(str(encoder_folder))}",
         "end_to_end.param_groups.encoder_lr=0.001",
-        "end_to_end.schedule.warmup_steps=2",
-        "end_to_end.engine.gradient_accumulation_steps=2",
+        "end_to_end.schedule.warmup_epochs=0.5",
         "end_to_end.bucket_by_length=true",
+        "train.gradient_accumulation_steps=2",
         "model.hidden_size=8",
         "model.dropout=0.0",
         "model.input_dropout=0.0",
@@ -303,6 +324,7 @@ def e2e_overrides(store: Path, encoder_folder: Path) -> list[str]:
         "train.learning_rate=0.003",
         f"train.max_epochs={E2E_EPOCHS}",
         f"train.patience={E2E_EPOCHS}",
+        "monitor.csv=true",
         "seed=3",
     ]
 
@@ -313,10 +335,10 @@ def history(run_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def e2e_run(single_process, run_store, encoder_folder, tmp_path_factory) -> tuple[Path, dict]:
-    config = load_config(RunConfig, None, e2e_overrides(run_store, encoder_folder))
+def e2e_run(single_process, run_store, tmp_path_factory) -> tuple[Path, dict]:
     run_dir = tmp_path_factory.mktemp("e2e") / "run"
-    return run_dir, train(config, run_dir)
+    assert main(["train", str(run_store), *e2e_overrides(run_store)[1:], "--run-dir", str(run_dir)]) == 0
+    return run_dir, json.loads((run_dir / "test_metrics.json").read_text())
 
 
 @pytest.mark.integration
@@ -325,7 +347,9 @@ def test_an_end_to_end_run_trains_the_encoder_in_the_training_loop(e2e_run, run_
     records = history(run_dir)
     assert [r["epoch"] for r in records] == list(range(1, E2E_EPOCHS + 1))
     assert records[-1]["train_loss"] < records[0]["train_loss"]
-    assert tomllib.loads((run_dir / "config.toml").read_text())["text_mode"] == "end_to_end"
+    saved = tomllib.loads((run_dir / "config.toml").read_text())
+    assert saved["text_mode"] == "end_to_end", "end to end is the default"
+    assert saved["end_to_end"]["encoder"]["model"] == str(encoder_folder), "the store's encoder, by name"
     assert list((run_store / "tokens").glob("*.h5")), "the token cache lives with the store"
     states = torch.load(run_dir / "checkpoints" / test["checkpoint"] / "mp_rank_00_model_states.pt",
                         map_location="cpu", weights_only=False)["module"]
@@ -336,10 +360,43 @@ def test_an_end_to_end_run_trains_the_encoder_in_the_training_loop(e2e_run, run_
 
 
 @pytest.mark.integration
-def test_an_interrupted_end_to_end_run_resumes_to_the_same_result(e2e_run, run_store, encoder_folder, tmp_path):
+def test_the_trained_encoder_is_exported_in_hugging_face_format(e2e_run, encoder_folder):
+    from transformers import AutoModel, AutoTokenizer
+
+    run_dir, test = e2e_run
+    folder = run_dir / "encoder"
+    assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+    exported = AutoModel.from_pretrained(folder, local_files_only=True).state_dict()
+    pretrained = AutoModel.from_pretrained(encoder_folder, local_files_only=True).state_dict()
+    assert set(exported) == set(pretrained)
+    states = torch.load(run_dir / "checkpoints" / test["checkpoint"] / "mp_rank_00_model_states.pt",
+                        map_location="cpu", weights_only=False)["module"]
+    changed = [name for name in exported if not torch.equal(exported[name], pretrained[name])]
+    assert "encoder.layer.0.attention.self.query.weight" in changed and "embeddings.word_embeddings.weight" in changed
+    for name in changed:
+        assert torch.equal(exported[name], states[f"encoder.model.{name}"]), f"{name}: the selected epoch's weights"
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    assert tokenizer("okay what").input_ids == AutoTokenizer.from_pretrained(encoder_folder)("okay what").input_ids
+
+
+@pytest.mark.integration
+def test_deepspeeds_csv_monitor_records_losses_and_rates(e2e_run):
+    run_dir, _ = e2e_run
+    folder = run_dir / "monitor" / "train"
+    names = {path.name for path in folder.glob("*.csv")}
+    assert {"Train_Samples_lr.csv", "Train_Samples_train_loss.csv", "Epoch_dev_loss.csv",
+            "Train_Samples_lr_head.csv", "Train_Samples_lr_encoder.depth04.csv"} <= names
+    steps = (folder / "Train_Samples_train_loss.csv").read_text().splitlines()
+    assert steps[0] == "step,train_loss" and len(steps) == 1 + E2E_EPOCHS * 4, "one line per optimizer step"
+    dev = [float(line.split(",")[1]) for line in (folder / "Epoch_dev_loss.csv").read_text().splitlines()[1:]]
+    assert dev == pytest.approx([record["dev_loss"] for record in history(run_dir)])
+
+
+@pytest.mark.integration
+def test_an_interrupted_end_to_end_run_resumes_to_the_same_result(e2e_run, run_store, tmp_path):
     reference_dir, reference_test = e2e_run
     run_dir = tmp_path / "killed"
-    overrides = e2e_overrides(run_store, encoder_folder)
+    overrides = e2e_overrides(run_store)
     environment = {k: v for k, v in os.environ.items()
                    if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     child = subprocess.Popen(
@@ -368,7 +425,9 @@ def test_reports_label_end_to_end_runs_apart(e2e_run, tmp_path):
     e2e_dir, _ = e2e_run
     features_dir = tmp_path / "features-run"
     features_dir.mkdir()
-    (features_dir / "config.toml").write_text('store = "/nowhere"\nseed = 3\n[model]\nvariant = "bimodal"\n')
+    (features_dir / "config.toml").write_text(
+        'store = "/nowhere"\nseed = 3\ntext_mode = "frozen"\n[model]\nvariant = "bimodal"\n'
+    )
     shutil.copy(e2e_dir / "test_metrics.json", features_dir / "test_metrics.json")
     runs = load_runs([features_dir, e2e_dir])
     assert sorted(run.text_mode for run in runs) == ["end_to_end", "frozen"]
@@ -378,14 +437,90 @@ def test_reports_label_end_to_end_runs_apart(e2e_run, tmp_path):
     assert "bimodal (end-to-end), seed 3" in format_report(runs)
 
 
-def test_end_to_end_run_config_is_checked_and_gets_its_own_folder():
-    base = ["store=/stores/s", "text_mode=end_to_end"]
-    with pytest.raises(ConfigError, match="reads no text"):
-        load_config(RunConfig, None, [*base, "model.variant=audio"])
+def test_text_mode_defaults_to_end_to_end_and_each_mode_gets_its_own_folder(tmp_path):
+    base = ["store=/stores/s"]
+    default = load_config(RunConfig, None, base)
+    assert default.text_mode == "end_to_end" and default.end_to_end.engine.zero_stage == 2
+    assert default_run_dir(default).name == "bimodal-end_to_end-seed0"
+    audio = load_config(RunConfig, None, [*base, "model.variant=audio", "text_mode=end_to_end"])
+    assert audio.text_mode == "frozen", "an audio-only run reads no text, whatever the mode asked"
+    assert default_run_dir(audio).name == "audio-seed0"
+    folders = {default_run_dir(load_config(RunConfig, None, [*base, f"text_mode={mode}"])).name
+               for mode in ("end_to_end", "finetuned", "frozen")}
+    assert len(folders) == 3
     with pytest.raises(ConfigError, match="end_to_end.engine.zero_stage"):
         load_config(RunConfig, None, [*base, "train.zero_stage=2"])
-    end_to_end = load_config(RunConfig, None, base)
-    assert end_to_end.end_to_end.engine.zero_stage == 2
-    features = load_config(RunConfig, None, ["store=/stores/s"])
-    assert default_run_dir(end_to_end) != default_run_dir(features)
-    assert default_run_dir(end_to_end).name == "bimodal-end_to_end-seed0"
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        load_config(RunConfig, None, [*base, "end_to_end.schedule.warmup_epochs=30"])
+
+
+def test_a_store_without_a_recorded_encoder_asks_for_one(tmp_path):
+    store = build_store_from_arrays(tmp_path / "bare-000000000000", {"train": train_rows(4)}, {"corpus": "x"})
+    with pytest.raises(FeatureStoreError, match="end_to_end.encoder.model="):
+        resolve_run_config(RunConfig(store=str(store)))
+    assert main(["train", str(store), "--run-dir", str(tmp_path / "run")]) == 2
+
+
+@pytest.mark.integration
+def test_in_graph_text_vectors_are_standardised_like_stored_ones(single_process, run_store, encoder_folder):
+    config = resolve_run_config(load_config(RunConfig, None, e2e_overrides(run_store)))
+    inputs = prepare_inputs(config, ("train",))
+    model, train_set = inputs.model, inputs.datasets["train"]
+    fit_text_standardisation(model, train_set, torch.device("cpu"))
+    rows = torch.arange(train_set.num_utterances).view(-1, 1)
+    with torch.no_grad():
+        model.eval()
+        vectors = model.text_vectors(train_set.tokens.batch(rows)).numpy()
+    np.testing.assert_allclose(vectors.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(vectors.std(axis=0), 1.0, atol=1e-3)
+
+
+def _one_step(config: RunConfig, accumulation: int, rendezvous) -> tuple[dict[str, torch.Tensor], float]:
+    """The parameters after one optimizer step on the first 8 dialogues of the train split, and the gradient norm."""
+    train_config = dataclasses.replace(config.train, gradient_accumulation_steps=accumulation)
+    config = dataclasses.replace(config, train=train_config)
+    config = resolve_run_config(config)
+    seed_everything(config.seed)
+    inputs = prepare_inputs(config, ("train",))
+    train_set = inputs.datasets["train"]
+    if config.end_to_end_mode:
+        fit_text_standardisation(inputs.model, train_set, torch.device("cpu"))
+    engine = initialize_engine(inputs.model, config, 1, steps_per_epoch=1)
+    first_batch = next(iter(DialogueBatchSampler(len(train_set), 8)))
+    _train_epoch(engine, train_set, [first_batch], None, rendezvous, torch.float32, tqdm(disable=True))
+    assert engine.global_steps == 1
+    return parameters(engine), float(engine.get_global_grad_norm())
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("text_mode", ["end_to_end", "frozen"])
+def test_accumulated_micro_batches_take_the_step_of_one_batch(single_process, run_store, text_mode):
+    # Clipping far above the norm: DeepSpeed computes the global gradient norm, which Adam's step (invariant to
+    # the gradient's scale) cannot show, and never clips. The rates (1e-4) are small enough that no element's
+    # first Adam step, lr g / (|g| + eps), can differ by 1e-6 through rounding in g where |g| is near eps.
+    overrides = [*e2e_overrides(run_store), f"text_mode={text_mode}", "model.variant=bimodal_no_sca",
+                 "train.learning_rate=1e-4", "end_to_end.param_groups.encoder_lr=1e-4",
+                 "end_to_end.engine.gradient_clipping=1e9"]
+    if text_mode == "frozen":
+        # Under ZeRO, as end to end, since DeepSpeed's plain optimizer path does not keep the norm it clips by.
+        overrides = [o for o in overrides if not o.startswith("end_to_end.")]
+        overrides += ["train.gradient_clipping=1e9", "train.zero_stage=2"]
+    config = load_config(RunConfig, None, overrides)
+    whole, whole_norm = _one_step(config, 1, single_process)
+    accumulated, accumulated_norm = _one_step(config, 4, single_process)
+    assert accumulated_norm == pytest.approx(whole_norm, rel=1e-6) and whole_norm > 0
+    before = parameters_of_fresh_model(config)
+    moved = [name for name in whole if not torch.equal(whole[name], before[name])]
+    assert len(moved) > len(whole) // 2, "the step moved the model"
+    # A key bias adds the same number to every score of a query, which a softmax ignores: its gradient is zero up
+    # to rounding, which Adam's first step turns into steps of about 1e-5.
+    compared = [name for name in whole if not name.endswith("attention.self.key.bias")]
+    assert len(compared) >= len(whole) - 4
+    for name in compared:
+        np.testing.assert_allclose(accumulated[name].numpy(), whole[name].numpy(), atol=1e-6, rtol=0, err_msg=name)
+
+
+def parameters_of_fresh_model(config: RunConfig) -> dict[str, torch.Tensor]:
+    config = resolve_run_config(config)
+    seed_everything(config.seed)
+    return {name: p.detach().clone() for name, p in prepare_inputs(config, ("train",)).model.named_parameters()}

@@ -51,6 +51,8 @@ MASK_CASES = [
     ("bimodal", {"attention_heads": 4}),
     ("bimodal", {"sublayer_join": "residual"}),
     ("bimodal", {"audio_projection": 12}),
+    ("bimodal", {"mid_fusion_input": "encodings"}),
+    ("bimodal_no_sca", {"mid_fusion_input": "encodings"}),
 ]
 
 
@@ -105,6 +107,28 @@ def test_join_switch_changes_the_parameters():
     assert all(".project." in name for name in only_concat)
     d = 2 * 8
     assert all(concat[name].shape == (d, 2 * d) for name in only_concat if name.endswith("weight"))
+
+
+def test_mid_fusion_reads_the_inputs_or_the_encodings():
+    torch.manual_seed(2)
+    inputs = build_fusion_model(small_config("bimodal"), AUDIO_DIM, TEXT_DIM)
+    encodings = build_fusion_model(small_config("bimodal", mid_fusion_input="encodings"), AUDIO_DIM, TEXT_DIM)
+    shapes = {name: tuple(p.shape) for name, p in encodings.mid.named_parameters()}
+    assert {name.split(".")[0] for name in shapes} == {"joint_lstm", "feedforward"}, "no LSTMs of its own over x_a, x_t"
+    d = 2 * 8
+    assert shapes["joint_lstm.lstm.weight_ih_l0"] == (4 * 8, 2 * d), "the BiLSTM joins H_a ⊕ H_t"
+    assert {name.split(".")[0] for name, _ in inputs.mid.named_parameters()} == {
+        "audio_lstm", "text_lstm", "joint_lstm", "feedforward"
+    }
+    assert inputs.mid.audio_lstm.lstm.num_layers == 2 and inputs.mid.audio_lstm.lstm.input_size == AUDIO_DIM
+    # With 'encodings' the mid-level path is fed by the modality encoders: their gradient flows through it.
+    audio, text, mask = batch([4, 3])
+    h_a = torch.randn(2, 4, d, requires_grad=True)
+    h_t = torch.randn(2, 4, d, requires_grad=True)
+    encodings.mid(audio, text, h_a, h_t, mask).sum().backward()
+    assert h_a.grad.abs().sum() > 0 and h_t.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="mid_fusion_input"):
+        small_config("bimodal", mid_fusion_input="both")
 
 
 def test_cross_path_mixes_modalities_and_self_path_does_not():

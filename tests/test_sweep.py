@@ -27,6 +27,7 @@ SEEDS = [0, 1, 2]
 SWEEP_WAIT_S = 240
 # A run of a few seconds: small model, few epochs, batches of 8 dialogues.
 TINY_OVERRIDES = [
+    "text_mode=frozen",
     "model.variant=bimodal",
     "model.hidden_size=8",
     "train.batch_dialogues=8",

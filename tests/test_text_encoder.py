@@ -1,6 +1,7 @@
 """The trainable text encoder (same vector as the frozen extraction, clear errors), layer-wise parameter
 groups, the per-group warmup/decay schedule and the DeepSpeed config of end-to-end training."""
 
+import importlib.util
 import json
 import math
 
@@ -13,8 +14,15 @@ from transformers import RobertaConfig, RobertaModel
 from extract.text_features import TextEncoderError, TextFeatureConfig, TextFeatureExtractor
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from extract.utterance import Utterance
-from model.deepspeed_config import EngineConfig, build_deepspeed_config, micro_batch_dialogues, resolve_precision
-from model.lr_schedule import LRScheduleConfig, build_lr_scheduler
+from cluster.config import ConfigError
+from model.deepspeed_config import (
+    EngineConfig,
+    MonitorConfig,
+    build_deepspeed_config,
+    micro_batch_dialogues,
+    resolve_precision,
+)
+from model.lr_schedule import LRScheduleConfig, build_lr_scheduler, schedule_steps
 from model.param_groups import ParamGroupsConfig, build_param_groups, layer_depth
 from model.text_encoder import TextEncoder, TextEncoderConfig, load_tokenizer
 
@@ -101,6 +109,7 @@ def test_layer_depths_of_roberta_names():
 
 
 def test_param_groups_decay_per_layer_and_spare_biases_and_norms(tiny_model):
+    # The encoder's decay is decoupled and spares vectors; the head's is the paper's coupled L2 on everything.
     encoder = TextEncoder(TextEncoderConfig(model=str(tiny_model)))
     head = nn.Sequential(nn.Linear(encoder.dim, 8), nn.LayerNorm(8), nn.Linear(8, 7))
     config = ParamGroupsConfig(encoder_lr=2e-5, layer_decay=0.5, encoder_weight_decay=0.01)
@@ -110,12 +119,17 @@ def test_param_groups_decay_per_layer_and_spare_biases_and_norms(tiny_model):
         expected = 2e-5 * 0.5 ** (LAYERS - depth)
         assert by_name[f"encoder.depth{depth:02d}"]["lr"] == pytest.approx(expected)
         assert by_name[f"encoder.depth{depth:02d}.no_decay"]["lr"] == pytest.approx(expected)
-    assert by_name["head"]["lr"] == by_name["head.no_decay"]["lr"] == 1e-3
-    assert by_name["head"]["weight_decay"] == 3e-4 and by_name["encoder.depth01"]["weight_decay"] == 0.01
-    # Every trainable parameter in exactly one group; no decay on vectors (biases, LayerNorm).
+    assert by_name["head"]["lr"] == 1e-3 and "head.no_decay" not in by_name
+    assert by_name["head"]["weight_decay"] == 3e-4 and not by_name["head"]["decoupled_weight_decay"]
+    assert by_name["encoder.depth01"]["weight_decay"] == 0.01 and by_name["encoder.depth01"]["decoupled_weight_decay"]
+    # Every trainable parameter in exactly one group (the frozen pooler in none); no encoder decay on vectors.
+    trainable = [p for p in [*encoder.parameters(), *head.parameters()] if p.requires_grad]
     grouped = [id(p) for group in groups for p in group["params"]]
-    assert sorted(grouped) == sorted(id(p) for p in [*encoder.parameters(), *head.parameters()])
+    assert sorted(grouped) == sorted(id(p) for p in trainable)
     for group in groups:
+        if group["name"] == "head":
+            assert len(group["params"]) == len(list(head.parameters()))
+            continue
         vectors = [p.ndim == 1 for p in group["params"]]
         assert all(vectors) if group["name"].endswith("no_decay") else not any(vectors)
         assert (group["weight_decay"] == 0.0) == group["name"].endswith("no_decay")
@@ -123,16 +137,16 @@ def test_param_groups_decay_per_layer_and_spare_biases_and_norms(tiny_model):
     assert any(p is encoder.model.encoder.layer[0].attention.self.query.weight for p in layer_zero)
     frozen = TextEncoder(TextEncoderConfig(model=str(tiny_model), freeze=True))
     frozen_groups = build_param_groups(frozen.model, frozen.num_layers, head, config, head_lr=1e-3, head_weight_decay=0)
-    assert {g["name"] for g in frozen_groups} == {
-        "head", "head.no_decay"
-    }
+    assert [g["name"] for g in frozen_groups] == ["head"]
 
 
 @pytest.mark.parametrize("decay", ["constant", "linear", "cosine"])
 def test_schedule_scales_each_groups_own_rate(decay):
     weights = [nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))]
     optimizer = torch.optim.SGD([{"params": [weights[0]], "lr": 1.0}, {"params": [weights[1]], "lr": 0.1}])
-    scheduler = build_lr_scheduler(optimizer, LRScheduleConfig(warmup_steps=4, decay=decay, min_lr_ratio=0.1), 14)
+    # 2 steps an epoch: 2 epochs of warmup, a horizon of 7 epochs (not the 50 of max_epochs).
+    config = LRScheduleConfig(warmup_epochs=2, decay_epochs=7, decay=decay, min_lr_ratio=0.1)
+    scheduler = build_lr_scheduler(optimizer, config, steps_per_epoch=2, max_epochs=50)
     seen = []
     for _ in range(16):
         seen.append([group["lr"] for group in optimizer.param_groups])
@@ -148,8 +162,16 @@ def test_schedule_scales_each_groups_own_rate(decay):
         assert first == pytest.approx(expected) and second == pytest.approx(0.1 * expected)
 
 
+def test_schedule_horizon_is_capped_by_the_run_and_checked():
+    assert schedule_steps(LRScheduleConfig(warmup_epochs=0.5, decay_epochs=20), 33, max_epochs=200) == (16, 660)
+    assert schedule_steps(LRScheduleConfig(decay_epochs=20), 4, max_epochs=5) == (4, 20)
+    with pytest.raises(ValueError, match="must not exceed decay_epochs"):
+        LRScheduleConfig(warmup_epochs=3, decay_epochs=2)
+
+
 def test_deepspeed_config_defaults_and_accumulation():
-    config = build_deepspeed_config(EngineConfig(gradient_accumulation_steps=2), micro_batch_dialogues=4, world_size=3)
+    config = build_deepspeed_config(EngineConfig(), micro_batch_dialogues=4, world_size=3,
+                                    gradient_accumulation_steps=2)
     if not torch.cuda.is_available():
         assert resolve_precision("auto") == "fp32" and not config["bf16"]["enabled"]
     assert config["zero_optimization"]["stage"] == 2
@@ -159,3 +181,15 @@ def test_deepspeed_config_defaults_and_accumulation():
     assert micro_batch_dialogues(32, world_size=3, gradient_accumulation_steps=2) == 6
     with pytest.raises(ValueError, match="zero_stage"):
         EngineConfig(zero_stage=4)
+
+
+def test_monitor_sections_point_into_the_run_folder(tmp_path):
+    sections = MonitorConfig(csv=True).deepspeed_sections(tmp_path)
+    assert sections["csv_monitor"] == {"enabled": True, "output_path": str(tmp_path / "monitor"), "job_name": "train"}
+    assert sections["tensorboard"]["enabled"] is False
+    elsewhere = MonitorConfig(tensorboard=False, csv=True, folder=str(tmp_path / "live"), job_name="seed3")
+    assert elsewhere.deepspeed_sections(tmp_path)["csv_monitor"]["output_path"] == str(tmp_path / "live")
+    assert not MonitorConfig().enabled
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(ConfigError, match=r"cmroberta\[monitor\]"):
+            MonitorConfig(tensorboard=True).deepspeed_sections(tmp_path)

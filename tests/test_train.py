@@ -44,6 +44,8 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmro
 MAX_EPOCHS = 8
 # One config for every run here, as `key=value` overrides, so the CLI and in-process runs share it.
 OVERRIDES = [
+    # The learnable store's text vectors come from no encoder: the head trains on them as they are.
+    "text_mode=frozen",
     "model.variant=bimodal",
     "model.hidden_size=8",
     "model.feedforward_size=16",
@@ -217,7 +219,8 @@ def test_user_errors_name_the_fix(tmp_path, capsys):
 
 
 def test_deepspeed_config_and_class_weights():
-    config = deepspeed_config(TrainConfig(batch_dialogues=32, zero_stage=2, precision="bf16"), world_size=3)
+    run = RunConfig(store="/s", text_mode="frozen", train=TrainConfig(batch_dialogues=32, zero_stage=2, precision="bf16"))
+    config = deepspeed_config(run, world_size=3)
     assert config["train_batch_size"] == 33 and config["train_micro_batch_size_per_gpu"] == 11
     assert config["zero_optimization"]["stage"] == 2 and config["bf16"]["enabled"]
     labels = np.array([0, 0, 0, 1, 2, 2])

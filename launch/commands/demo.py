@@ -49,6 +49,7 @@ def demo_run_config(store: Path, variant: str, max_epochs: int) -> RunConfig:
     smaller batches at a higher rate, fewer epochs and less patience."""
     return RunConfig(
         store=str(store),
+        text_mode="frozen",
         model=FusionConfig(variant=variant, hidden_size=64, feedforward_size=256),
         train=TrainConfig(batch_dialogues=8, learning_rate=5e-4, max_epochs=max_epochs, patience=5),
         seed=0,
