@@ -8,11 +8,13 @@ and its log folder shows what it was asked to do.
   laptop the pipeline starts its own local Ray. Submit it with `in_batch_script=True`: it
   starts its own processes on the other nodes.
 - `TrainingJob` trains one run. It is `Checkpointable`: when SLURM (or the local executor)
-  signals that the job is preempted or about to time out, Submitit calls `checkpoint()`, which
-  requeues the same run with `resume=True`. Training checkpoints at the end of every epoch, so
-  the requeued job continues from the last finished epoch and ends exactly as an uninterrupted
-  run would. With several tasks (one per GPU, across nodes) every task runs it, and each finds
-  its rank and rank 0's address in SLURM's environment (`cluster.rendezvous`).
+  signals that the job is preempted or about to time out, training checkpoints the step in
+  progress on every rank (the signal only sets a flag, which the loop reads after each optimizer
+  step), stops, and hands over to Submitit's handler, which calls `checkpoint()` and requeues the
+  same run with `resume=True`. The requeued job continues from that step and ends exactly as an
+  uninterrupted run would. With several tasks (one per GPU, across nodes) every task runs it,
+  each finds its rank and rank 0's address in SLURM's environment (`cluster.rendezvous`), and
+  each writes its part of a checkpoint into the shared run folder.
 - `RunQueueJob` trains several runs one after another, for the local executor, which has no
   job arrays to bound how many runs of a sweep run at once.
 """
@@ -34,6 +36,8 @@ from cluster.rendezvous import LOOPBACK, slurm_port
 log = logging.getLogger(__name__)
 
 ATTEMPTS_NAME = "attempts.jsonl"
+# How long a rank other than 0 waits, after a requeue checkpoint, for rank 0's requeue to end the job.
+_REQUEUE_WAIT_S = 300
 # Submitit's local executor numbers a job's tasks in these variables instead of SLURM's.
 _LOCAL_TASK_VARIABLES = (
     "SUBMITIT_LOCAL_GLOBALID",
@@ -149,7 +153,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
         self.resume = resume
         """Continue from the run's last checkpoint (a fresh start when it has none)."""
 
-    def __call__(self) -> dict[str, Any]:
+    def __call__(self) -> dict[str, Any] | None:
+        from model.checkpoint import CheckpointRequest, TrainingInterrupted, installed
         from model.train import train
 
         _log_to_job_log()
@@ -157,10 +162,25 @@ class TrainingJob(submitit.helpers.Checkpointable):
         export_local_task_rendezvous()
         if _is_main_task():
             _record_attempt(self.run_dir, self.resume)
-        return train(self.config, self.run_dir, resume=self.resume)
+        request = CheckpointRequest()
+        signum = submitit.JobEnvironment._usr_sig()
+        with installed(request, signum):
+            try:
+                return train(self.config, self.run_dir, resume=self.resume, request=request)
+            except TrainingInterrupted as interrupted:
+                log.info("%s; handing over to Submitit to requeue the job", interrupted)
+        # Submitit's handler calls checkpoint() and requeues the job from rank 0, then exits. Other
+        # ranks must not exit with an error first (srun would stop rank 0 with them): they wait for
+        # the requeue to end the job.
+        if request.fallback is not None:
+            request.fallback(request.signal or signum, None)
+        if not _is_main_task():
+            time.sleep(_REQUEUE_WAIT_S)
+        return None
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        # Nothing to save here: training checkpointed after its last finished epoch.
+        # Training saved the step in progress before Submitit called this (or, for a signal outside
+        # the training loop, its last checkpoint is the latest state): the requeued job resumes it.
         return submitit.helpers.DelayedSubmission(TrainingJob(self.config, self.run_dir, resume=True))
 
     def __repr__(self) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing
+from safetensors.torch import load_file
 
 from cluster.config import ConfigError, load_config
 from cluster.rendezvous import LOOPBACK, free_port
@@ -327,8 +328,7 @@ def test_an_end_to_end_run_trains_the_encoder_in_the_training_loop(e2e_run, run_
     assert records[-1]["train_loss"] < records[0]["train_loss"]
     assert tomllib.loads((run_dir / "config.toml").read_text())["text_mode"] == "end_to_end"
     assert list((run_store / "tokens").glob("*.h5")), "the token cache lives with the store"
-    states = torch.load(run_dir / "checkpoints" / test["checkpoint"] / "mp_rank_00_model_states.pt",
-                        map_location="cpu", weights_only=False)["module"]
+    states = load_file(run_dir / "checkpoints" / test["checkpoint"] / "model.safetensors")
     pretrained = TextEncoder(TextEncoderConfig(model=str(encoder_folder))).state_dict()
     name = "model.encoder.layer.0.attention.self.query.weight"
     assert not torch.equal(states[f"encoder.{name}"], pretrained[name]), "the encoder was fine-tuned"
