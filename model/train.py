@@ -549,13 +549,25 @@ def _check_run_folder(run_dir: Path, config: RunConfig, resume: bool, checkpoint
         )
     saved_path = run_dir / RESOLVED_CONFIG_NAME
     if started and saved_path.is_file():
-        saved = load_config(RunConfig, saved_path)
+        saved = saved_run_config(run_dir)
         differences = _config_differences(to_dict(saved), to_dict(config))
         if differences:
             raise RunFolderError(
                 f"run folder {run_dir} was trained with another config ({'; '.join(differences)}); "
                 "resume it with the same config, or choose another --run-dir"
             )
+
+
+def saved_run_config(run_dir: Path) -> RunConfig:
+    """The resolved config a run folder was trained with; a RunFolderError when it is not a TOML text."""
+    path = Path(run_dir) / RESOLVED_CONFIG_NAME
+    try:
+        return load_config(RunConfig, path)
+    except (UnicodeDecodeError, OSError) as error:
+        raise RunFolderError(
+            f"{path} cannot be read ({type(error).__name__}); it is not the config this project wrote: train the "
+            "run again in a new folder"
+        ) from None
 
 
 def _config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
@@ -793,7 +805,7 @@ def evaluate_run(run_dir: Path, split: str = "test") -> dict[str, Any]:
     config_path = run_dir / RESOLVED_CONFIG_NAME
     if not config_path.is_file():
         raise RunFolderError(f"{run_dir} is not a run folder: it has no {RESOLVED_CONFIG_NAME}; train one first")
-    config = load_config(RunConfig, config_path)
+    config = saved_run_config(run_dir)
     with distributed_session() as rendezvous, run_folder_lock(run_dir, rendezvous.is_main):
         checkpoints = Checkpoints(run_dir, rendezvous.rank, rendezvous.world_size)
         progress = checkpoints.progress()
