@@ -36,8 +36,6 @@ from cluster.rendezvous import LOOPBACK, slurm_port
 log = logging.getLogger(__name__)
 
 ATTEMPTS_NAME = "attempts.jsonl"
-# How long a rank other than 0 waits, after a requeue checkpoint, for rank 0's requeue to end the job.
-_REQUEUE_WAIT_S = 300
 # Submitit's local executor numbers a job's tasks in these variables instead of SLURM's.
 _LOCAL_TASK_VARIABLES = (
     "SUBMITIT_LOCAL_GLOBALID",
@@ -169,13 +167,11 @@ class TrainingJob(submitit.helpers.Checkpointable):
                 return train(self.config, self.run_dir, resume=self.resume, request=request)
             except TrainingInterrupted as interrupted:
                 log.info("%s; handing over to Submitit to requeue the job", interrupted)
-        # Submitit's handler calls checkpoint() and requeues the job from rank 0, then exits. Other
-        # ranks must not exit with an error first (srun would stop rank 0 with them): they wait for
-        # the requeue to end the job.
+        # On rank 0 Submitit's handler calls checkpoint(), requeues the job and exits. Other ranks have
+        # written their part of the checkpoint and end cleanly: an error exit could make srun stop rank 0
+        # before it requeues.
         if request.fallback is not None:
             request.fallback(request.signal or signum, None)
-        if not _is_main_task():
-            time.sleep(_REQUEUE_WAIT_S)
         return None
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
