@@ -353,7 +353,7 @@ class Checkpoints:
             found.append((manifest["engine"]["global_steps"], manifest["end_of_epoch"], folder.name, manifest))
         if not found:
             return None
-        found.sort(key=lambda item: item[:2], reverse=True)
+        found.sort(key=lambda item: item[:3], reverse=True)
         newest = found[0][3]
         return Progress(
             latest=[tag for *_, tag, _ in found[:KEEP_LATEST]], best=newest["best"], best_epoch=newest["best_epoch"]

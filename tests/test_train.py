@@ -356,11 +356,13 @@ def descendants(pid: int) -> list[int]:
 
 
 @pytest.mark.integration
-def test_two_ranks_killed_mid_epoch_resume_to_the_uninterrupted_result(store, tmp_path):
+def test_two_zero2_ranks_killed_mid_epoch_resume_to_the_uninterrupted_result(store, tmp_path):
+    """ZeRO stage 2: each rank's checkpoint file holds its own partition of the optimizer state."""
+
     def torchrun(run_dir: Path, *extra: str) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                str(free_port()), "-m", "launch.cli", "train", str(store), *TWO_RANK_OVERRIDES, *extra,
-                "--run-dir", str(run_dir)]
+                str(free_port()), "-m", "launch.cli", "train", str(store), *TWO_RANK_OVERRIDES, "train.zero_stage=2",
+                *extra, "--run-dir", str(run_dir)]
 
     reference_dir = tmp_path / "reference"
     reference = subprocess.run(torchrun(reference_dir), env=clean_environment(), capture_output=True, text=True,
@@ -383,6 +385,7 @@ def test_two_ranks_killed_mid_epoch_resume_to_the_uninterrupted_result(store, tm
                              timeout=300, check=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "from checkpoint epoch-0002-step-" in resumed.stderr
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*/rank-*.pt")) == ["rank-00000.pt", "rank-00001.pt"]
     assert without_times(history(run_dir)) == without_times(history(reference_dir))
     ours, theirs = (json.loads((d / "test_metrics.json").read_text()) for d in (run_dir, reference_dir))
     for key in ("weighted_f1", "loss", "confusion", "per_class_f1", "epoch"):
