@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import MutableMapping
 from dataclasses import replace
@@ -167,12 +168,13 @@ class TrainingJob(submitit.helpers.Checkpointable):
                 return train(self.config, self.run_dir, resume=self.resume, request=request)
             except TrainingInterrupted as interrupted:
                 log.info("%s; handing over to Submitit to requeue the job", interrupted)
+        if request.fallback is None:
+            return None
         # On rank 0 Submitit's handler calls checkpoint(), requeues the job and exits. Other ranks have
-        # written their part of the checkpoint and end cleanly: an error exit could make srun stop rank 0
-        # before it requeues.
-        if request.fallback is not None:
-            request.fallback(request.signal or signum, None)
-        return None
+        # written their part of the checkpoint and end at once, cleanly (an error exit could make srun
+        # stop rank 0 before it requeues; going on, in a queue of runs, would start the next one alone).
+        request.fallback(request.signal or signum, None)
+        sys.exit(0)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         # Training saved the step in progress before Submitit called this (or, for a signal outside

@@ -279,16 +279,19 @@ def _like(saved: Any, live: Any) -> Any:
     return saved
 
 
-def _is_zero_optimizer(optimizer: Any) -> bool:
-    """Whether DeepSpeed's wrapper loads from a list of per-rank state dicts (ZeRO, bf16)."""
+def _partitioned(engine: Any) -> bool:
+    """Whether each rank holds its own part of the optimizer state (ZeRO, DeepSpeed's bf16 optimizer).
+
+    Such optimizers also load from a list of per-rank state dicts.
+    """
     from deepspeed.runtime.base_optimizer import ZeROOptimizer
 
-    return isinstance(optimizer, ZeROOptimizer)
+    return isinstance(engine.optimizer, ZeROOptimizer)
 
 
 def _owns_optimizer_state(engine: Any, rank: int) -> bool:
-    """Whether this rank's file carries optimizer state: its own partition under ZeRO, rank 0's copy without."""
-    return engine.optimizer is not None and (engine.zero_optimization() or rank == 0)
+    """Whether this rank's file carries optimizer state: its own part when partitioned, else rank 0's copy."""
+    return engine.optimizer is not None and (_partitioned(engine) or rank == 0)
 
 
 def _device_rng(device: torch.device) -> torch.Tensor | None:
@@ -518,7 +521,7 @@ class Checkpoints:
         """Checkpoint `tag`'s manifest, weights, this rank's file and the file holding its optimizer state."""
         manifest = self._manifest(tag)
         resumes_mid_epoch = not manifest["end_of_epoch"]
-        if manifest["world_size"] != self.world_size and (engine.zero_optimization() or resumes_mid_epoch):
+        if manifest["world_size"] != self.world_size and (_partitioned(engine) or resumes_mid_epoch):
             raise CheckpointDamagedError(
                 f"{self.folder / tag} was saved by {manifest['world_size']} ranks; resume it on that many "
                 f"(ZeRO partitions and a part-done epoch are per rank), not {self.world_size}"
@@ -551,7 +554,7 @@ class Checkpoints:
                 reason = ""
             except CheckpointDamagedError as error:
                 read, reason = None, str(error)
-            if not self._all_ranks_agree(read is not None):
+            if not self._all_ranks_agree(read is not None, engine.device):
                 reason = reason or "another rank could not read its part"
                 log.warning("checkpoint %s cannot be loaded, passing over it: %s", tag, reason)
                 failures.append(f"{tag}: {reason}")
@@ -566,10 +569,10 @@ class Checkpoints:
             "new folder"
         )
 
-    def _all_ranks_agree(self, ok: bool) -> bool:
+    def _all_ranks_agree(self, ok: bool, device: torch.device) -> bool:
         if self.world_size == 1:
             return ok
-        flag = torch.tensor([1 if ok else 0], dtype=torch.int64)
+        flag = torch.tensor([1 if ok else 0], dtype=torch.int64, device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
 
@@ -578,7 +581,7 @@ class Checkpoints:
         optimizer = engine.optimizer
         if optimizer is not None:
             state = _like(optimizer_holder["optimizer"], optimizer.state_dict())
-            if _is_zero_optimizer(optimizer):
+            if _partitioned(engine):
                 # DeepSpeed reads the list entry of this rank's own partition; the others stay unread.
                 states = [None] * self.world_size
                 states[self.rank] = state

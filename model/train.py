@@ -460,7 +460,7 @@ class StepCheckpoints:
                    world_size: int, last: bool) -> None:
         """Stop on a non-finite loss; checkpoint when due or asked; stop after checkpointing when asked."""
         requested = self.request is not None and self.request.requested
-        flags = torch.tensor([0 if finite else 1, 1 if requested else 0], dtype=torch.int64)
+        flags = torch.tensor([0 if finite else 1, 1 if requested else 0], dtype=torch.int64, device=engine.device)
         if world_size > 1:
             # Every rank must stop, or checkpoint, at the same step: the flags are agreed on.
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
