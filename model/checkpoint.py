@@ -227,6 +227,14 @@ def run_folder_lock(run_dir: Path, is_main: bool) -> Iterator[None]:
         raise RunFolderError(str(error)) from None
 
 
+def require_supported(engine: Any) -> None:
+    """Refuse, before any step is lost, an engine whose state this format cannot hold yet."""
+    if engine.zero_optimization_partition_weights():
+        raise RunFolderError(
+            "ZeRO stage 3 partitions the weights, which these checkpoints cannot hold yet; train with ZeRO stage 2"
+        )
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
@@ -379,8 +387,7 @@ class Checkpoints:
         `client_state` is the loop's JSON state; `rank_state` this rank's own tensors; `best_epoch` the
         epoch whose checkpoint is the best so far (0: none yet).
         """
-        if engine.zero_optimization_partition_weights():
-            raise RunFolderError("ZeRO stage 3 runs cannot be checkpointed yet; train with ZeRO stage 2 instead")
+        require_supported(engine)
         folder = self.folder / tag
         folder.mkdir(parents=True, exist_ok=True)
         own: dict[str, Any] = {

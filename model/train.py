@@ -92,6 +92,7 @@ from model.checkpoint import (
     RunFolderError,
     TrainingInterrupted,
     checkpoint_tag,
+    require_supported,
     run_folder_lock,
 )
 from model.end_to_end import EndToEndConfig, attach_tokens, build_end_to_end_model, build_optimizer
@@ -628,6 +629,7 @@ def train(
             inputs.statistics.save(run_dir / STATISTICS_NAME)
         steps_per_epoch = math.ceil(len(inputs.datasets["train"]) / config.train.batch_dialogues)
         engine = initialize_engine(inputs.model, config, rendezvous.world_size, steps_per_epoch)
+        require_supported(engine)
         restored = checkpoints.restore(engine) if resume else None
         if resume and restored is None:
             log.info("run %s has no checkpoint yet; starting from the first epoch", run_dir)

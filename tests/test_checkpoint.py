@@ -16,6 +16,7 @@ from model.checkpoint import (
     _like,
     _plain,
     checkpoint_tag,
+    require_supported,
     verify_run_folder,
 )
 from model.train import distributed_session
@@ -86,6 +87,12 @@ def test_an_engine_resumes_bit_identically_from_files_a_weights_only_load_accept
     plain = torch.load(saved(_plain(state, "optimizer")), weights_only=True)
     rebuilt = _like(plain, state)
     assert {key: type(value) for key, value in rebuilt.items()} == {key: type(value) for key, value in state.items()}
+
+
+@pytest.mark.integration
+def test_zero3_is_refused_before_a_step_is_taken(session):
+    with pytest.raises(RunFolderError, match="ZeRO stage 3 partitions the weights"):
+        require_supported(make_engine(3))
 
 
 def saved(obj) -> io.BytesIO:
