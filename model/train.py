@@ -441,7 +441,7 @@ class EpochProgress:
     data_seconds: float = 0.0
     """Seconds this rank spent assembling their batches."""
     seconds: float = 0.0
-    """Seconds spent on them, in earlier attempts too."""
+    """Seconds the training pass has taken on them, in earlier attempts too."""
 
 
 @dataclass(kw_only=True)
@@ -514,6 +514,7 @@ def _train_epoch(
     accumulation = engine.gradient_accumulation_steps()
     batches = list(sampler)
     progress.update(sum(len(b.global_indices) for b in batches[: epoch.steps]))
+    seconds_before, pass_started = epoch.seconds, time.perf_counter()
     for index in range(epoch.steps, len(batches)):
         rank_batch = batches[index]
         global_weight = dataset.label_weight(rank_batch.global_indices, weights)
@@ -530,6 +531,7 @@ def _train_epoch(
         loss_sum += step_loss
         epoch.weight_sum += global_weight
         epoch.steps = index + 1
+        epoch.seconds = seconds_before + time.perf_counter() - pass_started
         progress.update(len(rank_batch.global_indices))
         finite = bool(torch.isfinite(step_loss).item())
         step_checkpoints.after_step(
@@ -678,7 +680,6 @@ def _fit(
         total=config.train.max_epochs, initial=state.epoch, desc="epochs", unit="epoch", disable=not rendezvous.is_main
     ) as epochs_bar:
         while not state.finished(config.train):
-            started = time.perf_counter()
             loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
             if part_done is not None:
                 # The checkpoint restored this rank's RNG as it was at that step.
@@ -700,7 +701,7 @@ def _fit(
                     engine, train_set, sampler, class_weights, rendezvous, dtype, batches_bar, epoch, loss_sum,
                     step_checkpoints,
                 )
-            train_seconds = epoch.seconds + time.perf_counter() - started
+            dev_started = time.perf_counter()
             dev = evaluate_split(
                 engine,
                 dev_set,
@@ -723,8 +724,8 @@ def _fit(
                     "dev_loss": dev.loss,
                     "dev_weighted_f1": dev.metrics.weighted_f1,
                     "dev_accuracy": dev.metrics.accuracy,
-                    "seconds": epoch.seconds + time.perf_counter() - started,
-                    "train_seconds": train_seconds,
+                    "seconds": epoch.seconds + time.perf_counter() - dev_started,
+                    "train_seconds": epoch.seconds,
                     "data_seconds": epoch.data_seconds,
                 }
             )
