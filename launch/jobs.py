@@ -8,11 +8,13 @@ and its log folder shows what it was asked to do.
   laptop the pipeline starts its own local Ray. Submit it with `in_batch_script=True`: it
   starts its own processes on the other nodes.
 - `TrainingJob` trains one run. It is `Checkpointable`: when SLURM (or the local executor)
-  signals that the job is preempted or about to time out, Submitit calls `checkpoint()`, which
-  requeues the same run with `resume=True`. Training checkpoints at the end of every epoch, so
-  the requeued job continues from the last finished epoch and ends exactly as an uninterrupted
-  run would. With several tasks (one per GPU, across nodes) every task runs it, and each finds
-  its rank and rank 0's address in SLURM's environment (`cluster.rendezvous`).
+  signals that the job is preempted or about to time out, training checkpoints the step in
+  progress on every rank (the signal only sets a flag, which the loop reads after each optimizer
+  step), stops, and hands over to Submitit's handler, which calls `checkpoint()` and requeues the
+  same run with `resume=True`. The requeued job continues from that step and ends exactly as an
+  uninterrupted run would. With several tasks (one per GPU, across nodes) every task runs it,
+  each finds its rank and rank 0's address in SLURM's environment (`cluster.rendezvous`), and
+  each writes its part of a checkpoint into the shared run folder.
 - `PredictionJob` runs `cmroberta predict` on a large input, on the job's GPU when it has one.
 - `RunQueueJob` trains several runs one after another, for the local executor, which has no
   job arrays to bound how many runs of a sweep run at once.
@@ -22,6 +24,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import MutableMapping
 from dataclasses import replace
@@ -150,7 +153,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
         self.resume = resume
         """Continue from the run's last checkpoint (a fresh start when it has none)."""
 
-    def __call__(self) -> dict[str, Any]:
+    def __call__(self) -> dict[str, Any] | None:
+        from model.checkpoint import CheckpointRequest, TrainingInterrupted, installed
         from model.train import train
 
         _log_to_job_log()
@@ -158,10 +162,24 @@ class TrainingJob(submitit.helpers.Checkpointable):
         export_local_task_rendezvous()
         if _is_main_task():
             _record_attempt(self.run_dir, self.resume)
-        return train(self.config, self.run_dir, resume=self.resume)
+        request = CheckpointRequest()
+        signum = submitit.JobEnvironment._usr_sig()
+        with installed(request, signum):
+            try:
+                return train(self.config, self.run_dir, resume=self.resume, request=request)
+            except TrainingInterrupted as interrupted:
+                log.info("%s; handing over to Submitit to requeue the job", interrupted)
+        if request.fallback is None:
+            return None
+        # On rank 0 Submitit's handler calls checkpoint(), requeues the job and exits. Other ranks have
+        # written their part of the checkpoint and end at once, cleanly (an error exit could make srun
+        # stop rank 0 before it requeues; going on, in a queue of runs, would start the next one alone).
+        request.fallback(request.signal or signum, None)
+        sys.exit(0)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        # Nothing to save here: training checkpointed after its last finished epoch.
+        # Training saved the step in progress before Submitit called this (or, for a signal outside
+        # the training loop, its last checkpoint is the latest state): the requeued job resumes it.
         return submitit.helpers.DelayedSubmission(TrainingJob(self.config, self.run_dir, resume=True))
 
     def __repr__(self) -> str:

@@ -8,9 +8,7 @@ confusion-matrix plot. Reopening a finished run to evaluate it again is `model.t
 which shares its set-up with training.
 """
 
-import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from cluster.durable_files import atomic_write_json, atomic_write_json_lines
 from extract.labels import EMOTIONS
 from model.dialogue_data import IGNORE_LABEL, DialogueBatchSampler, DialogueDataset
 from model.metrics import ClassificationMetrics, classification_metrics, constant_prediction_metrics
@@ -132,20 +131,6 @@ def majority_label(train_labels: np.ndarray) -> int:
     return int(np.argmax(np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=len(EMOTIONS))))
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary name and rename it, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_lines_atomic(path: Path, records: list[dict[str, Any]]) -> None:
-    """Write JSON lines to a temporary name and rename it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def evaluation_record(evaluation: SplitEvaluation, floor_label: int, checkpoint: str, epoch: int) -> dict[str, Any]:
     """What `<split>_metrics.json` holds: the scores, the checkpoint scored, and the constant-prediction floor."""
     floor = constant_prediction_metrics(evaluation.gold, floor_label)
@@ -166,7 +151,7 @@ def write_evaluation(run_dir: Path, evaluation: SplitEvaluation, record: dict[st
     from model.plots import plot_confusion_matrix
 
     run_dir = Path(run_dir)
-    write_lines_atomic(
+    atomic_write_json_lines(
         run_dir / predictions_file(evaluation.split),
         [
             {"key": key, "gold": EMOTIONS[gold], "pred": EMOTIONS[pred], **dict(zip(EMOTIONS, probabilities))}
@@ -184,7 +169,7 @@ def write_evaluation(run_dir: Path, evaluation: SplitEvaluation, record: dict[st
         title=f"{evaluation.split}: weighted F1 {100 * record['weighted_f1']:.2f}",
     )
     path = run_dir / metrics_file(evaluation.split)
-    write_json_atomic(path, record)
+    atomic_write_json(path, record)
     log.info(
         "%s: weighted F1 %.2f, accuracy %.2f (always %s: %.2f)",
         evaluation.split,

@@ -147,7 +147,7 @@ def load_run(run_dir: Path) -> LoadedRun:
     statistics = FeatureStatistics.load(run_dir / STATISTICS_NAME)
     with distributed_session() as rendezvous:
         engine = load_inference_engine(
-            build_model(config, modalities), config, rendezvous.world_size, Checkpoints(run_dir), progress["best"]
+            build_model(config, modalities), config, rendezvous.world_size, Checkpoints(run_dir), progress.best
         )
     engine.eval()
     return LoadedRun(
@@ -161,8 +161,8 @@ def load_run(run_dir: Path) -> LoadedRun:
         store=store,
         extraction=extraction,
         floor_label=majority_label(store.read_split("train", families=[]).emotion),
-        checkpoint=progress["best"],
-        epoch=int(progress["best_epoch"]),
+        checkpoint=progress.best,
+        epoch=int(progress.best_epoch),
     )
 
 

@@ -35,25 +35,28 @@ A run folder holds:
     monitor/                    DeepSpeed's monitor files, when [monitor] switches them on
     metrics.jsonl               one line per epoch: losses, dev scores, seconds (the epoch, its
                                 training pass, and the batch assembly within it)
-    checkpoints/                DeepSpeed checkpoints `epoch-NNNN` (latest and best) and
-                                progress.json, which names them
+    checkpoints/                the last two checkpoints and the best one, and progress.json, which
+                                names them (format, rotation and fallback: `model.checkpoint`)
     learning_curves.png, confusion_test.png, predictions.jsonl
     test_metrics.json           written last: its presence means the run is finished
 
-Resuming (`resume=True`) reloads the latest checkpoint and replays from the next epoch. Each
-epoch's shuffle and dropout are seeded from (seed, epoch, rank) rather than carried over, so a
-resumed run takes exactly the steps an uninterrupted one takes, on any number of ranks. A kill at
-any point leaves a folder that `train(..., resume=True)` finishes: checkpoints and progress.json
-are written before anything points at them, and metrics.jsonl is rewritten from the checkpoint.
+One job writes a run folder at a time (its lock names the holder). Resuming (`resume=True`) reloads
+the latest good checkpoint: one taken at an epoch's end replays from the next epoch, one taken inside
+an epoch (every `checkpoint.every_steps` optimizer steps, or when a requeue signal asks) from the next
+batch, with each rank's RNG and loss sum as they were. Each epoch's shuffle and dropout are seeded from
+(seed, epoch, rank) rather than carried over, so a resumed run takes exactly the steps an uninterrupted
+one takes, on any number of ranks. A kill at any point leaves a folder that `train(..., resume=True)`
+finishes: checkpoints and progress.json are written before anything points at them, and metrics.jsonl
+is rewritten from the checkpoint. A non-finite loss stops the run before it is checkpointed.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,6 +72,7 @@ from tqdm import tqdm
 from cluster.rendezvous import Rendezvous, export_rendezvous, resolve_rendezvous
 from extract.feature_store import FeatureStore, FeatureStoreError
 from extract.labels import EMOTIONS
+from cluster.durable_files import atomic_write_json_lines
 from cluster.config import RESOLVED_CONFIG_NAME, load_config, to_dict, write_resolved_config
 from model.deepspeed_config import (
     EngineConfig,
@@ -98,8 +102,19 @@ from model.evaluate import (
     majority_label,
     metrics_file,
     write_evaluation,
-    write_json_atomic,
-    write_lines_atomic,
+)
+from model.checkpoint import (
+    CheckpointConfig,
+    CheckpointRequest,
+    Checkpoints,
+    NonFiniteLossError,
+    Progress,
+    Restored,
+    RunFolderError,
+    TrainingInterrupted,
+    checkpoint_tag,
+    require_supported,
+    run_folder_lock,
 )
 from model.end_to_end import (
     EndToEndConfig,
@@ -121,13 +136,7 @@ METRICS_NAME = "metrics.jsonl"
 STATISTICS_NAME = "feature_statistics.npz"
 ENCODER_FOLDER = "encoder"
 CURVES_NAME = "learning_curves.png"
-CHECKPOINT_FOLDER = "checkpoints"
-PROGRESS_NAME = "progress.json"
 _DISTRIBUTED_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-class RunFolderError(Exception):
-    """A run folder that cannot be used as asked: already holds a run, or holds no trained model."""
 
 
 @dataclass(kw_only=True)
@@ -214,6 +223,8 @@ class RunConfig:
     """The utterance-level fine-tuning of the encoder; read only when text_mode is 'finetuned'."""
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     """DeepSpeed's TensorBoard and CSV monitor, to watch a running job's losses and learning rates."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """When to checkpoint besides epoch ends (it does not change results, so a resume may change it)."""
     seed: int = 0
     """Seed of the initial weights, the shuffle and dropout."""
     runs_root: str = "runs"
@@ -382,58 +393,6 @@ class TrainingState:
         return cls(**client_state["training_state"])
 
 
-def checkpoint_tag(epoch: int) -> str:
-    """DeepSpeed checkpoint tag of the checkpoint taken after `epoch`."""
-    return f"epoch-{epoch:04d}"
-
-
-class Checkpoints:
-    """The run's DeepSpeed checkpoints: the latest epoch's and the best epoch's, named by progress.json.
-
-    progress.json is rewritten (atomically) only after DeepSpeed has finished writing a
-    checkpoint, so it never names a partial one; folders it does not name are leftovers of an
-    interrupted save and are removed.
-    """
-
-    def __init__(self, run_dir: Path):
-        self.folder = Path(run_dir) / CHECKPOINT_FOLDER
-        self.progress_path = self.folder / PROGRESS_NAME
-
-    def progress(self) -> dict[str, Any] | None:
-        """{'latest': tag, 'best': tag, 'best_epoch': n}, or None before the first checkpoint."""
-        if not self.progress_path.is_file():
-            return None
-        try:
-            return json.loads(self.progress_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise RunFolderError(
-                f"{self.progress_path} cannot be read ({error}); delete the run folder and train again"
-            ) from None
-
-    def save(self, engine: Any, state: TrainingState, is_main: bool) -> None:
-        """Checkpoint after `state.epoch` (every rank writes its part), then point progress.json at it."""
-        tag = checkpoint_tag(state.epoch)
-        engine.save_checkpoint(str(self.folder), tag=tag, client_state=state.to_client_state(), save_latest=False)
-        if is_main:
-            best = checkpoint_tag(state.best_epoch)
-            write_json_atomic(self.progress_path, {"latest": tag, "best": best, "best_epoch": state.best_epoch})
-            self.prune({tag, best})
-
-    def prune(self, keep: set[str]) -> None:
-        """Remove checkpoint folders other than `keep`."""
-        for path in self.folder.iterdir():
-            if path.is_dir() and path.name not in keep:
-                shutil.rmtree(path, ignore_errors=True)
-
-    def keep_only_best(self) -> None:
-        """At the end of a run: drop the latest checkpoint unless it is the best."""
-        progress = self.progress()
-        if progress is None:
-            return
-        write_json_atomic(self.progress_path, {**progress, "latest": progress["best"]})
-        self.prune({progress["best"]})
-
-
 @dataclass(kw_only=True)
 class RunInputs:
     """Everything a run reads before training or evaluating: the model and its data."""
@@ -533,29 +492,12 @@ def _without_zero(config: RunConfig) -> RunConfig:
 def load_inference_engine(
     model: torch.nn.Module, config: RunConfig, world_size: int, checkpoints: Checkpoints, tag: str
 ) -> Any:
-    """An engine without optimizer holding the weights of checkpoint `tag`.
+    """An engine without optimizer holding the weights of checkpoint `tag`, read without unpickling.
 
-    It always runs without ZeRO partitioning (the model fits on one device to evaluate). Weights
-    come from the checkpoint's module file, or, for a ZeRO-3 run whose weights are partitioned
-    across ranks, are consolidated from its partitions first.
+    It always runs without ZeRO partitioning (the model fits on one device to evaluate).
     """
-    inference = _without_zero(config)
-    if zero_stage(config) == 3:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        model.load_state_dict(get_fp32_state_dict_from_zero_checkpoint(str(checkpoints.folder), tag=tag))
-        return initialize_engine(model, inference, world_size, steps_per_epoch=None)
-    engine = initialize_engine(model, inference, world_size, steps_per_epoch=None)
-    path, _ = engine.load_checkpoint(
-        str(checkpoints.folder),
-        tag=tag,
-        load_optimizer_states=False,
-        load_lr_scheduler_states=False,
-        load_module_only=True,
-    )
-    if path is None:
-        raise RunFolderError(f"checkpoint {tag} in {checkpoints.folder} cannot be loaded; train the run again")
-    return engine
+    model.load_state_dict(checkpoints.load_weights(tag))
+    return initialize_engine(model, _without_zero(config), world_size, steps_per_epoch=None)
 
 
 def accelerator_device(rendezvous: Rendezvous) -> torch.device:
@@ -577,6 +519,67 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
+@dataclass(kw_only=True)
+class EpochProgress:
+    """How far the epoch in progress has come: what a checkpoint taken inside an epoch resumes from."""
+
+    epoch: int
+    """The epoch in progress."""
+    steps: int = 0
+    """Global batches (optimizer steps) of it done."""
+    weight_sum: float = 0.0
+    """Summed utterance weight of those batches, over all ranks."""
+    data_seconds: float = 0.0
+    """Seconds this rank spent assembling their batches."""
+    seconds: float = 0.0
+    """Seconds the training pass has taken on them, in earlier attempts too."""
+
+
+@dataclass(kw_only=True)
+class StepCheckpoints:
+    """What the loop needs to checkpoint inside an epoch, and to stop when asked."""
+
+    checkpoints: Checkpoints
+    """The run's checkpoints."""
+    state: TrainingState
+    """Progress and early stopping up to the last finished epoch."""
+    every_steps: int
+    """Checkpoint after every this many optimizer steps (0: never inside an epoch)."""
+    request: CheckpointRequest | None
+    """A signal's request to checkpoint and stop, when the run has one."""
+
+    def after_step(self, engine: Any, epoch: EpochProgress, loss_sum: torch.Tensor, finite: bool,
+                   world_size: int, last: bool) -> None:
+        """Stop on a non-finite loss; checkpoint when due or asked; stop after checkpointing when asked."""
+        requested = self.request is not None and self.request.requested
+        flags = torch.tensor([0 if finite else 1, 1 if requested else 0], dtype=torch.int64, device=engine.device)
+        if world_size > 1:
+            # Every rank must stop, or checkpoint, at the same step: the flags are agreed on.
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if flags[0]:
+            last_good = self.checkpoints.progress()
+            where = f"checkpoint {last_good.latest[0]}" if last_good else "the start (no checkpoint was saved yet)"
+            raise NonFiniteLossError(
+                f"the train loss is not finite at epoch {epoch.epoch}, step {epoch.steps}; training stopped, and "
+                f"the run folder resumes from {where}: lower train.learning_rate or check the features"
+            )
+        due = self.every_steps and engine.global_steps % self.every_steps == 0 and not last
+        if not (flags[1] or due):
+            return
+        self.checkpoints.save(
+            engine,
+            checkpoint_tag(epoch.epoch, epoch.steps),
+            client_state={**self.state.to_client_state(), "epoch_progress": dataclasses.asdict(epoch)},
+            rank_state={"epoch_loss_sum": loss_sum},
+            end_of_epoch=False,
+            best_epoch=self.state.best_epoch,
+        )
+        if flags[1]:
+            raise TrainingInterrupted(
+                f"training stopped, as a signal asked, after checkpoint {checkpoint_tag(epoch.epoch, epoch.steps)}"
+            )
+
+
 def _train_epoch(
     engine: Any,
     dataset: DialogueDataset,
@@ -585,41 +588,54 @@ def _train_epoch(
     rendezvous: Rendezvous,
     dtype: torch.dtype,
     progress: tqdm,
+    epoch: EpochProgress,
+    loss_sum: torch.Tensor,
+    step_checkpoints: StepCheckpoints,
     monitor: bool = False,
-) -> tuple[float, float]:
-    """One pass over the train split; returns (mean train loss over all ranks, seconds spent making batches).
+) -> float:
+    """The epoch's remaining batches (from `epoch.steps` on); returns the mean train loss over all ranks.
 
-    With gradient accumulation, each rank's share of a global batch runs as that many micro-batches,
-    each normalised by the whole global batch, so their gradients add up to the global batch's
-    (DeepSpeed's own 1/accumulation scaling is off) and every epoch ends on an optimizer step.
-    With `monitor`, each global batch's loss and every group's learning rate go to DeepSpeed's monitor.
+    `epoch` and `loss_sum` (this rank's summed loss) carry the part of the epoch done before a resume,
+    and are updated as batches run. With gradient accumulation, each rank's share of a global batch
+    runs as that many micro-batches, each normalised by the whole global batch, so their gradients add
+    up to the global batch's (DeepSpeed's own 1/accumulation scaling is off) and every global batch
+    ends on an optimizer step, where a checkpoint can be taken. With `monitor`, each global batch's
+    loss and every group's learning rate go to DeepSpeed's monitor.
     """
     engine.train()
     weights = None if class_weights is None else class_weights.cpu().numpy()
     accumulation = engine.gradient_accumulation_steps()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
-    weight_sum = 0.0
-    data_seconds = 0.0
-    for rank_batch in sampler:
+    batches = list(sampler)
+    progress.update(sum(len(b.global_indices) for b in batches[: epoch.steps]))
+    seconds_before, pass_started = epoch.seconds, time.perf_counter()
+    for index in range(epoch.steps, len(batches)):
+        rank_batch = batches[index]
         global_weight = dataset.label_weight(rank_batch.global_indices, weights)
         step_loss = torch.zeros((), dtype=torch.float64, device=engine.device)
         for micro_batch in rank_batch.micro_batches(accumulation):
             started = time.perf_counter()
             batch = dataset.batch(micro_batch.indices, micro_batch.counted).to(engine.device, dtype)
-            data_seconds += time.perf_counter() - started
+            epoch.data_seconds += time.perf_counter() - started
             logits = engine(batch.audio, batch.text, batch.mask)
             batch_loss = batch_loss_sum(logits, batch.labels, class_weights)
             engine.backward(batch_loss * (rendezvous.world_size / global_weight), scale_wrt_gas=False)
             engine.step()
             step_loss += batch_loss.detach().double()
         loss_sum += step_loss
-        weight_sum += global_weight
+        epoch.weight_sum += global_weight
+        epoch.steps = index + 1
+        epoch.seconds = seconds_before + time.perf_counter() - pass_started
         if monitor:
             _monitor_step(engine, step_loss, global_weight, rendezvous)
         progress.update(len(rank_batch.global_indices))
+        finite = bool(torch.isfinite(step_loss).item())
+        step_checkpoints.after_step(
+            engine, epoch, loss_sum, finite, rendezvous.world_size, last=epoch.steps == len(batches)
+        )
+    total = loss_sum.clone()
     if rendezvous.world_size > 1:
-        dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
-    return float(loss_sum.item() / weight_sum), data_seconds
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return float(total.item() / epoch.weight_sum)
 
 
 def _monitor_step(engine: Any, step_loss: torch.Tensor, global_weight: float, rendezvous: Rendezvous) -> None:
@@ -643,7 +659,7 @@ def _check_run_folder(run_dir: Path, config: RunConfig, resume: bool, checkpoint
         )
     saved_path = run_dir / RESOLVED_CONFIG_NAME
     if started and saved_path.is_file():
-        saved = load_config(RunConfig, saved_path)
+        saved = saved_run_config(run_dir)
         differences = _config_differences(to_dict(saved), to_dict(config))
         if differences:
             raise RunFolderError(
@@ -652,12 +668,24 @@ def _check_run_folder(run_dir: Path, config: RunConfig, resume: bool, checkpoint
             )
 
 
+def saved_run_config(run_dir: Path) -> RunConfig:
+    """The resolved config a run folder was trained with; a RunFolderError when it is not a TOML text."""
+    path = Path(run_dir) / RESOLVED_CONFIG_NAME
+    try:
+        return load_config(RunConfig, path)
+    except (UnicodeDecodeError, OSError) as error:
+        raise RunFolderError(
+            f"{path} cannot be read ({type(error).__name__}); it is not the config this project wrote: train the "
+            "run again in a new folder"
+        ) from None
+
+
 def _config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ, as 'key: saved -> current'; runs_root does not change results."""
+    """Dotted keys whose values differ, as 'key: saved -> current'; runs_root and checkpoint do not change results."""
     differences = []
     for key in sorted(set(saved) | set(current)):
         dotted = f"{prefix}{key}"
-        if dotted == "runs_root":
+        if dotted in ("runs_root", "checkpoint"):
             continue
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
@@ -681,11 +709,21 @@ def deterministic_kernels(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(before)
 
 
-def train(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
-    """Train `config` into `run_dir`, select the best dev-loss epoch, score test once; return test_metrics.json."""
+def train(
+    config: RunConfig, run_dir: Path, resume: bool = False, request: CheckpointRequest | None = None
+) -> dict[str, Any]:
+    """Train `config` into `run_dir`, select the best dev-loss epoch, score test once; return test_metrics.json.
+
+    `request`, when given, is armed while the epochs run: a signal it handles checkpoints the step in
+    progress and stops training with TrainingInterrupted (a Submitit job then requeues itself).
+    """
     run_dir = Path(run_dir)
-    checkpoints = Checkpoints(run_dir)
-    with distributed_session() as rendezvous, deterministic_kernels(config.train.deterministic):
+    with (
+        distributed_session() as rendezvous,
+        run_folder_lock(run_dir, rendezvous.is_main),
+        deterministic_kernels(config.train.deterministic),
+    ):
+        checkpoints = Checkpoints(run_dir, rendezvous.rank, rendezvous.world_size)
         config = resolve_run_config(config)
         _check_run_folder(run_dir, config, resume, checkpoints)
         test_path = run_dir / TEST_METRICS_NAME
@@ -705,31 +743,22 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, A
             inputs.statistics.save(run_dir / STATISTICS_NAME)
         steps_per_epoch = math.ceil(len(inputs.datasets["train"]) / config.train.batch_dialogues)
         engine = initialize_engine(inputs.model, config, rendezvous.world_size, steps_per_epoch, run_dir)
-        state = _restore(engine, checkpoints, resume, rendezvous, run_dir)
-        _fit(engine, config, inputs, state, checkpoints, rendezvous, run_dir)
+        require_supported(engine)
+        restored = checkpoints.restore(engine) if resume else None
+        if resume and restored is None:
+            log.info("run %s has no checkpoint yet; starting from the first epoch", run_dir)
+        state = TrainingState() if restored is None else TrainingState.from_client_state(restored.client_state)
+        if restored is not None:
+            log.info("resuming %s from checkpoint %s (best so far: epoch %d)", run_dir, restored.tag, state.best_epoch)
+        if rendezvous.is_main:
+            atomic_write_json_lines(run_dir / METRICS_NAME, state.history)
+        step_checkpoints = StepCheckpoints(
+            checkpoints=checkpoints, state=state, every_steps=config.checkpoint.every_steps, request=request
+        )
+        with request.armed() if request is not None else contextlib.nullcontext():
+            _fit(engine, config, inputs, state, restored, step_checkpoints, rendezvous, run_dir)
         del engine
         return _test(config, inputs, checkpoints, rendezvous, run_dir)
-
-
-def _restore(
-    engine: Any, checkpoints: Checkpoints, resume: bool, rendezvous: Rendezvous, run_dir: Path
-) -> TrainingState:
-    """The training state of the latest checkpoint (weights and optimizer loaded into `engine`), or a fresh one."""
-    progress = checkpoints.progress() if resume else None
-    if progress is None:
-        if resume:
-            log.info("run %s has no checkpoint yet; starting from the first epoch", run_dir)
-        return TrainingState()
-    path, client_state = engine.load_checkpoint(str(checkpoints.folder), tag=progress["latest"])
-    if path is None:
-        raise RunFolderError(
-            f"checkpoint {progress['latest']} in {checkpoints.folder} cannot be loaded; delete the run folder and train again"
-        )
-    state = TrainingState.from_client_state(client_state)
-    log.info("resuming %s after epoch %d (best so far: epoch %d)", run_dir, state.epoch, state.best_epoch)
-    if rendezvous.is_main:
-        write_lines_atomic(run_dir / METRICS_NAME, state.history)
-    return state
 
 
 def _fit(
@@ -737,11 +766,17 @@ def _fit(
     config: RunConfig,
     inputs: RunInputs,
     state: TrainingState,
-    checkpoints: Checkpoints,
+    restored: Restored | None,
+    step_checkpoints: StepCheckpoints,
     rendezvous: Rendezvous,
     run_dir: Path,
 ) -> None:
-    """Epochs until early stopping or max_epochs, a checkpoint and a metrics line after each."""
+    """Epochs until early stopping or max_epochs, a checkpoint and a metrics line after each.
+
+    A checkpoint taken inside an epoch resumes it at the next batch, with this rank's RNG and loss
+    sum as they were, so the epoch ends as it would have without the interruption.
+    """
+    checkpoints = step_checkpoints.checkpoints
     train_set, dev_set = inputs.datasets["train"], inputs.datasets["dev"]
     dtype = precision_dtype(run_precision(config))
     weights = class_weight_vector(inputs.train_labels, config.train.class_weights)
@@ -752,25 +787,33 @@ def _fit(
         sampler = LengthBucketSampler(lengths, config.train.batch_dialogues, **placement)
     else:
         sampler = DialogueBatchSampler(len(train_set), config.train.batch_dialogues, shuffle=True, **placement)
+    part_done = None if restored is None else restored.client_state.get("epoch_progress")
     with tqdm(
         total=config.train.max_epochs, initial=state.epoch, desc="epochs", unit="epoch", disable=not rendezvous.is_main
     ) as epochs_bar:
         while not state.finished(config.train):
-            epoch = state.epoch + 1
-            started = time.perf_counter()
-            torch.manual_seed(epoch_seed(config.seed, epoch, rendezvous.rank))
-            sampler.set_epoch(epoch)
+            loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
+            if part_done is not None:
+                # The checkpoint restored this rank's RNG as it was at that step.
+                epoch = EpochProgress(**part_done)
+                loss_sum += restored.rank_state["epoch_loss_sum"].to(engine.device)
+                part_done = None
+            else:
+                epoch = EpochProgress(epoch=state.epoch + 1)
+                torch.manual_seed(epoch_seed(config.seed, epoch.epoch, rendezvous.rank))
+            sampler.set_epoch(epoch.epoch)
             with tqdm(
                 total=len(train_set),
-                desc=f"epoch {epoch}",
+                desc=f"epoch {epoch.epoch}",
                 unit="dialogue",
                 leave=False,
                 disable=not rendezvous.is_main,
             ) as batches_bar:
-                train_loss, data_seconds = _train_epoch(
-                    engine, train_set, sampler, class_weights, rendezvous, dtype, batches_bar, config.monitor.enabled
+                train_loss = _train_epoch(
+                    engine, train_set, sampler, class_weights, rendezvous, dtype, batches_bar, epoch, loss_sum,
+                    step_checkpoints, config.monitor.enabled,
                 )
-            train_seconds = time.perf_counter() - started
+            dev_started = time.perf_counter()
             dev = evaluate_split(
                 engine,
                 dev_set,
@@ -781,16 +824,21 @@ def _fit(
                 rank=rendezvous.rank,
                 world_size=rendezvous.world_size,
             )
+            if not math.isfinite(dev.loss):
+                raise NonFiniteLossError(
+                    f"the dev loss is not finite after epoch {epoch.epoch} (train loss {train_loss}); training "
+                    "stopped, and the run folder resumes from its last checkpoint: lower train.learning_rate"
+                )
             state.record(
                 {
-                    "epoch": epoch,
+                    "epoch": epoch.epoch,
                     "train_loss": train_loss,
                     "dev_loss": dev.loss,
                     "dev_weighted_f1": dev.metrics.weighted_f1,
                     "dev_accuracy": dev.metrics.accuracy,
-                    "seconds": time.perf_counter() - started,
-                    "train_seconds": train_seconds,
-                    "data_seconds": data_seconds,
+                    "seconds": epoch.seconds + time.perf_counter() - dev_started,
+                    "train_seconds": epoch.seconds,
+                    "data_seconds": epoch.data_seconds,
                 }
             )
             if config.monitor.enabled and rendezvous.is_main:
@@ -801,9 +849,16 @@ def _fit(
                         ("Epoch/dev_weighted_f1", dev.metrics.weighted_f1, epoch),
                     ]
                 )
-            checkpoints.save(engine, state, rendezvous.is_main)
+            checkpoints.save(
+                engine,
+                checkpoint_tag(state.epoch),
+                client_state=state.to_client_state(),
+                rank_state={},
+                end_of_epoch=True,
+                best_epoch=state.best_epoch,
+            )
             if rendezvous.is_main:
-                write_lines_atomic(run_dir / METRICS_NAME, state.history)
+                atomic_write_json_lines(run_dir / METRICS_NAME, state.history)
             epochs_bar.update(1)
             epochs_bar.set_postfix(
                 train_loss=f"{train_loss:.4f}",
@@ -825,14 +880,14 @@ def _test(
     from model.plots import plot_learning_curves
 
     progress = checkpoints.progress()
-    if progress is None:
+    if progress is None or progress.best is None:
         raise RunFolderError(f"run {run_dir} has no checkpoint to test")
     evaluation, record = _evaluate_checkpoint(config, inputs, checkpoints, progress, rendezvous, "test")
     if config.end_to_end_mode and not config.end_to_end.encoder.freeze:
-        _export_run_encoder(config, inputs, checkpoints, progress["best"], rendezvous, run_dir / ENCODER_FOLDER)
+        _export_run_encoder(config, inputs, checkpoints, progress.best, rendezvous, run_dir / ENCODER_FOLDER)
     if rendezvous.is_main:
         history = [json.loads(line) for line in (run_dir / METRICS_NAME).read_text(encoding="utf-8").splitlines()]
-        plot_learning_curves(history, run_dir / CURVES_NAME, best_epoch=progress["best_epoch"])
+        plot_learning_curves(history, run_dir / CURVES_NAME, best_epoch=progress.best_epoch)
         write_evaluation(run_dir, evaluation, record)
         checkpoints.keep_only_best()
     if rendezvous.world_size > 1:
@@ -856,16 +911,16 @@ def _evaluate_checkpoint(
     config: RunConfig,
     inputs: RunInputs,
     checkpoints: Checkpoints,
-    progress: dict[str, Any],
+    progress: Progress,
     rendezvous: Rendezvous,
     split: str,
 ) -> tuple[SplitEvaluation, dict[str, Any]]:
     """The best checkpoint's evaluation on `split`, and the record its metrics file holds.
 
-    The model is built afresh: training may have cast or (under ZeRO-3) partitioned the first one.
+    The model is built afresh: training may have cast or partitioned the first one.
     """
     model = build_model(config, inputs.modalities)
-    engine = load_inference_engine(model, config, rendezvous.world_size, checkpoints, progress["best"])
+    engine = load_inference_engine(model, config, rendezvous.world_size, checkpoints, progress.best)
     weights = class_weight_vector(inputs.train_labels, config.train.class_weights)
     evaluation = evaluate_split(
         engine,
@@ -877,9 +932,7 @@ def _evaluate_checkpoint(
         rank=rendezvous.rank,
         world_size=rendezvous.world_size,
     )
-    record = evaluation_record(
-        evaluation, majority_label(inputs.train_labels), progress["best"], progress["best_epoch"]
-    )
+    record = evaluation_record(evaluation, majority_label(inputs.train_labels), progress.best, progress.best_epoch)
     return evaluation, record
 
 
@@ -889,16 +942,19 @@ def evaluate_run(run_dir: Path, split: str = "test") -> dict[str, Any]:
     config_path = run_dir / RESOLVED_CONFIG_NAME
     if not config_path.is_file():
         raise RunFolderError(f"{run_dir} is not a run folder: it has no {RESOLVED_CONFIG_NAME}; train one first")
-    config = load_config(RunConfig, config_path)
-    checkpoints = Checkpoints(run_dir)
-    progress = checkpoints.progress()
-    if progress is None:
-        raise RunFolderError(f"run {run_dir} has no checkpoint yet; finish training it with `cmroberta train --resume`")
-    statistics = FeatureStatistics.load(run_dir / STATISTICS_NAME)
-    with distributed_session() as rendezvous, deterministic_kernels(config.train.deterministic):
-        inputs = prepare_inputs(config, (split,), statistics)
-        evaluation, record = _evaluate_checkpoint(config, inputs, checkpoints, progress, rendezvous, split)
-        if rendezvous.is_main:
-            write_evaluation(run_dir, evaluation, record)
-            log.info("wrote %s", run_dir / metrics_file(split))
-        return record
+    config = saved_run_config(run_dir)
+    with distributed_session() as rendezvous, run_folder_lock(run_dir, rendezvous.is_main):
+        checkpoints = Checkpoints(run_dir, rendezvous.rank, rendezvous.world_size)
+        progress = checkpoints.progress()
+        if progress is None or progress.best is None:
+            raise RunFolderError(
+                f"run {run_dir} has no finished epoch yet; finish training it with `cmroberta train --resume`"
+            )
+        statistics = FeatureStatistics.load(run_dir / STATISTICS_NAME)
+        with deterministic_kernels(config.train.deterministic):
+            inputs = prepare_inputs(config, (split,), statistics)
+            evaluation, record = _evaluate_checkpoint(config, inputs, checkpoints, progress, rendezvous, split)
+            if rendezvous.is_main:
+                write_evaluation(run_dir, evaluation, record)
+                log.info("wrote %s", run_dir / metrics_file(split))
+            return record

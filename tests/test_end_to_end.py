@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from cluster.config import ConfigError, load_config
@@ -351,8 +352,7 @@ def test_an_end_to_end_run_trains_the_encoder_in_the_training_loop(e2e_run, run_
     assert saved["text_mode"] == "end_to_end", "end to end is the default"
     assert saved["end_to_end"]["encoder"]["model"] == str(encoder_folder), "the store's encoder, by name"
     assert list((run_store / "tokens").glob("*.h5")), "the token cache lives with the store"
-    states = torch.load(run_dir / "checkpoints" / test["checkpoint"] / "mp_rank_00_model_states.pt",
-                        map_location="cpu", weights_only=False)["module"]
+    states = load_file(run_dir / "checkpoints" / test["checkpoint"] / "model.safetensors")
     pretrained = TextEncoder(TextEncoderConfig(model=str(encoder_folder))).state_dict()
     name = "model.encoder.layer.0.attention.self.query.weight"
     assert not torch.equal(states[f"encoder.{name}"], pretrained[name]), "the encoder was fine-tuned"

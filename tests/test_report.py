@@ -11,7 +11,8 @@ from extract.feature_store import MANIFEST_NAME
 from extract.labels import EMOTIONS
 from launch.cli import main
 from launch.report import PAPER_TABLE2, ReportError, load_runs, table1, table2, voice_only_table
-from model.evaluate import SplitEvaluation, evaluation_record, write_json_atomic, write_lines_atomic
+from cluster.durable_files import atomic_write_json, atomic_write_json_lines
+from model.evaluate import SplitEvaluation, evaluation_record
 from model.metrics import classification_metrics
 
 VARIANTS = ("audio", "text", "bimodal_no_sca", "bimodal")
@@ -48,8 +49,8 @@ def write_run(run_dir: Path, variant: str, seed: int, gold: np.ndarray, store: P
     )
     run_dir.mkdir(parents=True)
     (run_dir / "config.toml").write_text(f'store = "{store}"\nseed = {seed}\n[model]\nvariant = "{variant}"\n')
-    write_json_atomic(run_dir / "test_metrics.json", evaluation_record(evaluation, 0, "epoch-0003", 3))
-    write_lines_atomic(
+    atomic_write_json(run_dir / "test_metrics.json", evaluation_record(evaluation, 0, "epoch-0003", 3))
+    atomic_write_json_lines(
         run_dir / "predictions.jsonl",
         [{"key": k, "gold": EMOTIONS[g], "pred": EMOTIONS[p]} for k, g, p in zip(keys, gold, pred)],
     )

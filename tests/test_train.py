@@ -286,3 +286,110 @@ def test_single_process_default_and_export():
 )
 def test_hostlist_expansion(nodelist, hosts):
     assert expand_hostlist(nodelist) == hosts
+
+
+# --- checkpoints inside an epoch: a requeue signal on two ranks, a kill on two ranks ------------------------
+
+TWO_RANK_EPOCHS = 4
+# Dropout on: each rank's RNG must come back as it was at the step a checkpoint was taken.
+TWO_RANK_OVERRIDES = [
+    *DROPOUT_OVERRIDES,
+    "text_mode=frozen",
+    "train.batch_dialogues=4",
+    f"train.max_epochs={TWO_RANK_EPOCHS}",
+    f"train.patience={TWO_RANK_EPOCHS}",
+]
+
+
+def local_two_task_job(config, folder: Path, name: str):
+    import dataclasses
+
+    from launch.executors import load_profile, make_executor, submit_jobs
+    from launch.jobs import TrainingJob
+
+    profile = dataclasses.replace(load_profile("local"), tasks_per_node=2)
+    (job,) = submit_jobs(make_executor(profile, folder / "logs", job_name=name), profile,
+                         [TrainingJob(config, folder / "run")])
+    return job
+
+
+def wait_until(condition, job, what: str, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert not job.done(), f"job {job.job_id} ended before {what}: {job.paths.folder}"
+        assert time.monotonic() < deadline, f"job {job.job_id} never got to {what}"
+        time.sleep(0.02)
+
+
+@pytest.mark.integration
+def test_a_requeue_signal_on_two_ranks_checkpoints_mid_epoch_and_resumes_to_the_same_result(
+    store, tmp_path, monkeypatch
+):
+    from launch.jobs import ATTEMPTS_NAME
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    config = load_config(RunConfig, None, [*TWO_RANK_OVERRIDES, f"store={json.dumps(str(store))}"])
+    reference = local_two_task_job(config, tmp_path / "reference", "reference")
+    preempted = local_two_task_job(config, tmp_path / "preempted", "preempted")
+    run_dir = tmp_path / "preempted" / "run"
+    wait_until(lambda: (run_dir / METRICS_NAME).is_file() and history(run_dir), preempted, "its first epoch")
+    controller = int(preempted.job_id)
+    tasks = Path(f"/proc/{controller}/task/{controller}/children").read_text().split()
+    assert len(tasks) == 2, tasks
+    for task in tasks:
+        os.kill(int(task), signal.SIGUSR2)
+    preempted.results()
+    reference.results()
+
+    attempts = [json.loads(line) for line in (run_dir / ATTEMPTS_NAME).read_text().splitlines()]
+    assert [a["resume"] for a in attempts] == [False, True]
+    resumed_from = [line for line in preempted.stderr().splitlines() if "resuming" in line and "from checkpoint" in line]
+    assert resumed_from and "-step-" in resumed_from[-1], "the requeued job resumed from a checkpoint inside an epoch"
+    reference_dir = tmp_path / "reference" / "run"
+    assert without_times(history(run_dir)) == without_times(history(reference_dir))
+    ours, theirs = (json.loads((d / "test_metrics.json").read_text()) for d in (run_dir, reference_dir))
+    for key in ("weighted_f1", "loss", "confusion", "per_class_f1", "epoch"):
+        assert ours[key] == theirs[key], key
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process under `pid` (torchrun starts its workers in sessions of their own)."""
+    children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return [grandchild for child in children for grandchild in [child, *descendants(child)]]
+
+
+@pytest.mark.integration
+def test_two_zero2_ranks_killed_mid_epoch_resume_to_the_uninterrupted_result(store, tmp_path):
+    """ZeRO stage 2: each rank's checkpoint file holds its own partition of the optimizer state."""
+
+    def torchrun(run_dir: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                str(free_port()), "-m", "launch.cli", "train", str(store), *TWO_RANK_OVERRIDES, "train.zero_stage=2",
+                *extra, "--run-dir", str(run_dir)]
+
+    reference_dir = tmp_path / "reference"
+    reference = subprocess.run(torchrun(reference_dir), env=clean_environment(), capture_output=True, text=True,
+                               timeout=300, check=False)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    run_dir = tmp_path / "killed"
+    # Killed after step 3 of epoch 2 (8 steps an epoch) or a little later: a checkpoint follows every step.
+    child = subprocess.Popen(torchrun(run_dir, "checkpoint.every_steps=1"), env=clean_environment(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = run_dir / "checkpoints" / "progress.json"
+    deadline = time.monotonic() + 240
+    while not (progress.is_file() and progress.read_text().find("epoch-0002-step-00003") >= 0):
+        assert child.poll() is None and time.monotonic() < deadline, "the two ranks never reached step 3 of epoch 2"
+        time.sleep(0.002)
+    for pid in [*descendants(child.pid), child.pid]:
+        os.kill(pid, signal.SIGKILL)
+    child.wait()
+    assert not (run_dir / "test_metrics.json").exists()
+    resumed = subprocess.run(torchrun(run_dir, "--resume"), env=clean_environment(), capture_output=True, text=True,
+                             timeout=300, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "from checkpoint epoch-0002-step-" in resumed.stderr
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*/rank-*.pt")) == ["rank-00000.pt", "rank-00001.pt"]
+    assert without_times(history(run_dir)) == without_times(history(reference_dir))
+    ours, theirs = (json.loads((d / "test_metrics.json").read_text()) for d in (run_dir, reference_dir))
+    for key in ("weighted_f1", "loss", "confusion", "per_class_f1", "epoch"):
+        assert ours[key] == theirs[key], key

@@ -5,8 +5,8 @@ is 0 only when nothing is wrong (1 when something is, 2 when PATH is none of the
 
 - A store is checked as `FeatureStore.open` checks it, in full: the plan, every shard's presence,
   size and sha256 (the cache of verified shards is used and refreshed), and labels in range.
-- A run folder is checked by `run_folder_problems`, the one function every run-folder check
-  goes through: its config loads, and the metrics files it has parse.
+- A run folder is checked by `run_folder_problems`: its config, progress.json, every checkpoint it
+  names (loaded with the safe loaders) and its metrics files.
 - A sweep folder: sweep.json, each run's run.json and submission.json, and every run folder.
 """
 
@@ -69,16 +69,21 @@ def _run_repair(run_dir: Path) -> str:
 
 
 def run_folder_problems(run_dir: Path) -> list[str]:
-    """What is wrong with a run folder: its config and its metrics files, each with the command that repairs it."""
+    """What is wrong with a run folder, each with the command that repairs it.
+
+    `model.checkpoint.verify_run_folder` checks the config, progress.json, every checkpoint it names
+    (with the safe loaders) and the test metrics; the other metrics files must parse.
+    """
     from cluster.config import ConfigError, load_config
+    from model.checkpoint import verify_run_folder
+    from model.evaluate import TEST_METRICS_NAME
     from model.train import RunConfig
 
-    problems = []
+    problems = verify_run_folder(run_dir)
     try:
         config = load_config(RunConfig, run_dir / RUN_MARKER)
         retrain = f"cmroberta train {shlex.quote(str(config.store))} --run-dir {shlex.quote(str(run_dir))} --resume"
-    except ConfigError as error:
-        problems.append(f"{RUN_MARKER} does not load ({error}); repair: restore it from the run's source, or retrain")
+    except ConfigError:
         retrain = _run_repair(run_dir)
     for name in ("metrics.jsonl", "predictions.jsonl"):
         if (run_dir / name).is_file():
@@ -86,7 +91,7 @@ def run_folder_problems(run_dir: Path) -> list[str]:
             if problem:
                 problems.append(f"{problem}; repair: {retrain}")
     for path in sorted(run_dir.glob("*_metrics.json")):
-        problem = _json_problem(path)
+        problem = None if path.name == TEST_METRICS_NAME else _json_problem(path)
         if problem:
             split = path.name.removesuffix("_metrics.json")
             problems.append(f"{problem}; repair: cmroberta evaluate {shlex.quote(str(run_dir))} --split {split}")

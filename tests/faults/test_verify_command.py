@@ -1,6 +1,7 @@
 """`cmroberta verify PATH` on whole and damaged stores, run folders and sweep folders: what it prints and its status."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from cluster.config import load_config, write_resolved_config
 from extract.feature_store import SplitArrays, build_store_from_arrays
 from launch.cli import main
+from tests.learnable_store import write_learnable_store
 
 
 def tiny_split(split: str) -> SplitArrays:
@@ -36,14 +38,29 @@ def verify(path, capsys) -> tuple[int, list[str], str]:
     return status, captured.out.strip().splitlines(), captured.err.strip()
 
 
-def run_folder(tmp_path, store_dir):
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A real finished run (frozen features, a tiny head): checkpoints, progress.json and metrics to damage."""
+    from model.train import RunConfig, train
+
+    store = write_learnable_store(tmp_path_factory.mktemp("features") / "verify-000000000000")
+    overrides = ["text_mode=frozen", "model.hidden_size=8", "model.feedforward_size=16", "model.classifier_hidden=16",
+                 "train.max_epochs=2", "train.batch_dialogues=16", f"store={json.dumps(str(store))}"]
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    train(load_config(RunConfig, None, overrides), run_dir)
+    return run_dir
+
+
+def run_folder(tmp_path, trained_run):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns(".lock"))
+    return run_dir
+
+
+def trained_store(run_dir) -> str:
     from model.train import RunConfig
 
-    run_dir = tmp_path / "run"
-    write_resolved_config(load_config(RunConfig, None, [f'store="{store_dir}"']), run_dir)
-    (run_dir / "metrics.jsonl").write_text('{"epoch": 1, "dev_loss": 1.5}\n{"epoch": 2, "dev_loss": 1.2}\n')
-    (run_dir / "test_metrics.json").write_text('{"weighted_f1": 0.5}\n')
-    return run_dir
+    return load_config(RunConfig, run_dir / "config.toml").store
 
 
 def test_a_whole_store_is_well(store_dir, capsys):
@@ -76,63 +93,63 @@ def test_an_incomplete_store_names_each_missing_shard(store_dir, capsys):
     ]
 
 
-def test_a_whole_run_folder_is_well(tmp_path, store_dir, capsys):
-    run_dir = run_folder(tmp_path, store_dir)
+def test_a_whole_run_folder_is_well(tmp_path, trained_run, capsys):
+    run_dir = run_folder(tmp_path, trained_run)
     status, out, _ = verify(run_dir, capsys)
     assert status == 0 and out == [f"run {run_dir}: all is well"]
 
 
-def test_a_torn_metrics_line_is_named_with_the_command_that_redoes_it(tmp_path, store_dir, capsys):
-    run_dir = run_folder(tmp_path, store_dir)
+def test_a_torn_metrics_line_is_named_with_the_command_that_redoes_it(tmp_path, trained_run, capsys):
+    run_dir = run_folder(tmp_path, trained_run)
     with open(run_dir / "metrics.jsonl", "a") as stream:
         stream.write('{"epoch": 3, "dev_lo')
     status, out, _ = verify(run_dir, capsys)
     assert status == 1
     assert out[0] == (
         f"{run_dir}: metrics.jsonl line 3 is not valid JSON (Unterminated string starting at); "
-        f"repair: cmroberta train {store_dir} --run-dir {run_dir} --resume"
+        f"repair: cmroberta train {trained_store(run_dir)} --run-dir {run_dir} --resume"
     )
 
 
-def test_a_garbage_test_metrics_file_names_evaluate(tmp_path, store_dir, capsys):
-    run_dir = run_folder(tmp_path, store_dir)
+def test_a_garbage_test_metrics_file_names_evaluate(tmp_path, trained_run, capsys):
+    run_dir = run_folder(tmp_path, trained_run)
     (run_dir / "test_metrics.json").write_bytes(b"\x00\x01garbage")
     status, out, _ = verify(run_dir, capsys)
     assert status == 1
-    assert out[0].startswith(f"{run_dir}: test_metrics.json line 1 is not valid JSON")
-    assert out[0].endswith(f"repair: cmroberta evaluate {run_dir} --split test")
+    assert out[0] == (
+        f"{run_dir}: {run_dir}/test_metrics.json is damaged or does not match the selected checkpoint; "
+        f"score it again: cmroberta evaluate {run_dir}"
+    )
 
 
-def test_a_run_config_with_a_typo_is_named(tmp_path, store_dir, capsys):
-    run_dir = run_folder(tmp_path, store_dir)
+def test_a_run_config_with_a_typo_is_named(tmp_path, trained_run, capsys):
+    run_dir = run_folder(tmp_path, trained_run)
     (run_dir / "config.toml").write_text('store = "/x"\nseeed = 3\n')
     status, out, _ = verify(run_dir, capsys)
     assert status == 1
-    assert "config.toml does not load (unknown config key 'seeed'. Did you mean 'seed'?" in out[0]
+    assert "config.toml cannot be read as a run config (unknown config key 'seeed'. Did you mean 'seed'?" in out[0]
 
 
-def sweep_folder(tmp_path, store_dir):
+def sweep_folder(tmp_path, trained_run):
     sweep = tmp_path / "sweep"
     (sweep / "runs").mkdir(parents=True)
     (sweep / "sweep.json").write_text(json.dumps({"configurations": {"abc": {"label": "base"}}, "seeds": [0, 1]}))
     for seed in (0, 1):
-        run_dir = run_folder(tmp_path / f"r{seed}", store_dir)
+        run_dir = run_folder(tmp_path / f"r{seed}", trained_run)
         run_dir.rename(sweep / "runs" / f"abc-seed{seed}")
         (sweep / "runs" / f"abc-seed{seed}" / "run.json").write_text(json.dumps({"seed": seed}))
     return sweep
 
 
-def test_a_whole_sweep_is_well(tmp_path, store_dir, capsys):
-    sweep = sweep_folder(tmp_path, store_dir)
+def test_a_whole_sweep_is_well(tmp_path, trained_run, capsys):
+    sweep = sweep_folder(tmp_path, trained_run)
     status, out, _ = verify(sweep, capsys)
     assert status == 0 and out == [f"sweep {sweep}: all is well"]
 
 
-def test_a_sweep_with_a_torn_submission_record_and_a_lost_run(tmp_path, store_dir, capsys):
-    sweep = sweep_folder(tmp_path, store_dir)
+def test_a_sweep_with_a_torn_submission_record_and_a_lost_run(tmp_path, trained_run, capsys):
+    sweep = sweep_folder(tmp_path, trained_run)
     (sweep / "runs/abc-seed0/submission.json").write_text('{"job_id": "12')
-    import shutil
-
     shutil.rmtree(sweep / "runs/abc-seed1")
     status, out, _ = verify(sweep, capsys)
     assert status == 1
