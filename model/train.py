@@ -136,7 +136,7 @@ METRICS_NAME = "metrics.jsonl"
 STATISTICS_NAME = "feature_statistics.npz"
 ENCODER_FOLDER = "encoder"
 CURVES_NAME = "learning_curves.png"
-_DISTRIBUTED_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_DISTRIBUTED_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME")
 
 
 @dataclass(kw_only=True)
@@ -253,9 +253,15 @@ class RunConfig:
 
 
 def default_run_dir(config: RunConfig) -> Path:
-    """`<runs_root>/<store folder name>/<variant>-<text mode>-seed<seed>` (audio: `audio-seed<seed>`)."""
+    """`<runs_root>/<store folder name>/<variant>-<text mode>[-mdrop<p>]-seed<seed>` (audio: `audio-seed<seed>`).
+
+    Modality dropout is in the name, so a bimodal run trained with it never lands in the folder of
+    the same run trained without it.
+    """
     mode = f"-{config.text_mode}" if config.model.uses_text else ""
-    return Path(config.runs_root) / Path(config.store).name / f"{config.model.variant}{mode}-seed{config.seed}"
+    dropout = f"-mdrop{config.model.modality_dropout:g}" if config.model.modality_dropout > 0 else ""
+    name = f"{config.model.variant}{mode}{dropout}-seed{config.seed}"
+    return Path(config.runs_root) / Path(config.store).name / name
 
 
 def store_text_encoder(store: FeatureStore, family: str) -> str:
