@@ -10,7 +10,16 @@ import pytest
 from extract.feature_store import MANIFEST_NAME
 from extract.labels import EMOTIONS
 from launch.cli import main
-from launch.report import PAPER_TABLE2, ReportError, load_runs, table1, table2, voice_only_table
+from launch.report import (
+    PAPER_TABLE2,
+    ReportError,
+    load_runs,
+    paired_differences,
+    paired_differences_table,
+    table1,
+    table2,
+    voice_only_table,
+)
 from model.evaluate import SplitEvaluation, evaluation_record, write_json_atomic, write_lines_atomic
 from model.metrics import classification_metrics
 
@@ -75,8 +84,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def test_table2_cells_are_the_runs_per_class_f1_over_seeds(sweep):
     table = table2(load_runs([sweep]))
-    assert table.columns == ["modality", *EMOTIONS, "w-average F1"]
-    rows = dict(table.rows)
+    assert table.columns == ["modality", "text mode", *EMOTIONS, "w-average F1"]
+    rows = {name: cells[1:] for name, cells in table.rows}
+    modes = {name: cells[0] for name, cells in table.rows}
     names = {
         "audio": "audio (n=3)",
         "text": "text (n=3)",
@@ -98,10 +108,33 @@ def test_table2_cells_are_the_runs_per_class_f1_over_seeds(sweep):
     assert rows["always neutral"][-1] == pytest.approx(100 * floor["weighted_f1"])
     assert rows["paper: bimodal"] == list(PAPER_TABLE2["bimodal"])
     assert list(rows)[:4] == list(names.values()), "modality rows in the paper's order"
+    assert modes["text (n=3)"] == "frozen" and modes["audio (n=3)"] is None
+    assert modes["paper: bimodal"] == "fine-tuned", "the paper fine-tuned RoBERTa-Large (its section 4.1.3)"
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """The 95% interval of the mean of three values, with the printed t(0.975, 2) = 4.303."""
+    array = np.asarray(values)
+    half = 4.303 * array.std(ddof=1) / np.sqrt(len(array))
+    return array.mean() - half, array.mean() + half
+
+
+def test_cells_carry_the_seeds_confidence_interval_on_the_line_below(sweep):
+    table = table1(load_runs([sweep]))
+    text_f1 = [100 * m["weighted_f1"] for m in own_metrics(sweep, "text")]
+    cell = dict(table.rows)["CM-RoBERTa"][2]
+    assert (cell.summary.ci_low, cell.summary.ci_high) == pytest.approx(t_interval(text_f1), rel=1e-3)
+    lines = table.text_rows()
+    names = [line[0] for line in lines]
+    below = lines[names.index("CM-RoBERTa") + 1]
+    assert below[0].strip() == "95% CI"
+    low, high = (float(x) for x in below[3].strip("[]").split(", "))
+    assert (low, high) == pytest.approx(t_interval(text_f1), abs=0.01)
+    assert names[names.index("always neutral") + 1] != "  95% CI", "the floor is one number, it has no interval"
 
 
 def test_table1_pairs_each_bimodal_variant_with_the_unimodal_runs(sweep):
-    rows = dict(table1(load_runs([sweep])).rows)
+    rows = {name: cells[1:] for name, cells in table1(load_runs([sweep])).rows}
     weighted = {v: mean_std([m["weighted_f1"] for m in own_metrics(sweep, v)])[0] for v in VARIANTS}
     without_sca, full = rows["CM-RoBERTa without SCA unit"], rows["CM-RoBERTa"]
     assert [c.mean for c in without_sca[:3]] == pytest.approx(
@@ -114,7 +147,7 @@ def test_table1_pairs_each_bimodal_variant_with_the_unimodal_runs(sweep):
 
 def test_voice_only_table_scores_the_listed_utterances(sweep, voice_only_keys):
     _, keys = voice_only_keys
-    rows = dict(voice_only_table(load_runs([sweep])).rows)
+    rows = {name: cells[1:] for name, cells in voice_only_table(load_runs([sweep])).rows}
     wanted = set(keys)
     for variant, name in (("audio", "audio"), ("bimodal", "bimodal")):
         accuracies = []
@@ -140,12 +173,37 @@ def test_cli_prints_and_writes_markdown_and_csv(sweep, tmp_path, capsys):
     mean, std = mean_std([m["per_class_f1"]["joy"] for m in text])
     assert float(rows["text (n=3)"]["joy"]) == pytest.approx(mean, abs=1e-4)
     assert float(rows["text (n=3)"]["joy std"]) == pytest.approx(std, abs=1e-4)
+    low, high = t_interval([100 * m["per_class_f1"]["joy"] for m in text])
+    assert float(rows["text (n=3)"]["joy ci_low"]) == pytest.approx(low, abs=0.01)
+    assert float(rows["text (n=3)"]["joy ci_high"]) == pytest.approx(high, abs=0.01)
     assert (out / "table1.csv").is_file() and (out / "voice_only.csv").is_file()
+    assert (out / "paired_differences.csv").is_file()
+    assert printed.rstrip().splitlines()[-1].startswith("- confusion matrices on test: confusion_test.png")
+    assert "learning_curves.png in each run folder" in printed
+
+
+def test_paired_differences_test_across_seeds_and_bootstrap_across_dialogues(sweep):
+    runs = load_runs([sweep])
+    by_name = {d.name: d for d in paired_differences(runs)}
+    assert set(by_name) == {"bimodal − text", "SCA − no SCA"}
+    for name, a, b in (("bimodal − text", "bimodal", "text"), ("SCA − no SCA", "bimodal", "bimodal_no_sca")):
+        d = by_name[name]
+        a_f1 = [100 * m["weighted_f1"] for m in own_metrics(sweep, a)]
+        b_f1 = [100 * m["weighted_f1"] for m in own_metrics(sweep, b)]
+        differences = np.subtract(a_f1, b_f1)
+        assert d.seeds == list(SEEDS) and d.text_mode == "frozen"
+        assert d.difference.mean == pytest.approx(differences.mean())
+        assert d.test.t == pytest.approx(differences.mean() / (differences.std(ddof=1) / np.sqrt(3)))
+        assert d.bootstrap.difference == pytest.approx(differences.mean() / 100, abs=1e-12)
+        assert d.bootstrap.dialogues == N_TEST, "each test utterance here is a dialogue of its own"
+        assert d.bootstrap.ci_low < d.bootstrap.difference < d.bootstrap.ci_high
+    table = paired_differences_table(runs)
+    assert [name for name, _ in table.rows] == ["bimodal − text", "SCA − no SCA"]
 
 
 def test_a_single_run_shows_no_spread_and_missing_variants_stay_empty(sweep):
     runs = load_runs([sweep / "text-seed0"])
-    rows = dict(table1(runs).rows)
+    rows = {name: cells[1:] for name, cells in table1(runs).rows}
     assert rows["CM-RoBERTa"][0] is None and rows["CM-RoBERTa"][3] is None
     text = json.loads((sweep / "text-seed0" / "test_metrics.json").read_text())
     assert rows["CM-RoBERTa"][1].mean == pytest.approx(100 * text["weighted_f1"])
