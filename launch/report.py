@@ -160,7 +160,8 @@ class Table:
         """Rows for `format_table`: cells as strings, empty cells as '–'; under a row with seeds, its 95% CIs."""
         lines: list[list[object]] = []
         for name, cells in self.rows:
-            lines.append([name, *("–" if cell is None else str(cell) if isinstance(cell, Cell) else cell for cell in cells)])
+            shown = ("–" if cell is None else str(cell) if isinstance(cell, Cell) else cell for cell in cells)
+            lines.append([name, *shown])
             intervals = [cell.interval() if isinstance(cell, Cell) else None for cell in cells]
             if any(intervals):
                 lines.append([f"  {100 * CONFIDENCE:.0f}% CI", *(interval or "" for interval in intervals)])
@@ -215,7 +216,9 @@ def find_run_dirs(paths: Sequence[Path]) -> list[Path]:
     return list({path.resolve(): path for path in found}.values())
 
 
-def _voice_only_scores(run_dir: Path, config: dict[str, Any], predictions: Predictions | None) -> dict[str, float] | None:
+def _voice_only_scores(
+    run_dir: Path, config: dict[str, Any], predictions: Predictions | None
+) -> dict[str, float] | None:
     """Scores on the corpus's voice-only test utterances, from the run's predictions; None where there are none."""
     manifest_path = Path(config.get("store", "")) / MANIFEST_NAME
     if not manifest_path.is_file():
@@ -418,7 +421,10 @@ def _by_seed(runs: Sequence[RunResult] | None) -> dict[int, RunResult]:
     return {run.seed: run for run in runs or ()}
 
 
-def _compare(name: str, mode: str, a: Sequence[RunResult] | None, b: Sequence[RunResult] | None) -> PairedDifference | None:
+def _compare(
+    name: str, mode: str, a: Sequence[RunResult] | None, b: Sequence[RunResult] | None
+) -> PairedDifference | None:
+    """`a` minus `b` over the seeds both have; None when they share none."""
     a_seeds, b_seeds = _by_seed(a), _by_seed(b)
     common = sorted(set(a_seeds) & set(b_seeds))
     if not common:
@@ -454,7 +460,8 @@ def paired_differences(runs: Sequence[RunResult]) -> list[PairedDifference]:
             continue
         grouped = _by_variant(runs, mode)
         for variant in ("text", "bimodal_no_sca", "bimodal"):
-            found.append(_compare(VARIANT_NAMES[variant], f"{mode} − frozen", grouped.get(variant), frozen.get(variant)))
+            name = VARIANT_NAMES[variant]
+            found.append(_compare(name, f"{mode} − frozen", grouped.get(variant), frozen.get(variant)))
     return [difference for difference in found if difference is not None]
 
 
@@ -510,8 +517,12 @@ def figures_section(runs: Sequence[RunResult], spread_plot: Path | None = None) 
     example = runs[0].run_dir
     lines = []
     if spread_plot is not None:
-        lines.append(f"- seed spread (every seed's weighted F1, mean and {100 * CONFIDENCE:.0f}% CI per configuration): {spread_plot}")
-    lines.append(f"- learning curves (loss and dev weighted F1 per epoch): {CURVES_NAME} in each run folder, e.g. {example / CURVES_NAME}")
+        what = f"every seed's weighted F1, mean and {100 * CONFIDENCE:.0f}% CI per configuration"
+        lines.append(f"- seed spread ({what}): {spread_plot}")
+    lines.append(
+        f"- learning curves (loss and dev weighted F1 per epoch): {CURVES_NAME} in each run folder, "
+        f"e.g. {example / CURVES_NAME}"
+    )
     confusion = confusion_plot_file("test")
     lines.append(f"- confusion matrices on test: {confusion} in each run folder, e.g. {example / confusion}")
     return "\n".join(lines)
@@ -534,7 +545,8 @@ def write_report(runs: Sequence[RunResult], out_dir: Path, spread_plot: Path | N
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / "report.md"
-    atomic_write_text(markdown, "# CM-RoBERTa results\n\n" + format_report(runs, markdown=True, spread_plot=spread_plot))
+    text = format_report(runs, markdown=True, spread_plot=spread_plot)
+    atomic_write_text(markdown, "# CM-RoBERTa results\n\n" + text)
     return [markdown, *(table.write_csv(out_dir / f"{table.name}.csv") for table in report_tables(runs))]
 
 

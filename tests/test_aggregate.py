@@ -86,14 +86,16 @@ def test_comparisons_bootstrap_the_runs_predictions(tmp_path):
     rng = np.random.default_rng(5)
     keys = [f"test/dia{d}_utt{u}" for d in range(20) for u in range(4)]
     gold = rng.integers(0, 7, len(keys))
-    scores = {"model.variant=text": {0: np.zeros(8), 1: np.zeros(8)}, "model.variant=bimodal": {0: np.zeros(8), 1: np.zeros(8)}}
+    scores = {label: {0: np.zeros(8), 1: np.zeros(8)} for label in ("model.variant=text", "model.variant=bimodal")}
     write_sweep(tmp_path, scores, unfinished=[])
     accuracy = {"model.variant=text": 0.4, "model.variant=bimodal": 0.8}
     f1 = {}
     for label, seeds in scores.items():
         for seed in seeds:
             pred = np.where(rng.random(len(keys)) < accuracy[label], gold, rng.integers(0, 7, len(keys)))
-            lines = [json.dumps({"key": k, "gold": EMOTIONS[g], "pred": EMOTIONS[p]}) for k, g, p in zip(keys, gold, pred)]
+            lines = [
+                json.dumps({"key": k, "gold": EMOTIONS[g], "pred": EMOTIONS[p]}) for k, g, p in zip(keys, gold, pred)
+            ]
             (tmp_path / RUNS_FOLDER / f"hash-{label}-seed{seed}" / TEST_PREDICTIONS_NAME).write_text("\n".join(lines))
             f1[label, seed] = weighted_f1_by_counting(gold, pred)
     (comparison,) = aggregate(tmp_path).comparisons

