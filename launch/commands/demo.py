@@ -18,12 +18,13 @@ import argparse
 import json
 import logging
 import os
+import resource
 import time
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cluster.config import to_dict, write_resolved_config
 from cluster.durable_files import atomic_write_json
@@ -35,6 +36,10 @@ from extract.pipeline import ExtractConfig, run_extraction
 from extract.text_features import TextFeatureConfig
 from launch.commands.prepare import corpus_summary
 from launch.tables import format_table
+
+if TYPE_CHECKING:
+    # launch.sweep imports torch through model.evaluate; `cmroberta --help` should not wait for it.
+    from launch.sweep import PlannedRun
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -102,7 +107,9 @@ def end_to_end_overrides(store: Path, max_epochs: int) -> list[str]:
     ]
 
 
-def plan_demo_sweep(store: Path, sweep_dir: Path, seeds: Sequence[int], frozen_epochs: int, end_to_end_epochs: int):
+def plan_demo_sweep(
+    store: Path, sweep_dir: Path, seeds: Sequence[int], frozen_epochs: int, end_to_end_epochs: int
+) -> list["PlannedRun"]:
     """Every run of the demo's sweep: the frozen-feature grid, then the end-to-end grid, each over `seeds`."""
     from launch.sweep import plan_sweep
     from model.train import RunConfig
@@ -124,33 +131,53 @@ def plan_demo_sweep(store: Path, sweep_dir: Path, seeds: Sequence[int], frozen_e
     return frozen + end_to_end
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its finished children (Submitit's jobs, Ray's processes)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 @dataclass(kw_only=True)
 class StageClock:
-    """Wall time of each stage of the demo, in the order they ran, with the machine's load beside it."""
+    """Wall and CPU time of each stage of the demo, in the order they ran, with the machine's load.
+
+    Wall time depends on what else runs on the machine; the CPU seconds do much less, so on a busy
+    machine they tell what the stage costs (a lower bound: a process still running is not counted).
+    """
 
     seconds: dict[str, float] = field(default_factory=dict)
     """Stage name -> wall seconds."""
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    """Stage name -> CPU seconds of the demo and the processes it started and saw end."""
     load: dict[str, float] = field(default_factory=dict)
     """Stage name -> the 1-minute load average when it ended: above the core count, other work shared the CPUs."""
 
     def run(self, name: str, step: Callable[..., T], *args: Any) -> T:
-        """Call `step(*args)` and record how long it took under `name`."""
-        start = time.monotonic()
+        """Call `step(*args)` and record its wall and CPU time under `name`."""
+        start, cpu_start = time.monotonic(), _cpu_seconds()
         try:
             return step(*args)
         finally:
             self.seconds[name] = time.monotonic() - start
+            self.cpu_seconds[name] = _cpu_seconds() - cpu_start
             self.load[name] = os.getloadavg()[0]
 
     def table(self) -> str:
-        """The stages as a table: seconds, share of the total, load average."""
+        """The stages as a table: wall seconds, share of the total, CPU seconds, load average."""
         total = sum(self.seconds.values())
         rows = [
-            [name, f"{seconds:.1f}", f"{100 * seconds / total:.0f}%", f"{self.load[name]:.1f}"]
+            [
+                name,
+                f"{seconds:.1f}",
+                f"{100 * seconds / total:.0f}%",
+                f"{self.cpu_seconds[name]:.1f}",
+                f"{self.load[name]:.1f}",
+            ]
             for name, seconds in self.seconds.items()
         ]
-        rows.append(["total", f"{total:.1f}", "100%", ""])
-        return format_table(["stage", "seconds", "share", f"load (of {os.cpu_count()} cores)"], rows)
+        rows.append(["total", f"{total:.1f}", "100%", f"{sum(self.cpu_seconds.values()):.1f}", ""])
+        header = ["stage", "wall s", "share", "CPU s", f"load (of {os.cpu_count()} cores)"]
+        return format_table(header, rows)
 
 
 def _corpus_is_complete(corpus_dir: Path, config: DemoCorpusConfig) -> bool:
@@ -172,7 +199,7 @@ def make_corpus(corpus_dir: Path, config: DemoCorpusConfig) -> None:
     print(corpus_summary(read_meld(corpus_dir, check_clips=False)))
 
 
-def run_sweep_and_wait(runs, sweep_dir: Path) -> int:
+def run_sweep_and_wait(runs: Sequence["PlannedRun"], sweep_dir: Path) -> int:
     """Submit the missing runs through Submitit's local executor, follow them run by run; return failed jobs."""
     from tqdm import tqdm
 
@@ -192,15 +219,23 @@ def run_sweep_and_wait(runs, sweep_dir: Path) -> int:
         f"{len(submission.jobs)} job(s) ({' '.join(job.job_id for job in submission.jobs)}); logs in "
         f"{submission.log_folder}"
     )
+
     def finished_count() -> int:
         return sum(1 for run in submission.submitted if (run.run_dir / TEST_METRICS_NAME).is_file())
 
     # The local executor runs the sweep as a few queues of runs; progress is counted in runs, not jobs.
-    with tqdm(total=len(submission.submitted), desc="runs trained", unit="run") as progress:
-        while not all(job.done() for job in submission.jobs):
+    try:
+        with tqdm(total=len(submission.submitted), desc="runs trained", unit="run") as progress:
+            while not all(job.done() for job in submission.jobs):
+                progress.update(finished_count() - progress.n)
+                time.sleep(2.0)
             progress.update(finished_count() - progress.n)
-            time.sleep(2.0)
-        progress.update(finished_count() - progress.n)
+    except KeyboardInterrupt:
+        # The jobs are processes of their own: stop them too, or they would train on unseen.
+        for job in submission.jobs:
+            job.cancel(check=False)
+        print("interrupted: the sweep's jobs are cancelled; run the demo again to go on (finished runs are kept)")
+        raise
     failed = 0
     for outcome in follow_jobs(submission.jobs):
         if outcome.error is not None:
@@ -209,8 +244,8 @@ def run_sweep_and_wait(runs, sweep_dir: Path) -> int:
     return failed
 
 
-def write_reports(sweep_dir: Path, report_dir: Path) -> None:
-    """The sweep's aggregate (with the seed-spread plot) and the paper-style report; print the latter last."""
+def write_reports(sweep_dir: Path, report_dir: Path) -> str:
+    """Write the sweep's aggregate (with the seed-spread plot) and the paper-style report; return the latter."""
     from launch.aggregate import SPREAD_PNG
     from launch.aggregate import write_report as write_sweep_report
     from launch.report import format_report, load_runs, write_report
@@ -219,7 +254,7 @@ def write_reports(sweep_dir: Path, report_dir: Path) -> None:
     runs = load_runs([sweep_dir])
     for path in write_report(runs, report_dir, sweep_dir / SPREAD_PNG):
         print(f"wrote {path}")
-    print(format_report(runs, spread_plot=sweep_dir / SPREAD_PNG))
+    return format_report(runs, spread_plot=sweep_dir / SPREAD_PNG)
 
 
 def run_demo(
@@ -254,9 +289,13 @@ def run_demo(
     failed = clock.run("seed sweep (Submitit, local)", run_sweep_and_wait, runs, sweep_dir)
 
     log.info("step 4/4: the report")
-    clock.run("report", write_reports, sweep_dir, out / "report")
-    atomic_write_json(out / TIMINGS_NAME, {"seconds": clock.seconds, "load_average": clock.load})
-    print(f"demo wall time by stage (also in {out / TIMINGS_NAME}):\n{clock.table()}")
+    report = clock.run("report", write_reports, sweep_dir, out / "report")
+    atomic_write_json(
+        out / TIMINGS_NAME, {"seconds": clock.seconds, "cpu_seconds": clock.cpu_seconds, "load_average": clock.load}
+    )
+    print(f"demo wall time by stage (also in {out / TIMINGS_NAME}):\n{clock.table()}\n")
+    # The report comes last, so the demo's output ends with where the figures are.
+    print(report)
     return 1 if failed else 0
 
 
