@@ -10,8 +10,8 @@ Stages, each timed and the times printed at the end:
 4. the report: Tables 1 and 2 over seeds with confidence intervals, the voice-only table, the paired
    differences with their paired t-tests and bootstraps, and where the figures are.
 
-To stay within about 8 minutes on 2 CPU cores, the demo cuts epochs and the corpus, never seeds:
-the settings below are the paper's scaled to a few hundred utterances.
+To stay within about 8 minutes on 2 CPU cores, the demo cuts epochs and keeps the corpus small, but
+never cuts seeds: the settings below are the paper's scaled to a few hundred utterances.
 """
 
 import argparse
@@ -282,8 +282,8 @@ def run_demo(
     print(
         f"sweep: {len(FROZEN_VARIANTS)} variants on frozen text features and {len(END_TO_END_VARIANTS)} trained end "
         f"to end, {len(seeds)} seeds each ({len(runs)} runs). To fit about 8 minutes on 2 CPU cores the demo cuts "
-        f"epochs and corpus size, not seeds: at most {frozen_epochs} epochs per frozen run and {end_to_end_epochs} "
-        f"per end-to-end run (early stopping on dev), on {train_dialogues} train dialogues."
+        f"epochs and keeps the corpus small, but never cuts seeds: at most {frozen_epochs} epochs per frozen run and "
+        f"{end_to_end_epochs} per end-to-end run (early stopping on dev), on {train_dialogues} train dialogues."
     )
     log.info("step 3/4: the seed sweep, through Submitit's local executor")
     failed = clock.run("seed sweep (Submitit, local)", run_sweep_and_wait, runs, sweep_dir)
