@@ -321,12 +321,14 @@ def _difference(a: Cell | None, b: Cell | None) -> float | None:
 def table1(runs: Sequence[RunResult]) -> Table:
     """Weighted F1 of audio, text and bimodal models, and bimodal − text: the paper's Table 1 shape."""
     rows: list[tuple[str, list[Cell | float | int | None]]] = []
-    for mode in _text_modes(runs):
+    for index, mode in enumerate(_text_modes(runs)):
         grouped = _by_variant(runs, mode)
         weighted = {
             variant: _cell(grouped.get(variant), lambda run: run.test["weighted_f1"]) for variant in VARIANT_NAMES
         }
         for name, bimodal in (("CM-RoBERTa without SCA unit", "bimodal_no_sca"), ("CM-RoBERTa", "bimodal")):
+            if index > 0 and weighted[bimodal] is None:
+                continue  # a further text mode's row without its bimodal model would only repeat audio and text
             cells = [weighted["audio"], weighted["text"], weighted[bimodal]]
             difference = _difference(weighted[bimodal], weighted["text"])
             rows.append((name + TEXT_MODE_SUFFIXES[mode], [TEXT_MODE_NAMES[mode], *cells, difference]))

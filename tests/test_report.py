@@ -46,9 +46,11 @@ def voice_only_keys(tmp_path_factory) -> tuple[Path, list[str]]:
     return store, keys
 
 
-def write_run(run_dir: Path, variant: str, seed: int, gold: np.ndarray, store: Path) -> None:
+def write_run(
+    run_dir: Path, variant: str, seed: int, gold: np.ndarray, store: Path, text_mode: str = "frozen"
+) -> None:
     """A finished run folder as training writes it, with predictions of a quality that depends on the variant."""
-    rng = np.random.default_rng([VARIANTS.index(variant), seed])
+    rng = np.random.default_rng([VARIANTS.index(variant), seed, len(text_mode)])
     accuracy = {"audio": 0.35, "text": 0.6, "bimodal_no_sca": 0.65, "bimodal": 0.7}[variant]
     pred = np.where(rng.random(len(gold)) < accuracy, gold, rng.integers(0, 7, len(gold)))
     keys = [f"test/dia{i}_utt0" for i in range(len(gold))]
@@ -56,7 +58,9 @@ def write_run(run_dir: Path, variant: str, seed: int, gold: np.ndarray, store: P
         split="test", loss=1.0, metrics=classification_metrics(gold, pred), keys=keys, gold=gold, pred=pred
     )
     run_dir.mkdir(parents=True)
-    (run_dir / "config.toml").write_text(f'store = "{store}"\nseed = {seed}\n[model]\nvariant = "{variant}"\n')
+    (run_dir / "config.toml").write_text(
+        f'store = "{store}"\nseed = {seed}\ntext_mode = "{text_mode}"\n[model]\nvariant = "{variant}"\n'
+    )
     write_json_atomic(run_dir / "test_metrics.json", evaluation_record(evaluation, 0, "epoch-0003", 3))
     write_lines_atomic(
         run_dir / "predictions.jsonl",
@@ -219,3 +223,24 @@ def test_runs_on_different_test_sets_are_refused(sweep, tmp_path, voice_only_key
     (tmp_path / "empty").mkdir()
     with pytest.raises(ReportError, match="holds no finished run"):
         load_runs([tmp_path / "empty"])
+
+
+def test_end_to_end_rows_stand_apart_and_are_compared_with_frozen_ones(tmp_path, test_labels, voice_only_keys):
+    for mode in ("frozen", "end_to_end"):
+        for variant in ("text", "bimodal"):
+            for seed in (0, 1):
+                run_dir = tmp_path / f"{variant}-{mode}-seed{seed}"
+                write_run(run_dir, variant, seed, test_labels, voice_only_keys[0], mode)
+    runs = load_runs([tmp_path])
+    rows = {name: cells for name, cells in table1(runs).rows}
+    assert rows["CM-RoBERTa (end-to-end)"][0] == "end-to-end" and rows["CM-RoBERTa"][0] == "frozen"
+    assert "CM-RoBERTa without SCA unit (end-to-end)" not in rows, "no end-to-end model without SCA ran"
+    e2e = [json.loads((tmp_path / f"text-end_to_end-seed{s}" / "test_metrics.json").read_text()) for s in (0, 1)]
+    assert rows["CM-RoBERTa (end-to-end)"][2].mean == pytest.approx(100 * np.mean([m["weighted_f1"] for m in e2e]))
+    differences = {(d.name, d.text_mode) for d in paired_differences(runs)}
+    assert differences == {
+        ("bimodal − text", "frozen"),
+        ("bimodal − text", "end_to_end"),
+        ("text", "end_to_end − frozen"),
+        ("bimodal", "end_to_end − frozen"),
+    }
