@@ -3,12 +3,9 @@
 Per configuration, over its finished seeds: the mean, the sample standard deviation (n - 1 in
 the denominator) and the 95% confidence interval of the mean, mean ± t(0.975, n - 1) · sd / √n,
 of the test weighted F1 and of each emotion's F1. Between two configurations, over the seeds
-both finished: the same for the per-seed differences (a paired comparison, which removes the
-part of the seed noise the two configurations share, e.g. the same data order). With fewer
-than two seeds the spread is unknown and reported as such.
-
-Student's t quantile is computed here, from the regularized incomplete beta function, so the
-report needs nothing beyond numpy.
+both finished: the same for the per-seed differences, Student's paired t-test across those seeds,
+and a paired bootstrap over the test dialogues from the runs' predictions (`launch.statistics`
+says how each is computed). With fewer than two seeds the spread is unknown and reported as such.
 
 Outputs in the sweep folder: report.json (every number, fractions in [0, 1]), report.md
 (tables in percentage points, as papers print them) and spread.png (every seed's score).
@@ -16,7 +13,6 @@ Outputs in the sweep folder: report.json (every number, fractions in [0, 1]), re
 
 import json
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,104 +24,28 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 import numpy as np  # noqa: E402
 
+from cluster.durable_files import atomic_write_json, atomic_write_text  # noqa: E402
 from extract.labels import EMOTIONS  # noqa: E402
+from launch.statistics import (  # noqa: E402
+    CONFIDENCE,
+    DialogueBootstrap,
+    PairedTest,
+    Predictions,
+    Spread,
+    paired_dialogue_bootstrap,
+    paired_t_test,
+    read_predictions,
+    spread,
+)
 from launch.sweep import RUN_RECORD_NAME, RUNS_FOLDER, SWEEP_NAME  # noqa: E402
-from launch.tables import format_table  # noqa: E402
-from model.evaluate import TEST_METRICS_NAME  # noqa: E402
+from launch.tables import format_table, p_value_text  # noqa: E402
+from model.evaluate import TEST_METRICS_NAME, TEST_PREDICTIONS_NAME  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 SPREAD_PNG = "spread.png"
-CONFIDENCE = 0.95
-_CONTINUED_FRACTION_STEPS = 300
-_TINY = 1e-300
-
-
-def _incomplete_beta_fraction(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function, by the modified Lentz method."""
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > _TINY else _TINY)
-    result = d
-    for m in range(1, _CONTINUED_FRACTION_STEPS + 1):
-        for numerator in (
-            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
-        ):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > _TINY else _TINY)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > _TINY else _TINY
-            result *= c * d
-        if abs(c * d - 1.0) < 1e-15:
-            break
-    return result
-
-
-def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
-    """I_x(a, b), the CDF of the Beta(a, b) distribution at x."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    # The fraction converges fast only below the mean; above it, use I_x(a, b) = 1 - I_(1-x)(b, a).
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _incomplete_beta_fraction(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _incomplete_beta_fraction(b, a, 1.0 - x) / b
-
-
-def student_t_cdf(t: float, dof: int) -> float:
-    """P(T <= t) for Student's t with `dof` degrees of freedom."""
-    tail = 0.5 * regularized_incomplete_beta(dof / 2.0, 0.5, dof / (dof + t * t))
-    return 1.0 - tail if t >= 0 else tail
-
-
-def student_t_quantile(p: float, dof: int) -> float:
-    """The t with P(T <= t) = p, by bisection on the CDF (to about 1e-12)."""
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"p must lie in (0, 1), not {p}")
-    if dof < 1:
-        raise ValueError(f"dof must be at least 1, not {dof}")
-    if p < 0.5:
-        return -student_t_quantile(1.0 - p, dof)
-    low, high = 0.0, 1.0
-    while student_t_cdf(high, dof) < p:
-        low, high = high, 2.0 * high
-    while high - low > 1e-12 * max(1.0, high):
-        middle = 0.5 * (low + high)
-        low, high = (middle, high) if student_t_cdf(middle, dof) < p else (low, middle)
-    return 0.5 * (low + high)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Spread:
-    """Mean and spread of one score over seeds."""
-
-    n: int
-    """Number of seeds."""
-    mean: float
-    """Mean over the seeds."""
-    std: float | None
-    """Sample standard deviation (n - 1 in the denominator); None for one seed."""
-    ci_low: float | None
-    """Lower end of the confidence interval of the mean; None for one seed."""
-    ci_high: float | None
-    """Upper end of that interval; None for one seed."""
-
-
-def spread(values: Sequence[float], confidence: float = CONFIDENCE) -> Spread:
-    """Mean, sample standard deviation and t confidence interval of the mean of `values`."""
-    data = np.asarray(values, dtype=np.float64)
-    if data.size == 0:
-        raise ValueError("no values to summarise")
-    mean = float(data.mean())
-    if data.size < 2:
-        return Spread(n=1, mean=mean, std=None, ci_low=None, ci_high=None)
-    std = float(data.std(ddof=1))
-    half_width = student_t_quantile(0.5 + confidence / 2.0, data.size - 1) * std / math.sqrt(data.size)
-    return Spread(n=int(data.size), mean=mean, std=std, ci_low=mean - half_width, ci_high=mean + half_width)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +62,8 @@ class SeedResult:
     """Test weighted F1."""
     per_class_f1: dict[str, float]
     """Test F1 of each emotion."""
+    predictions: Predictions | None
+    """Its test predictions, for the bootstrap over dialogues; None when predictions.jsonl is missing."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,6 +96,10 @@ class PairedComparison:
     """Seeds both finished."""
     weighted_f1_difference: Spread
     """Per-seed differences of weighted F1."""
+    paired_test: PairedTest
+    """Student's paired t-test of the weighted F1 over those seeds."""
+    bootstrap: DialogueBootstrap | None
+    """Paired bootstrap over test dialogues; None when a run lacks its predictions."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,6 +127,7 @@ def read_results(sweep_dir: Path) -> tuple[list[SeedResult], list[str]]:
             unfinished.append(str(run_dir))
             continue
         record = json.loads(record_path.read_text(encoding="utf-8"))
+        predictions_path = run_dir / TEST_PREDICTIONS_NAME
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
         per_class = metrics["per_class_f1"]
         if isinstance(per_class, list):
@@ -212,6 +139,7 @@ def read_results(sweep_dir: Path) -> tuple[list[SeedResult], list[str]]:
                 seed=int(record["seed"]),
                 weighted_f1=float(metrics["weighted_f1"]),
                 per_class_f1={name: float(per_class[name]) for name in EMOTIONS},
+                predictions=read_predictions(predictions_path) if predictions_path.is_file() else None,
             )
         )
     return results, unfinished
@@ -256,13 +184,22 @@ def aggregate(sweep_dir: Path, confidence: float = CONFIDENCE) -> SweepReport:
             if not common:
                 continue
             a, b = by_config[other.config_hash], by_config[baseline.config_hash]
-            differences = [a[seed].weighted_f1 - b[seed].weighted_f1 for seed in common]
+            a_scores, b_scores = [a[seed].weighted_f1 for seed in common], [b[seed].weighted_f1 for seed in common]
+            a_predictions = [a[seed].predictions for seed in common]
+            b_predictions = [b[seed].predictions for seed in common]
+            has_predictions = all(p is not None for p in (*a_predictions, *b_predictions))
             comparisons.append(
                 PairedComparison(
                     label=other.label,
                     baseline=baseline.label,
                     seeds=common,
-                    weighted_f1_difference=spread(differences, confidence),
+                    weighted_f1_difference=spread(np.subtract(a_scores, b_scores), confidence),
+                    paired_test=paired_t_test(a_scores, b_scores),
+                    bootstrap=(
+                        paired_dialogue_bootstrap(a_predictions, b_predictions, confidence=confidence)
+                        if has_predictions
+                        else None
+                    ),
                 )
             )
     return SweepReport(
@@ -306,12 +243,20 @@ def format_report(report: SweepReport, markdown: bool = False) -> str:
                 p.weighted_f1_difference.n,
                 _mean_std(p.weighted_f1_difference),
                 _interval(p.weighted_f1_difference),
+                p_value_text(p.paired_test.p_value),
+                "-" if p.bootstrap is None else f"[{_points(p.bootstrap.ci_low)}, {_points(p.bootstrap.ci_high)}]",
+                "-" if p.bootstrap is None else p_value_text(p.bootstrap.p_value, p.bootstrap.resamples),
             ]
             for p in report.comparisons
         ]
         sections.append(
-            "Paired differences of weighted F1 over common seeds\n\n"
-            + format_table(["comparison", "seeds", "difference", level], rows, markdown)
+            "Paired differences of weighted F1 (percentage points): over common seeds (mean ± sd, t interval, "
+            "paired t-test), and over test dialogues (paired bootstrap: interval, p)\n\n"
+            + format_table(
+                ["comparison", "seeds", "difference", level, "t-test p", f"bootstrap {level}", "bootstrap p"],
+                rows,
+                markdown,
+            )
         )
     if report.unfinished:
         sections.append(
@@ -371,8 +316,8 @@ def write_report(sweep_dir: Path, confidence: float = CONFIDENCE) -> SweepReport
     """Aggregate the sweep and write report.json, report.md and spread.png into its folder."""
     sweep_dir = Path(sweep_dir)
     report = aggregate(sweep_dir, confidence)
-    (sweep_dir / REPORT_JSON).write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
-    (sweep_dir / REPORT_MD).write_text(format_report(report, markdown=True), encoding="utf-8")
+    atomic_write_json(sweep_dir / REPORT_JSON, asdict(report))
+    atomic_write_text(sweep_dir / REPORT_MD, format_report(report, markdown=True))
     if report.configurations:
         plot_seed_spread(report, sweep_dir / SPREAD_PNG)
     log.info("sweep report written to %s", sweep_dir / REPORT_MD)

@@ -6,19 +6,26 @@ Table 2: per-class F1 in the paper's column order and the weighted average, per 
 difference bimodal − text, and the always-majority-class floor (always-neutral on MELD).
 A third table scores the voice-only utterances when the corpus lists them (the demo corpus's
 `ambiguous.json`): there, text alone cannot know the emotion, and the audio must carry it.
+The paired-differences table compares, seed by seed, bimodal − text and SCA − no SCA (bimodal −
+bimodal without SCA) within each text mode, and end-to-end − frozen where both ran: Student's paired
+t-test across seeds and a paired bootstrap over the test dialogues (`launch.statistics`).
 
-Runs that share a variant (seeds of a sweep) are shown as mean ± sample standard deviation;
-a difference is the difference of the means. Numbers are percentages.
+Runs that share a variant and text mode (seeds of a sweep) are shown as mean ± sample standard
+deviation, with the 95% confidence interval of the mean on the line below; a difference in Tables
+1 and 2 is the difference of the means. Numbers are percentages.
 
-Runs whose text encoder was fine-tuned with the head (`text_mode = "end_to_end"`) are reported
-apart from runs on frozen text features: their rows carry the suffix " (end-to-end)". Audio-only
-runs read no text, so the same audio runs serve both.
+Every row that reads text says which text mode produced it: `frozen` (pretrained vectors from
+the store), `end_to_end` (the encoder trained with the head) or `finetuned` (vectors of an encoder
+fine-tuned on its own first, the paper's recipe). Rows of different modes are never mixed. Audio-only
+runs read no text, so the same audio runs serve every mode. The paper's rows are its fine-tuned
+RoBERTa-Large (its section 4.1.3).
+
+`report_tables` lists the tables in order; a new table joins there.
 """
 
 import csv
 import json
 import logging
-import statistics
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,12 +34,26 @@ from typing import Any
 
 import numpy as np
 
+from cluster.durable_files import atomic_write_text
 from extract.demo_corpus import read_ambiguous_keys
 from extract.feature_store import MANIFEST_NAME
-from extract.labels import EMOTION_INDEX, EMOTIONS
-from launch.tables import format_table
-from model.evaluate import TEST_METRICS_NAME, TEST_PREDICTIONS_NAME
+from extract.labels import EMOTIONS
+from launch.statistics import (
+    CONFIDENCE,
+    DialogueBootstrap,
+    PairedTest,
+    Predictions,
+    Spread,
+    StatisticsError,
+    paired_dialogue_bootstrap,
+    paired_t_test,
+    read_predictions,
+    spread,
+)
+from launch.tables import format_table, p_value_text
+from model.evaluate import TEST_METRICS_NAME, TEST_PREDICTIONS_NAME, confusion_plot_file
 from model.metrics import classification_metrics
+from model.train import CURVES_NAME
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +81,11 @@ PAPER_TABLE2: dict[str, tuple[float, ...]] = {
 VOICE_ONLY = "voice-only utterances"
 
 # Text mode -> row-name suffix, in report order.
-TEXT_MODE_SUFFIXES: dict[str, str] = {"frozen": "", "end_to_end": " (end-to-end)"}
+TEXT_MODE_SUFFIXES: dict[str, str] = {"frozen": "", "end_to_end": " (end-to-end)", "finetuned": " (fine-tuned)"}
+# Text mode -> its name in the report's "text" column.
+TEXT_MODE_NAMES: dict[str, str] = {"frozen": "frozen", "end_to_end": "end-to-end", "finetuned": "fine-tuned"}
+# The paper fine-tuned RoBERTa-Large before extracting its vectors (section 4.1.3).
+PAPER_TEXT_MODE = "fine-tuned"
 
 
 class ReportError(Exception):
@@ -83,24 +108,38 @@ class RunResult:
     """Its test_metrics.json."""
     voice_only: dict[str, float | int] | None
     """Accuracy, weighted F1 and count on the corpus's voice-only test utterances; None if the corpus lists none."""
+    predictions: Predictions | None
+    """Its test predictions (predictions.jsonl), for the bootstrap over dialogues; None when missing."""
+    modality_dropout: float = 0.0
+    """Its training's modality dropout; runs trained with it appear only in the robustness table."""
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One table cell over seeds: the values, shown as mean ± std."""
+    """One table cell over seeds: the values, shown as mean ± sample sd, with the mean's confidence interval."""
 
     values: tuple[float, ...]
     """Per-run values, in percent."""
 
     @property
+    def summary(self) -> Spread:
+        """Mean, sample sd and the 95% t interval of the mean (no sd or interval for one run)."""
+        return spread(self.values, CONFIDENCE)
+
+    @property
     def mean(self) -> float:
         """Mean over runs."""
-        return statistics.fmean(self.values)
+        return self.summary.mean
 
     @property
     def std(self) -> float | None:
         """Sample standard deviation, None for a single run."""
-        return statistics.stdev(self.values) if len(self.values) > 1 else None
+        return self.summary.std
+
+    def interval(self) -> str | None:
+        """'[low, high]', the confidence interval of the mean; None for a single run."""
+        s = self.summary
+        return None if s.ci_low is None else f"[{s.ci_low:.2f}, {s.ci_high:.2f}]"
 
     def __str__(self) -> str:
         return f"{self.mean:.2f}" if self.std is None else f"{self.mean:.2f} ± {self.std:.2f}"
@@ -120,22 +159,28 @@ class Table:
     """Row name and one cell per column after the first; None is an empty cell."""
 
     def text_rows(self) -> list[list[object]]:
-        """Rows for `format_table`: cells as strings, empty cells as '–'."""
-        return [
-            [name, *("–" if cell is None else str(cell) if isinstance(cell, Cell) else cell for cell in cells)]
-            for name, cells in self.rows
-        ]
+        """Rows for `format_table`: cells as strings, empty cells as '–'; under a row with seeds, its 95% CIs."""
+        lines: list[list[object]] = []
+        for name, cells in self.rows:
+            shown = ("–" if cell is None else str(cell) if isinstance(cell, Cell) else cell for cell in cells)
+            lines.append([name, *shown])
+            intervals = [cell.interval() if isinstance(cell, Cell) else None for cell in cells]
+            if any(intervals):
+                lines.append([f"  {100 * CONFIDENCE:.0f}% CI", *(interval or "" for interval in intervals)])
+        return lines
 
     def render(self, markdown: bool = False) -> str:
         """The table as aligned text, or as Markdown."""
         return format_table(self.columns, self.text_rows(), markdown=markdown)
 
     def write_csv(self, path: Path) -> Path:
-        """CSV of the same shape: a mean column per column, and a `<column> std` column when any run has seeds."""
+        """CSV of the same shape: a mean column per column, and `<column> std`, `<column> ci_low` and
+        `<column> ci_high` columns when any run has seeds."""
         has_std = any(isinstance(cell, Cell) and cell.std is not None for _, cells in self.rows for cell in cells)
+        spread_columns = ("std", "ci_low", "ci_high") if has_std else ()
         header = [self.columns[0]]
         for column in self.columns[1:]:
-            header.extend([column, f"{column} std"] if has_std else [column])
+            header.extend([column, *(f"{column} {part}" for part in spread_columns)])
         with open(path, "w", newline="", encoding="utf-8") as stream:
             writer = csv.writer(stream)
             writer.writerow(header)
@@ -143,10 +188,11 @@ class Table:
                 row: list[object] = [name]
                 for cell in cells:
                     mean = cell.mean if isinstance(cell, Cell) else cell
-                    row.append("" if mean is None else mean if isinstance(mean, int) else f"{mean:.4f}")
-                    if has_std:
-                        std = cell.std if isinstance(cell, Cell) else None
-                        row.append("" if std is None else f"{std:.4f}")
+                    row.append("" if mean is None else mean if isinstance(mean, (int, str)) else f"{mean:.4f}")
+                    summary = cell.summary if isinstance(cell, Cell) else None
+                    for part in spread_columns:
+                        value = None if summary is None else getattr(summary, part)
+                        row.append("" if value is None else f"{value:.4f}")
                 writer.writerow(row)
         return path
 
@@ -172,27 +218,23 @@ def find_run_dirs(paths: Sequence[Path]) -> list[Path]:
     return list({path.resolve(): path for path in found}.values())
 
 
-def _voice_only_scores(run_dir: Path, config: dict[str, Any]) -> dict[str, float] | None:
-    """Scores on the corpus's voice-only test utterances, from predictions.jsonl; None where there are none."""
+def _voice_only_scores(
+    run_dir: Path, config: dict[str, Any], predictions: Predictions | None
+) -> dict[str, float] | None:
+    """Scores on the corpus's voice-only test utterances, from the run's predictions; None where there are none."""
     manifest_path = Path(config.get("store", "")) / MANIFEST_NAME
     if not manifest_path.is_file():
         log.info("%s: store %s is not here; no voice-only scores", run_dir, config.get("store"))
         return None
     corpus = json.loads(manifest_path.read_text(encoding="utf-8")).get("config", {}).get("corpus")
     keys = read_ambiguous_keys(corpus) if corpus else set()
-    predictions_path = run_dir / TEST_PREDICTIONS_NAME
-    if not keys or not predictions_path.is_file():
+    if not keys or predictions is None:
         return None
-    gold, pred = [], []
-    for line in predictions_path.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        if record["key"] in keys:
-            gold.append(EMOTION_INDEX[record["gold"]])
-            pred.append(EMOTION_INDEX[record["pred"]])
-    if not gold:
+    chosen = np.array([key in keys for key in predictions.keys], dtype=bool)
+    if not chosen.any():
         return None
-    metrics = classification_metrics(np.array(gold), np.array(pred))
-    return {"accuracy": metrics.accuracy, "weighted_f1": metrics.weighted_f1, "count": len(gold)}
+    metrics = classification_metrics(predictions.gold[chosen], predictions.pred[chosen])
+    return {"accuracy": metrics.accuracy, "weighted_f1": metrics.weighted_f1, "count": int(chosen.sum())}
 
 
 def load_run(run_dir: Path) -> RunResult:
@@ -213,13 +255,20 @@ def load_run(run_dir: Path) -> RunResult:
         raise ReportError(
             f"run folder {run_dir} has text_mode {text_mode!r}; expected one of {', '.join(TEXT_MODE_SUFFIXES)}"
         )
+    predictions_path = run_dir / TEST_PREDICTIONS_NAME
+    try:
+        predictions = read_predictions(predictions_path) if predictions_path.is_file() else None
+    except StatisticsError as error:
+        raise ReportError(str(error)) from None
     return RunResult(
         run_dir=run_dir,
         variant=variant,
         seed=int(config.get("seed", 0)),
         text_mode=text_mode,
         test=test,
-        voice_only=_voice_only_scores(run_dir, config),
+        voice_only=_voice_only_scores(run_dir, config, predictions),
+        predictions=predictions,
+        modality_dropout=float(config.get("model", {}).get("modality_dropout", 0.0)),
     )
 
 
@@ -275,23 +324,26 @@ def _difference(a: Cell | None, b: Cell | None) -> float | None:
 def table1(runs: Sequence[RunResult]) -> Table:
     """Weighted F1 of audio, text and bimodal models, and bimodal − text: the paper's Table 1 shape."""
     rows: list[tuple[str, list[Cell | float | int | None]]] = []
-    for mode in _text_modes(runs):
+    for index, mode in enumerate(_text_modes(runs)):
         grouped = _by_variant(runs, mode)
         weighted = {
             variant: _cell(grouped.get(variant), lambda run: run.test["weighted_f1"]) for variant in VARIANT_NAMES
         }
         for name, bimodal in (("CM-RoBERTa without SCA unit", "bimodal_no_sca"), ("CM-RoBERTa", "bimodal")):
+            if index > 0 and weighted[bimodal] is None:
+                continue  # a further text mode's row without its bimodal model would only repeat audio and text
             cells = [weighted["audio"], weighted["text"], weighted[bimodal]]
-            rows.append((name + TEXT_MODE_SUFFIXES[mode], [*cells, _difference(weighted[bimodal], weighted["text"])]))
+            difference = _difference(weighted[bimodal], weighted["text"])
+            rows.append((name + TEXT_MODE_SUFFIXES[mode], [TEXT_MODE_NAMES[mode], *cells, difference]))
     floor = runs[0].test["majority_floor"]
     floor_value = 100 * floor["weighted_f1"]
-    rows.append((f"always {floor['label']}", [floor_value, floor_value, floor_value, None]))
+    rows.append((f"always {floor['label']}", [None, floor_value, floor_value, floor_value, None]))
     for name, values in PAPER_TABLE1.items():
-        rows.append((f"paper: {name}", list(values)))
+        rows.append((f"paper: {name}", [PAPER_TEXT_MODE, *values]))
     return Table(
         title="Table 1: weighted F1 (%) on test",
         name="table1",
-        columns=["model", "audio", "text", "bimodal", "bimodal - text"],
+        columns=["model", "text mode", "audio", "text", "bimodal", "bimodal - text"],
         rows=rows,
     )
 
@@ -309,20 +361,20 @@ def table2(runs: Sequence[RunResult]) -> Table:
             if variant == "audio" and index > 0:
                 continue  # the audio row is the same runs under every text mode: shown once
             name = _row_name(variant, mode)
-            rows.append((f"{name} (n={len(chosen)})" if len(chosen) > 1 else name, list(cells)))
+            mode_name = None if variant == "audio" else TEXT_MODE_NAMES[mode]
+            rows.append((f"{name} (n={len(chosen)})" if len(chosen) > 1 else name, [mode_name, *cells]))
         if "bimodal" in cells_of and "text" in cells_of:
             difference = [_difference(a, b) for a, b in zip(cells_of["bimodal"], cells_of["text"])]
-            rows.append((f"bimodal - text{suffix}", difference))
+            rows.append((f"bimodal - text{suffix}", [TEXT_MODE_NAMES[mode], *difference]))
     floor = runs[0].test["majority_floor"]
-    rows.append(
-        (f"always {floor['label']}", [100 * floor["per_class_f1"][e] for e in EMOTIONS] + [100 * floor["weighted_f1"]])
-    )
+    floor_cells = [100 * floor["per_class_f1"][e] for e in EMOTIONS] + [100 * floor["weighted_f1"]]
+    rows.append((f"always {floor['label']}", [None, *floor_cells]))
     for variant, values in PAPER_TABLE2.items():
-        rows.append((f"paper: {VARIANT_NAMES[variant]}", list(values)))
+        rows.append((f"paper: {VARIANT_NAMES[variant]}", [None if variant == "audio" else PAPER_TEXT_MODE, *values]))
     return Table(
         title="Table 2: per-class F1 (%) on test",
         name="table2",
-        columns=["modality", *EMOTIONS, "w-average F1"],
+        columns=["modality", "text mode", *EMOTIONS, "w-average F1"],
         rows=rows,
     )
 
@@ -336,6 +388,7 @@ def voice_only_table(runs: Sequence[RunResult]) -> Table | None:
             if not chosen or (variant == "audio" and index > 0):
                 continue
             cells = [
+                None if variant == "audio" else TEXT_MODE_NAMES[mode],
                 int(chosen[0].voice_only["count"]),
                 _cell(chosen, lambda run: run.voice_only["accuracy"]),
                 _cell(chosen, lambda run: run.voice_only["weighted_f1"]),
@@ -346,37 +399,168 @@ def voice_only_table(runs: Sequence[RunResult]) -> Table | None:
     return Table(
         title="Voice-only test utterances (%): the transcript does not tell the emotion",
         name="voice_only",
-        columns=["modality", "utterances", "accuracy", "weighted F1"],
+        columns=["modality", "text mode", "utterances", "accuracy", "weighted F1"],
+        rows=rows,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairedDifference:
+    """One configuration minus another, seed by seed: the paired t-test and the bootstrap over test dialogues."""
+
+    name: str
+    """What is compared, 'bimodal − text'."""
+    text_mode: str
+    """The text mode of both sides, or 'end_to_end − frozen' for a comparison across modes."""
+    seeds: list[int]
+    """Seeds both sides finished."""
+    difference: Spread
+    """Per-seed differences of test weighted F1, in percent."""
+    test: PairedTest
+    """Student's paired t-test over those seeds."""
+    bootstrap: DialogueBootstrap | None
+    """Paired bootstrap over test dialogues (fractions); None when a run lacks predictions.jsonl."""
+
+
+def _by_seed(runs: Sequence[RunResult] | None) -> dict[int, RunResult]:
+    return {run.seed: run for run in runs or ()}
+
+
+def _compare(
+    name: str, mode: str, a: Sequence[RunResult] | None, b: Sequence[RunResult] | None
+) -> PairedDifference | None:
+    """`a` minus `b` over the seeds both have; None when they share none."""
+    a_seeds, b_seeds = _by_seed(a), _by_seed(b)
+    common = sorted(set(a_seeds) & set(b_seeds))
+    if not common:
+        return None
+    a_runs, b_runs = [a_seeds[seed] for seed in common], [b_seeds[seed] for seed in common]
+    a_scores = [100 * run.test["weighted_f1"] for run in a_runs]
+    b_scores = [100 * run.test["weighted_f1"] for run in b_runs]
+    a_predictions, b_predictions = [run.predictions for run in a_runs], [run.predictions for run in b_runs]
+    bootstrap = None
+    if all(p is not None for p in (*a_predictions, *b_predictions)):
+        bootstrap = paired_dialogue_bootstrap(a_predictions, b_predictions, confidence=CONFIDENCE)
+    return PairedDifference(
+        name=name,
+        text_mode=mode,
+        seeds=common,
+        difference=spread(np.subtract(a_scores, b_scores), CONFIDENCE),
+        test=paired_t_test(a_scores, b_scores),
+        bootstrap=bootstrap,
+    )
+
+
+def paired_differences(runs: Sequence[RunResult]) -> list[PairedDifference]:
+    """bimodal − text and SCA − no SCA in each text mode, then each other mode − frozen per variant."""
+    found = []
+    modes = _text_modes(runs)
+    for mode in modes:
+        grouped = _by_variant(runs, mode)
+        for name, a, b in (("bimodal − text", "bimodal", "text"), ("SCA − no SCA", "bimodal", "bimodal_no_sca")):
+            found.append(_compare(name, mode, grouped.get(a), grouped.get(b)))
+    frozen = _by_variant(runs, "frozen")
+    for mode in modes:
+        if mode == "frozen":
+            continue
+        grouped = _by_variant(runs, mode)
+        for variant in ("text", "bimodal_no_sca", "bimodal"):
+            name = VARIANT_NAMES[variant]
+            found.append(_compare(name, f"{mode} − frozen", grouped.get(variant), frozen.get(variant)))
+    return [difference for difference in found if difference is not None]
+
+
+def _mode_name(mode: str) -> str:
+    return " − ".join(TEXT_MODE_NAMES.get(part, part) for part in mode.split(" − "))
+
+
+def paired_differences_table(runs: Sequence[RunResult]) -> Table | None:
+    """The paired differences as a table (percentage points); None when no two configurations share a seed."""
+    level = f"{100 * CONFIDENCE:.0f}% CI"
+    rows: list[tuple[str, list[Cell | float | int | str | None]]] = []
+    for d in paired_differences(runs):
+        s, boot = d.difference, d.bootstrap
+        rows.append(
+            (
+                d.name,
+                [
+                    _mode_name(d.text_mode),
+                    len(d.seeds),
+                    f"{s.mean:.2f}" if s.std is None else f"{s.mean:.2f} ± {s.std:.2f}",
+                    None if s.ci_low is None else f"[{s.ci_low:.2f}, {s.ci_high:.2f}]",
+                    None if d.test.p_value is None else p_value_text(d.test.p_value),
+                    None if boot is None else boot.dialogues,
+                    None if boot is None else f"[{100 * boot.ci_low:.2f}, {100 * boot.ci_high:.2f}]",
+                    None if boot is None else p_value_text(boot.p_value, boot.resamples),
+                ],
+            )
+        )
+    if not rows:
+        return None
+    return Table(
+        title=(
+            "Paired differences of test weighted F1 (percentage points): across seeds (mean ± sd, t interval, "
+            "paired t-test) and across test dialogues (paired bootstrap: interval, p)"
+        ),
+        name="paired_differences",
+        columns=[
+            "comparison", "text mode", "seeds", "difference", level, "t-test p", "dialogues", f"bootstrap {level}",
+            "bootstrap p",
+        ],
         rows=rows,
     )
 
 
 def report_tables(runs: Sequence[RunResult]) -> list[Table]:
-    """Every table of the report, in order."""
-    tables = [table1(runs), table2(runs)]
-    voice_only = voice_only_table(runs)
-    if voice_only is not None:
-        tables.append(voice_only)
-    return tables
+    """Every table of the report, in order; a table that does not apply to these runs is left out.
+
+    The paper's tables hold the runs trained as the paper trained (no modality dropout); the
+    robustness table, last, holds every run scored under perturbations (`cmroberta evaluate --perturb`).
+    """
+    # Imported here: the robustness table builds on this module's Table and Cell.
+    from launch.robustness_report import read_run_robustness, table_from_runs
+
+    paper = [run for run in runs if run.modality_dropout == 0]
+    tables = [table1(paper), table2(paper), voice_only_table(paper), paired_differences_table(paper)]
+    tables.append(table_from_runs([read_run_robustness(run.run_dir) for run in runs]))
+    return [table for table in tables if table is not None]
 
 
-def format_report(runs: Sequence[RunResult], markdown: bool = False) -> str:
-    """All tables as text (or Markdown), with the runs they came from."""
+def figures_section(runs: Sequence[RunResult], spread_plot: Path | None = None) -> str:
+    """Where the report's pictures are: the seed-spread plot, and each run's learning curves and confusion matrix."""
+    example = runs[0].run_dir
+    lines = []
+    if spread_plot is not None:
+        what = f"every seed's weighted F1, mean and {100 * CONFIDENCE:.0f}% CI per configuration"
+        lines.append(f"- seed spread ({what}): {spread_plot}")
+    lines.append(
+        f"- learning curves (loss and dev weighted F1 per epoch): {CURVES_NAME} in each run folder, "
+        f"e.g. {example / CURVES_NAME}"
+    )
+    confusion = confusion_plot_file("test")
+    lines.append(f"- confusion matrices on test: {confusion} in each run folder, e.g. {example / confusion}")
+    return "\n".join(lines)
+
+
+def format_report(runs: Sequence[RunResult], markdown: bool = False, spread_plot: Path | None = None) -> str:
+    """All tables as text (or Markdown), the runs they came from, and where the figures are."""
     parts = []
     for table in report_tables(runs):
         heading = f"## {table.title}" if markdown else table.title
         parts.append(f"{heading}\n\n{table.render(markdown=markdown)}")
     sources = "\n".join(f"- {_row_name(run.variant, run.text_mode)}, seed {run.seed}: {run.run_dir}" for run in runs)
     parts.append(f"{'## ' if markdown else ''}Runs\n\n{sources}")
+    parts.append(f"{'## ' if markdown else ''}Figures\n\n{figures_section(runs, spread_plot)}")
     return "\n\n".join(parts) + "\n"
 
 
-def write_report(runs: Sequence[RunResult], out_dir: Path) -> list[Path]:
+def write_report(runs: Sequence[RunResult], out_dir: Path, spread_plot: Path | None = None) -> list[Path]:
     """`report.md` and one CSV per table in `out_dir`; returns the paths written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / "report.md"
-    markdown.write_text("# CM-RoBERTa results\n\n" + format_report(runs, markdown=True), encoding="utf-8")
+    text = format_report(runs, markdown=True, spread_plot=spread_plot)
+    atomic_write_text(markdown, "# CM-RoBERTa results\n\n" + text)
     return [markdown, *(table.write_csv(out_dir / f"{table.name}.csv") for table in report_tables(runs))]
 
 

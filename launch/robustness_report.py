@@ -8,8 +8,8 @@ sd over seeds, and the paired change against clean (each seed's perturbed minus 
 score), also as mean ± sd. Numbers are percentages.
 
 `robustness_table(run_dirs, conditions)` first evaluates every run under every condition it has not
-been scored under yet, then builds the table (the demo calls it); `robustness_section` and
-`write_robustness` only read what is there (the report calls them).
+been scored under yet, then builds the table (the demo calls it); the report
+(`launch.report.report_tables`) only reads what is there.
 """
 
 import json
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launch.report import Cell, ReportError, Table, find_run_dirs
+from launch.report import Cell, ReportError, Table
 from model.evaluate import TEST_METRICS_NAME
 from model.perturb import ROBUSTNESS_FOLDER
 
@@ -125,27 +125,6 @@ def table_from_runs(runs: Sequence[RunRobustness]) -> Table | None:
         columns=columns,
         rows=rows,
     )
-
-
-def robustness_section(paths: Sequence[Path], markdown: bool = False) -> str:
-    """The robustness table of the runs under `paths` as text, or '' when none has perturbed scores."""
-    table = table_from_runs([read_run_robustness(run_dir) for run_dir in find_run_dirs(paths)])
-    if table is None:
-        return ""
-    heading = f"## {table.title}" if markdown else table.title
-    return f"\n{heading}\n\n{table.render(markdown=markdown)}\n"
-
-
-def write_robustness(paths: Sequence[Path], out_dir: Path) -> list[Path]:
-    """`robustness.csv` and `robustness.md` in `out_dir`, when any run has perturbed scores; the paths written."""
-    table = table_from_runs([read_run_robustness(run_dir) for run_dir in find_run_dirs(paths)])
-    if table is None:
-        return []
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    markdown = out_dir / f"{ROBUSTNESS_NAME}.md"
-    markdown.write_text(f"## {table.title}\n\n{table.render(markdown=True)}\n", encoding="utf-8")
-    return [table.write_csv(out_dir / f"{ROBUSTNESS_NAME}.csv"), markdown]
 
 
 def robustness_table(run_dirs: Sequence[Path], conditions: Sequence[str] = DEMO_CONDITIONS) -> Table | None:

@@ -31,3 +31,12 @@ def _cell(value: object) -> str:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def p_value_text(p: float | None, resamples: int | None = None) -> str:
+    """A p-value to three decimals; '-' when there is none; below the resolution of `resamples` as '< 1/resamples'."""
+    if p is None:
+        return "-"
+    if resamples is not None and p < 1.0 / resamples:
+        return f"< {1.0 / resamples:.2g}"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"

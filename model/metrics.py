@@ -1,22 +1,25 @@
 """Classification metrics for emotion recognition: weighted F1 (the paper's metric), accuracy,
-macro F1, per-class F1 and the confusion matrix, computed with numpy from integer labels.
+macro F1, per-class F1 and the confusion matrix, from integer labels, by scikit-learn.
 
-Conventions, the same as scikit-learn's so numbers compare with published code:
+scikit-learn's conventions, so numbers compare with published code:
 - a class's F1 is 2·TP / (2·TP + FP + FN), and 0 when that is 0/0 (never predicted, never true);
 - weighted F1 weights each class's F1 by its number of true utterances (support);
 - macro F1 is the plain mean over the classes that occur in the gold or the predicted labels.
+
+`weighted_f1_of_confusions` is the same weighted F1 from many confusion matrices at once, for a
+bootstrap that rescores thousands of resamples (sklearn scores one label list per call).
 """
 
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sklearn import metrics as sk
 
 from extract.labels import EMOTIONS
 
 
-def confusion_matrix(gold: np.ndarray, pred: np.ndarray, num_classes: int = len(EMOTIONS)) -> np.ndarray:
-    """int64 [C, C]: row = true class, column = predicted class."""
+def _check_labels(gold: np.ndarray, pred: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     gold = np.asarray(gold, dtype=np.int64)
     pred = np.asarray(pred, dtype=np.int64)
     if gold.shape != pred.shape or gold.ndim != 1:
@@ -24,17 +27,24 @@ def confusion_matrix(gold: np.ndarray, pred: np.ndarray, num_classes: int = len(
     for name, labels in (("gold", gold), ("pred", pred)):
         if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
             raise ValueError(f"{name} labels must lie in [0, {num_classes}), found {labels.min()}..{labels.max()}")
-    flat = np.bincount(gold * num_classes + pred, minlength=num_classes * num_classes)
-    return flat.reshape(num_classes, num_classes)
+    return gold, pred
 
 
-def per_class_f1(confusion: np.ndarray) -> np.ndarray:
-    """float64 [C]: each class's F1 from a confusion matrix (0 where a class is neither true nor predicted)."""
-    true_positive = np.diag(confusion).astype(np.float64)
-    false_positive = confusion.sum(axis=0) - true_positive
-    false_negative = confusion.sum(axis=1) - true_positive
-    denominator = 2 * true_positive + false_positive + false_negative
-    return np.divide(2 * true_positive, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
+def confusion_matrix(gold: np.ndarray, pred: np.ndarray, num_classes: int = len(EMOTIONS)) -> np.ndarray:
+    """int64 [C, C]: row = true class, column = predicted class."""
+    gold, pred = _check_labels(gold, pred, num_classes)
+    return sk.confusion_matrix(gold, pred, labels=np.arange(num_classes)).astype(np.int64)
+
+
+def weighted_f1_of_confusions(confusions: np.ndarray) -> np.ndarray:
+    """Weighted F1 of each confusion matrix in `confusions` [..., C, C] (rows true class): shape [...]."""
+    confusions = np.asarray(confusions, dtype=np.float64)
+    true_positive = np.diagonal(confusions, axis1=-2, axis2=-1)
+    support = confusions.sum(axis=-1)
+    denominator = support + confusions.sum(axis=-2)
+    f1 = np.divide(2 * true_positive, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
+    total = support.sum(axis=-1)
+    return np.divide((f1 * support).sum(axis=-1), total, out=np.zeros_like(total), where=total > 0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,18 +98,27 @@ def classification_metrics(
     gold: np.ndarray, pred: np.ndarray, num_classes: int = len(EMOTIONS)
 ) -> ClassificationMetrics:
     """All scores of predictions `pred` against labels `gold` (integer class indices)."""
+    gold, pred = _check_labels(gold, pred, num_classes)
     confusion = confusion_matrix(gold, pred, num_classes)
-    f1 = per_class_f1(confusion)
-    support = confusion.sum(axis=1)
-    predicted = confusion.sum(axis=0)
-    total = int(support.sum())
-    present = (support + predicted) > 0
+    if gold.size == 0:
+        return ClassificationMetrics(
+            weighted_f1=0.0,
+            accuracy=0.0,
+            macro_f1=0.0,
+            per_class_f1=[0.0] * num_classes,
+            support=[0] * num_classes,
+            confusion=confusion.tolist(),
+        )
+    every_class = np.arange(num_classes)
     return ClassificationMetrics(
-        weighted_f1=float((f1 * support).sum() / total) if total else 0.0,
-        accuracy=float(np.trace(confusion) / total) if total else 0.0,
-        macro_f1=float(f1[present].mean()) if present.any() else 0.0,
-        per_class_f1=[float(v) for v in f1],
-        support=[int(v) for v in support],
+        weighted_f1=float(sk.f1_score(gold, pred, labels=every_class, average="weighted", zero_division=0.0)),
+        accuracy=float(sk.accuracy_score(gold, pred)),
+        # Without labels=, sklearn averages over the classes in gold or pred: macro F1's convention here.
+        macro_f1=float(sk.f1_score(gold, pred, average="macro", zero_division=0.0)),
+        per_class_f1=[
+            float(v) for v in sk.f1_score(gold, pred, labels=every_class, average=None, zero_division=0.0)
+        ],
+        support=[int(v) for v in confusion.sum(axis=1)],
         confusion=confusion.tolist(),
     )
 

@@ -9,30 +9,13 @@ import numpy as np
 import pytest
 
 from extract.labels import EMOTIONS
-from launch.aggregate import aggregate, spread, student_t_quantile, write_report
+from launch.aggregate import aggregate, write_report
 from launch.sweep import RUN_RECORD_NAME, RUNS_FOLDER, SWEEP_NAME
-from model.evaluate import TEST_METRICS_NAME
+from model.evaluate import TEST_METRICS_NAME, TEST_PREDICTIONS_NAME
 
 # Two-sided 95% critical values of Student's t, from printed tables (e.g. NIST/SEMATECH
 # e-Handbook, table 1.3.6.7.2), to three decimals.
 T_TABLE_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 9: 2.262, 30: 2.042, 100: 1.984}
-
-
-@pytest.mark.parametrize("dof, expected", sorted(T_TABLE_975.items()))
-def test_t_quantile_matches_the_printed_table(dof, expected):
-    assert student_t_quantile(0.975, dof) == pytest.approx(expected, abs=6e-4)
-
-
-def test_t_quantile_matches_scipy_across_levels_and_degrees_of_freedom():
-    stats = pytest.importorskip("scipy.stats")
-    for dof in (1, 2, 5, 17, 250):
-        for p in (0.6, 0.9, 0.95, 0.975, 0.995, 0.05):
-            assert student_t_quantile(p, dof) == pytest.approx(stats.t.ppf(p, dof), rel=1e-9, abs=1e-12)
-
-
-def test_spread_of_one_value_has_no_interval():
-    single = spread([0.61])
-    assert (single.n, single.mean, single.std, single.ci_low, single.ci_high) == (1, 0.61, None, None, None)
 
 
 def write_sweep(sweep_dir: Path, scores: dict[str, dict[int, np.ndarray]], unfinished: list[tuple[str, int]]) -> None:
@@ -94,6 +77,40 @@ def test_report_matches_an_independent_computation(tmp_path):
     differences = [scores["model.variant=bimodal"][s][0] - scores["model.variant=text"][s][0] for s in range(4)]
     got = comparison.weighted_f1_difference
     assert (got.mean, got.std, got.ci_low, got.ci_high) == pytest.approx(independent_interval(differences), abs=1e-4)
+    mean, sd = np.mean(differences), np.std(differences, ddof=1)
+    assert comparison.paired_test.t == pytest.approx(mean / (sd / 2))
+    assert comparison.bootstrap is None, "these runs wrote no predictions"
+
+
+def test_comparisons_bootstrap_the_runs_predictions(tmp_path):
+    rng = np.random.default_rng(5)
+    keys = [f"test/dia{d}_utt{u}" for d in range(20) for u in range(4)]
+    gold = rng.integers(0, 7, len(keys))
+    scores = {label: {0: np.zeros(8), 1: np.zeros(8)} for label in ("model.variant=text", "model.variant=bimodal")}
+    write_sweep(tmp_path, scores, unfinished=[])
+    accuracy = {"model.variant=text": 0.4, "model.variant=bimodal": 0.8}
+    f1 = {}
+    for label, seeds in scores.items():
+        for seed in seeds:
+            pred = np.where(rng.random(len(keys)) < accuracy[label], gold, rng.integers(0, 7, len(keys)))
+            lines = [
+                json.dumps({"key": k, "gold": EMOTIONS[g], "pred": EMOTIONS[p]}) for k, g, p in zip(keys, gold, pred)
+            ]
+            (tmp_path / RUNS_FOLDER / f"hash-{label}-seed{seed}" / TEST_PREDICTIONS_NAME).write_text("\n".join(lines))
+            f1[label, seed] = weighted_f1_by_counting(gold, pred)
+    (comparison,) = aggregate(tmp_path).comparisons
+    expected = np.mean([f1["model.variant=bimodal", s] - f1["model.variant=text", s] for s in (0, 1)])
+    assert comparison.bootstrap.difference == pytest.approx(expected, abs=1e-12)
+    assert comparison.bootstrap.dialogues == 20
+    assert comparison.bootstrap.ci_low < expected < comparison.bootstrap.ci_high
+
+
+def weighted_f1_by_counting(gold: np.ndarray, pred: np.ndarray) -> float:
+    total = 0.0
+    for c in range(7):
+        tp, support, predicted = np.sum((gold == c) & (pred == c)), np.sum(gold == c), np.sum(pred == c)
+        total += support * (2 * tp / (support + predicted)) if support else 0.0
+    return total / len(gold)
 
 
 def test_written_report_holds_the_numbers_the_tables_and_the_plot(tmp_path):

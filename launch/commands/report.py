@@ -5,16 +5,19 @@ from pathlib import Path
 
 
 def run_report(run_dirs: list[Path], out: Path | None) -> None:
-    """Print the tables; with `out`, also write report.md and one CSV per table there."""
+    """Print the tables (ending with where the figures are); with `out`, first write report.md and the CSVs there."""
     # Imported here: the report reads model.evaluate, which imports torch, and `cmroberta --help` imports every verb.
+    from launch.aggregate import SPREAD_PNG
     from launch.report import format_report, load_runs, write_report
-    from launch.robustness_report import robustness_section, write_robustness
 
     runs = load_runs(run_dirs)
-    print(format_report(runs) + robustness_section(run_dirs))
+    # A sweep folder given here has its seed-spread plot (`cmroberta sweep` draws it).
+    spread_plots = [path / SPREAD_PNG for path in run_dirs if (path / SPREAD_PNG).is_file()]
+    spread_plot = spread_plots[0] if len(spread_plots) == 1 else None
     if out is not None:
-        for path in [*write_report(runs, out), *write_robustness(run_dirs, out)]:
+        for path in write_report(runs, out, spread_plot):
             print(f"wrote {path}")
+    print(format_report(runs, spread_plot=spread_plot))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,9 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Read finished run folders (or folders holding them, such as a sweep) and print the paper's Table 1 "
             "(weighted F1 of audio, text, bimodal and bimodal - text, with and without the SCA unit) and Table 2 "
             "(per-class F1 per modality, bimodal - text, the always-majority floor), with the paper's numbers "
-            "beside them. Seeds of one variant are shown as mean ± std. Where the corpus lists voice-only "
-            "utterances (the demo corpus's ambiguous.json), a third table scores them. Runs scored under perturbations "
-            "(`cmroberta evaluate RUN --perturb SPEC`) add a robustness table: weighted F1 per condition against clean."
+            "beside them. Seeds of one variant and text mode are shown as mean ± sample sd with the 95% "
+            "confidence interval of the mean below. Where the corpus lists voice-only utterances (the demo corpus's "
+            "ambiguous.json), a third table scores them. Paired differences (bimodal - text, SCA - no SCA, "
+            "end-to-end - frozen) get a paired t-test across seeds and a paired bootstrap over test dialogues. Runs scored "
+            "under perturbations (`cmroberta evaluate RUN --perturb SPEC`) add a robustness table: weighted F1 per "
+            "condition against clean."
         ),
     )
     parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN", help="run folders, or folders holding them")

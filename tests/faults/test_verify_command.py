@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from cluster.config import load_config, write_resolved_config
+from cluster.config import load_config
 from extract.feature_store import SplitArrays, build_store_from_arrays
 from launch.cli import main
 from tests.learnable_store import write_learnable_store
