@@ -850,9 +850,9 @@ def _fit(
             if config.monitor.enabled and rendezvous.is_main:
                 engine.monitor.write_events(
                     [
-                        ("Epoch/train_loss", train_loss, epoch),
-                        ("Epoch/dev_loss", dev.loss, epoch),
-                        ("Epoch/dev_weighted_f1", dev.metrics.weighted_f1, epoch),
+                        ("Epoch/train_loss", train_loss, epoch.epoch),
+                        ("Epoch/dev_loss", dev.loss, epoch.epoch),
+                        ("Epoch/dev_weighted_f1", dev.metrics.weighted_f1, epoch.epoch),
                     ]
                 )
             checkpoints.save(

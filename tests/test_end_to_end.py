@@ -39,9 +39,13 @@ from model.lr_schedule import LRScheduleConfig, build_lr_scheduler
 from model.param_groups import ParamGroupsConfig, build_optimizer, build_param_groups, encoder_layer_lr
 from model.text_encoder import TextEncoder, TextEncoderConfig, load_tokenizer
 from model.token_cache import TokenSplit, build_token_cache, read_token_split
+from model.checkpoint import Checkpoints
 from model.train import (
     METRICS_NAME,
+    EpochProgress,
     RunConfig,
+    StepCheckpoints,
+    TrainingState,
     _train_epoch,
     default_run_dir,
     distributed_session,
@@ -369,8 +373,7 @@ def test_the_trained_encoder_is_exported_in_hugging_face_format(e2e_run, encoder
     exported = AutoModel.from_pretrained(folder, local_files_only=True).state_dict()
     pretrained = AutoModel.from_pretrained(encoder_folder, local_files_only=True).state_dict()
     assert set(exported) == set(pretrained)
-    states = torch.load(run_dir / "checkpoints" / test["checkpoint"] / "mp_rank_00_model_states.pt",
-                        map_location="cpu", weights_only=False)["module"]
+    states = load_file(run_dir / "checkpoints" / test["checkpoint"] / "model.safetensors")
     changed = [name for name in exported if not torch.equal(exported[name], pretrained[name])]
     assert "encoder.layer.0.attention.self.query.weight" in changed and "embeddings.word_embeddings.weight" in changed
     for name in changed:
@@ -487,7 +490,13 @@ def _one_step(config: RunConfig, accumulation: int, rendezvous) -> tuple[dict[st
         fit_text_standardisation(inputs.model, train_set, torch.device("cpu"))
     engine = initialize_engine(inputs.model, config, 1, steps_per_epoch=1)
     first_batch = next(iter(DialogueBatchSampler(len(train_set), 8)))
-    _train_epoch(engine, train_set, [first_batch], None, rendezvous, torch.float32, tqdm(disable=True))
+    # No step checkpoint is due (every_steps 0, no request), so the checkpoint folder is never written.
+    step_checkpoints = StepCheckpoints(
+        checkpoints=Checkpoints(Path("unused-run")), state=TrainingState(), every_steps=0, request=None
+    )
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    _train_epoch(engine, train_set, [first_batch], None, rendezvous, torch.float32, tqdm(disable=True),
+                 EpochProgress(epoch=1), loss_sum, step_checkpoints)
     assert engine.global_steps == 1
     return parameters(engine), float(engine.get_global_grad_norm())
 
