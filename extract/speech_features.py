@@ -117,8 +117,13 @@ def _load_model_config(config: SpeechFeatureConfig):
     try:
         model_config = AutoConfig.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError) as error:
+        if Path(source).is_dir():
+            raise SpeechEncoderError(
+                f"cannot load a speech encoder from folder {source} ({type(error).__name__}); it must hold a Hugging "
+                "Face audio model: config.json, the weights and preprocessor_config.json"
+            ) from None
         raise SpeechEncoderError(
-            f"speech model {config.model!r} is not available offline ({type(error).__name__}: {error}). Download it "
+            f"speech model {config.model!r} is not available offline ({type(error).__name__}). Download it "
             f"once (`hf download {config.model} --local-dir DIR`) and set speech.model=DIR"
         ) from None
     layers = _encoder_layers(model_config)
