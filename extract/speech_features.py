@@ -11,13 +11,14 @@ Each utterance becomes one vector:
                    and the output of each of the L layers, L + 1 in all, each [frames, H]
     layers         'mean_last': the mean of the last `last_layers` of them, one [frames, H];
                    'all': every one of the L + 1, kept apart for a learned weighted sum at
-                   training time (model.dialogue_data.SpeechLayerMix)
+                   training time (model.layer_mix)
     pooling        over the utterance's real frames: their mean (H values a layer), or mean
                    and standard deviation (2H)
 
 Stored widths: H x (1 or 2) for 'mean_last', (L + 1) x H x (1 or 2) for 'all', laid out layer
 by layer (each layer's mean, then its sd). The column names say it: `mean.0007`, `sd.0007`,
-or `layer03.mean.0007`, so the training side reads the layer count from the store.
+or `layer03.mean.0007`, so the training side reads the layer count from the store
+(model.dialogue_data.stored_layer_count).
 
 Padding never changes an utterance's vector. Models whose feature extractor returns an
 attention mask (WavLM, wav2vec 2.0 large with layer-norm feature encoders) run in padded
@@ -246,11 +247,4 @@ def pool_frames(states: torch.Tensor, frame_mask: torch.Tensor, pooling: str) ->
         parts.append(variance.sqrt())
     pooled = torch.cat(parts, dim=-1)
     return pooled.permute(1, 0, 2).flatten(1)
-
-
-def hidden_state_count(names: Sequence[str]) -> int:
-    """Layers stored side by side in a speech family with these column names (1 for 'mean_last')."""
-    if not names or not names[0].startswith("layer"):
-        return 1
-    return len({name.split(".", 1)[0] for name in names})
 

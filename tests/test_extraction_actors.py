@@ -22,6 +22,7 @@ from extract.text_features import TextFeatureConfig
 from extract.tiny_speech_encoder import TinySpeechEncoderConfig, build_tiny_speech_encoder
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from model.dialogue_data import DialogueDataConfig, store_modalities
+from model.layer_mix import LayerBlock
 
 pytestmark = pytest.mark.integration
 
@@ -105,10 +106,15 @@ def test_a_two_gpu_run_writes_a_whole_store_with_the_speech_family(config, corpu
     assert sorted(train.keys) == [key for key in keys if key.startswith("train/")]
     assert train.valid["speech"].all() and np.isfinite(train.features["speech"]).all()
     assert len(train.feature_names["speech"]) == speech_width
-    # The speech family goes into the audio vector beside openSMILE, layers and all.
+    # The speech family goes into the audio vector beside openSMILE; its stored layers are mixed by
+    # learned weights in front of the head, or given to it side by side.
     modalities = store_modalities(features, DialogueDataConfig(audio_families=["opensmile", "speech"]))
     assert modalities.audio_families == ["opensmile", "speech"]
     assert modalities.audio_dim == 6552 + speech_width
+    assert modalities.layer_blocks == (LayerBlock(offset=6552, layers=SPEECH_LAYERS + 1, width=2 * SPEECH_HIDDEN),)
+    assert modalities.head_audio_dim == 6552 + 2 * SPEECH_HIDDEN
+    side_by_side = DialogueDataConfig(audio_families=["speech"], speech_layers="concat")
+    assert store_modalities(features, side_by_side).head_audio_dim == speech_width
 
 
 def test_plan_workers_gives_one_actor_per_gpu_share_or_cpu_slot():

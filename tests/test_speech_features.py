@@ -9,11 +9,11 @@ from extract.speech_features import (
     SpeechEncoderError,
     SpeechFeatureConfig,
     SpeechFeatureExtractor,
-    hidden_state_count,
     pool_frames,
     speech_feature_dim,
 )
 from extract.tiny_speech_encoder import TinySpeechEncoderConfig, build_tiny_speech_encoder
+from model.dialogue_data import stored_layer_count
 
 HIDDEN = 16
 LAYERS = 2
@@ -50,7 +50,7 @@ def test_width_follows_layers_and_pooling(encoder, layers, pooling, width):
     assert features.shape == (2, width) == (2, speech_feature_dim(config))
     assert features.dtype == np.float32 and np.isfinite(features).all()
     assert len(extractor.feature_names) == width
-    assert hidden_state_count(extractor.feature_names) == (LAYERS + 1 if layers == "all" else 1)
+    assert stored_layer_count(extractor.feature_names) == (LAYERS + 1 if layers == "all" else 1)
     # Two different clips give two different vectors.
     assert np.abs(features[0] - features[1]).max() > 1e-4
 
