@@ -61,6 +61,7 @@ from typing import Any, Literal
 
 import numpy as np
 import ray
+import torch
 import transformers
 from tqdm import tqdm
 
@@ -451,6 +452,7 @@ class ExtractionActor:
             "gpu_ids_at_start": self.gpu_ids_at_start,
             "gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "cuda_device": str(torch.cuda.get_device_properties(0).uuid) if torch.cuda.is_available() else None,
         }
 
 
