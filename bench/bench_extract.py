@@ -1,10 +1,19 @@
 """Extraction throughput on the demo corpus: each extractor alone, then the Ray pipeline with 1 and 2 workers.
 
-Extractors alone run in this process on one thread, as a one-CPU Ray task runs them,
-and their utterances/s include decoding the clip. The pipeline figures are for a fresh
-store each time (every shard extracted), timed from an already started Ray, so they
-include the workers' start and imports but not Ray's own start (printed apart). Peak
-RSS of every Ray worker process is sampled every 0.2 s.
+Extractors alone run in this process on one thread, as a one-CPU actor runs them, and
+their utterances/s include decoding the clip but not loading the model (printed apart).
+The pipeline figures are for a fresh store each time (every shard extracted), timed from
+an already started Ray, so they include starting the actors, their imports and model
+loads, but not Ray's own start (printed apart). Peak RSS of every Ray worker process is
+sampled every 0.2 s. The ratios printed last:
+
+- scaling: the pipeline with 2 workers against 1;
+- overhead: the pipeline with 1 worker against the extractors alone, one after another
+  (1 / the sum of their seconds per utterance). Above 1 is possible: in the pipeline,
+  ffmpeg decodes the next clips on another core while the models compute.
+
+The machine's load average is printed with the figures: on a shared machine, compare runs
+made under the same load.
 
 OpenL3 costs the same with untrained ('random') weights as with the official ones, so
 no weight file is needed; its cost grows with 1/hop, so the default hop here (0.5 s) is
@@ -53,8 +62,8 @@ def text_model(work: Path, utterances: Sequence[Utterance]) -> str:
 
 def time_alone(
     name: str, build: Callable[[], Callable[[list[Utterance]], object]], utterances: list[Utterance]
-) -> None:
-    """Print load time and utterances/s of one extractor over `utterances`."""
+) -> float:
+    """Print load time and utterances/s of one extractor over `utterances`; return its seconds per utterance."""
     start = time.perf_counter()
     extract = build()
     loaded = time.perf_counter() - start
@@ -63,6 +72,11 @@ def time_alone(
     extract(utterances)
     seconds = time.perf_counter() - start
     print(f"  {name:<34} load {loaded:5.2f} s   {len(utterances) / seconds:8.2f} utt/s")
+    return seconds / len(utterances)
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 class WorkerMemory:
@@ -131,9 +145,13 @@ def main() -> None:
         embedder = OpenL3Embedder(openl3)
         return lambda batch: embedder.embed([decode_audio(u.media_path, 48000, 30.0) for u in batch])
 
-    time_alone(f"openSMILE {opensmile.feature_set}", opensmile_alone, alone)
-    time_alone(f"OpenL3 {openl3.input_repr} hop {openl3.hop_seconds} s batch {openl3.batch_size}", openl3_alone, alone)
-    time_alone(f"text {Path(text.model).name}", lambda: TextFeatureExtractor(text), alone)
+    per_utterance = time_alone(f"openSMILE {opensmile.feature_set}", opensmile_alone, alone)
+    name = f"OpenL3 {openl3.input_repr} hop {openl3.hop_seconds} s batch {openl3.batch_size}"
+    per_utterance += time_alone(name, openl3_alone, alone)
+    per_utterance += time_alone(f"text {Path(text.model).name}", lambda: TextFeatureExtractor(text), alone)
+    alone_rate = 1.0 / per_utterance
+    print(f"  all three, one after another: {alone_rate:.2f} utt/s   (load average {load_average()})")
+    rates: dict[int, float] = {}
 
     print(f"whole pipeline (3 families, {args.shard_dialogues} dialogues a shard, fresh store each run):")
     for workers in args.workers:
@@ -160,12 +178,17 @@ def main() -> None:
                 memory.stop()
         peaks = sorted(memory.peak.values(), reverse=True)[:workers]
         shown = ", ".join(f"{peak / 2**20:.0f}" for peak in peaks)
+        rates[workers] = len(utterances) / seconds
         print(
-            f"  {workers} worker(s): {len(utterances) / seconds:6.2f} utt/s ({seconds:.1f} s; Ray start {ray_start:.1f} s)"
-            f"   peak RSS per worker: {shown} MiB"
+            f"  {workers} worker(s): {rates[workers]:6.2f} utt/s ({seconds:.1f} s; Ray start {ray_start:.1f} s)"
+            f"   peak RSS per worker: {shown} MiB   (load average {load_average()})"
         )
     driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"driver peak RSS: {driver_peak:.0f} MiB")
+    if 1 in rates and 2 in rates:
+        print(f"scaling, 2 workers against 1: {rates[2] / rates[1]:.2f}x   (target 1.8x)")
+    if 1 in rates:
+        print(f"overhead, 1 worker against the extractors alone: {rates[1] / alone_rate:.2f}x   (target 0.95x)")
 
 
 if __name__ == "__main__":
