@@ -611,9 +611,13 @@ def plan_workers(families: Sequence[str], resources: RayResources, gpus_per_task
     models = tuple(family for family in families if family in MODEL_FAMILIES)
     if resources.gpus > 0 and models:
         tasks = tuple(family for family in families if family not in MODEL_FAMILIES)
-        cpus_left = int(resources.cpus) - (1 if tasks else 0)
-        actors = max(1, min(int(resources.gpus / gpus_per_task + 1e-9), cpus_left, shards))
-        return WorkerPlan(actors, models, {"num_cpus": 1, "num_gpus": gpus_per_task}, tasks)
+        cpus = int(resources.cpus)
+        actors = max(1, min(int(resources.gpus / gpus_per_task + 1e-9), shards))
+        if tasks:
+            actors = min(actors, max(1, cpus - 1))
+        # An actor holds a CPU only where one is still left for the openSMILE tasks, or they would never start.
+        actor_cpus = 1 if cpus - actors >= (1 if tasks else 0) else 0
+        return WorkerPlan(actors, models, {"num_cpus": actor_cpus, "num_gpus": gpus_per_task}, tasks)
     actors = max(1, min(int(resources.cpus), shards))
     return WorkerPlan(actors, tuple(families), {"num_cpus": 1}, ())
 

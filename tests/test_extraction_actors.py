@@ -127,5 +127,8 @@ def test_plan_workers_gives_one_actor_per_gpu_share_or_cpu_slot():
     cpu_plan = plan_workers(["opensmile", "openl3", "text"], cpus, gpus_per_task=1.0, shards=9)
     assert cpu_plan.actors == 2 and cpu_plan.actor_options == {"num_cpus": 1}
     assert cpu_plan.actor_families == ("opensmile", "openl3", "text") and cpu_plan.task_families == ()
+    # One CPU beside a GPU: the actor holds no CPU, so the openSMILE tasks can still run.
+    lean = plan_workers(["opensmile", "text"], RayResources(cpus=1, gpus=1, nodes=1), gpus_per_task=1.0, shards=4)
+    assert lean.actors == 1 and lean.actor_options == {"num_cpus": 0, "num_gpus": 1.0}
     # openSMILE alone on a GPU cluster needs no GPU actor.
     assert plan_workers(["opensmile"], gpu_node, gpus_per_task=1.0, shards=4).actor_options == {"num_cpus": 1}
