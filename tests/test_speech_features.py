@@ -1,4 +1,4 @@
-"""The speech family on tiny random WavLM and HuBERT encoders built here: widths, layers, pooling, padding."""
+"""The speech family on tiny random WavLM, HuBERT and Whisper encoders built here: widths, layers, pooling, padding."""
 
 import numpy as np
 import pytest
@@ -19,7 +19,7 @@ HIDDEN = 16
 LAYERS = 2
 
 
-@pytest.fixture(scope="module", params=["wavlm", "hubert"])
+@pytest.fixture(scope="module", params=["wavlm", "hubert", "whisper"])
 def encoder(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     return request.param, build_tiny_speech_encoder(
@@ -59,7 +59,7 @@ def test_padding_in_a_batch_does_not_change_an_utterance(encoder):
     kind, folder = encoder
     config = SpeechFeatureConfig(model=str(folder), layers="all", pooling="mean_std", batch_size=4)
     extractor = SpeechFeatureExtractor(config)
-    assert extractor.uses_mask == (kind == "wavlm")
+    assert extractor.uses_mask == (kind == "wavlm") and extractor.fixed_length == (kind == "whisper")
     batch = clips((8000, 40000, 16321, 24000))
     together = extractor(batch)
     for index, clip in enumerate(batch):
