@@ -7,6 +7,13 @@ Keras arrays load into it unchanged apart from axis order. Windows from many cli
 are batched together through one forward pass, on a GPU when there is one, and each
 clip's window embeddings are pooled into one utterance vector (6144 values for the
 paper's mel256 model).
+
+For inference the batch-norms after the convolutions are folded into them
+(`fold_batch_norms`), channels last: on a CPU this runs about 1.2x the layer-for-layer
+network and as fast as openl3's Keras model with TensorFlow's oneDNN kernels, with the
+same outputs to 1e-5 (bench/bench_openl3.py). The convolutions are then more than 95% of
+the time, in the same oneDNN kernels TensorFlow uses; torch.compile (inductor, frozen
+weights) and NNPACK were measured and gained nothing.
 """
 
 import logging
