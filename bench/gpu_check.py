@@ -132,7 +132,10 @@ def openl3_step(args) -> Callable[[Table], None]:
             same, _ = torch_embeddings(gpu, reference_windows, 256, True, 1)
             diff = float(abs(same - reference).max()) / scale
             rate = f"{len(windows) / seconds:,.0f} windows/s"
-            table.add(f"OpenL3 mel256 {precision}", rate, f"max rel diff from CPU {diff:.1e}")
+            note = f"max rel diff from CPU {diff:.1e}"
+            if precision == "fp32" and args.device == "cuda":
+                note += f" (cuDNN TF32 allowed: {torch.backends.cudnn.allow_tf32})"
+            table.add(f"OpenL3 mel256 {precision}", rate, note)
 
     return step
 

@@ -18,9 +18,9 @@ grouped back into shards), keeps its own streaming executor and object-store buf
 busy (costly on a 2-core node with an 80 MiB store), and hides which process held which
 GPU. `ActorPool` hands work only to idle actors, so each actor waits a driver round trip
 between shards, and its futures cannot be waited on together with the openSMILE tasks'.
-So the driver keeps a small queue per actor (`ACTOR_QUEUE_DEPTH` = 2: the shard it
-computes and the next, whose arguments are already there) and one `ray.wait` over
-everything in flight.
+So the driver sends each actor one shard at a time (`ACTOR_QUEUE_DEPTH`), longest first,
+the next one as soon as it returns and before writing the finished one, and keeps one
+`ray.wait` over everything in flight.
 
 Inside an actor, decoding overlaps the models: a thread decodes the next group of
 `ShardExtractors.CLIPS_PER_GROUP` (16) clips, at every rate the families need (16 kHz for
@@ -31,8 +31,9 @@ Memory in flight is bounded:
 - per actor, two groups of decoded clips: 2 x 16 x (48 000 + 16 000) x 4 bytes a second,
   about 8 MB for MELD's 3-second clips and 250 MB at the 30-second cap, plus one shard's
   features (a 32-dialogue MELD shard of all families is about 21 MB);
-- at the driver, the results of at most `ACTOR_QUEUE_DEPTH` shards per actor until they
-  are written. Only arrays travel back, never audio.
+- at the driver, the results of at most 2 shards per actor: no shard starts while that many
+  are unfinished (on GPUs, openSMILE tasks may lag the actors). Only arrays travel back,
+  never audio.
 
 The driver merges a shard's families into one file as soon as they are all in, writes it
 under a temporary name, renames it, and records it in the manifest with its sha256.
@@ -105,8 +106,11 @@ PAPER_FAMILIES: tuple[str, ...] = ("opensmile", "openl3", "text")
 AUDIO_FAMILIES: tuple[str, ...] = ("opensmile", "openl3", "speech")
 MODEL_FAMILIES: tuple[str, ...] = ("openl3", "text", "speech")
 """Families whose extractor is a neural network: they run in actors that hold a GPU when the cluster has one."""
-ACTOR_QUEUE_DEPTH = 2
-"""Shards sent to one actor at a time: the one it computes and the next."""
+ACTOR_QUEUE_DEPTH = 1
+"""Shards sent to one actor at a time. An actor runs its calls one after another, so a second
+queued shard would save only the driver's round trip (milliseconds: the next shard is sent
+before the finished one is written), but it would be promised to a busy actor while another
+may go idle at the end of the run."""
 
 # Settings that change how fast features are computed, not their values: left out of the store hash.
 _RUNTIME_SETTINGS: frozenset[str] = frozenset({"batch_size", "device", "allow_download"})
@@ -622,6 +626,11 @@ def plan_workers(families: Sequence[str], resources: RayResources, gpus_per_task
     return WorkerPlan(actors, tuple(families), {"num_cpus": 1}, ())
 
 
+def _shard_cost(shard: ShardPlan, max_seconds: float) -> float:
+    """Rough cost of a shard: its seconds of audio, plus one for each utterance's fixed work."""
+    return sum(min(max(u.csv_duration, 0.0), max_seconds) + 1.0 for u in shard.utterances)
+
+
 def start_actors(config: ExtractConfig, plan: WorkerPlan) -> list[ray.actor.ActorHandle]:
     """The plan's extraction actors; each loads its models on its first shard and keeps them."""
     options = dict(plan.actor_options)
@@ -671,31 +680,39 @@ def _run_shards(
     actors: list[ray.actor.ActorHandle],
     config_ref: ray.ObjectRef,
 ) -> None:
-    # Each actor has at most ACTOR_QUEUE_DEPTH shards sent to it: one computing, one waiting
-    # with its arguments already there, so an actor never idles for a driver round trip.
-    queue = list(todo)
+    # Longest shards first, so the last ones, which may leave an actor idle, are the shortest.
+    queue = sorted(todo, key=lambda shard: _shard_cost(shard, config.max_audio_seconds), reverse=True)
     in_flight: dict[ray.ObjectRef, tuple[ShardPlan, int | None]] = {}
     load = [0] * len(actors)
     pending: dict[str, dict[str, FamilyResult]] = {}
     rows_done = 0
     started = time.perf_counter()
     bar = tqdm(total=total, initial=total - len(todo), unit="shard", desc="extracting features", disable=None)
+    # openSMILE tasks may fall behind fast GPU actors: shards waiting for them are held at the
+    # driver, so no new shard starts while twice as many as there are actors are unfinished.
+    most_pending = 2 * len(actors)
+
+    def send() -> None:
+        while queue and min(load) < ACTOR_QUEUE_DEPTH and len(pending) < most_pending:
+            shard = queue.pop(0)
+            actor = load.index(min(load))
+            load[actor] += 1
+            pending[shard.file] = {}
+            shard_unusable = {u.key: unusable[u.key] for u in shard.utterances if u.key in unusable}
+            in_flight[actors[actor].extract.remote(shard.utterances, shard_unusable)] = (shard, actor)
+            if "opensmile" in plan.task_families:
+                in_flight[_opensmile_task.remote(config_ref, shard.utterances, shard_unusable)] = (shard, None)
+
     with bar as progress:
-        while queue or in_flight:
-            while queue and min(load) < ACTOR_QUEUE_DEPTH:
-                shard = queue.pop(0)
-                actor = load.index(min(load))
-                load[actor] += 1
-                pending[shard.file] = {}
-                shard_unusable = {u.key: unusable[u.key] for u in shard.utterances if u.key in unusable}
-                in_flight[actors[actor].extract.remote(shard.utterances, shard_unusable)] = (shard, actor)
-                if "opensmile" in plan.task_families:
-                    in_flight[_opensmile_task.remote(config_ref, shard.utterances, shard_unusable)] = (shard, None)
+        send()
+        while in_flight:
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in ready:
                 shard, actor = in_flight.pop(ref)
                 if actor is not None:
                     load[actor] -= 1
+                # The freed actor gets its next shard before this one is written.
+                send()
                 value = _result(ref)
                 for result in value if isinstance(value, list) else [value]:
                     pending[shard.file][result.family] = result
