@@ -22,15 +22,17 @@ So the driver sends each actor one shard at a time (`ACTOR_QUEUE_DEPTH`), longes
 the next one as soon as it returns and before writing the finished one, and keeps one
 `ray.wait` over everything in flight.
 
-Inside an actor, decoding overlaps the models: a thread decodes the next group of
-`ShardExtractors.CLIPS_PER_GROUP` (16) clips, at every rate the families need (16 kHz for
-openSMILE and speech, 48 kHz for OpenL3, capped at `max_audio_seconds`), while the models
-work on the current group; ffmpeg runs as a subprocess, so the two really run at once.
+Inside an actor, decoding overlaps the models: a thread decodes the shard's clips in order,
+at every rate the families need (16 kHz for openSMILE and speech, 48 kHz for OpenL3,
+capped at `max_audio_seconds`), into a queue of at most `ShardExtractors.CLIPS_PER_GROUP`
+(16) clips, while the models work on the clips decoded before; ffmpeg runs as a
+subprocess, so the two really run at once.
 
 Memory in flight is bounded:
-- per actor, two groups of decoded clips: 2 x 16 x (48 000 + 16 000) x 4 bytes a second,
-  about 8 MB for MELD's 3-second clips and 250 MB at the 30-second cap, plus one shard's
-  features (a 32-dialogue MELD shard of all families is about 21 MB);
+- per actor, at most 33 decoded clips (16 being computed, 16 queued, 1 being decoded):
+  33 x (48 000 + 16 000) x 4 bytes a second, about 25 MB for MELD's 3-second clips and
+  250 MB at the 30-second cap, plus one shard's features (a 32-dialogue MELD shard of the
+  paper's families is about 21 MB);
 - at the driver, the results of at most 2 shards per actor: no shard starts while that many
   are unfinished (on GPUs, openSMILE tasks may lag the actors). Only arrays travel back,
   never audio.
@@ -52,9 +54,10 @@ import dataclasses
 import json
 import logging
 import os
+import queue
 import socket
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,16 +278,38 @@ def _decode(utterance: Utterance, sample_rate: int, max_seconds: float, unusable
     return decode_audio(utterance.media_path, sample_rate, max_seconds)
 
 
-def _decode_group(
-    utterances: Sequence[Utterance], rates: Sequence[int], max_seconds: float, unusable: dict[str, str]
-) -> list[_Clip]:
-    clips = []
+def _decode_ahead(
+    decoded: "queue.Queue[_Clip | BaseException]",
+    stop: threading.Event,
+    utterances: Sequence[Utterance],
+    rates: Sequence[int],
+    max_seconds: float,
+    unusable: dict[str, str],
+) -> None:
+    """Decode every clip in order into `decoded`, blocking while it is full, until done or `stop`."""
     for utterance in utterances:
         try:
-            clips.append(_Clip({rate: _decode(utterance, rate, max_seconds, unusable) for rate in rates}, None))
+            item: _Clip | BaseException = _Clip(
+                {rate: _decode(utterance, rate, max_seconds, unusable) for rate in rates}, None
+            )
         except AudioDecodeError as error:
-            clips.append(_Clip({}, str(error)))
-    return clips
+            item = _Clip({}, str(error))
+        except Exception as error:  # handed to the computing thread, which raises it
+            item = error
+        while not stop.is_set():
+            try:
+                decoded.put(item, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        if stop.is_set() or isinstance(item, BaseException):
+            return
+
+
+def _taken(item: "_Clip | BaseException") -> _Clip:
+    if isinstance(item, BaseException):
+        raise item
+    return item
 
 
 class _FamilyOutput:
@@ -329,8 +354,8 @@ class ShardExtractors:
     """The extractors of some families, built once on first use and kept for the holder's life.
 
     `extract` computes every one of its families for a shard: text at once, the audio
-    families group by group while a thread decodes the next group (`CLIPS_PER_GROUP`
-    clips at every rate the families need), so ffmpeg runs beside the models.
+    families on groups of up to `CLIPS_PER_GROUP` clips while a thread decodes the next
+    clips at every rate the families need, so ffmpeg runs beside the models.
     """
 
     CLIPS_PER_GROUP = 16
@@ -375,20 +400,33 @@ class ShardExtractors:
             family: _FamilyOutput(family, len(utterances), extractor.dim, _names(extractor))
             for family, extractor in extractors.items()
         }
-        starts = list(range(0, len(utterances), self.CLIPS_PER_GROUP))
-        groups = [utterances[start : start + self.CLIPS_PER_GROUP] for start in starts]
-        max_seconds = self.config.max_audio_seconds
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as decoder:
-            upcoming = decoder.submit(_decode_group, groups[0], rates, max_seconds, unusable) if groups else None
-            for index, (start, group) in enumerate(zip(starts, groups)):
-                clips = upcoming.result()
-                # At most two groups of clips are alive: the one computed now and the next being decoded.
-                upcoming = (
-                    decoder.submit(_decode_group, groups[index + 1], rates, max_seconds, unusable)
-                    if index + 1 < len(groups)
-                    else None
-                )
+        # The decoder runs at most CLIPS_PER_GROUP clips ahead: the queue is the bound on audio in memory.
+        decoded: queue.Queue[_Clip | BaseException] = queue.Queue(maxsize=self.CLIPS_PER_GROUP)
+        stop = threading.Event()
+        decoder = threading.Thread(
+            target=_decode_ahead,
+            args=(decoded, stop, utterances, rates, self.config.max_audio_seconds, unusable),
+            name="decode",
+            daemon=True,
+        )
+        decoder.start()
+        try:
+            start = 0
+            while start < len(utterances):
+                # Whatever is decoded, up to a group, and at least one clip: on a GPU the models
+                # outrun ffmpeg and take clips as they come; on a CPU the queue is full.
+                clips = [_taken(decoded.get())]
+                while len(clips) < self.CLIPS_PER_GROUP and start + len(clips) < len(utterances):
+                    try:
+                        clips.append(_taken(decoded.get_nowait()))
+                    except queue.Empty:
+                        break
+                group = utterances[start : start + len(clips)]
                 self._compute_group(extractors, outputs, start, group, clips)
+                start += len(clips)
+        finally:
+            stop.set()
+            decoder.join()
         return {family: output.result for family, output in outputs.items()}
 
     def _compute_group(
