@@ -479,6 +479,9 @@ class ExtractionActor:
     def __init__(self, config: ExtractConfig, families: Sequence[str]):
         # Per-model "Loading weights" bars from every actor would bury the driver's progress bar.
         transformers.utils.logging.disable_progress_bar()
+        # As many torch threads as CPUs Ray gave the actor: more would fight the other actors for them.
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
+        torch.set_num_threads(max(1, int(cpus)))
         self.extractors = ShardExtractors(config, families)
         self.gpu_ids_at_start = [str(gpu) for gpu in ray.get_gpu_ids()]
 
@@ -494,6 +497,7 @@ class ExtractionActor:
             "gpu_ids_at_start": self.gpu_ids_at_start,
             "gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "torch_threads": torch.get_num_threads(),
             "cuda_device": str(torch.cuda.get_device_properties(0).uuid) if torch.cuda.is_available() else None,
         }
 

@@ -85,6 +85,7 @@ def test_each_actor_keeps_its_own_gpu_for_its_life(config, corpus, two_gpu_ray):
         assert len(start["gpu_ids_at_start"]) == 1
         assert start["gpu_ids_at_start"] == start["gpu_ids"] == end["gpu_ids"]
         assert start["cuda_visible_devices"] == end["cuda_visible_devices"] == start["gpu_ids"][0]
+        assert start["torch_threads"] == 1
     assert before[0]["gpu_ids"] != before[1]["gpu_ids"]
     for owner, families in results:
         assert [result.family for result in families] == ["text", "speech"]
