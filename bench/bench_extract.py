@@ -12,7 +12,9 @@ sampled every 0.2 s. The ratios printed last:
   (1 / the sum of their seconds per utterance). Above 1 is possible: in the pipeline,
   ffmpeg decodes the next clips on another core while the models compute.
 
-The machine's load average is printed with the figures: on a shared machine, compare runs
+Below each pipeline figure, its fixed costs, measured apart: reading the corpus (with its
+clip probes) and starting one extraction actor (a fresh worker process importing torch,
+transformers and openSMILE). The machine's load average is printed with the figures: on a shared machine, compare runs
 made under the same load. Ray starts its worker processes at niceness 15, so on a machine
 busy with other work they get a small share of the CPU against the un-niced extractors-alone
 measurement; this bench starts Ray's workers at niceness 0 (`RAY_worker_niceness`), so that
@@ -40,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import ray
 import torch
 
 from cluster.ray_runtime import RayConfig, ray_session
@@ -48,7 +51,7 @@ from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
 from extract.meld import read_meld
 from extract.openl3 import OpenL3Config, OpenL3Embedder
 from extract.opensmile_features import OpenSmileConfig, OpenSmileExtractor
-from extract.pipeline import ExtractConfig, run_extraction
+from extract.pipeline import ExtractConfig, ExtractionActor, run_extraction
 from extract.text_features import TextFeatureConfig, TextFeatureExtractor
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from extract.utterance import Utterance
@@ -78,6 +81,16 @@ def time_alone(
     seconds = time.perf_counter() - start
     print(f"  {name:<34} load {loaded:5.2f} s   {len(utterances) / seconds:8.2f} utt/s")
     return seconds / len(utterances)
+
+
+def time_actor_start(config: ExtractConfig) -> float:
+    """Seconds for an extraction actor to start and answer: a fresh worker process importing the extractors."""
+    start = time.perf_counter()
+    actor = ExtractionActor.options(num_cpus=0).remote(config, ["opensmile"])
+    ray.get(actor.placement.remote())
+    seconds = time.perf_counter() - start
+    ray.kill(actor)
+    return seconds
 
 
 def load_average() -> str:
@@ -162,6 +175,9 @@ def main() -> None:
     print(f"  all three, one after another: {alone_rate:.2f} utt/s   (load average {load_average()})")
     rates: dict[int, float] = {}
 
+    start = time.perf_counter()
+    read_meld(corpus)
+    corpus_read = time.perf_counter() - start
     print(f"whole pipeline (3 families, {args.shard_dialogues} dialogues a shard, fresh store each run):")
     for workers in args.workers:
         ray_config = RayConfig(num_workers=workers)
@@ -178,6 +194,7 @@ def main() -> None:
         memory = WorkerMemory()
         with ray_session(ray_config):
             ray_start = time.perf_counter() - start
+            actor_start = time_actor_start(config)
             memory.start()
             start = time.perf_counter()
             try:
@@ -192,6 +209,7 @@ def main() -> None:
             f"  {workers} worker(s): {rates[workers]:6.2f} utt/s ({seconds:.1f} s; Ray start {ray_start:.1f} s)"
             f"   peak RSS per worker: {shown} MiB, niceness {sorted(memory.niceness)}   (load average {load_average()})"
         )
+        print(f"    of which fixed: reading the corpus {corpus_read:.1f} s, an actor's start about {actor_start:.1f} s")
     driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"driver peak RSS: {driver_peak:.0f} MiB")
     if 1 in rates and 2 in rates:
