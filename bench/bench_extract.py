@@ -19,7 +19,11 @@ made under the same load. Ray starts its worker processes at niceness 15, so on 
 busy with other work they get a small share of the CPU against the un-niced extractors-alone
 measurement; this bench starts Ray's workers at niceness 0 (`RAY_worker_niceness`), so that
 both sides compete on equal terms (`--ray-niceness 15` shows Ray's default), and prints the
-niceness the workers ran at.
+niceness the workers ran at. Where the kernel groups processes by session for scheduling
+(`/proc/sys/kernel/sched_autogroup_enabled` = 1, the default on many distributions), the
+driver and all its Ray workers share one session's CPU share: while other sessions keep the
+cores busy, a second worker gets no more CPU, so the scaling figure means something only on
+an otherwise idle machine.
 
 OpenL3 costs the same with untrained ('random') weights as with the official ones, so
 no weight file is needed; its cost grows with 1/hop, so the default hop here (0.5 s) is

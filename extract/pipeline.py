@@ -350,6 +350,14 @@ def _embed_clips(
                 output.fail(key, str(error))
 
 
+_SAMPLE_RATES: dict[str, int] = {
+    "opensmile": OpenSmileExtractor.SAMPLE_RATE,
+    "openl3": OpenL3Embedder.SAMPLE_RATE,
+    "speech": SpeechFeatureExtractor.SAMPLE_RATE,
+}
+"""Rate each audio family's clips are decoded at."""
+
+
 class ShardExtractors:
     """The extractors of some families, built once on first use and kept for the holder's life.
 
@@ -394,12 +402,7 @@ class ShardExtractors:
     def _extract_audio(
         self, families: list[str], utterances: Sequence[Utterance], unusable: dict[str, str]
     ) -> dict[str, FamilyResult]:
-        extractors = {family: self.extractor(family) for family in families}
-        rates = sorted({extractor.SAMPLE_RATE for extractor in extractors.values()})
-        outputs = {
-            family: _FamilyOutput(family, len(utterances), extractor.dim, _names(extractor))
-            for family, extractor in extractors.items()
-        }
+        rates = sorted({_SAMPLE_RATES[family] for family in families})
         # The decoder runs at most CLIPS_PER_GROUP clips ahead: the queue is the bound on audio in memory.
         decoded: queue.Queue[_Clip | BaseException] = queue.Queue(maxsize=self.CLIPS_PER_GROUP)
         stop = threading.Event()
@@ -411,6 +414,12 @@ class ShardExtractors:
         )
         decoder.start()
         try:
+            # Models load on the first shard while the first clips decode.
+            extractors = {family: self.extractor(family) for family in families}
+            outputs = {
+                family: _FamilyOutput(family, len(utterances), extractor.dim, _names(extractor))
+                for family, extractor in extractors.items()
+            }
             start = 0
             while start < len(utterances):
                 # Whatever is decoded, up to a group, and at least one clip: on a GPU the models
