@@ -47,6 +47,7 @@ USER_ERRORS: tuple[str, ...] = (
     "extract.meld:CorpusError",
     "extract.feature_store:FeatureStoreError",
     "extract.text_features:TextEncoderError",
+    "extract.speech_features:SpeechEncoderError",
     "extract.openl3:OpenL3SetupError",
     "cluster.ray_runtime:RayStartError",
     "cluster.rendezvous:RendezvousError",

@@ -22,12 +22,14 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
+import h5py
 import numpy as np
 import torch
 
 from extract.feature_store import FeatureStore, FeatureStoreError, SplitArrays
+from model.layer_mix import LayerBlock, mixed_width
 
 if TYPE_CHECKING:
     # Only end-to-end runs hold token ids; the import (transformers and the tokenizer) waits for them.
@@ -54,6 +56,10 @@ class DialogueDataConfig:
     skipped (the demo store has no OpenL3), but a model that uses audio needs at least one."""
     text_family: str = "text"
     """Family that is the text vector."""
+    speech_layers: Literal["weighted_sum", "concat"] = "weighted_sum"
+    """A `speech` family stored with every encoder layer (speech.layers='all'): 'weighted_sum' mixes
+    its layers with weights learned with the head (model.layer_mix), so the head sees one layer's
+    width; 'concat' gives the head every layer side by side. A 'mean_last' store has one layer."""
     standardize: bool = True
     """Standardise every column with the train split's mean and standard deviation."""
 
@@ -66,6 +72,8 @@ class DialogueDataConfig:
             raise ValueError("text_family must name a family, e.g. 'text'")
         if self.text_family in self.audio_families:
             raise ValueError(f"text_family {self.text_family!r} is also in audio_families")
+        if self.speech_layers not in ("weighted_sum", "concat"):
+            raise ValueError(f"speech_layers must be 'weighted_sum' or 'concat', not {self.speech_layers!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +88,13 @@ class Modalities:
     """Width of the audio vector (sum of the audio families' dims)."""
     text_dim: int
     """Width of the text vector."""
+    layer_blocks: tuple[LayerBlock, ...] = ()
+    """Blocks of stored encoder layers in the audio vector that the head mixes by learned weights."""
+
+    @property
+    def head_audio_dim(self) -> int:
+        """Width of the audio vector the head sees, after the layer blocks are mixed."""
+        return mixed_width(self.audio_dim, self.layer_blocks)
 
     @property
     def families(self) -> list[str]:
@@ -95,12 +110,42 @@ def store_modalities(store: FeatureStore, config: DialogueDataConfig) -> Modalit
     """
     audio = [family for family in config.audio_families if family in store.families]
     text = config.text_family if config.text_family in store.families else None
+    blocks = []
+    offset = 0
+    for family in audio:
+        if family == "speech" and config.speech_layers == "weighted_sum":
+            layers = _stored_layers(store, family)
+            if layers > 1:
+                blocks.append(LayerBlock(offset=offset, layers=layers, width=store.families[family] // layers))
+        offset += store.families[family]
     return Modalities(
         audio_families=audio,
         text_family=text,
-        audio_dim=sum(store.families[family] for family in audio),
+        audio_dim=offset,
         text_dim=store.families[text] if text else 0,
+        layer_blocks=tuple(blocks),
     )
+
+
+def _stored_layers(store: FeatureStore, family: str) -> int:
+    """Encoder layers a family holds side by side, from its column names in the first shard."""
+    entry = next(entry for split in store.splits for entry in store.shards(split))
+    try:
+        with h5py.File(store.path / entry["file"], "r") as shard:
+            names = [str(name) for name in shard[family].attrs.get("names", [])]
+    except (OSError, KeyError) as error:
+        raise FeatureStoreError(
+            f"store {store.path}: cannot read the {family} columns of {entry['file']} ({error}); "
+            "re-run `cmroberta extract` to redo it"
+        ) from None
+    return stored_layer_count(names)
+
+
+def stored_layer_count(names: Sequence[str]) -> int:
+    """Layers side by side in columns named as extract.speech_features names them ('layer03.mean.0007'); else 1."""
+    if not names or not names[0].startswith("layer"):
+        return 1
+    return len({name.split(".", 1)[0] for name in names})
 
 
 def select_modalities(modalities: Modalities, store: FeatureStore, uses_audio: bool, uses_text: bool) -> Modalities:
@@ -120,6 +165,7 @@ def select_modalities(modalities: Modalities, store: FeatureStore, uses_audio: b
         text_family=modalities.text_family if uses_text else None,
         audio_dim=modalities.audio_dim if uses_audio else 0,
         text_dim=modalities.text_dim if uses_text else 0,
+        layer_blocks=modalities.layer_blocks if uses_audio else (),
     )
 
 

@@ -125,6 +125,7 @@ from model.end_to_end import (
 )
 from model.finetune_text import FinetuneConfig, finetuned_family, resolve_finetune, run_finetune_chain
 from model.fusion import FusionConfig, build_fusion_model
+from model.layer_mix import LayerMix, LayerMixedHead
 from model.lr_schedule import build_lr_scheduler
 from model.param_groups import build_optimizer, head_param_groups
 from model.text_encoder import STORE_ENCODER, TextEncoderConfig, export_encoder, load_tokenizer
@@ -419,11 +420,17 @@ def build_model(config: RunConfig, modalities: Modalities) -> torch.nn.Module:
     """The fusion network for the modalities' widths (behind the text encoder, end to end), seeded by the run.
 
     `config` must be resolved (`resolve_run_config`): an end-to-end encoder named, not 'store'.
+    Stored speech-encoder layers are mixed by learned weights in front of the head (model.layer_mix).
     """
+    mix = LayerMix(modalities.layer_blocks) if modalities.layer_blocks else None
     if config.end_to_end_mode:
-        return build_end_to_end_model(config.end_to_end, config.model, modalities.audio_dim, config.seed)
+        model = build_end_to_end_model(config.end_to_end, config.model, modalities.head_audio_dim, config.seed)
+        if mix is not None:
+            model.head = LayerMixedHead(mix, model.head)
+        return model
     torch.manual_seed(config.seed)
-    return build_fusion_model(config.model, modalities.audio_dim, modalities.text_dim)
+    head = build_fusion_model(config.model, modalities.head_audio_dim, modalities.text_dim)
+    return LayerMixedHead(mix, head) if mix is not None else head
 
 
 def run_modalities(config: RunConfig, store: FeatureStore) -> Modalities:

@@ -1,7 +1,7 @@
 """The extraction pipeline on a small demo corpus, with real Ray, openSMILE, OpenL3 and a tiny RoBERTa.
 
-One local Ray with 2 workers serves every test of this module, so workers (and the
-extractors they cache) are started once.
+One local Ray with 2 CPUs serves every test of this module; each extraction starts its
+own two actors on it, which load their models once and are stopped when it ends.
 """
 
 import json
