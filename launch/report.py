@@ -522,7 +522,8 @@ def report_tables(runs: Sequence[RunResult]) -> list[Table]:
 
     paper = [run for run in runs if run.modality_dropout == 0]
     tables = [table1(paper), table2(paper), voice_only_table(paper), paired_differences_table(paper)]
-    tables.append(table_from_runs([read_run_robustness(run.run_dir) for run in runs]))
+    robustness = [read_run_robustness(run.run_dir) for run in runs]
+    tables.append(table_from_runs([run for run in robustness if run.perturbed]))
     return [table for table in tables if table is not None]
 
 

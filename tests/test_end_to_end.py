@@ -475,7 +475,13 @@ def test_in_graph_text_vectors_are_standardised_like_stored_ones(single_process,
         model.eval()
         vectors = model.text_vectors(train_set.tokens.batch(rows)).numpy()
     np.testing.assert_allclose(vectors.mean(axis=0), 0.0, atol=1e-4)
-    np.testing.assert_allclose(vectors.std(axis=0), 1.0, atol=1e-3)
+    # Columns spread at least as much as the median column are z-scored; the quiet ones are scaled by
+    # the median column's spread, so they stay below 1 rather than being blown up.
+    spread = vectors.std(axis=0)
+    loud = model.text_scale.numpy() > np.median(model.text_scale.numpy())
+    assert loud.sum() >= len(spread) // 3
+    np.testing.assert_allclose(spread[loud], 1.0, atol=1e-3)
+    assert (spread[~loud] <= 1.0 + 1e-3).all() and spread[~loud].min() < 0.9
 
 
 def _one_step(config: RunConfig, accumulation: int, rendezvous) -> tuple[dict[str, torch.Tensor], float]:
