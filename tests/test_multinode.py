@@ -285,7 +285,8 @@ def end_to_end_overrides(tmp_path_factory) -> list[str]:
     # Built here, once: the ranks of the job then read it, rather than each tokenizing the store.
     encoder_config = TextEncoderConfig(model=str(encoder))
     build_token_cache(FeatureStore.open(store), load_tokenizer(encoder_config), encoder_config)
-    return [*e2e_overrides(store, encoder), "train.max_epochs=2", "train.patience=2"]
+    encoder_override = f"end_to_end.encoder.model={json.dumps(str(encoder))}"
+    return [*e2e_overrides(store), encoder_override, "train.max_epochs=2", "train.patience=2"]
 
 
 @pytest.mark.parametrize("mode", ["frozen", "end_to_end"])

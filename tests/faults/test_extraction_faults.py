@@ -123,10 +123,12 @@ def test_killed_at_random_points_then_rerun_gives_a_whole_store(corpus, tiny_mod
     killed_at = []
     for _ in range(KILLS):
         process = start(command)
-        # Somewhere in the writing: after a random number of shards, plus a random fraction of one.
-        target = rng.randrange(0, planned - 1)
+        # Somewhere in the writing: after a random number of shards, plus a random fraction of one. The
+        # actors write a shard of these short dialogues every few tens of milliseconds, so the extra
+        # wait stays below one shard's time, or every kill would land after the last shard.
+        target = rng.randrange(1, planned - 1)
         if wait_until(lambda: recorded_shards(store_root) >= target if store_root.exists() else False, process):
-            time.sleep(rng.uniform(0.0, 0.4))
+            time.sleep(rng.uniform(0.0, 0.02))
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.communicate(timeout=60)
