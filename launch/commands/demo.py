@@ -120,28 +120,20 @@ def plan_demo_sweep(
     from launch.sweep import plan_sweep
     from model.train import RunConfig
 
-    frozen = plan_sweep(
-        RunConfig,
-        sweep_dir,
-        seeds,
-        {"text_mode": ["frozen"], "model.variant": list(FROZEN_VARIANTS)},
-        overrides=frozen_overrides(store, frozen_epochs),
-    )
-    end_to_end = plan_sweep(
-        RunConfig,
-        sweep_dir,
-        seeds,
-        {"text_mode": ["end_to_end"], "model.variant": list(END_TO_END_VARIANTS)},
-        overrides=end_to_end_overrides(store, end_to_end_epochs),
-    )
-    robust = plan_sweep(
-        RunConfig,
-        sweep_dir,
-        seeds,
-        {"text_mode": ["frozen"], "model.variant": ["bimodal"], "model.modality_dropout": [DEMO_MODALITY_DROPOUT]},
-        overrides=frozen_overrides(store, frozen_epochs),
-    )
-    return frozen + end_to_end + robust
+    grids = [
+        ({"text_mode": ["frozen"], "model.variant": list(FROZEN_VARIANTS)}, frozen_overrides(store, frozen_epochs)),
+        (
+            {"text_mode": ["end_to_end"], "model.variant": list(END_TO_END_VARIANTS)},
+            end_to_end_overrides(store, end_to_end_epochs),
+        ),
+        (
+            {"text_mode": ["frozen"], "model.variant": ["bimodal"], "model.modality_dropout": [DEMO_MODALITY_DROPOUT]},
+            frozen_overrides(store, frozen_epochs),
+        ),
+    ]
+    return [
+        run for grid, overrides in grids for run in plan_sweep(RunConfig, sweep_dir, seeds, grid, overrides=overrides)
+    ]
 
 
 def robustness_runs(runs: Sequence["PlannedRun"]) -> list[Path]:
