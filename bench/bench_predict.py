@@ -1,8 +1,9 @@
 """Where `cmroberta predict` spends its time: reading the input, loading the run, computing features, scoring.
 
 For a trained run and an input, it prints seconds and utterances/s of each stage and each stage's
-share of the whole (after a first feature pass that loads the extractors), and the cost of a perturbation's extra work (noise mixed into every clip, ASR
-errors and the text features again) as a ratio against the clean run in the same process.
+share of the whole (after a first feature pass that loads the extractors), and the cost of a
+perturbation's extra work (noise mixed into every clip, ASR errors and the text features again)
+as a ratio against the clean run in the same process.
 
     python bench/bench_predict.py RUN demo-output/corpus --split test
     python bench/bench_predict.py RUN clips.csv --perturb audio_noise:noise=babble,snr_db=5

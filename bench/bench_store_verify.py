@@ -61,7 +61,9 @@ def main() -> None:
             split: random_split(split, max(1, round(d * args.scale)), max(1, round(u * args.scale)), rng)
             for split, (d, u) in MELD_SPLITS.items()
         }
-        store_dir = build_store_from_arrays(Path(work) / "meld-000000000000", arrays, {"bench": True}, shard_dialogues=32)
+        store_dir = build_store_from_arrays(
+            Path(work) / "meld-000000000000", arrays, {"bench": True}, shard_dialogues=32
+        )
         written_s = time.perf_counter() - started
         size = sum(p.stat().st_size for p in (store_dir / "shards").iterdir())
         utterances = sum(len(rows) for rows in arrays.values())

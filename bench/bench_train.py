@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cluster.config import load_config
 from cluster.rendezvous import resolve_rendezvous
 from extract.feature_store import FeatureStore, SplitArrays, build_store_from_arrays
-from cluster.config import load_config
 from model.dialogue_data import load_datasets
 from model.train import METRICS_NAME, RunConfig, build_model, run_modalities, train
 
@@ -140,7 +140,8 @@ def main() -> None:
     for record in records:
         print(
             f"{record['epoch']:5d}  {record['seconds']:6.1f}  {record['train_seconds']:7.1f}  "
-            f"{train_dialogues / record['train_seconds']:11.1f}  {record['data_seconds'] / record['train_seconds']:19.1%}"
+            f"{train_dialogues / record['train_seconds']:11.1f}  "
+            f"{record['data_seconds'] / record['train_seconds']:19.1%}"
         )
     data_seconds = load_seconds + sum(record["data_seconds"] for record in records)
     print(

@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder  # noqa: E402
+
 BUDGET_SECONDS = 8 * 60
 # The same shapes as bench/bench_end_to_end.py: tiny for checking the script, RoBERTa-Large's for measuring.
 SHAPES = {

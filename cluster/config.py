@@ -16,13 +16,13 @@ import difflib
 import inspect
 import math
 import textwrap
-import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import tomli_w
+import tomllib
 
 from cluster.durable_files import atomic_write_text
 
@@ -49,7 +49,9 @@ def refuse_control_characters(text: str, what: str) -> None:
     """
     found = control_characters(str(text))
     if found:
-        raise ValueError(f"{what} {str(text)!r} holds control characters ({', '.join(found)}); use printable characters only")
+        raise ValueError(
+            f"{what} {str(text)!r} holds control characters ({', '.join(found)}); use printable characters only"
+        )
 
 
 def _join(prefix: str, name: str) -> str:
@@ -163,7 +165,11 @@ def to_dict(config: Any) -> dict[str, Any]:
 
     def plain(value: Any) -> Any:
         if dataclasses.is_dataclass(value):
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if getattr(value, f.name) is not None}
+            return {
+                f.name: plain(getattr(value, f.name))
+                for f in dataclasses.fields(value)
+                if getattr(value, f.name) is not None
+            }
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]
         if isinstance(value, dict):

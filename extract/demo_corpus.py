@@ -286,7 +286,7 @@ def write_demo_corpus(out_dir: str | Path, config: DemoCorpusConfig | None = Non
             writer = csv.writer(handle)
             writer.writerow(CSV_COLUMNS)
             writer.writerows(rows[split])
-    ambiguous = [utterance_key(l.split, l.dialogue_id, l.utterance_id) for l in lines if l.ambiguous]
+    ambiguous = [utterance_key(line.split, line.dialogue_id, line.utterance_id) for line in lines if line.ambiguous]
     (out_dir / AMBIGUOUS_FILE).write_text(json.dumps(ambiguous, indent=1) + "\n", encoding="utf-8")
     log.info("wrote the demo corpus to %s: %d utterances, %d voice-only", out_dir, len(lines), len(ambiguous))
     return out_dir

@@ -318,7 +318,9 @@ def read_manifest(store_dir: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise FeatureStoreError(f"{path} cannot be read ({error}); re-run `cmroberta extract` to rebuild it") from None
     if not isinstance(manifest, dict):
-        raise FeatureStoreError(f"{path} is not a manifest (not a JSON object); re-run `cmroberta extract` to rebuild it")
+        raise FeatureStoreError(
+            f"{path} is not a manifest (not a JSON object); re-run `cmroberta extract` to rebuild it"
+        )
     if manifest.get("format_version") != FORMAT_VERSION:
         raise FeatureStoreError(
             f"{path} has format_version {manifest.get('format_version')!r}; this cmroberta reads version "
@@ -427,7 +429,9 @@ def plan_problems(manifest: dict[str, Any]) -> list[str]:
             problems.append(f"{planned['file']} holds other dialogues than planned")
     planned_files = {planned["file"] for planned in plan["shards"]}
     problems.extend(
-        f"{entry['file']} is recorded but not in the plan" for entry in manifest["shards"] if entry["file"] not in planned_files
+        f"{entry['file']} is recorded but not in the plan"
+        for entry in manifest["shards"]
+        if entry["file"] not in planned_files
     )
     for split, rows in plan.get("split_rows", {}).items():
         written = sum(int(entry["rows"]) for entry in manifest["shards"] if entry["split"] == split)
@@ -590,7 +594,11 @@ class FeatureStore:
         manifest = read_manifest(path)
         problems = store_problems(path, manifest, check_sha256=verify)
         if problems:
-            state = "incomplete" if any("planned but not written" in p or "no plan" in p for p in problems) else "damaged"
+            state = (
+                "incomplete"
+                if any("planned but not written" in p or "no plan" in p for p in problems)
+                else "damaged"
+            )
             raise FeatureStoreError(
                 f"feature store {path} is {state}: {summarise(problems)}. "
                 f"Finish or repair it with `{repair_command(path, manifest)}`"

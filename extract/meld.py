@@ -158,7 +158,9 @@ def _field_text(row: dict, name: str) -> str:
     store a NUL in a string, and a tokenizer would see the rest as text.
     """
     text = row[name]
-    bad = sorted({f"U+{ord(ch):04X}" for ch in text if (ord(ch) < 0x20 and ch not in "\t\n\r") or 0x7F <= ord(ch) < 0xA0})
+    bad = sorted(
+        {f"U+{ord(ch):04X}" for ch in text if (ord(ch) < 0x20 and ch not in "\t\n\r") or 0x7F <= ord(ch) < 0xA0}
+    )
     if bad:
         raise ValueError(f"field {name} holds control characters ({', '.join(bad)}); remove them from the CSV")
     return text
@@ -181,7 +183,9 @@ def _read_rows(csv_path: Path, split: str, row_errors: list[str]) -> list[dict]:
         with open(csv_path, encoding="utf-8-sig", newline="") as stream:
             records = _csv_records(stream, csv_path)
     except UnicodeDecodeError as error:
-        raise CorpusError(f"{csv_path} is not UTF-8 ({error}); MELD's CSVs are UTF-8: re-export the file as UTF-8") from None
+        raise CorpusError(
+            f"{csv_path} is not UTF-8 ({error}); MELD's CSVs are UTF-8: re-export the file as UTF-8"
+        ) from None
     fieldnames = records[0][1] if records else []
     records = records[1:]
     missing = [c for c in CSV_COLUMNS if c not in fieldnames]
@@ -210,7 +214,9 @@ def _read_rows(csv_path: Path, split: str, row_errors: list[str]) -> list[dict]:
             dialogue_id, utterance_id = _field_id(row, "Dialogue_ID"), _field_id(row, "Utterance_ID")
             emotion, sentiment = row["Emotion"].strip().lower(), row["Sentiment"].strip().lower()
             if emotion not in EMOTIONS:
-                raise ValueError(f"field Emotion: unknown emotion {row['Emotion']!r} (expected one of {', '.join(EMOTIONS)})")
+                raise ValueError(
+                    f"field Emotion: unknown emotion {row['Emotion']!r} (expected one of {', '.join(EMOTIONS)})"
+                )
             if sentiment not in SENTIMENTS:
                 raise ValueError(
                     f"field Sentiment: unknown sentiment {row['Sentiment']!r} (expected one of {', '.join(SENTIMENTS)})"
@@ -298,7 +304,9 @@ def read_meld(
                 f"no {CSV_NAMES[split]} in {root} or its parent; MELD.Raw holds it beside the clip folders"
             )
         if folder is None:
-            log.warning("no %s folder under %s: every %s clip will be flagged missing", CLIP_FOLDERS[split], root, split)
+            log.warning(
+                "no %s folder under %s: every %s clip will be flagged missing", CLIP_FOLDERS[split], root, split
+            )
         for row in _read_rows(csv_path, split, corpus.row_errors):
             stem = f"dia{row['dialogue_id']}_utt{row['utterance_id']}"
             candidates = [p for p in (_find_clip(folder, stem), _find_clip(folder, TWIN_PREFIX + stem)) if p]
@@ -347,7 +355,10 @@ def _choose_clip(
             ClipFlag(
                 **ids,
                 kind="twin_chosen",
-                reason=f"chose {path.name} ({info.duration:.2f} s) over {others}: closest to the CSV's {expected:.2f} s",
+                reason=(
+                    f"chose {path.name} ({info.duration:.2f} s) over {others}: "
+                    f"closest to the CSV's {expected:.2f} s"
+                ),
             )
         )
     if abs(info.duration - expected) > duration_tolerance_s:
@@ -355,7 +366,10 @@ def _choose_clip(
             ClipFlag(
                 **ids,
                 kind="duration_mismatch",
-                reason=f"{path.name} lasts {info.duration:.1f} s but the CSV says {expected:.1f} s; extraction caps its length",
+                reason=(
+                    f"{path.name} lasts {info.duration:.1f} s but the CSV says {expected:.1f} s; "
+                    "extraction caps its length"
+                ),
             )
         )
     return path, flags

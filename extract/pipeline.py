@@ -75,6 +75,7 @@ import torch
 import transformers
 from tqdm import tqdm
 
+from cluster.config import refuse_control_characters, write_resolved_config
 from cluster.durable_files import exclusive_lock, is_temp_file
 from cluster.ray_runtime import RayConfig, RayResources, ray_session
 from extract.audio import AudioDecodeError, decode_audio
@@ -111,7 +112,6 @@ from extract.speech_features import (
 )
 from extract.text_features import TextEncoderError, TextFeatureConfig, TextFeatureExtractor, text_feature_dim
 from extract.utterance import SPLITS, ClipFlag, Utterance
-from cluster.config import refuse_control_characters, write_resolved_config
 
 log = logging.getLogger(__name__)
 
@@ -590,7 +590,10 @@ def extract_shard(
     evaluation call this to compute features exactly as the store's were; `decode` lets them change
     the waveform (added noise) before the extractors read it.
     """
-    results = {result.family: result for result in ShardExtractors(config, families, decode).extract(plan.utterances, unusable)}
+    results = {
+        result.family: result
+        for result in ShardExtractors(config, families, decode).extract(plan.utterances, unusable)
+    }
     failures = [(key, family, reason) for family, result in results.items() for key, reason in result.failures]
     return _shard_rows(plan, results), failures
 

@@ -78,7 +78,10 @@ def _path_problem(args: argparse.Namespace) -> str | None:
         if isinstance(value, Path):
             found = control_characters(str(value))
             if found:
-                return f"{name.replace('_', ' ')} {str(value)!r} holds control characters ({', '.join(found)}); use printable characters only"
+                return (
+                    f"{name.replace('_', ' ')} {str(value)!r} holds control characters ({', '.join(found)}); "
+                    "use printable characters only"
+                )
     return None
 
 

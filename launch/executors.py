@@ -27,8 +27,8 @@ from typing import Any, Literal
 
 import submitit
 
-from cluster.profile import LOCAL_PROFILE, ClusterProfile
 from cluster.config import ConfigError, apply_overrides, control_characters, from_dict, load_config, to_dict
+from cluster.profile import LOCAL_PROFILE, ClusterProfile
 
 log = logging.getLogger(__name__)
 

@@ -26,13 +26,13 @@ RoBERTa-Large (its section 4.1.3).
 import csv
 import json
 import logging
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomllib
 
 from cluster.durable_files import atomic_write_text
 from extract.demo_corpus import read_ambiguous_keys

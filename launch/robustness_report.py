@@ -14,10 +14,11 @@ been scored under yet, then builds the table (the demo calls it); the report
 
 import json
 import logging
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from launch.report import Cell, ReportError, Table
 from model.evaluate import TEST_METRICS_NAME

@@ -40,8 +40,6 @@ from typing import Any, Literal
 
 import submitit
 
-from cluster.durable_files import atomic_write_json
-from cluster.profile import ClusterProfile
 from cluster.config import (
     ConfigError,
     apply_overrides,
@@ -52,6 +50,8 @@ from cluster.config import (
     to_dict,
     write_resolved_config,
 )
+from cluster.durable_files import atomic_write_json
+from cluster.profile import ClusterProfile
 from launch.executors import make_executor, submit_jobs
 from launch.jobs import RunQueueJob, TrainingJob
 from model.evaluate import TEST_METRICS_NAME
@@ -240,7 +240,8 @@ def active_slurm_jobs() -> set[str] | None:
 
 
 def slurm_jobs_named(job_name: str, since: float) -> set[str] | None:
-    """Base ids of the SLURM jobs called `job_name` (queued, running or ended since `since`); None when SLURM cannot say.
+    """Base ids of the SLURM jobs called `job_name` (queued, running or ended since `since`); None when SLURM
+    cannot say.
 
     squeue (all states) knows the jobs the controller still holds, ended ones included for a few
     minutes; sacct, the accounting database, those that ended earlier, but it records a job's
@@ -256,7 +257,17 @@ def slurm_jobs_named(job_name: str, since: float) -> set[str] | None:
         return ids
     start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 24 * 3600))
     ended = _ask_slurm(
-        ["sacct", "--noheader", "--parsable2", "--allocations", "--name", job_name, "--starttime", start, "--format=JobID"]
+        [
+            "sacct",
+            "--noheader",
+            "--parsable2",
+            "--allocations",
+            "--name",
+            job_name,
+            "--starttime",
+            start,
+            "--format=JobID",
+        ]
     )
     if ended is None:
         return None
@@ -286,7 +297,8 @@ def _local_submission_alive(log_folder: str) -> bool:
 
 
 def _reconcile(run_dir: Path, submission: dict[str, Any]) -> dict[str, Any] | None:
-    """A submission cut short after its intent: the record with the job SLURM knows by its name, {} when none, None: unknown."""
+    """A submission cut short after its intent: the record with the job SLURM knows by its name, {} when none,
+    None: unknown."""
     if submission.get("cluster") != "slurm":
         return None if _local_submission_alive(str(submission.get("log_folder", ""))) else {}
     ids = slurm_jobs_named(str(submission.get("job_name", "")), float(submission.get("intent", time.time())))

@@ -17,7 +17,9 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]], markdo
         return ("| " + " | ".join(padded) + " |") if markdown else "  ".join(padded).rstrip()
 
     if markdown:
-        rule = "|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)) + "|"
+        rule = (
+            "|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)) + "|"
+        )
     else:
         rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(cells[0]), rule, *(line(row) for row in cells[1:])])

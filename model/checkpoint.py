@@ -382,7 +382,8 @@ class Checkpoints:
         end_of_epoch: bool,
         best_epoch: int,
     ) -> None:
-        """Write checkpoint `tag` (every rank writes its file, then rank 0 the manifest), then point progress.json at it.
+        """Write checkpoint `tag` (every rank writes its file, then rank 0 the manifest), then point progress.json
+        at it.
 
         `client_state` is the loop's JSON state; `rank_state` this rank's own tensors; `best_epoch` the
         epoch whose checkpoint is the best so far (0: none yet).
@@ -627,7 +628,10 @@ def verify_run_folder(run_dir: Path) -> list[str]:
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        return [f"{run_dir} does not exist; train a run into it: cmroberta train STORE --run-dir {shlex.quote(str(run_dir))}"]
+        return [
+            f"{run_dir} does not exist; train a run into it: "
+            f"cmroberta train STORE --run-dir {shlex.quote(str(run_dir))}"
+        ]
     problems = []
     quoted = shlex.quote(str(run_dir))
     store = "STORE"

@@ -69,11 +69,24 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from cluster.config import RESOLVED_CONFIG_NAME, load_config, to_dict, write_resolved_config
+from cluster.durable_files import atomic_write_json_lines
 from cluster.rendezvous import Rendezvous, export_rendezvous, resolve_rendezvous
 from extract.feature_store import FeatureStore, FeatureStoreError
 from extract.labels import EMOTIONS
-from cluster.durable_files import atomic_write_json_lines
-from cluster.config import RESOLVED_CONFIG_NAME, load_config, to_dict, write_resolved_config
+from model.checkpoint import (
+    CheckpointConfig,
+    CheckpointRequest,
+    Checkpoints,
+    NonFiniteLossError,
+    Progress,
+    Restored,
+    RunFolderError,
+    TrainingInterrupted,
+    checkpoint_tag,
+    require_supported,
+    run_folder_lock,
+)
 from model.deepspeed_config import (
     EngineConfig,
     MonitorConfig,
@@ -93,6 +106,13 @@ from model.dialogue_data import (
     select_modalities,
     store_modalities,
 )
+from model.end_to_end import (
+    EndToEndConfig,
+    attach_tokens,
+    build_end_to_end_model,
+    build_end_to_end_optimizer,
+    fit_text_standardisation,
+)
 from model.evaluate import (
     TEST_METRICS_NAME,
     SplitEvaluation,
@@ -102,26 +122,6 @@ from model.evaluate import (
     majority_label,
     metrics_file,
     write_evaluation,
-)
-from model.checkpoint import (
-    CheckpointConfig,
-    CheckpointRequest,
-    Checkpoints,
-    NonFiniteLossError,
-    Progress,
-    Restored,
-    RunFolderError,
-    TrainingInterrupted,
-    checkpoint_tag,
-    require_supported,
-    run_folder_lock,
-)
-from model.end_to_end import (
-    EndToEndConfig,
-    attach_tokens,
-    build_end_to_end_model,
-    build_end_to_end_optimizer,
-    fit_text_standardisation,
 )
 from model.finetune_text import FinetuneConfig, finetuned_family, resolve_finetune, run_finetune_chain
 from model.fusion import FusionConfig, build_fusion_model

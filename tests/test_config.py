@@ -1,12 +1,11 @@
 """The typed config loader: defaults, TOML, overrides, validation errors and the resolved round trip."""
 
-import tomllib
 from dataclasses import dataclass, field
 from typing import Literal
 
 import pytest
+import tomllib
 
-from extract.demo_corpus import DemoCorpusConfig
 from cluster.config import (
     ConfigError,
     apply_overrides,
@@ -17,6 +16,7 @@ from cluster.config import (
     to_toml,
     write_resolved_config,
 )
+from extract.demo_corpus import DemoCorpusConfig
 
 
 @dataclass(kw_only=True)

@@ -60,7 +60,9 @@ def test_ambiguous_utterances_listed(small_corpus):
 
 
 def test_emotion_shares_imbalanced_like_meld(tmp_path):
-    corpus = read_meld(write_demo_corpus(tmp_path, DemoCorpusConfig(**{**SMALL, "train_dialogues": 40})), check_clips=False)
+    corpus = read_meld(
+        write_demo_corpus(tmp_path, DemoCorpusConfig(**{**SMALL, "train_dialogues": 40})), check_clips=False
+    )
     counts = corpus.emotion_counts("train")
     assert counts.most_common(1)[0][0] == "neutral"
     assert counts["neutral"] > 2 * counts["fear"] and counts["neutral"] > 2 * counts["disgust"]
@@ -84,13 +86,17 @@ def test_prosody_separates_emotions_on_one_sentence():
 
 
 def test_mp4_clips_decode(tmp_path):
-    corpus = write_demo_corpus(tmp_path, DemoCorpusConfig(train_dialogues=1, dev_dialogues=1, test_dialogues=1, max_utterances=4))
+    corpus = write_demo_corpus(
+        tmp_path, DemoCorpusConfig(train_dialogues=1, dev_dialogues=1, test_dialogues=1, max_utterances=4)
+    )
     clip = next((corpus / CLIP_FOLDERS["train"]).glob("*.mp4"))
     audio = decode_audio(clip, 16000)
     assert len(audio) > 0.3 * 16000 and np.abs(audio).max() > 0.01
 
 
-@pytest.mark.parametrize("bad", [{"train_dialogues": 0}, {"min_utterances": 5, "max_utterances": 3}, {"ambiguous_share": 1.5}])
+@pytest.mark.parametrize(
+    "bad", [{"train_dialogues": 0}, {"min_utterances": 5, "max_utterances": 3}, {"ambiguous_share": 1.5}]
+)
 def test_bad_config_is_clear(bad):
     with pytest.raises(ValueError, match=next(iter(bad)).split("_")[0]):
         DemoCorpusConfig(**bad)

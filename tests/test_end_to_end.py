@@ -13,13 +13,14 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 import torch.multiprocessing
+from learnable_store import learnable_split
 from safetensors.torch import load_file
 from tqdm import tqdm
 
@@ -29,7 +30,7 @@ from extract.feature_store import FeatureStore, FeatureStoreError, SplitArrays, 
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from launch.cli import main
 from launch.report import format_report, load_runs, report_tables
-from learnable_store import learnable_split
+from model.checkpoint import Checkpoints
 from model.deepspeed_config import EngineConfig, build_deepspeed_config
 from model.dialogue_data import DialogueBatchSampler, DialogueDataset, Modalities, load_datasets
 from model.end_to_end import EndToEndModel, fit_text_standardisation
@@ -39,7 +40,6 @@ from model.lr_schedule import LRScheduleConfig, build_lr_scheduler
 from model.param_groups import ParamGroupsConfig, build_optimizer, build_param_groups, encoder_layer_lr
 from model.text_encoder import TextEncoder, TextEncoderConfig, load_tokenizer
 from model.token_cache import TokenSplit, build_token_cache, read_token_split
-from model.checkpoint import Checkpoints
 from model.train import (
     METRICS_NAME,
     EpochProgress,

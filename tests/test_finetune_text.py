@@ -4,12 +4,13 @@ its provenance, the head trained on them; and a second invocation that redoes no
 
 import json
 import os
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
+from test_end_to_end import WORDS, words_store
 
 from cluster.config import ConfigError, load_config
 from extract.feature_store import FeatureStore, FeatureStoreError, add_family
@@ -18,7 +19,6 @@ from launch.cli import main
 from model.deepspeed_config import EngineConfig
 from model.finetune_text import FINISHED_NAME, FinetuneConfig
 from model.train import RunConfig
-from test_end_to_end import WORDS, words_store
 
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
 

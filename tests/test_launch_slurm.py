@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import submitit
 
+from cluster.config import load_config
 from cluster.profile import ClusterProfile
 from cluster.ray_on_slurm import cpus_per_node, ray_ports
 from cluster.rendezvous import expand_hostlist, node_address
 from launch.cli import main
-from cluster.config import load_config
 from launch.executors import SubmissionError, check_request, load_profile, make_executor, submit_jobs
 from launch.jobs import ATTEMPTS_NAME, TrainingJob
 
@@ -374,8 +374,9 @@ PREEMPTED_EPOCHS = 8
 
 @pytest.fixture(scope="module")
 def preemption_config(tmp_path_factory):
-    from model.train import RunConfig
     from test_sweep import TINY_OVERRIDES, write_tiny_store
+
+    from model.train import RunConfig
 
     store = write_tiny_store(tmp_path_factory.mktemp("features"))
     epochs = [f"train.max_epochs={PREEMPTED_EPOCHS}", f"train.patience={PREEMPTED_EPOCHS}"]

@@ -25,11 +25,11 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 import pytest
+from test_launch_slurm import release_requeued_slurm_job, usable_nodes, wait_for
 
 from cluster.config import load_config
 from launch.cli import main
 from launch.executors import load_profile, make_executor, submit_jobs
-from test_launch_slurm import release_requeued_slurm_job, usable_nodes, wait_for
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -264,12 +264,13 @@ def frozen_overrides(tmp_path_factory) -> list[str]:
 
 @pytest.fixture(scope="module")
 def end_to_end_overrides(tmp_path_factory) -> list[str]:
+    from learnable_store import learnable_split
+    from test_end_to_end import CLASS_WORDS, WORDS, e2e_overrides
+
     from extract.feature_store import FeatureStore, build_store_from_arrays
     from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
-    from learnable_store import learnable_split
     from model.text_encoder import TextEncoderConfig, load_tokenizer
     from model.token_cache import build_token_cache
-    from test_end_to_end import CLASS_WORDS, WORDS, e2e_overrides
 
     encoder = build_tiny_text_encoder(tmp_path_factory.mktemp("tiny"), WORDS * 2, TinyEncoderConfig(hidden_size=32))
     config = json.loads((encoder / "config.json").read_text())

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from cluster.config import ConfigError, from_dict
 from extract.openl3 import (
     OpenL3AudioNetwork,
     OpenL3Config,
@@ -27,7 +28,6 @@ from extract.openl3 import (
     resolve_weights_file,
 )
 from extract.openl3_frontend import OpenL3Spectrogram, frame_windows, hz_to_mel, mel_filterbank
-from cluster.config import ConfigError, from_dict
 
 RATE = 48000
 SMALL_WIDTHS = (3, 4, 5, 6)

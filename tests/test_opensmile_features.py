@@ -6,8 +6,8 @@ import numpy as np
 import opensmile
 import pytest
 
-from extract.opensmile_features import EMO_LARGE_CONFIG, OpenSmileConfig, OpenSmileExtractor
 from cluster.config import ConfigError, from_dict
+from extract.opensmile_features import EMO_LARGE_CONFIG, OpenSmileConfig, OpenSmileExtractor
 
 SR = OpenSmileExtractor.SAMPLE_RATE
 

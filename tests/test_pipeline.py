@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cluster.config import load_config
 from cluster.ray_runtime import RayConfig, ray_session
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
 from extract.feature_store import MANIFEST_NAME, FeatureStore
@@ -19,7 +20,6 @@ from extract.pipeline import ExtractConfig, plan_shards, run_extraction, store_p
 from extract.text_features import TextFeatureConfig
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from launch.cli import main
-from cluster.config import load_config
 
 pytestmark = pytest.mark.integration
 

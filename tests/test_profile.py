@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import submitit
 
-from cluster.profile import LOCAL_PROFILE, ClusterProfile
 from cluster.config import ConfigError
+from cluster.profile import LOCAL_PROFILE, ClusterProfile
 from launch.executors import PROFILES_DIR, PartitionInfo, load_profile, make_executor, request_problems
 
 

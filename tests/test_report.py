@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cluster.durable_files import atomic_write_json, atomic_write_json_lines
 from extract.feature_store import MANIFEST_NAME
 from extract.labels import EMOTIONS
 from launch.cli import main
@@ -20,7 +21,6 @@ from launch.report import (
     table2,
     voice_only_table,
 )
-from cluster.durable_files import atomic_write_json, atomic_write_json_lines
 from model.evaluate import SplitEvaluation, evaluation_record
 from model.metrics import classification_metrics
 

@@ -7,11 +7,10 @@ import os
 import shutil
 import statistics
 import subprocess
-import tomllib
 from pathlib import Path
 
-import numpy as np
 import pytest
+import tomllib
 from learnable_store import write_learnable_store
 
 from cluster.config import ConfigError

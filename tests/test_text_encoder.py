@@ -11,10 +11,10 @@ import torch
 from torch import nn
 from transformers import RobertaConfig, RobertaModel
 
+from cluster.config import ConfigError
 from extract.text_features import TextEncoderError, TextFeatureConfig, TextFeatureExtractor
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from extract.utterance import Utterance
-from cluster.config import ConfigError
 from model.deepspeed_config import (
     EngineConfig,
     MonitorConfig,

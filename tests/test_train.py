@@ -14,6 +14,7 @@ import pytest
 import torch
 from learnable_store import write_learnable_store
 
+from cluster.config import load_config
 from cluster.rendezvous import (
     LOOPBACK,
     Rendezvous,
@@ -26,7 +27,6 @@ from cluster.rendezvous import (
 )
 from extract.labels import EMOTION_INDEX
 from launch.cli import main
-from cluster.config import load_config
 from model.metrics import classification_metrics
 from model.train import (
     METRICS_NAME,
@@ -219,7 +219,9 @@ def test_user_errors_name_the_fix(tmp_path, capsys):
 
 
 def test_deepspeed_config_and_class_weights():
-    run = RunConfig(store="/s", text_mode="frozen", train=TrainConfig(batch_dialogues=32, zero_stage=2, precision="bf16"))
+    run = RunConfig(
+        store="/s", text_mode="frozen", train=TrainConfig(batch_dialogues=32, zero_stage=2, precision="bf16")
+    )
     config = deepspeed_config(run, world_size=3)
     assert config["train_batch_size"] == 33 and config["train_micro_batch_size_per_gpu"] == 11
     assert config["zero_optimization"]["stage"] == 2 and config["bf16"]["enabled"]
@@ -343,7 +345,9 @@ def test_a_requeue_signal_on_two_ranks_checkpoints_mid_epoch_and_resumes_to_the_
 
     attempts = [json.loads(line) for line in (run_dir / ATTEMPTS_NAME).read_text().splitlines()]
     assert [a["resume"] for a in attempts] == [False, True]
-    resumed_from = [line for line in preempted.stderr().splitlines() if "resuming" in line and "from checkpoint" in line]
+    resumed_from = [
+        line for line in preempted.stderr().splitlines() if "resuming" in line and "from checkpoint" in line
+    ]
     assert resumed_from and "-step-" in resumed_from[-1], "the requeued job resumed from a checkpoint inside an epoch"
     reference_dir = tmp_path / "reference" / "run"
     assert without_times(history(run_dir)) == without_times(history(reference_dir))

@@ -3,8 +3,8 @@
 import argparse
 import importlib
 
-from launch.cli import UserError
 from cluster.config import describe
+from launch.cli import UserError
 from launch.tables import format_table
 
 # The configs a user writes, by the name `cmroberta config` knows them.

@@ -23,11 +23,12 @@ import logging
 import os
 import resource
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+
+import tomllib
 
 from cluster.config import to_dict, write_resolved_config
 from cluster.durable_files import atomic_write_json
@@ -295,7 +296,8 @@ def run_demo(
     runs = plan_demo_sweep(store, sweep_dir, seeds, frozen_epochs, end_to_end_epochs)
     print(
         f"sweep: {len(FROZEN_VARIANTS)} variants on frozen text features and {len(END_TO_END_VARIANTS)} trained end "
-        f"to end, and bimodal with modality dropout {DEMO_MODALITY_DROPOUT}, {len(seeds)} seeds each ({len(runs)} runs). To fit about 8 minutes on 2 CPU cores the demo cuts "
+        f"to end, and bimodal with modality dropout {DEMO_MODALITY_DROPOUT}, {len(seeds)} seeds each "
+        f"({len(runs)} runs). To fit about 8 minutes on 2 CPU cores the demo cuts "
         f"epochs and keeps the corpus small, but never cuts seeds: at most {frozen_epochs} epochs per frozen run and "
         f"{end_to_end_epochs} per end-to-end run (early stopping on dev), on {train_dialogues} train dialogues."
     )
@@ -339,7 +341,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "a seed sweep through Submitit's local executor (the code path of --cluster slurm): the paper's four "
             "variants (text, audio, bimodal without SCA, bimodal) on frozen text features, and text and bimodal with "
             "the text encoder trained end to end, and bimodal with modality dropout, 3 seeds each, trained with "
-            "DeepSpeed; then the bimodal runs scored with audio missing, text missing and text at 30% word error rate. Prints Tables 1 and 2 as "
+            "DeepSpeed; then the bimodal runs scored with audio missing, text missing and text at 30% word error "
+            "rate. Prints Tables 1 and 2 as "
             "mean ± sd with 95% confidence intervals, paired differences with paired t-tests and bootstraps over "
             "test dialogues, and where the plots are. About 8 minutes on 2 CPU cores; running it again reuses "
             "every finished run."

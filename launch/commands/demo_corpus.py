@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
 from cluster.config import load_config, write_resolved_config
+from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
 
 
 def run_demo_corpus(out: Path, config_file: Path | None, overrides: list[str]) -> Path:

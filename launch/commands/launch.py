@@ -8,10 +8,10 @@ from typing import Any
 
 import submitit
 
+from cluster.config import load_config
 from launch.cli import UserError
 from launch.commands.predict import add_predict_arguments
 from launch.commands.sweep import add_sweep_arguments, run_sweep
-from cluster.config import load_config
 
 
 def _report_submission(

@@ -19,7 +19,9 @@ def corpus_summary(corpus: MeldCorpus) -> str:
     parts = [format_table(header, rows)]
     if corpus.flags:
         flag_rows = [[flag.key, flag.kind, flag.reason] for flag in corpus.flags]
-        parts.append(f"\n{len(corpus.flags)} flagged clip(s):\n" + format_table(["utterance", "flag", "reason"], flag_rows))
+        parts.append(
+            f"\n{len(corpus.flags)} flagged clip(s):\n" + format_table(["utterance", "flag", "reason"], flag_rows)
+        )
     else:
         parts.append("\nno flagged clips")
     if corpus.row_errors:

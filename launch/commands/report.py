@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "beside them. Seeds of one variant and text mode are shown as mean ± sample sd with the 95% "
             "confidence interval of the mean below. Where the corpus lists voice-only utterances (the demo corpus's "
             "ambiguous.json), a third table scores them. Paired differences (bimodal - text, SCA - no SCA, "
-            "end-to-end - frozen) get a paired t-test across seeds and a paired bootstrap over test dialogues. Runs scored "
+            "end-to-end - frozen) get a paired t-test across seeds and a paired bootstrap over test dialogues. "
+            "Runs scored "
             "under perturbations (`cmroberta evaluate RUN --perturb SPEC`) add a robustness table: weighted F1 per "
             "condition against clean."
         ),

@@ -1,4 +1,5 @@
-"""`cmroberta verify PATH`: check a feature store, a run folder or a sweep folder, e.g. after copying it between clusters.
+"""`cmroberta verify PATH`: check a feature store, a run folder or a sweep folder, e.g. after copying it
+between clusters.
 
 Each problem is printed on a line of its own, with the command that repairs it; the exit status
 is 0 only when nothing is wrong (1 when something is, 2 when PATH is none of the three).
@@ -29,7 +30,9 @@ def _json_problem(path: Path, lines: bool = False) -> str | None:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         return f"{path.name} cannot be read ({error})"
-    documents = [(i, line) for i, line in enumerate(text.splitlines(), start=1) if line.strip()] if lines else [(1, text)]
+    documents = (
+        [(i, line) for i, line in enumerate(text.splitlines(), start=1) if line.strip()] if lines else [(1, text)]
+    )
     for number, document in documents:
         try:
             value = json.loads(document)
@@ -43,9 +46,8 @@ def _json_problem(path: Path, lines: bool = False) -> str | None:
 
 def store_problems(store_dir: Path) -> list[str]:
     """What is wrong with a feature store, each with the command that finishes or repairs it."""
-    from extract.feature_store import FeatureStoreError, read_manifest, repair_command
+    from extract.feature_store import FeatureStore, FeatureStoreError, read_manifest, repair_command
     from extract.feature_store import store_problems as shard_problems
-    from extract.feature_store import FeatureStore
 
     try:
         manifest = read_manifest(store_dir)
@@ -108,7 +110,9 @@ def sweep_problems(sweep_dir: Path) -> list[str]:
         return [f"{problem}; repair: {again}"]
     record = json.loads((sweep_dir / SWEEP_MARKER).read_text(encoding="utf-8"))
     problems = [
-        f"{SWEEP_MARKER} has no {key!r} entry; repair: {again}" for key in ("configurations", "seeds") if key not in record
+        f"{SWEEP_MARKER} has no {key!r} entry; repair: {again}"
+        for key in ("configurations", "seeds")
+        if key not in record
     ]
     runs = sorted(path for path in (sweep_dir / RUNS_FOLDER).glob("*") if path.is_dir())
     for run_dir in runs:
@@ -134,7 +138,8 @@ def folder_kind(path: Path) -> str:
         if (path / marker).is_file():
             return kind
     raise UserError(
-        f"{path} is not a feature store ({STORE_MARKER}), a sweep folder ({SWEEP_MARKER}) or a run folder ({RUN_MARKER})"
+        f"{path} is not a feature store ({STORE_MARKER}), a sweep folder ({SWEEP_MARKER}) "
+        f"or a run folder ({RUN_MARKER})"
     )
 
 

@@ -7,9 +7,15 @@ from launch.cli import main
 
 BAD_VALUES = {
     "nan weight decay": ("train.weight_decay=nan", "config key 'train.weight_decay' must be a finite number, not nan"),
-    "inf learning rate": ("train.learning_rate=inf", "config key 'train.learning_rate' must be a finite number, not inf"),
+    "inf learning rate": (
+        "train.learning_rate=inf",
+        "config key 'train.learning_rate' must be a finite number, not inf",
+    ),
     "-inf dropout": ("model.dropout=-inf", "config key 'model.dropout' must be a finite number, not -inf"),
-    "overflowing float": ("train.learning_rate=1e400", "config key 'train.learning_rate' must be a finite number, not inf"),
+    "overflowing float": (
+        "train.learning_rate=1e400",
+        "config key 'train.learning_rate' must be a finite number, not inf",
+    ),
     "20-digit seed": (
         "seed=12345678901234567890",
         "config key 'seed' is 12345678901234567890, outside the 64-bit integer range; use a smaller number",

@@ -54,7 +54,10 @@ BAD_ROWS = {
     "C1 control in transcript": (changed(Utterance="x\x85y"), "field Utterance holds control characters (U+0085)"),
     "NUL in speaker": (changed(Speaker="Ro\x00ss"), "field Speaker holds control characters (U+0000)"),
     "row ends at Speaker": (changed()[:3], "the row has 3 fields, the header 11: field Emotion and after are missing"),
-    "row with an extra field": (changed() + ["extra"], "the row has 12 fields, the header 11: a field has an unquoted comma"),
+    "row with an extra field": (
+        changed() + ["extra"],
+        "the row has 12 fields, the header 11: a field has an unquoted comma",
+    ),
 }
 
 

@@ -87,7 +87,9 @@ def test_a_store_cut_short_names_the_missing_shards_and_the_command_that_finishe
     rewrite_manifest(store_dir, manifest)
     (store_dir / "shards/train-00001.h5").unlink()
     message = refusal(store_dir)
-    assert message.startswith(f"feature store {store_dir} is incomplete: shards/train-00001.h5 is planned but not written")
+    assert message.startswith(
+        f"feature store {store_dir} is incomplete: shards/train-00001.h5 is planned but not written"
+    )
     assert f"Finish or repair it with `cmroberta extract {CORPUS} --config {store_dir / CONFIG_NAME}" in message
     assert f"store_root={store_dir.resolve().parent}" in message
 
@@ -249,7 +251,8 @@ def test_train_and_sweep_refuse_an_incomplete_store_in_one_line(store_dir, tmp_p
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(
-        f"cmroberta {verb}: error: feature store {store_dir} is incomplete: shards/test-00000.h5 is planned but not written"
+        f"cmroberta {verb}: error: feature store {store_dir} is incomplete: "
+        "shards/test-00000.h5 is planned but not written"
     )
     assert "Finish or repair it with `cmroberta extract /data/MELD.Raw --config" in err
     assert "\n" not in err

@@ -37,7 +37,13 @@ RUN_TIMEOUT_S = 240
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     config = DemoCorpusConfig(
-        train_dialogues=5, dev_dialogues=2, test_dialogues=2, min_utterances=2, max_utterances=3, clip_format="wav", workers=2
+        train_dialogues=5,
+        dev_dialogues=2,
+        test_dialogues=2,
+        min_utterances=2,
+        max_utterances=3,
+        clip_format="wav",
+        workers=2,
     )
     return write_demo_corpus(tmp_path_factory.mktemp("corpus"), config)
 
@@ -69,7 +75,13 @@ def start(command: list[str]) -> subprocess.Popen:
     # A session of its own: the kill reaches Ray's processes too, as a node failure would.
     environment = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
     return subprocess.Popen(
-        command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command,
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
 
 

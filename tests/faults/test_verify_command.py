@@ -154,7 +154,9 @@ def test_a_sweep_with_a_torn_submission_record_and_a_lost_run(tmp_path, trained_
     status, out, _ = verify(sweep, capsys)
     assert status == 1
     assert out[0].startswith(f"{sweep}: runs/abc-seed0: submission.json line 1 is not valid JSON")
-    assert out[1].startswith(f"{sweep}: 1 run folders, the sweep asked for 2; repair: run the `cmroberta sweep` command")
+    assert out[1].startswith(
+        f"{sweep}: 1 run folders, the sweep asked for 2; repair: run the `cmroberta sweep` command"
+    )
 
 
 def test_a_folder_that_is_none_of_the_three_is_one_line_and_status_2(tmp_path, capsys):
