@@ -8,18 +8,18 @@ clip, a clip ffmpeg cannot read, a clip far longer than its CSV timestamps, and 
 `final_videos_test…` twins of some test clips.
 """
 
-import csv
 import logging
 import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from extract.audio import AudioDecodeError, ClipInfo, probe_clip
-from extract.labels import EMOTIONS, SENTIMENTS
+from extract.corpus import Corpus, CorpusError, csv_records, csv_row, field_id, field_text
+from extract.labels import EMOTIONS, MELD_EMOTIONS, SENTIMENTS, LabelSet
 from extract.transcript import normalise_transcript
 from extract.utterance import SPLITS, ClipFlag, Utterance
 
@@ -50,37 +50,19 @@ TWIN_PREFIX = "final_videos_test"
 _TIMESTAMP = re.compile(r"^(\d{1,2}):(\d{2}):(\d{2})[,.](\d{1,3})$")
 
 
-class CorpusError(ValueError):
-    """A corpus folder that cannot be read at all (no CSVs, wrong columns)."""
-
-
 # ffmpeg probes wait on subprocesses, so more threads than cores pays.
 PROBE_THREADS = 4
 DEFAULT_DURATION_TOLERANCE_S = 5.0
 
 
-@dataclass
-class MeldCorpus:
-    """What the reader found: the utterances, the flagged clips and the rows it had to skip."""
+@dataclass(kw_only=True)
+class MeldCorpus(Corpus):
+    """What the MELD reader found: the utterances, the flagged clips and the CSV rows it had to skip."""
 
-    root: Path
-    """The corpus folder given to the reader."""
-    utterances: list[Utterance] = field(default_factory=list)
-    """Every readable CSV row, sorted by (split, dialogue_id, utterance_id)."""
-    flags: list[ClipFlag] = field(default_factory=list)
-    """Clips that are missing, corrupt, silent, of the wrong length, or chosen between twins."""
-    row_errors: list[str] = field(default_factory=list)
-    """CSV rows that could not be read, each with its file, line and reason."""
-
-    def split(self, split: str) -> list[Utterance]:
-        return [u for u in self.utterances if u.split == split]
-
-    def dialogues(self, split: str) -> dict[int, list[Utterance]]:
-        """Utterances of a split grouped by dialogue id, each list ordered by utterance id."""
-        grouped: dict[int, list[Utterance]] = {}
-        for utterance in self.split(split):
-            grouped.setdefault(utterance.dialogue_id, []).append(utterance)
-        return grouped
+    kind: str = "meld"
+    """Always meld."""
+    label_set: LabelSet = MELD_EMOTIONS
+    """MELD's seven emotions in the paper's Table 2 order."""
 
     def flags_by_key(self) -> dict[str, list[ClipFlag]]:
         grouped: dict[str, list[ClipFlag]] = {}
@@ -89,7 +71,7 @@ class MeldCorpus:
         return grouped
 
     def emotion_counts(self, split: str) -> Counter:
-        return Counter(u.emotion for u in self.split(split))
+        return self.label_counts(split)
 
 
 def parse_timestamp(text: str) -> float:
@@ -132,40 +114,6 @@ def _find_clip(folder: Path | None, stem: str) -> Path | None:
     return None
 
 
-# MELD's ids are stored as int32 in the feature store: refuse what would overflow there, when reading.
-_INT32_MAX = 2**31 - 1
-
-
-def _field_id(row: dict, name: str, allow_empty: bool = False) -> int:
-    """A non-negative id field that fits int32; the error names the field."""
-    text = row[name].strip()
-    if allow_empty and not text:
-        return 0
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"field {name}: {row[name]!r} is not a whole number") from None
-    if not 0 <= value <= _INT32_MAX:
-        raise ValueError(f"field {name}: {value} is outside 0..{_INT32_MAX} (ids are stored as 32-bit integers)")
-    return value
-
-
-def _field_text(row: dict, name: str) -> str:
-    """A text field without control characters other than line breaks and tabs; the error names the field.
-
-    Line breaks and tabs inside a quoted transcript are whitespace, which normalisation folds
-    into one space. Every other control character (NUL, escape, ...) is damage: HDF5 cannot
-    store a NUL in a string, and a tokenizer would see the rest as text.
-    """
-    text = row[name]
-    bad = sorted(
-        {f"U+{ord(ch):04X}" for ch in text if (ord(ch) < 0x20 and ch not in "\t\n\r") or 0x7F <= ord(ch) < 0xA0}
-    )
-    if bad:
-        raise ValueError(f"field {name} holds control characters ({', '.join(bad)}); remove them from the CSV")
-    return text
-
-
 def _field_timestamp(row: dict, name: str) -> float:
     try:
         return parse_timestamp(row[name])
@@ -181,7 +129,7 @@ def _read_rows(csv_path: Path, split: str, row_errors: list[str]) -> list[dict]:
     """
     try:
         with open(csv_path, encoding="utf-8-sig", newline="") as stream:
-            records = _csv_records(stream, csv_path)
+            records = csv_records(stream, csv_path)
     except UnicodeDecodeError as error:
         raise CorpusError(
             f"{csv_path} is not UTF-8 ({error}); MELD's CSVs are UTF-8: re-export the file as UTF-8"
@@ -200,18 +148,8 @@ def _read_rows(csv_path: Path, split: str, row_errors: list[str]) -> list[dict]:
         if not any(value.strip() for value in values):
             continue
         try:
-            if len(values) < len(fieldnames):
-                lacking = fieldnames[len(values) :]
-                raise ValueError(
-                    f"the row has {len(values)} fields, the header {len(fieldnames)}: "
-                    f"field {lacking[0]} and after are missing"
-                )
-            if len(values) > len(fieldnames):
-                raise ValueError(
-                    f"the row has {len(values)} fields, the header {len(fieldnames)}: a field has an unquoted comma"
-                )
-            row = dict(zip(fieldnames, values))
-            dialogue_id, utterance_id = _field_id(row, "Dialogue_ID"), _field_id(row, "Utterance_ID")
+            row = csv_row(values, fieldnames)
+            dialogue_id, utterance_id = field_id(row, "Dialogue_ID"), field_id(row, "Utterance_ID")
             emotion, sentiment = row["Emotion"].strip().lower(), row["Sentiment"].strip().lower()
             if emotion not in EMOTIONS:
                 raise ValueError(
@@ -222,10 +160,10 @@ def _read_rows(csv_path: Path, split: str, row_errors: list[str]) -> list[dict]:
                     f"field Sentiment: unknown sentiment {row['Sentiment']!r} (expected one of {', '.join(SENTIMENTS)})"
                 )
             start, end = _field_timestamp(row, "StartTime"), _field_timestamp(row, "EndTime")
-            season = _field_id(row, "Season", allow_empty=True)
-            episode = _field_id(row, "Episode", allow_empty=True)
-            speaker = _field_text(row, "Speaker").strip()
-            transcript_raw = _field_text(row, "Utterance")
+            season = field_id(row, "Season", allow_empty=True)
+            episode = field_id(row, "Episode", allow_empty=True)
+            speaker = field_text(row, "Speaker").strip()
+            transcript_raw = field_text(row, "Utterance")
         except ValueError as error:
             row_errors.append(f"{where}: {error}; the row was skipped")
             continue
@@ -250,20 +188,6 @@ def _read_rows(csv_path: Path, split: str, row_errors: list[str]) -> list[dict]:
             )
         )
     return rows
-
-
-def _csv_records(stream, csv_path: Path) -> list[tuple[int, list[str]]]:
-    """Every record of a CSV with the line it starts on; a record the csv module cannot parse is a CorpusError."""
-    reader = csv.reader(stream)
-    records = []
-    start = 1
-    try:
-        for values in reader:
-            records.append((start, values))
-            start = reader.line_num + 1
-    except csv.Error as error:
-        raise CorpusError(f"{csv_path.name} line {start}: {error}; fix the quoting of that row") from None
-    return records
 
 
 def _probe(path: Path) -> ClipInfo | AudioDecodeError:
@@ -316,7 +240,7 @@ def read_meld(
         media_path, flags = _choose_clip(row, candidates, probes, duration_tolerance_s)
         corpus.utterances.append(Utterance(media_path=str(media_path) if media_path else None, **row))
         corpus.flags.extend(flags)
-    corpus.utterances.sort(key=lambda u: (SPLITS.index(u.split), u.dialogue_id, u.utterance_id))
+    corpus.sort_utterances()
     for message in corpus.row_errors:
         log.warning(message)
     return corpus

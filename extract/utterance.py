@@ -12,19 +12,20 @@ class Utterance:
     split: str
     """Corpus split: train, dev or test."""
     dialogue_id: int
-    """MELD's Dialogue_ID; ids can skip (train has no dialogue 60)."""
+    """MELD's Dialogue_ID; ids can skip (train has no dialogue 60). Other corpora map their dialogue names to ids."""
     utterance_id: int
-    """MELD's Utterance_ID within the dialogue; 76 MELD dialogues have gaps."""
+    """MELD's Utterance_ID within the dialogue; 76 MELD dialogues have gaps. Ids follow the order of speech."""
     speaker: str
-    """Speaker name as the CSV spells it."""
+    """Speaker name as the corpus spells it."""
     transcript: str
     """Transcript after `extract.transcript.normalise_transcript`."""
     transcript_raw: str
     """Transcript exactly as the CSV holds it."""
     emotion: str
-    """One of `extract.labels.EMOTIONS`."""
+    """The label in the corpus's label set: one of `extract.labels.EMOTIONS` for MELD; "" for an utterance kept
+    only as unscored context (no loss, no score)."""
     sentiment: str
-    """One of `extract.labels.SENTIMENTS`."""
+    """One of `extract.labels.SENTIMENTS`; "" for a corpus without sentiment labels."""
     media_path: str | None
     """Absolute path of the clip chosen for this utterance, or None when no usable clip exists."""
     start_time: float
@@ -40,6 +41,11 @@ class Utterance:
     def key(self) -> str:
         """Stable string key, the name MELD gives the clip: 'train/dia12_utt3'."""
         return utterance_key(self.split, self.dialogue_id, self.utterance_id)
+
+    @property
+    def label(self) -> str | None:
+        """The label in the corpus's label set, or None for an unscored context utterance."""
+        return self.emotion or None
 
     @property
     def csv_duration(self) -> float:
