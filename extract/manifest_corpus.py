@@ -51,16 +51,17 @@ def find_manifest(path: Path) -> Path | None:
 
 def read_label_set(path: Path) -> LabelSet:
     """The label set file beside a manifest; a missing or malformed one is a CorpusError naming it."""
-    if not path.is_file():
+    try:
+        return LabelSet.from_json(json.loads(path.read_text(encoding="utf-8")), where=str(path))
+    except FileNotFoundError:
         raise CorpusError(
             f"no label set file {path}: write the labels in class order beside the manifest, e.g. "
             '{"name": "mine", "labels": ["neutral", "happy", "sad", "angry"]}'
-        )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return LabelSet.from_json(data, where=str(path))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CorpusError(f"{path} is not UTF-8 JSON ({error}); write it as the label set's JSON object") from None
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorpusError(
+            f"{path} cannot be read as UTF-8 JSON ({error}); write it as the label set's JSON object"
+        ) from None
     except UnknownLabelError as error:
         raise CorpusError(f"{path}: {error}") from None
 

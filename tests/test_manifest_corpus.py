@@ -79,7 +79,7 @@ def test_every_bad_row_is_named_with_file_line_and_field(tmp_path):
     "labels_json, message",
     [
         (None, "no label set file"),
-        ("{not json", "is not UTF-8 JSON"),
+        ("{not json", "cannot be read as UTF-8 JSON"),
         (json.dumps({"labels": ["a", "b"]}), 'exactly the keys "name" and "labels"'),
         (json.dumps({"name": "q", "labels": ["sad", "sad"]}), "lists sad more than once"),
         (json.dumps({"name": "q", "labels": ["Sad", "happy"]}), "must be a non-empty lower-case name"),
