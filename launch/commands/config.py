@@ -10,6 +10,7 @@ from launch.tables import format_table
 # The configs a user writes, by the name `cmroberta config` knows them.
 CONFIGS: dict[str, str] = {
     "demo-corpus": "extract.demo_corpus:DemoCorpusConfig",
+    "iemocap": "extract.iemocap:IemocapConfig",
     "extract": "extract.pipeline:ExtractConfig",
     "train": "model.train:RunConfig",
     "profile": "cluster.profile:ClusterProfile",
