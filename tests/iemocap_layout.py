@@ -46,9 +46,13 @@ DIALOGS: dict[str, list[tuple[str, float, float, str | None, str | None]]] = {
 }
 MISSING_WAV = "Ses01F_impro01_M001"
 TRUNCATED_WAV = "Ses05F_impro01_M000"
-# (file relative to the root, line number) of each line the reader must refuse.
-NONCONFORMING_TRANSCRIPTION = ("Session1/dialog/transcriptions/Ses01F_impro01.txt", 3)
-MALFORMED_EVALUATION = ("Session5/dialog/EmoEvaluation/Ses05F_impro01.txt", 3)
+# (file relative to the root, line number, text) of each line the reader must refuse.
+NONCONFORMING_TRANSCRIPTION = ("Session1/dialog/transcriptions/Ses01F_impro01.txt", 3, "M: Excuse me, is this it?")
+MALFORMED_EVALUATION = (
+    "Session5/dialog/EmoEvaluation/Ses05F_impro01.txt",
+    3,
+    "[1.0000 - x]\tSes05F_impro01_F009\tneu\t[2.5, 3.0, 3.0]",
+)
 
 
 def write_wav(path: Path, seconds: float) -> None:
@@ -63,9 +67,9 @@ def write_wav(path: Path, seconds: float) -> None:
         clip.writeframes(samples.tobytes())
 
 
-def write_iemocap(root: Path) -> Path:
-    """Write the layout under `root` (as `IEMOCAP_full_release` would unpack) and return `root`."""
-    for dialog, turns in DIALOGS.items():
+def write_layout(root: Path, dialogs: dict[str, list[tuple[str, float, float, str | None, str | None]]]) -> Path:
+    """Write `dialogs` (as `DIALOGS` lists them) in IEMOCAP's layout under `root`, every turn with its wav."""
+    for dialog, turns in dialogs.items():
         session = root / f"Session{int(dialog[3:5])}"
         evaluation = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
         transcription = []
@@ -80,16 +84,22 @@ def write_iemocap(root: Path) -> Path:
                 ]
             if text is not None:
                 transcription.append(f"{turn} [{start:08.4f}-{end:08.4f}]: {text}")
-            if turn != MISSING_WAV:
-                write_wav(session / "sentences" / "wav" / dialog / f"{turn}.wav", end - start)
-        if dialog == "Ses01F_impro01":
-            transcription.insert(NONCONFORMING_TRANSCRIPTION[1] - 1, "M: Excuse me, is this the line?")
-        if dialog == "Ses05F_impro01":
-            evaluation.insert(MALFORMED_EVALUATION[1] - 1, "[1.0000 - x]\tSes05F_impro01_F009\tneu\t[2.5, 3.0, 3.0]")
+            write_wav(session / "sentences" / "wav" / dialog / f"{turn}.wav", end - start)
         (session / "dialog" / "EmoEvaluation").mkdir(parents=True, exist_ok=True)
         (session / "dialog" / "transcriptions").mkdir(parents=True, exist_ok=True)
         (session / "dialog" / "EmoEvaluation" / f"{dialog}.txt").write_text("\n".join(evaluation) + "\n")
         (session / "dialog" / "transcriptions" / f"{dialog}.txt").write_text("\n".join(transcription) + "\n")
+    return root
+
+
+def write_iemocap(root: Path) -> Path:
+    """Write `DIALOGS` under `root` (as `IEMOCAP_full_release` would unpack), with the defects, and return `root`."""
+    write_layout(root, DIALOGS)
+    for path, number, text in (NONCONFORMING_TRANSCRIPTION, MALFORMED_EVALUATION):
+        lines = (root / path).read_text().splitlines()
+        lines.insert(number - 1, text)
+        (root / path).write_text("\n".join(lines) + "\n")
+    (root / "Session1" / "sentences" / "wav" / "Ses01F_impro01" / f"{MISSING_WAV}.wav").unlink()
     truncated = root / "Session5" / "sentences" / "wav" / "Ses05F_impro01" / f"{TRUNCATED_WAV}.wav"
     truncated.write_bytes(truncated.read_bytes()[:1000])
     return root

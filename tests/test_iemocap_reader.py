@@ -65,7 +65,7 @@ def test_prepare_erc6_counts_flags_and_writes_nothing(iemocap, capsys):
     for turn, kind in ERC6_FLAGS:
         assert any(line.split()[:2] == [turn, kind] for line in printed.splitlines()), (turn, kind)
     assert "2 line(s) or file(s) skipped" in printed
-    for path, line in (NONCONFORMING_TRANSCRIPTION, MALFORMED_EVALUATION):
+    for path, line, _ in (NONCONFORMING_TRANSCRIPTION, MALFORMED_EVALUATION):
         assert f"{path} line {line}: " in printed
 
 
