@@ -142,14 +142,15 @@ class IemocapConfig:
 
 @dataclass(kw_only=True)
 class IemocapCorpus(Corpus):
-    """What the IEMOCAP reader found, with the names behind the integer ids and what the protocol dropped."""
+    """What the IEMOCAP reader found, with the names behind the integer ids and the turns outside the label set."""
 
     kind: str = "iemocap"
     """Always iemocap."""
     turn_names: dict[str, str] = field(default_factory=dict)
     """The IEMOCAP turn name of each utterance key (`train/dia0_utt3` -> `Ses01F_impro01_F001`)."""
-    dropped: Counter = field(default_factory=Counter)
-    """Turns the protocol dropped, counted by label code (`xxx`, `sur`, ...)."""
+    outside_label_set: Counter = field(default_factory=Counter)
+    """Turns whose label is outside the protocol's set, by label code (`xxx`, `sur`, ...): dropped, or kept as
+    unscored context under `keep_unscored`."""
     dev_rule: str = ""
     """How dev was carved from train, in words a paper can quote."""
 
@@ -254,7 +255,7 @@ def _read_dialog(
     for utterance_id, evaluation in enumerate(both):
         label = code_to_label.get(evaluation.value)
         if label is None:
-            corpus.dropped[evaluation.value] += 1
+            corpus.outside_label_set[evaluation.value] += 1
             if not keep_unscored:
                 continue
         speaker = _TURN_SPEAKER.match(evaluation.name.rsplit("_", 1)[-1])

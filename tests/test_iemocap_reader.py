@@ -60,7 +60,7 @@ def test_prepare_erc6_counts_flags_and_writes_nothing(iemocap, capsys):
     assert rows["dev"] == ["dev", "2", "1", "0", "1", "0", "0", "1", "0"]
     assert rows["test"] == ["test", "5", "2", "1", "1", "1", "1", "1", "0"]
     assert "protocol erc6; dev is the 1 of the 3 train dialogues" in printed
-    assert "outside the label set: fea 1, sur 1, xxx 1" in printed
+    assert "outside the label set: fea 1, sur 1, xxx 1 (dropped)" in printed
     assert "4 flagged turn(s)" in printed
     for turn, kind in ERC6_FLAGS:
         assert any(line.split()[:2] == [turn, kind] for line in printed.splitlines()), (turn, kind)
@@ -96,7 +96,9 @@ def test_keep_unscored_keeps_other_labels_as_context_without_a_label(iemocap, ca
     assert unscored == ["Ses01F_impro01_F001", "Ses01M_script01_1_M001", "Ses05F_impro01_M001"]
     assert [u.utterance_id for u in corpus.utterances if u.dialogue_id == 0] == [0, 1, 2, 3]
     assert main(["prepare", str(iemocap), "keep_unscored=true"]) == 0
-    rows = table_rows(capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    assert "outside the label set: fea 1, sur 1, xxx 1 (kept as unscored context)" in printed
+    rows = table_rows(printed)
     assert rows["split"][-1] == "unscored"
     assert rows["train"] == ["train", "6", "2", "1", "0", "2", "1", "0", "1", "1"]
     assert rows["dev"] == ["dev", "3", "1", "0", "1", "0", "0", "1", "0", "1"]

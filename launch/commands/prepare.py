@@ -47,14 +47,17 @@ def corpus_summary(corpus: Corpus) -> str:
 
 
 def protocol_summary(corpus: Corpus) -> str:
-    """What a corpus other than MELD declares: its label set, and for IEMOCAP the protocol, dev rule and drops."""
+    """What a corpus other than MELD declares: its label set; for IEMOCAP the protocol, dev rule and other labels."""
     lines = [f"{corpus.kind}: label set {corpus.label_set.name} ({', '.join(corpus.label_set.labels)})"]
     if isinstance(corpus, IemocapCorpus):
         dev = sorted(name for (split, _), name in corpus.dialogue_names.items() if split == "dev")
-        dropped = ", ".join(f"{code} {count}" for code, count in sorted(corpus.dropped.items()))
+        outside = ", ".join(f"{code} {count}" for code, count in sorted(corpus.outside_label_set.items()))
+        if outside:
+            kept = any(u.label is None for u in corpus.utterances)
+            outside += " (kept as unscored context)" if kept else " (dropped)"
         lines += [
             f"protocol {corpus.protocol}; {corpus.dev_rule}: {', '.join(dev)}",
-            f"outside the label set: {dropped or 'none'}",
+            f"outside the label set: {outside or 'none'}",
         ]
     return "\n".join(lines)
 
