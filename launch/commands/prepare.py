@@ -64,6 +64,10 @@ def protocol_summary(corpus: Corpus) -> str:
 
 def read_corpus(path: Path, check_clips: bool, duration_tolerance_s: float, overrides: list[str]) -> Corpus:
     """Read `path` by what it is: a manifest file (or a folder holding one), an IEMOCAP release, or MELD's layout."""
+    if not path.exists():
+        raise UserError(
+            f"corpus {path} does not exist; give a corpus folder (MELD.Raw, IEMOCAP_full_release) or a manifest .csv"
+        )
     manifest = find_manifest(path)
     iemocap = manifest is None and is_iemocap(path)
     if overrides and not iemocap:
