@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import tomllib
 import torch
 import torch.multiprocessing
 from learnable_store import learnable_split
+from pauses import Pauses
 from safetensors.torch import load_file
 from tqdm import tqdm
 
@@ -413,17 +413,15 @@ def test_an_interrupted_end_to_end_run_resumes_to_the_same_result(run_store, tmp
                    stderr=subprocess.DEVNULL)
     reference_test = json.loads((reference_dir / "test_metrics.json").read_text())
     run_dir = tmp_path / "killed"
-    child = subprocess.Popen(command(run_dir), env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = run_dir / METRICS_NAME
-    deadline = time.monotonic() + 120
-    while not (metrics.is_file() and metrics.read_text().strip()):
-        assert child.poll() is None, "the training process ended before it could be killed"
-        assert time.monotonic() < deadline, "the training process never finished an epoch"
-        time.sleep(0.002)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert not (run_dir / "test_metrics.json").exists(), "the kill must land before the run ends"
-    assert 1 <= len(history(run_dir)) < E2E_EPOCHS
+    # Killed while held just after epoch 2's checkpoint, before that epoch's metrics line is written.
+    pauses = Pauses(tmp_path / "pauses", "checkpoint-saved-epoch-0002")
+    child = subprocess.Popen(command(run_dir), env=environment | pauses.environment(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    with pauses.held("checkpoint-saved-epoch-0002", lambda: child.poll() is None):
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert not (run_dir / "test_metrics.json").exists()
+    assert len(history(run_dir)) == 1
     subprocess.run(command(run_dir, "--resume"), env=environment, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
     assert history(run_dir) == history(reference_dir)

@@ -8,6 +8,7 @@ that name in SLURM's queue (or in its accounting, once ended), or none at all.
 
 import json
 import subprocess
+import sys
 import time
 
 import pytest
@@ -143,13 +144,19 @@ def test_a_local_intent_whose_job_process_runs_is_unknown(tmp_path):
     (run,) = planned_runs(tmp_path / "sweep")
     intent(run.run_dir, "local-job", cluster="local")
     log_folder = json.loads((run.run_dir / SUBMISSION_NAME).read_text())["log_folder"]
-    # A process whose command line is that of Submitit's local job controller for this log folder.
-    process = subprocess.Popen(["bash", "-c", "sleep 30; true", "submitit.local._local", log_folder])
+    # A process whose command line is that of Submitit's local job controller for this log folder. It runs
+    # until the test closes its stdin, and says so once it runs, so the state is read while it surely lives.
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import sys; print('running', flush=True); sys.stdin.read()",
+         "submitit.local._local", log_folder],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
     try:
+        assert process.stdout.readline() == "running\n"
         assert run_statuses([run]) == {run.run_dir: "unknown"}
     finally:
-        process.kill()
-        process.wait()
+        process.stdin.close()
+        process.wait(timeout=60)
 
 
 def test_a_torn_submission_record_counts_as_never_submitted(tmp_path):
