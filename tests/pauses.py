@@ -10,6 +10,8 @@ Only the points named here are held; the command passes every other point withou
 
 import errno
 import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -60,3 +62,19 @@ class Pauses:
             yield
         finally:
             os.close(fd)
+
+
+def killed_at(
+    point: str,
+    command: list[str],
+    environment: dict[str, str],
+    folder: Path,
+    kill: Callable[[subprocess.Popen], None] = lambda child: child.send_signal(signal.SIGKILL),
+) -> None:
+    """Run `command` in a process of its own and kill it (SIGKILL unless `kill` says how) while it waits at `point`."""
+    pauses = Pauses(folder, point)
+    child = subprocess.Popen(command, env=environment | pauses.environment(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    with pauses.held(point, lambda: child.poll() is None):
+        kill(child)
+        child.wait()

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import tomllib
 import torch
 import torch.multiprocessing
 from learnable_store import learnable_split
-from pauses import Pauses
+from pauses import killed_at
 from safetensors.torch import load_file
 from tqdm import tqdm
 
@@ -414,12 +413,7 @@ def test_an_interrupted_end_to_end_run_resumes_to_the_same_result(run_store, tmp
     reference_test = json.loads((reference_dir / "test_metrics.json").read_text())
     run_dir = tmp_path / "killed"
     # Killed while held just after epoch 2's checkpoint, before that epoch's metrics line is written.
-    pauses = Pauses(tmp_path / "pauses", "checkpoint-saved-epoch-0002")
-    child = subprocess.Popen(command(run_dir), env=environment | pauses.environment(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    with pauses.held("checkpoint-saved-epoch-0002", lambda: child.poll() is None):
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+    killed_at("checkpoint-saved-epoch-0002", command(run_dir), environment, tmp_path / "pauses")
     assert not (run_dir / "test_metrics.json").exists()
     assert len(history(run_dir)) == 1
     subprocess.run(command(run_dir, "--resume"), env=environment, check=True, stdout=subprocess.DEVNULL,

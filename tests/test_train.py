@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from learnable_store import write_learnable_store
-from pauses import Pauses
+from pauses import Pauses, killed_at
 
 from cluster.config import load_config
 from cluster.pause_points import PAUSES_VARIABLE
@@ -138,12 +138,7 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(store, tmp_pat
     run_dir = tmp_path / "killed"
     command = [sys.executable, "-m", "launch.cli", "train", str(store), *DROPOUT_OVERRIDES, "--run-dir", str(run_dir)]
     # Killed while held just after epoch 3's checkpoint, before that epoch's metrics line is written.
-    pauses = Pauses(tmp_path / "pauses", "checkpoint-saved-epoch-0003")
-    child = subprocess.Popen(command, env=clean_environment() | pauses.environment(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    with pauses.held("checkpoint-saved-epoch-0003", lambda: child.poll() is None):
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+    killed_at("checkpoint-saved-epoch-0003", command, clean_environment(), tmp_path / "pauses")
     assert not (run_dir / "test_metrics.json").exists()
     assert len(history(run_dir)) == 2
 
@@ -373,14 +368,12 @@ def test_two_zero2_ranks_killed_mid_epoch_resume_to_the_uninterrupted_result(sto
     assert reference.returncode == 0, reference.stderr[-3000:]
     run_dir = tmp_path / "killed"
     # Killed while rank 0 is held just after step 3 of epoch 2's checkpoint (8 steps an epoch).
-    pauses = Pauses(tmp_path / "pauses", "checkpoint-saved-epoch-0002-step-00003")
-    child = subprocess.Popen(torchrun(run_dir, "checkpoint.every_steps=1"),
-                             env=clean_environment() | pauses.environment(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    with pauses.held("checkpoint-saved-epoch-0002-step-00003", lambda: child.poll() is None):
+    def kill_every_rank(child: subprocess.Popen) -> None:
         for pid in [*descendants(child.pid), child.pid]:
             os.kill(pid, signal.SIGKILL)
-        child.wait()
+
+    killed_at("checkpoint-saved-epoch-0002-step-00003", torchrun(run_dir, "checkpoint.every_steps=1"),
+              clean_environment(), tmp_path / "pauses", kill_every_rank)
     assert not (run_dir / "test_metrics.json").exists()
     resumed = subprocess.run(torchrun(run_dir, "--resume"), env=clean_environment(), capture_output=True, text=True,
                              timeout=300, check=False)

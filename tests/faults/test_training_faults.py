@@ -10,7 +10,6 @@ import os
 import pickle
 import random
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 # The tests' shared helpers live one folder up, beside the other test files.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from learnable_store import write_learnable_store  # noqa: E402
-from pauses import Pauses  # noqa: E402
+from pauses import Pauses, killed_at  # noqa: E402
 
 from cluster.config import load_config  # noqa: E402
 from launch.cli import main  # noqa: E402
@@ -130,14 +129,8 @@ def latest(run_dir: Path) -> list[str]:
 
 def killed_at_checkpoint(command: list[str], tag: str, pauses_folder: Path) -> None:
     """Run `train` in a process of its own and SIGKILL it while it waits just after checkpoint `tag` is saved."""
-    point = f"checkpoint-saved-{tag}"
-    pauses = Pauses(pauses_folder, point)
-    child = subprocess.Popen([sys.executable, "-m", "launch.cli", "train", *command],
-                             env=child_environment() | pauses.environment(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    with pauses.held(point, lambda: child.poll() is None):
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+    killed_at(f"checkpoint-saved-{tag}", [sys.executable, "-m", "launch.cli", "train", *command],
+              child_environment(), pauses_folder)
 
 
 def step_tag(step: int) -> str:
