@@ -104,13 +104,15 @@ def test_an_intent_whose_job_ended_finds_the_job_and_counts_as_failed(slurm_clus
     (run,) = planned_runs(tmp_path / "sweep")
     name = f"faults-ended-{time.time_ns()}"
     job_id = sbatch(f"--job-name={name}", "--wrap", "true")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    # The state below is read only once accounting has the job as ended.
+    deadline = time.monotonic() + 120
+    while True:
         accounted = subprocess.run(
             ["sacct", "-n", "-P", "-X", "-j", job_id, "--format=State"], capture_output=True, text=True, timeout=30
         ).stdout.split()
         if accounted and accounted[0] == "COMPLETED":
             break
+        assert time.monotonic() < deadline, f"SLURM's accounting never recorded job {job_id} as completed"
         time.sleep(0.5)
     intent(run.run_dir, name)
     # It ended without test metrics: failed, so resubmitting it is right; and its job is on record.
