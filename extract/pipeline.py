@@ -77,6 +77,7 @@ from tqdm import tqdm
 
 from cluster.config import refuse_control_characters, write_resolved_config
 from cluster.durable_files import exclusive_lock, is_temp_file
+from cluster.pause_points import pause_point
 from cluster.ray_runtime import RayConfig, RayResources, ray_session
 from extract.audio import AudioDecodeError, decode_audio
 from extract.feature_store import (
@@ -265,11 +266,13 @@ def inputs_fingerprint(utterances: Sequence[Utterance]) -> str:
 
 
 def plan_shards(utterances: Sequence[Utterance], splits: Sequence[str], shard_dialogues: int) -> list[ShardPlan]:
-    """Cut utterances into shards of `shard_dialogues` whole dialogues of one split each."""
+    """Cut utterances into shards of `shard_dialogues` whole dialogues of one split each.
+
+    Extraction and `cmroberta predict` both cut here, so predict's shards are the store's; splits
+    outside train, dev and test (predict's own) follow those three, in the order given.
+    """
     plans = []
-    for split in SPLITS:
-        if split not in splits:
-            continue
+    for split in [*(s for s in SPLITS if s in splits), *(s for s in splits if s not in SPLITS)]:
         dialogues: dict[int, list[Utterance]] = {}
         for utterance in utterances:
             if utterance.split == split:
@@ -849,7 +852,7 @@ def _run_shards(
     in_flight: dict[ray.ObjectRef, tuple[ShardPlan, int | None]] = {}
     load = [0] * len(actors)
     pending: dict[str, dict[str, FamilyResult]] = {}
-    rows_done = 0
+    rows_done = shards_done = 0
     started = time.perf_counter()
     bar = tqdm(total=total, initial=total - len(todo), unit="shard", desc="extracting features", disable=None)
     # openSMILE tasks may fall behind fast GPU actors: shards waiting for them are held at the
@@ -886,8 +889,11 @@ def _run_shards(
                 del pending[shard.file]
                 rows = _shard_rows(shard, results)
                 written = write_shard(store_dir / shard.file, shard.split, rows)
+                shards_done += 1
+                pause_point(f"extract-shard-written-{shards_done}")
                 _record(manifest, shard, rows, written, results)
                 write_manifest(store_dir, manifest)
                 rows_done += len(rows)
                 progress.update(1)
+                pause_point(f"extract-shard-recorded-{shards_done}")
                 progress.set_postfix_str(f"{rows_done / (time.perf_counter() - started):.1f} utt/s")

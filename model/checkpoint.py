@@ -54,6 +54,7 @@ from cluster.durable_files import (
     publish,
     unique_temp_path,
 )
+from cluster.pause_points import pause_point
 
 log = logging.getLogger(__name__)
 
@@ -435,6 +436,7 @@ class Checkpoints:
         progress = Progress(latest=latest, best=best, best_epoch=best_epoch)
         atomic_write_json(self.progress_path, progress.to_json())
         self._prune(set(progress.kept()))
+        pause_point(f"checkpoint-saved-{tag}")
 
     def _prune(self, keep: set[str]) -> None:
         """Remove checkpoint folders other than `keep`: older ones and leftovers of interrupted saves."""

@@ -14,10 +14,14 @@
 
 Rows of a file input get the split `predict` unless they name one; keys are `<split>/dia<D>_utt<U>`.
 
-The features are exactly the run's: the run's store holds the extraction config (`config.toml`),
-from which each family is computed again in this process, dialogue shard by dialogue shard as the
-store's shards were cut (so text batches, and with them the floating-point results, are the same);
-the run's `feature_statistics.npz` standardises them. End to end, the run's tokenizer makes the
+The features are exactly the run's. The input is cut into shards as the store was cut
+(`extract.pipeline.plan_shards`); a shard whose inputs fingerprint (every CSV field, each clip's
+path, size and mtime) is that of a store shard of its split takes its vectors from the store, since
+the same inputs under the store's extraction config made them. Every other shard is computed again
+in this process from the store's extraction config (`config.toml`). Reading rather than recomputing
+is what makes a run's own utterances score bitwise as the run scored them at any thread count:
+recomputed sums run in another order when the thread count differs, and standardisation can magnify
+those last bits. The run's `feature_statistics.npz` standardises them. End to end, the run's tokenizer makes the
 token ids and the run's fine-tuned encoder, restored with the head from the run's checkpoint,
 encodes them. A clip that cannot be decoded gets a row with the reason and no label; the utterance
 stays in its dialogue with its audio masked (as the store treats a failed clip), so its neighbours
@@ -57,6 +61,7 @@ from extract.pipeline import (
     ShardPlan,
     decode_utterance,
     extract_shard,
+    plan_shards,
     unusable_clips,
 )
 from extract.transcript import normalise_transcript
@@ -355,21 +360,6 @@ def read_predict_input(path: Path, split: str | None = None) -> PredictInput:
     return found
 
 
-def shard_plans(utterances: Sequence[Utterance], shard_dialogues: int) -> list[ShardPlan]:
-    """The utterances cut as the pipeline cuts a store: `shard_dialogues` whole dialogues of one split a shard."""
-    by_split: dict[str, dict[int, list[Utterance]]] = {}
-    for utterance in utterances:
-        by_split.setdefault(utterance.split, {}).setdefault(utterance.dialogue_id, []).append(utterance)
-    plans = []
-    for split, dialogues in by_split.items():
-        ids = sorted(dialogues)
-        for start in range(0, len(ids), shard_dialogues):
-            chosen = ids[start : start + shard_dialogues]
-            rows = [u for d in chosen for u in sorted(dialogues[d], key=lambda u: u.utterance_id)]
-            plans.append(ShardPlan(file=f"{split}-{start // shard_dialogues:05d}", split=split, utterances=tuple(rows)))
-    return plans
-
-
 def concatenate_rows(parts: Sequence[SplitArrays]) -> SplitArrays:
     """Shards' rows one after another."""
     families = list(parts[0].features)
@@ -392,17 +382,53 @@ def compute_rows(
     families: Sequence[str],
     unusable: dict[str, str],
     decode: Decoder = decode_utterance,
+    reuse_store: bool = False,
 ) -> tuple[SplitArrays, dict[str, str]]:
     """Rows of the plans' utterances with `families` computed as the run's store computed them, and
-    key -> reason for each utterance whose audio failed."""
+    key -> reason for each utterance whose audio failed.
+
+    With `reuse_store`, a plan whose inputs fingerprint is that of a store shard of its split reads that
+    shard's rows instead (module docstring); only an unperturbed input may, since a perturbation changes
+    what the fingerprint does not see.
+    """
+    stored = _stored_rows(run, plans, families) if reuse_store else {}
+    if stored:
+        log.info("%d of %d shards have the inputs of a store shard: their features are read from %s",
+                 len(stored), len(plans), run.store.path)
     parts, failed = [], {}
     for plan in tqdm(plans, desc="computing features", unit="shard", disable=None):
-        rows, failures = extract_shard(run.extraction, plan, families, unusable, decode)
+        if plan.file in stored:
+            rows, failures = stored[plan.file]
+        else:
+            rows, failures = extract_shard(run.extraction, plan, families, unusable, decode)
         parts.append(rows)
         for key, family, reason in failures:
             if family in AUDIO_FAMILIES:
                 failed.setdefault(key, reason)
     return concatenate_rows(parts), failed
+
+
+def _stored_rows(
+    run: LoadedRun, plans: Sequence[ShardPlan], families: Sequence[str]
+) -> dict[str, tuple[SplitArrays, list[tuple[str, str, str]]]]:
+    """Plan file -> (rows, (key, family, reason) failures) read from the store, for each plan whose inputs
+    fingerprint matches a store shard of its split."""
+    matching = [
+        plan for plan in plans
+        if plan.inputs and any(entry.get("inputs") == plan.inputs for entry in run.store.shards(plan.split))
+    ]
+    split_rows = {split: run.store.read_split(split, families=list(families)) for split in {p.split for p in matching}}
+    failures = [(r["key"], r["family"], r["reason"]) for r in run.store.failed() if r["family"] in families]
+    stored = {}
+    for plan in matching:
+        rows = split_rows[plan.split]
+        position = {key: index for index, key in enumerate(rows.keys)}
+        keys = {u.key for u in plan.utterances}
+        stored[plan.file] = (
+            rows.take(np.array([position[u.key] for u in plan.utterances], dtype=np.int64)),
+            [failure for failure in failures if failure[0] in keys],
+        )
+    return stored
 
 
 def noisy_decoder(
@@ -482,8 +508,9 @@ def predict(
     decode = decode_utterance
     if perturbation is not None and perturbation.changes_audio:
         decode = noisy_decoder(perturbation, utterances, found.unusable, run.extraction.max_audio_seconds)
+    plans = plan_shards(utterances, list(dict.fromkeys(u.split for u in utterances)), run.extraction.shard_dialogues)
     rows, failed = compute_rows(
-        run, shard_plans(utterances, run.extraction.shard_dialogues), run.modalities.families, found.unusable, decode
+        run, plans, run.modalities.families, found.unusable, decode, reuse_store=perturbation is None
     )
     absent = _absent(perturbation)
     uses_audio = bool(run.modalities.audio_families) and "audio" not in absent

@@ -23,3 +23,10 @@ def one_thread_and_the_sessions_environment():
         os.environ.pop("OMP_NUM_THREADS", None)
     else:
         os.environ["OMP_NUM_THREADS"] = omp
+
+
+def pytest_collection_modifyitems(items):
+    """Every SLURM and multi-node test is an integration test too, so `-m "not integration"` leaves only unit tests."""
+    for item in items:
+        if item.get_closest_marker("slurm") or item.get_closest_marker("multinode"):
+            item.add_marker(pytest.mark.integration)

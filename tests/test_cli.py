@@ -7,6 +7,9 @@ import pytest
 
 from launch.cli import main
 
+# Each test runs the CLI as a user does: in a process of its own, or through the demo corpus.
+pytestmark = pytest.mark.integration
+
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True, timeout=300)

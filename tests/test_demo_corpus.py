@@ -24,6 +24,7 @@ def small_corpus(tmp_path_factory):
     return write_demo_corpus(tmp_path_factory.mktemp("demo"), DemoCorpusConfig(**SMALL))
 
 
+@pytest.mark.integration
 def test_meld_layout_and_readable(small_corpus):
     for split in CLIP_FOLDERS:
         assert (small_corpus / CSV_NAMES[split]).is_file()
@@ -39,6 +40,7 @@ def test_meld_layout_and_readable(small_corpus):
     assert max(speakers_per_dialogue) >= 3
 
 
+@pytest.mark.integration
 def test_reproducible_for_a_seed(small_corpus, tmp_path):
     again = write_demo_corpus(tmp_path / "again", DemoCorpusConfig(**SMALL))
     for split in CLIP_FOLDERS:
@@ -49,6 +51,7 @@ def test_reproducible_for_a_seed(small_corpus, tmp_path):
     assert digest(small_corpus / CSV_NAMES["train"]) != digest(other / CSV_NAMES["train"])
 
 
+@pytest.mark.integration
 def test_ambiguous_utterances_listed(small_corpus):
     corpus = read_meld(small_corpus, check_clips=False)
     ambiguous = read_ambiguous_keys(small_corpus)
@@ -59,6 +62,7 @@ def test_ambiguous_utterances_listed(small_corpus):
     assert all(u.transcript not in AMBIGUOUS_LINES for key, u in by_key.items() if key not in ambiguous)
 
 
+@pytest.mark.integration
 def test_emotion_shares_imbalanced_like_meld(tmp_path):
     corpus = read_meld(
         write_demo_corpus(tmp_path, DemoCorpusConfig(**{**SMALL, "train_dialogues": 40})), check_clips=False
@@ -85,6 +89,7 @@ def test_prosody_separates_emotions_on_one_sentence():
     assert set(EMOTION_PROSODY) == set(EMOTIONS)
 
 
+@pytest.mark.integration
 def test_mp4_clips_decode(tmp_path):
     corpus = write_demo_corpus(
         tmp_path, DemoCorpusConfig(train_dialogues=1, dev_dialogues=1, test_dialogues=1, max_utterances=4)

@@ -55,6 +55,7 @@ def test_the_demo_refuses_fewer_than_three_seeds(capsys):
     assert "at least 3 seeds" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_a_complete_corpus_is_reused_and_a_different_one_rewritten(tmp_path, capsys):
     config = DemoCorpusConfig(train_dialogues=2, dev_dialogues=1, test_dialogues=1, clip_format="wav")
     make_corpus(tmp_path, config)

@@ -11,6 +11,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: gpu_check would measure, not refuse")
 def test_gpu_check_refuses_in_one_line_without_a_gpu():
     environment = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}

@@ -19,8 +19,10 @@ import cloudpickle
 import numpy as np
 import pytest
 import submitit
+from pauses import Pauses
 
 from cluster.config import load_config
+from cluster.pause_points import PAUSES_VARIABLE
 from cluster.profile import ClusterProfile
 from cluster.ray_on_slurm import cpus_per_node, ray_ports
 from cluster.rendezvous import expand_hostlist, node_address
@@ -409,14 +411,6 @@ def completed_epochs(run_dir: Path) -> int:
         return 0
 
 
-def wait_for_epochs(job: submitit.Job, run_dir: Path, epochs: int, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while completed_epochs(run_dir) < epochs:
-        if job.done() or time.monotonic() > deadline:
-            pytest.fail(f"job {job.job_id} did not reach epoch {epochs} (state {job.state}); logs {job.paths.folder}")
-        time.sleep(0.05)
-
-
 def signal_local_task(job: submitit.Job) -> None:
     """Send the preemption signal to the task, as the local executor's controller does before its time limit.
 
@@ -450,16 +444,23 @@ def test_preempted_run_is_requeued_and_ends_as_the_uninterrupted_one(
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     profile = load_profile("local") if cluster == "local" else slurm_profile(time=10, mem=1.5)
     run_dir = tmp_path / "run"
+    # Only this job sees the pause folder (the uninterrupted one was submitted before): local jobs inherit this
+    # environment, and sbatch exports it.
+    pauses = Pauses(tmp_path / "pauses", "checkpoint-saved-epoch-0002")
+    monkeypatch.setenv(PAUSES_VARIABLE, str(pauses.folder))
     (job,) = submit_jobs(
         make_executor(profile, tmp_path / "logs", job_name="preempted"),
         profile,
         [TrainingJob(preemption_config, run_dir)],
     )
-    wait_for_epochs(job, run_dir, 2)
-    if cluster == "local":
-        signal_local_task(job)
-    else:
-        job._interrupt()
+    monkeypatch.delenv(PAUSES_VARIABLE)
+    # Preempted while held just after epoch 2's checkpoint, inside the training loop with epochs still to run.
+    with pauses.held("checkpoint-saved-epoch-0002", lambda: not job.done()):
+        if cluster == "local":
+            signal_local_task(job)
+        else:
+            job._interrupt()
+    if cluster == "slurm":
         release_requeued_slurm_job(job)
     wait_for([job], timeout_s=180)
     job.result()

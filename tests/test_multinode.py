@@ -25,9 +25,11 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 import pytest
-from test_launch_slurm import release_requeued_slurm_job, usable_nodes, wait_for
+from pauses import Pauses
+from test_launch_slurm import completed_epochs, release_requeued_slurm_job, usable_nodes, wait_for
 
 from cluster.config import load_config
+from cluster.pause_points import PAUSES_VARIABLE
 from launch.cli import main
 from launch.executors import load_profile, make_executor, submit_jobs
 
@@ -75,6 +77,10 @@ def test_srun_over_two_nodes_runs_on_two_hosts(two_nodes):
 # --- a Ray cluster per job, across both nodes ------------------------------------------------------------
 
 
+# How long a job's Ray cluster waits for the other job's to come up; a job that never comes up fails the test.
+RAY_BARRIER_S = 300
+
+
 def ray_cluster_probe(log_dir: str) -> dict:
     """Run in a two-node job's batch script: bring Ray up, run a task on each node, try to get in without the token."""
     import ray
@@ -105,8 +111,11 @@ def ray_cluster_probe(log_dir: str) -> dict:
             timeout=120,
         )
         processes_while_up = sum(len(_processes_of(folder)) for folder in temp_dirs)
-        # Stay up a while, so that a second job started at the same time is up at the same time.
-        time.sleep(3)
+        # Stay up until the other job's cluster is up too: a barrier of one file per job in the shared log folder.
+        (Path(log_dir) / f"ray-up-{job_id}").touch()
+        deadline = time.monotonic() + RAY_BARRIER_S
+        while len(list(Path(log_dir).glob("ray-up-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
         down_at = time.time()
     return {
         "address": address,
@@ -311,14 +320,9 @@ def test_training_with_one_rank_on_each_node_matches_one_process(two_nodes, mode
 PREEMPTED_EPOCHS = 8
 
 
-def completed_epochs(run_dir: Path) -> int:
-    try:
-        return len((run_dir / "metrics.jsonl").read_text().splitlines())
-    except FileNotFoundError:
-        return 0
-
-
-def test_a_preempted_two_node_run_is_requeued_and_ends_as_the_uninterrupted_one(two_nodes, frozen_overrides, tmp_path):
+def test_a_preempted_two_node_run_is_requeued_and_ends_as_the_uninterrupted_one(
+    two_nodes, frozen_overrides, tmp_path, monkeypatch
+):
     from launch.jobs import ATTEMPTS_NAME, TrainingJob
     from model.train import RunConfig
 
@@ -326,17 +330,18 @@ def test_a_preempted_two_node_run_is_requeued_and_ends_as_the_uninterrupted_one(
     reference = one_process_run(tmp_path / "uninterrupted", overrides)
     profile = two_node_profile("cpus_per_task=1", "time=10")
     run_dir = tmp_path / "run"
+    # The job's ranks inherit this environment (sbatch exports it); the folder is on the filesystem both nodes share.
+    pauses = Pauses(tmp_path / "pauses", "checkpoint-saved-epoch-0002")
+    monkeypatch.setenv(PAUSES_VARIABLE, str(pauses.folder))
     (job,) = submit_jobs(
         make_executor(profile, tmp_path / "logs", job_name="preempted"),
         profile,
         [TrainingJob(load_config(RunConfig, None, overrides), run_dir)],
     )
-    deadline = time.monotonic() + JOB_WAIT_S
-    while completed_epochs(run_dir) < 2:
-        if job.done() or time.monotonic() > deadline:
-            pytest.fail(f"job {job.job_id} did not reach epoch 2 (state {job.state}); logs {job.paths.folder}")
-        time.sleep(0.05)
-    job._interrupt()
+    monkeypatch.delenv(PAUSES_VARIABLE)
+    # Preempted while rank 0 is held just after epoch 2's checkpoint: inside the training loop, six epochs to go.
+    with pauses.held("checkpoint-saved-epoch-0002", lambda: not job.done()):
+        job._interrupt()
     release_requeued_slurm_job(job)
     wait_for([job], timeout_s=JOB_WAIT_S)
     assert job.results()[0]["weighted_f1"] >= 0

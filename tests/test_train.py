@@ -6,15 +6,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from learnable_store import write_learnable_store
+from pauses import Pauses, killed_at
 
 from cluster.config import load_config
+from cluster.pause_points import PAUSES_VARIABLE
 from cluster.rendezvous import (
     LOOPBACK,
     Rendezvous,
@@ -136,18 +137,10 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(store, tmp_pat
     reference_dir, reference_test = uninterrupted_run(store, tmp_path / "uninterrupted", DROPOUT_OVERRIDES)
     run_dir = tmp_path / "killed"
     command = [sys.executable, "-m", "launch.cli", "train", str(store), *DROPOUT_OVERRIDES, "--run-dir", str(run_dir)]
-    child = subprocess.Popen(command, env=clean_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = run_dir / METRICS_NAME
-    deadline = time.monotonic() + 120
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
-        assert child.poll() is None, "the training process ended before it could be killed"
-        assert time.monotonic() < deadline, "the training process never finished two epochs"
-        time.sleep(0.002)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert not (run_dir / "test_metrics.json").exists(), "the kill must land before the run ends"
-    epochs_done = len(history(run_dir))
-    assert 2 <= epochs_done < MAX_EPOCHS
+    # Killed while held just after epoch 3's checkpoint, before that epoch's metrics line is written.
+    killed_at("checkpoint-saved-epoch-0003", command, clean_environment(), tmp_path / "pauses")
+    assert not (run_dir / "test_metrics.json").exists()
+    assert len(history(run_dir)) == 2
 
     assert main(["train", str(store), *DROPOUT_OVERRIDES, "--run-dir", str(run_dir), "--resume"]) == 0
     resumed = json.loads((run_dir / "test_metrics.json").read_text())
@@ -315,14 +308,6 @@ def local_two_task_job(config, folder: Path, name: str):
     return job
 
 
-def wait_until(condition, job, what: str, timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert not job.done(), f"job {job.job_id} ended before {what}: {job.paths.folder}"
-        assert time.monotonic() < deadline, f"job {job.job_id} never got to {what}"
-        time.sleep(0.02)
-
-
 @pytest.mark.integration
 def test_a_requeue_signal_on_two_ranks_checkpoints_mid_epoch_and_resumes_to_the_same_result(
     store, tmp_path, monkeypatch
@@ -332,14 +317,20 @@ def test_a_requeue_signal_on_two_ranks_checkpoints_mid_epoch_and_resumes_to_the_
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     config = load_config(RunConfig, None, [*TWO_RANK_OVERRIDES, f"store={json.dumps(str(store))}"])
     reference = local_two_task_job(config, tmp_path / "reference", "reference")
+    # Only the preempted job's ranks see the pause folder: Submitit's local jobs inherit this environment.
+    pauses = Pauses(tmp_path / "pauses", "checkpoint-saved-epoch-0001")
+    monkeypatch.setenv(PAUSES_VARIABLE, str(pauses.folder))
     preempted = local_two_task_job(config, tmp_path / "preempted", "preempted")
+    monkeypatch.delenv(PAUSES_VARIABLE)
     run_dir = tmp_path / "preempted" / "run"
-    wait_until(lambda: (run_dir / METRICS_NAME).is_file() and history(run_dir), preempted, "its first epoch")
-    controller = int(preempted.job_id)
-    tasks = Path(f"/proc/{controller}/task/{controller}/children").read_text().split()
-    assert len(tasks) == 2, tasks
-    for task in tasks:
-        os.kill(int(task), signal.SIGUSR2)
+    # The signal reaches both ranks while rank 0 is held just after epoch 1's checkpoint: inside the training loop,
+    # with epoch 2 still to run.
+    with pauses.held("checkpoint-saved-epoch-0001", lambda: not preempted.done()):
+        controller = int(preempted.job_id)
+        tasks = Path(f"/proc/{controller}/task/{controller}/children").read_text().split()
+        assert len(tasks) == 2, tasks
+        for task in tasks:
+            os.kill(int(task), signal.SIGUSR2)
     preempted.results()
     reference.results()
 
@@ -376,17 +367,13 @@ def test_two_zero2_ranks_killed_mid_epoch_resume_to_the_uninterrupted_result(sto
                                timeout=300, check=False)
     assert reference.returncode == 0, reference.stderr[-3000:]
     run_dir = tmp_path / "killed"
-    # Killed after step 3 of epoch 2 (8 steps an epoch) or a little later: a checkpoint follows every step.
-    child = subprocess.Popen(torchrun(run_dir, "checkpoint.every_steps=1"), env=clean_environment(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    progress = run_dir / "checkpoints" / "progress.json"
-    deadline = time.monotonic() + 240
-    while not (progress.is_file() and progress.read_text().find("epoch-0002-step-00003") >= 0):
-        assert child.poll() is None and time.monotonic() < deadline, "the two ranks never reached step 3 of epoch 2"
-        time.sleep(0.002)
-    for pid in [*descendants(child.pid), child.pid]:
-        os.kill(pid, signal.SIGKILL)
-    child.wait()
+    # Killed while rank 0 is held just after step 3 of epoch 2's checkpoint (8 steps an epoch).
+    def kill_every_rank(child: subprocess.Popen) -> None:
+        for pid in [*descendants(child.pid), child.pid]:
+            os.kill(pid, signal.SIGKILL)
+
+    killed_at("checkpoint-saved-epoch-0002-step-00003", torchrun(run_dir, "checkpoint.every_steps=1"),
+              clean_environment(), tmp_path / "pauses", kill_every_rank)
     assert not (run_dir / "test_metrics.json").exists()
     resumed = subprocess.run(torchrun(run_dir, "--resume"), env=clean_environment(), capture_output=True, text=True,
                              timeout=300, check=False)

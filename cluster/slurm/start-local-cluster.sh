@@ -26,9 +26,13 @@
 #   6. starts slurmdbd, registers the cluster with accounting, starts slurmctld and one slurmd per
 #      node (node k's inside its namespace: `nsenter --net=... unshare --uts`, since `ip netns exec`
 #      remounts /sys and slurmd then finds no cgroup filesystem);
-#   7. waits until every node is idle and `sacct` answers, then prints `sinfo`.
+#   7. waits until every node is idle and `sacct` answers;
+#   8. declares success only when `srun -N<nodes> --ntasks-per-node=1 hostname` prints as many
+#      distinct hostnames as there are nodes (after restarting every slurmd once if not), then
+#      prints `sinfo`.
 # Running it again is safe: daemons that run with an unchanged config are left alone, the
-# others are (re)started; a different --nodes reconfigures the cluster. On a systemd host
+# others are (re)started, and so is a node's slurmd that runs outside the node's current
+# namespace (one recreated under it); a different --nodes reconfigures the cluster. On a systemd host
 # slurmctld, slurmdbd and node 1's slurmd are its units; elsewhere (containers) the script starts
 # them itself. Each wait is bounded by SLURM_LOCAL_WAIT_S (default 60 s); on failure it exits
 # non-zero and prints the end of the daemon's log.
@@ -316,12 +320,25 @@ slurmd_running() { pid_of_running "/run/slurmd-${NODE_NAMES[0]}.pid" slurmd >/de
 stop_slurmd() { stop_all_slurmd; }
 start_slurmd() { install -d -m 0755 "/var/spool/slurmd-${NODE_NAMES[0]}" && /usr/sbin/slurmd; }
 
+# Whether process $1 runs in node $2's network namespace as it is now. A namespace recreated (by
+# setup_node_links, or by hand) under a running slurmd leaves that slurmd in the old one, where the
+# controller's address is no longer reachable: it must be restarted.
+in_node_namespace() {
+  local pid=$1 k=$2 current
+  current=$(stat -L -c %i "/var/run/netns/$NETNS_PREFIX$k" 2>/dev/null) || return 1
+  [[ "$(readlink "/proc/$pid/ns/net" 2>/dev/null)" == "net:[$current]" ]]
+}
+
 # Node k >= 2's slurmd, inside its namespace, under its own hostname; the jobs it starts inherit both.
 start_node_slurmd() {
-  local k=$1 name=${NODE_NAMES[$1 - 1]}
-  if pid_of_running "/run/slurmd-$name.pid" slurmd >/dev/null; then
-    say "slurmd of node $name already running"
-    return
+  local k=$1 name=${NODE_NAMES[$1 - 1]} pid
+  if pid=$(pid_of_running "/run/slurmd-$name.pid" slurmd); then
+    if in_node_namespace "$pid" "$k"; then
+      say "slurmd of node $name already running"
+      return
+    fi
+    say "slurmd of node $name (pid $pid) runs outside the node's current namespace: restarting it"
+    stop_by_pidfile "slurmd ($name)" "/run/slurmd-$name.pid" slurmd
   fi
   say "starting slurmd of node $name in namespace $NETNS_PREFIX$k"
   install -d -m 0755 "/var/spool/slurmd-$name"
@@ -388,6 +405,39 @@ wait_for_accounting() {
     fail_with_logs "sacct does not answer" /var/log/slurm/slurmdbd.log
 }
 
+# Distinct hostnames that one task per node of an N-node job reports: the cluster works only when
+# every node runs jobs, under its own name. Bounded by SLURM_LOCAL_WAIT_S (a node that cannot
+# launch leaves srun waiting).
+distinct_job_hosts() {
+  timeout "$SLURM_LOCAL_WAIT_S" srun -N"$NODES" --ntasks-per-node=1 --mem=10M --time=1 --job-name=local-cluster-check \
+    hostname 2>/dev/null | sort -u | wc -l
+}
+
+check_jobs_reach_every_node() {
+  local reached
+  say "checking that a job reaches all $NODES node(s): srun -N$NODES --ntasks-per-node=1 hostname"
+  reached=$(distinct_job_hosts || true)
+  if ((reached == NODES)); then
+    say "a job ran on $NODES distinct host(s)"
+    return
+  fi
+  say "a job reached $reached of $NODES node(s): restarting every slurmd and checking again"
+  stop_all_slurmd
+  ensure_daemon slurmd yes slurmd_running start_slurmd
+  local k node
+  for ((k = 2; k <= NODES; k++)); do
+    start_node_slurmd "$k"
+  done
+  for node in "${NODE_NAMES[@]}"; do
+    wait_for_node "$node"
+  done
+  reached=$(distinct_job_hosts || true)
+  ((reached == NODES)) ||
+    fail_with_logs "a job reaches $reached of $NODES node(s) (srun -N$NODES --ntasks-per-node=1 hostname); stop the cluster with stop-local-cluster.sh and start it again" \
+      /var/log/slurm/slurmctld.log
+  say "a job ran on $NODES distinct host(s)"
+}
+
 usage() { die "usage: $0 [--nodes N]   (N from 1 to $MAX_NODES; default 1)"; }
 
 parse_arguments() {
@@ -424,6 +474,7 @@ main() {
     wait_for_node "$node"
   done
   wait_for_accounting
+  check_jobs_reach_every_node
   sinfo
   say "SLURM cluster $CLUSTER_NAME is up with $NODES node(s) ($((SECONDS - STARTED_AT)) s); stop it with: bash $SCRIPT_DIR/stop-local-cluster.sh"
 }

@@ -1,11 +1,14 @@
 """Extraction under faults, run as a user runs it (`cmroberta extract` in its own process, real Ray and openSMILE).
 
 - killed with SIGKILL (driver and Ray workers, as an out-of-memory killer or a lost node would) at
-  random points of the shard writing, then run again: every utterance is in the store exactly
-  once, and the store verifies;
+  points of the shard writing drawn at random (a shard renamed into place but not recorded, or
+  recorded), then run again: every utterance is in the store exactly once, and the store verifies;
 - interrupted by Ctrl-C: exit status 130, one line, no traceback, no temporary file left;
 - two extractions of one store at once: the second is refused naming the first's host and pid,
   and the first finishes a whole store;
+
+Every fault lands at a point the test holds the command at (`tests/pauses.py`), never after a wait
+that a fast or slow machine could win or lose.
 - a CSV row edited, or a clip rewritten: only the shards made from them are redone.
 """
 
@@ -17,7 +20,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,7 @@ from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
 from extract.feature_store import MANIFEST_NAME, FeatureStore
 from extract.meld import CSV_NAMES, read_meld
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
+from tests.pauses import Pauses
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -71,9 +74,11 @@ def extract_command(corpus: Path, store_root: Path, tiny_model: Path) -> list[st
     ]
 
 
-def start(command: list[str]) -> subprocess.Popen:
+def start(command: list[str], pauses: Pauses | None = None) -> subprocess.Popen:
     # A session of its own: the kill reaches Ray's processes too, as a node failure would.
     environment = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
+    if pauses is not None:
+        environment.update(pauses.environment())
     return subprocess.Popen(
         command,
         cwd=REPO,
@@ -102,17 +107,6 @@ def recorded_shards(store_root: Path) -> int:
         return 0
 
 
-def wait_until(predicate, process: subprocess.Popen, timeout_s: float = RUN_TIMEOUT_S) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        if process.poll() is not None:
-            return False
-        time.sleep(0.02)
-    raise TimeoutError("extraction made no progress")
-
-
 def leftovers(store: Path) -> list[str]:
     return sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.name.endswith(".tmp"))
 
@@ -132,24 +126,23 @@ def test_killed_at_random_points_then_rerun_gives_a_whole_store(corpus, tiny_mod
     command = extract_command(corpus, store_root, tiny_model)
     rng = random.Random(9)
     planned = len({(u.split, u.dialogue_id) for u in read_meld(corpus, check_clips=False).utterances})
-    killed_at = []
-    for _ in range(KILLS):
-        process = start(command)
-        # Somewhere in the writing: after a random number of shards, plus a random fraction of one. The
-        # actors write a shard of these short dialogues every few tens of milliseconds, so the extra
-        # wait stays below one shard's time, or every kill would land after the last shard.
-        target = rng.randrange(1, planned - 1)
-        if wait_until(lambda: recorded_shards(store_root) >= target if store_root.exists() else False, process):
-            time.sleep(rng.uniform(0.0, 0.02))
-        if process.poll() is None:
+    recorded = 0
+    for attempt in range(KILLS):
+        # Each run extracts only what is missing; killing it within the first half of that leaves work for the next.
+        shard = rng.randint(1, max(1, (planned - recorded) // 2))
+        stage = rng.choice(["written", "recorded"])
+        point = f"extract-shard-{stage}-{shard}"
+        pauses = Pauses(tmp_path / f"pauses-{attempt}", point)
+        process = start(command, pauses)
+        with pauses.held(point, lambda: process.poll() is None):
             os.killpg(process.pid, signal.SIGKILL)
-        process.communicate(timeout=60)
-        killed_at.append(recorded_shards(store_root))
-    assert any(0 < n < planned for n in killed_at), f"no kill fell inside the writing: {killed_at} of {planned}"
+            process.communicate(timeout=60)
+        recorded += shard if stage == "recorded" else shard - 1
+        assert recorded_shards(store_root) == recorded, (attempt, point)
+    assert 0 < recorded < planned
     store = store_of(store_root)
-    if killed_at[-1] < planned:
-        with pytest.raises(Exception, match="is incomplete: .* is planned but not written"):
-            FeatureStore.open(store)
+    with pytest.raises(Exception, match="is incomplete: .* is planned but not written"):
+        FeatureStore.open(store)
     status, _, err = finish(start(command))
     assert status == 0, err[-2000:]
     assert_whole(store, corpus)
@@ -157,15 +150,17 @@ def test_killed_at_random_points_then_rerun_gives_a_whole_store(corpus, tiny_mod
 
 def test_ctrl_c_exits_130_with_one_line_and_leaves_no_partial_file(corpus, tiny_model, tmp_path):
     store_root = tmp_path / "stores"
-    process = start(extract_command(corpus, store_root, tiny_model))
-    assert wait_until(lambda: store_root.exists() and recorded_shards(store_root) >= 1, process)
-    # A terminal sends SIGINT to the whole foreground process group.
-    os.killpg(process.pid, signal.SIGINT)
-    status, _, err = finish(process)
+    pauses = Pauses(tmp_path / "pauses", "extract-shard-recorded-1")
+    process = start(extract_command(corpus, store_root, tiny_model), pauses)
+    with pauses.held("extract-shard-recorded-1", lambda: process.poll() is None):
+        # A terminal sends SIGINT to the whole foreground process group; it lands with one shard of nine recorded.
+        os.killpg(process.pid, signal.SIGINT)
+        status, _, err = finish(process)
     assert status == 130, err[-2000:]
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == "cmroberta extract: interrupted; run it again to continue"
     assert leftovers(store_of(store_root)) == []
+    assert recorded_shards(store_root) == 1
 
 
 def test_a_second_writer_is_refused_with_the_holder_named_and_nothing_is_lost(corpus, tiny_model, tmp_path, capsys):
@@ -173,14 +168,12 @@ def test_a_second_writer_is_refused_with_the_holder_named_and_nothing_is_lost(co
 
     store_root = tmp_path / "stores"
     command = extract_command(corpus, store_root, tiny_model)
-    first = start(command)
+    pauses = Pauses(tmp_path / "pauses", "extract-shard-recorded-1")
+    first = start(command, pauses)
     lock_text = f"pid {first.pid} on host {socket.gethostname()}"
-    assert wait_until(
-        lambda: store_root.exists() and (store_of(store_root) / ".lock").is_file()
-        and (store_of(store_root) / ".lock").read_text().strip() == lock_text,
-        first,
-    )
-    assert main(command[3:]) == 2
+    with pauses.held("extract-shard-recorded-1", lambda: first.poll() is None):
+        assert (store_of(store_root) / ".lock").read_text().strip() == lock_text
+        assert main(command[3:]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
         f"cmroberta extract: error: feature store {store_of(store_root)} is in use by {lock_text}; "

@@ -8,6 +8,7 @@ that name in SLURM's queue (or in its accounting, once ended), or none at all.
 
 import json
 import subprocess
+import sys
 import time
 
 import pytest
@@ -103,13 +104,15 @@ def test_an_intent_whose_job_ended_finds_the_job_and_counts_as_failed(slurm_clus
     (run,) = planned_runs(tmp_path / "sweep")
     name = f"faults-ended-{time.time_ns()}"
     job_id = sbatch(f"--job-name={name}", "--wrap", "true")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    # The state below is read only once accounting has the job as ended.
+    deadline = time.monotonic() + 120
+    while True:
         accounted = subprocess.run(
             ["sacct", "-n", "-P", "-X", "-j", job_id, "--format=State"], capture_output=True, text=True, timeout=30
         ).stdout.split()
         if accounted and accounted[0] == "COMPLETED":
             break
+        assert time.monotonic() < deadline, f"SLURM's accounting never recorded job {job_id} as completed"
         time.sleep(0.5)
     intent(run.run_dir, name)
     # It ended without test metrics: failed, so resubmitting it is right; and its job is on record.
@@ -143,13 +146,19 @@ def test_a_local_intent_whose_job_process_runs_is_unknown(tmp_path):
     (run,) = planned_runs(tmp_path / "sweep")
     intent(run.run_dir, "local-job", cluster="local")
     log_folder = json.loads((run.run_dir / SUBMISSION_NAME).read_text())["log_folder"]
-    # A process whose command line is that of Submitit's local job controller for this log folder.
-    process = subprocess.Popen(["bash", "-c", "sleep 30; true", "submitit.local._local", log_folder])
+    # A process whose command line is that of Submitit's local job controller for this log folder. It runs
+    # until the test closes its stdin, and says so once it runs, so the state is read while it surely lives.
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import sys; print('running', flush=True); sys.stdin.read()",
+         "submitit.local._local", log_folder],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
     try:
+        assert process.stdout.readline() == "running\n"
         assert run_statuses([run]) == {run.run_dir: "unknown"}
     finally:
-        process.kill()
-        process.wait()
+        process.stdin.close()
+        process.wait(timeout=60)
 
 
 def test_a_torn_submission_record_counts_as_never_submitted(tmp_path):

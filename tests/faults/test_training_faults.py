@@ -10,10 +10,8 @@ import os
 import pickle
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,10 +20,11 @@ import torch
 # The tests' shared helpers live one folder up, beside the other test files.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from learnable_store import write_learnable_store  # noqa: E402
+from pauses import Pauses, killed_at  # noqa: E402
 
 from cluster.config import load_config  # noqa: E402
 from launch.cli import main  # noqa: E402
-from model.checkpoint import Checkpoints, verify_run_folder  # noqa: E402
+from model.checkpoint import Checkpoints, checkpoint_tag, verify_run_folder  # noqa: E402
 from model.train import METRICS_NAME, RunConfig, train  # noqa: E402
 
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
@@ -110,12 +109,8 @@ def reference(store, tmp_path_factory) -> Path:
 def interrupted(store, tmp_path_factory) -> Path:
     """A run checkpointed after every step, stopped after epoch 2's fourth step: its checkpoints to damage."""
     run_dir = tmp_path_factory.mktemp("interrupted") / "run"
-    child = subprocess.Popen([sys.executable, "-m", "launch.cli", "train", str(store), *EVERY_STEP,
-                              "--run-dir", str(run_dir)], env=child_environment(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_checkpoint(child, run_dir, "epoch-0002-step-00004")
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    killed_at_checkpoint([str(store), *EVERY_STEP, "--run-dir", str(run_dir)], "epoch-0002-step-00004",
+                         run_dir.parent / "pauses")
     return run_dir
 
 
@@ -132,19 +127,17 @@ def latest(run_dir: Path) -> list[str]:
         return []
 
 
-def wait_for_checkpoint(child: subprocess.Popen, run_dir: Path, tag: str, timeout_s: float = 180) -> None:
-    """Until progress.json names checkpoint `tag` or a later one."""
-    deadline = time.monotonic() + timeout_s
-    while not any(name >= tag for name in latest(run_dir)):
-        assert child.poll() is None, "the training process ended before it could be killed"
-        assert time.monotonic() < deadline, f"the training process never reached {tag}"
-        time.sleep(0.002)
+def killed_at_checkpoint(command: list[str], tag: str, pauses_folder: Path) -> None:
+    """Run `train` in a process of its own and SIGKILL it while it waits just after checkpoint `tag` is saved."""
+    killed_at(f"checkpoint-saved-{tag}", [sys.executable, "-m", "launch.cli", "train", *command],
+              child_environment(), pauses_folder)
 
 
 def step_tag(step: int) -> str:
-    """The tag of the checkpoint after global step `step` (1-based) inside an epoch of 8 steps."""
+    """The tag of the checkpoint after global step `step` (1-based) in epochs of 8 steps; an epoch's last step is
+    checkpointed as the epoch's end."""
     epoch, within = divmod(step - 1, 8)
-    return f"epoch-{epoch + 1:04d}-step-{within + 1:05d}"
+    return checkpoint_tag(epoch + 1, None if within == 7 else within + 1)
 
 
 @pytest.mark.integration
@@ -153,13 +146,10 @@ def test_sigkill_at_random_steps_then_resume_ends_as_an_uninterrupted_run(store,
     steps = sorted(random.Random(20261201).sample(range(2, 22), 2))
     for attempt, step in enumerate(steps):
         resume = ["--resume"] if attempt else []
-        child = subprocess.Popen([sys.executable, "-m", "launch.cli", "train", str(store), *EVERY_STEP,
-                                  "--run-dir", str(run_dir), *resume], env=child_environment(),
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_checkpoint(child, run_dir, step_tag(step))
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        assert not (run_dir / "test_metrics.json").exists(), "the kill must land before the run ends"
+        killed_at_checkpoint([str(store), *EVERY_STEP, "--run-dir", str(run_dir), *resume], step_tag(step),
+                             tmp_path / f"pauses-{attempt}")
+        assert latest(run_dir)[0] == step_tag(step)
+        assert not (run_dir / "test_metrics.json").exists()
     assert main(["train", str(store), *EVERY_STEP, "--run-dir", str(run_dir), "--resume"]) == 0
     same_result(run_dir, reference)
     assert verify_run_folder(run_dir) == []
@@ -273,20 +263,18 @@ def test_a_forged_checkpoint_with_matching_checksums_is_refused_by_the_loader(fi
 @pytest.mark.integration
 def test_a_second_trainer_on_the_same_run_folder_is_refused_naming_the_holder(store, tmp_path):
     run_dir = tmp_path / "run"
-    long_run = [*OVERRIDES, "train.max_epochs=500", "train.patience=500"]
-    first = subprocess.Popen([sys.executable, "-m", "launch.cli", "train", str(store), *long_run,
-                              "--run-dir", str(run_dir)], env=child_environment(),
+    # Held just after its first checkpoint, the first trainer holds the folder while the others are refused.
+    pauses = Pauses(tmp_path / "pauses", "checkpoint-saved-epoch-0001")
+    first = subprocess.Popen([sys.executable, "-m", "launch.cli", "train", str(store), *OVERRIDES,
+                              "--run-dir", str(run_dir)], env=child_environment() | pauses.environment(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while not latest(run_dir):
-            assert first.poll() is None and time.monotonic() < deadline, "the first trainer never checkpointed"
-            time.sleep(0.05)
-        line = error_line(cli("train", str(store), *long_run, "--run-dir", str(run_dir), "--resume"))
-        assert f"run folder {run_dir} is in use by pid {first.pid} on host" in line, line
-        line = error_line(cli("evaluate", str(run_dir)))
-        assert f"is in use by pid {first.pid}" in line, line
-        assert first.poll() is None, "the refused commands must leave the first trainer running"
+        with pauses.held("checkpoint-saved-epoch-0001", lambda: first.poll() is None):
+            line = error_line(cli("train", str(store), *OVERRIDES, "--run-dir", str(run_dir), "--resume"))
+            assert f"run folder {run_dir} is in use by pid {first.pid} on host" in line, line
+            line = error_line(cli("evaluate", str(run_dir)))
+            assert f"is in use by pid {first.pid}" in line, line
+            assert first.poll() is None, "the refused commands must leave the first trainer running"
     finally:
         first.kill()
         first.wait()

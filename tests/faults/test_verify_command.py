@@ -93,12 +93,14 @@ def test_an_incomplete_store_names_each_missing_shard(store_dir, capsys):
     ]
 
 
+@pytest.mark.integration
 def test_a_whole_run_folder_is_well(tmp_path, trained_run, capsys):
     run_dir = run_folder(tmp_path, trained_run)
     status, out, _ = verify(run_dir, capsys)
     assert status == 0 and out == [f"run {run_dir}: all is well"]
 
 
+@pytest.mark.integration
 def test_a_torn_metrics_line_is_named_with_the_command_that_redoes_it(tmp_path, trained_run, capsys):
     run_dir = run_folder(tmp_path, trained_run)
     with open(run_dir / "metrics.jsonl", "a") as stream:
@@ -111,6 +113,7 @@ def test_a_torn_metrics_line_is_named_with_the_command_that_redoes_it(tmp_path, 
     )
 
 
+@pytest.mark.integration
 def test_a_garbage_test_metrics_file_names_evaluate(tmp_path, trained_run, capsys):
     run_dir = run_folder(tmp_path, trained_run)
     (run_dir / "test_metrics.json").write_bytes(b"\x00\x01garbage")
@@ -122,6 +125,7 @@ def test_a_garbage_test_metrics_file_names_evaluate(tmp_path, trained_run, capsy
     )
 
 
+@pytest.mark.integration
 def test_a_run_config_with_a_typo_is_named(tmp_path, trained_run, capsys):
     run_dir = run_folder(tmp_path, trained_run)
     (run_dir / "config.toml").write_text('store = "/x"\nseeed = 3\n')
@@ -141,12 +145,14 @@ def sweep_folder(tmp_path, trained_run):
     return sweep
 
 
+@pytest.mark.integration
 def test_a_whole_sweep_is_well(tmp_path, trained_run, capsys):
     sweep = sweep_folder(tmp_path, trained_run)
     status, out, _ = verify(sweep, capsys)
     assert status == 0 and out == [f"sweep {sweep}: all is well"]
 
 
+@pytest.mark.integration
 def test_a_sweep_with_a_torn_submission_record_and_a_lost_run(tmp_path, trained_run, capsys):
     sweep = sweep_folder(tmp_path, trained_run)
     (sweep / "runs/abc-seed0/submission.json").write_text('{"job_id": "12')
