@@ -95,7 +95,7 @@ def spread(
         # scipy refuses a zero scale; every seed agrees, so the interval is the point.
         return Spread(n=int(data.size), mean=mean, std=0.0, ci_low=mean, ci_high=mean)
     low, high = stats.t.interval(confidence, data.size - 1, loc=mean, scale=stats.sem(data))
-    clipped = bounds is not None and (low < bounds[0] or high > bounds[1])
+    clipped = bool(bounds is not None and (low < bounds[0] or high > bounds[1]))
     if bounds is not None:
         low, high = max(low, bounds[0]), min(high, bounds[1])
     return Spread(n=int(data.size), mean=mean, std=std, ci_low=float(low), ci_high=float(high), clipped=clipped)
@@ -332,3 +332,41 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
         running = max(running, min(1.0, (len(present) - rank) * p))
         adjusted[index] = running
     return adjusted
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairedTests:
+    """A − B over the seeds both finished, by each tool: the spread of the per-seed differences, the paired
+    t-test, and the two bootstraps (None when a run lacks its predictions)."""
+
+    seeds: list[int]
+    """Seeds both finished, ascending."""
+    difference: Spread
+    """Per-seed differences of the score."""
+    t_test: PairedTest
+    """Student's paired t-test over those seeds."""
+    bootstrap: DialogueBootstrap | None
+    """Paired bootstrap over test dialogues (fractions)."""
+    hierarchical: HierarchicalBootstrap | None
+    """Paired bootstrap over seeds and test dialogues (fractions)."""
+
+
+def paired_tests(
+    seeds: Sequence[int],
+    a_scores: Sequence[float],
+    b_scores: Sequence[float],
+    a_predictions: Sequence[Predictions | None],
+    b_predictions: Sequence[Predictions | None],
+    confidence: float = CONFIDENCE,
+) -> PairedTests:
+    """Every paired test of A − B; the lists are in `seeds` order."""
+    complete = all(p is not None for p in (*a_predictions, *b_predictions))
+    return PairedTests(
+        seeds=list(seeds),
+        difference=spread(np.subtract(a_scores, b_scores), confidence),
+        t_test=paired_t_test(a_scores, b_scores),
+        bootstrap=paired_dialogue_bootstrap(a_predictions, b_predictions, confidence=confidence) if complete else None,
+        hierarchical=(
+            paired_hierarchical_bootstrap(a_predictions, b_predictions, confidence=confidence) if complete else None
+        ),
+    )

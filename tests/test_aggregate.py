@@ -73,13 +73,14 @@ def test_report_matches_an_independent_computation(tmp_path):
 
     (comparison,) = report.comparisons
     assert (comparison.label, comparison.baseline) == ("model.variant=bimodal", "model.variant=text")
-    assert comparison.seeds == [0, 1, 2, 3]
+    assert comparison.tests.seeds == [0, 1, 2, 3]
     differences = [scores["model.variant=bimodal"][s][0] - scores["model.variant=text"][s][0] for s in range(4)]
-    got = comparison.weighted_f1_difference
+    got = comparison.tests.difference
     assert (got.mean, got.std, got.ci_low, got.ci_high) == pytest.approx(independent_interval(differences), abs=1e-4)
     mean, sd = np.mean(differences), np.std(differences, ddof=1)
-    assert comparison.paired_test.t == pytest.approx(mean / (sd / 2))
-    assert comparison.bootstrap is None, "these runs wrote no predictions"
+    assert comparison.tests.t_test.t == pytest.approx(mean / (sd / 2))
+    assert comparison.tests.bootstrap is None, "these runs wrote no predictions"
+    assert comparison.tests.hierarchical is None
 
 
 def test_comparisons_bootstrap_the_runs_predictions(tmp_path):
@@ -100,9 +101,10 @@ def test_comparisons_bootstrap_the_runs_predictions(tmp_path):
             f1[label, seed] = weighted_f1_by_counting(gold, pred)
     (comparison,) = aggregate(tmp_path).comparisons
     expected = np.mean([f1["model.variant=bimodal", s] - f1["model.variant=text", s] for s in (0, 1)])
-    assert comparison.bootstrap.difference == pytest.approx(expected, abs=1e-12)
-    assert comparison.bootstrap.dialogues == 20
-    assert comparison.bootstrap.ci_low < expected < comparison.bootstrap.ci_high
+    for bootstrap in (comparison.tests.bootstrap, comparison.tests.hierarchical):
+        assert bootstrap.difference == pytest.approx(expected, abs=1e-12)
+        assert bootstrap.dialogues == 20
+        assert bootstrap.ci_low < expected < bootstrap.ci_high
 
 
 def weighted_f1_by_counting(gold: np.ndarray, pred: np.ndarray) -> float:

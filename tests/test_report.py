@@ -11,12 +11,11 @@ from cluster.durable_files import atomic_write_json, atomic_write_json_lines
 from extract.feature_store import MANIFEST_NAME
 from extract.labels import EMOTIONS
 from launch.cli import main
+from launch.paired_report import paired_differences, paired_differences_table
 from launch.report import (
     PAPER_TABLE2,
     ReportError,
     load_runs,
-    paired_differences,
-    paired_differences_table,
     table1,
     table2,
     voice_only_table,
@@ -189,19 +188,22 @@ def test_cli_prints_and_writes_markdown_and_csv(sweep, tmp_path, capsys):
 
 def test_paired_differences_test_across_seeds_and_bootstrap_across_dialogues(sweep):
     runs = load_runs([sweep])
-    by_name = {d.name: d for d in paired_differences(runs)}
+    found, refused = paired_differences(runs)
+    assert refused == []
+    by_name = {d.name: d for d in found}
     assert set(by_name) == {"bimodal − text", "SCA − no SCA"}
     for name, a, b in (("bimodal − text", "bimodal", "text"), ("SCA − no SCA", "bimodal", "bimodal_no_sca")):
         d = by_name[name]
         a_f1 = [100 * m["weighted_f1"] for m in own_metrics(sweep, a)]
         b_f1 = [100 * m["weighted_f1"] for m in own_metrics(sweep, b)]
         differences = np.subtract(a_f1, b_f1)
-        assert d.seeds == list(SEEDS) and d.text_mode == "frozen"
-        assert d.difference.mean == pytest.approx(differences.mean())
-        assert d.test.t == pytest.approx(differences.mean() / (differences.std(ddof=1) / np.sqrt(3)))
-        assert d.bootstrap.difference == pytest.approx(differences.mean() / 100, abs=1e-12)
-        assert d.bootstrap.dialogues == N_TEST, "each test utterance here is a dialogue of its own"
-        assert d.bootstrap.ci_low < d.bootstrap.difference < d.bootstrap.ci_high
+        assert d.tests.seeds == list(SEEDS) and d.text_mode == "frozen"
+        assert d.tests.difference.mean == pytest.approx(differences.mean())
+        assert d.tests.t_test.t == pytest.approx(differences.mean() / (differences.std(ddof=1) / np.sqrt(3)))
+        for bootstrap in (d.tests.bootstrap, d.tests.hierarchical):
+            assert bootstrap.difference == pytest.approx(differences.mean() / 100, abs=1e-12)
+            assert bootstrap.dialogues == N_TEST, "each test utterance here is a dialogue of its own"
+            assert bootstrap.ci_low < bootstrap.difference < bootstrap.ci_high
     table = paired_differences_table(runs)
     assert [name for name, _ in table.rows] == ["bimodal − text", "SCA − no SCA"]
 
@@ -238,10 +240,10 @@ def test_end_to_end_rows_stand_apart_and_are_compared_with_frozen_ones(tmp_path,
     assert "CM-RoBERTa without SCA unit (end-to-end)" not in rows, "no end-to-end model without SCA ran"
     e2e = [json.loads((tmp_path / f"text-end_to_end-seed{s}" / "test_metrics.json").read_text()) for s in (0, 1)]
     assert rows["CM-RoBERTa (end-to-end)"][2].mean == pytest.approx(100 * np.mean([m["weighted_f1"] for m in e2e]))
-    differences = {(d.name, d.text_mode) for d in paired_differences(runs)}
+    differences = {(d.name, d.text_mode) for d in paired_differences(runs)[0]}
     assert differences == {
         ("bimodal − text", "frozen"),
-        ("bimodal − text", "end_to_end"),
-        ("text", "end_to_end − frozen"),
-        ("bimodal", "end_to_end − frozen"),
+        ("bimodal − text", "end-to-end"),
+        ("text", "end-to-end − frozen"),
+        ("bimodal", "end-to-end − frozen"),
     }
