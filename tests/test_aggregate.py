@@ -131,3 +131,24 @@ def test_written_report_holds_the_numbers_the_tables_and_the_plot(tmp_path):
     # The printed t (4.303) is rounded, so the ends agree to the table's precision.
     assert (float(printed.group(1)), float(printed.group(2))) == pytest.approx((100 * low, 100 * high), abs=0.02)
     assert (tmp_path / "spread.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_configurations_sharing_a_label_are_named_by_the_keys_that_set_them_apart(tmp_path):
+    # Two sweeps into one folder with the same grid and another base learning rate: same labels, other configs.
+    scores = {"model.variant=text": {0: np.full(8, 0.5)}, "model.variant=bimodal": {0: np.full(8, 0.6)}}
+    write_sweep(tmp_path, scores, unfinished=[])
+    for label in scores:
+        config = f'store = "s"\nmodel.variant = "{label.split("=")[1]}"\n'
+        (tmp_path / RUNS_FOLDER / f"hash-{label}-seed0" / "config.toml").write_text(f"{config}train.learning_rate = 0.001")
+        other = tmp_path / RUNS_FOLDER / f"other-{label}-seed0"
+        other.mkdir()
+        (other / RUN_RECORD_NAME).write_text(json.dumps({"label": label, "seed": 0, "config_hash": f"other-{label}"}))
+        (other / TEST_METRICS_NAME).write_text(json.dumps({"weighted_f1": 0.4, "per_class_f1": [0.4] * 7}))
+        (other / "config.toml").write_text(f"{config}train.learning_rate = 0.01")
+    labels = [c.label for c in aggregate(tmp_path).configurations]
+    assert labels == [
+        "model.variant=text [train.learning_rate=0.001]",
+        "model.variant=bimodal [train.learning_rate=0.001]",
+        "model.variant=bimodal [train.learning_rate=0.01]",
+        "model.variant=text [train.learning_rate=0.01]",
+    ]
