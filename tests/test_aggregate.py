@@ -139,7 +139,8 @@ def test_configurations_sharing_a_label_are_named_by_the_keys_that_set_them_apar
     write_sweep(tmp_path, scores, unfinished=[])
     for label in scores:
         config = f'store = "s"\nmodel.variant = "{label.split("=")[1]}"\n'
-        (tmp_path / RUNS_FOLDER / f"hash-{label}-seed0" / "config.toml").write_text(f"{config}train.learning_rate = 0.001")
+        first = tmp_path / RUNS_FOLDER / f"hash-{label}-seed0"
+        (first / "config.toml").write_text(f"{config}train.learning_rate = 0.001")
         other = tmp_path / RUNS_FOLDER / f"other-{label}-seed0"
         other.mkdir()
         (other / RUN_RECORD_NAME).write_text(json.dumps({"label": label, "seed": 0, "config_hash": f"other-{label}"}))
