@@ -87,6 +87,8 @@ PAPER_TABLE3: dict[tuple[str, ...], tuple[str, float]] = {
 }
 
 VOICE_ONLY = "voice-only utterances"
+# What `cmroberta reproduce` writes into its sweep folder: the preset its runs trained with.
+PRESET_NAME = "preset.json"
 
 # Text mode -> row-name suffix, in report order.
 TEXT_MODE_SUFFIXES: dict[str, str] = {"frozen": "", "end_to_end": " (end-to-end)", "finetuned": " (fine-tuned)"}
@@ -477,10 +479,29 @@ def figures_section(runs: Sequence[RunResult], spread_plot: Path | None = None) 
     return "\n".join(lines)
 
 
-def format_report(runs: Sequence[RunResult], markdown: bool = False, spread_plot: Path | None = None) -> str:
-    """All tables as text (or Markdown), the runs they came from, and where the figures are."""
-    parts = []
-    for table in report_tables(runs):
+def settings_line(preset: str | None) -> str:
+    """Which preset trained the runs, as the report's first line."""
+    if preset is None:
+        return "Settings: no preset recorded (runs trained with their own keys; each run's config.toml has them)"
+    return f"Settings: {preset}"
+
+
+def read_preset(paths: Sequence[Path]) -> str | None:
+    """The preset `cmroberta reproduce` recorded in the folders given (preset.json); None when none did."""
+    found = set()
+    for path in paths:
+        try:
+            found.add(json.loads((Path(path) / PRESET_NAME).read_text(encoding="utf-8"))["description"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return " | ".join(sorted(found)) or None
+
+
+def _format(
+    runs: Sequence[RunResult], tables: Sequence[Table], markdown: bool, spread_plot: Path | None, preset: str | None
+) -> str:
+    parts = [settings_line(preset)]
+    for table in tables:
         heading = f"## {table.title}" if markdown else table.title
         parts.append(f"{heading}\n\n{table.render(markdown=markdown)}")
     names = group_names(runs)
@@ -490,14 +511,23 @@ def format_report(runs: Sequence[RunResult], markdown: bool = False, spread_plot
     return "\n\n".join(parts) + "\n"
 
 
-def write_report(runs: Sequence[RunResult], out_dir: Path, spread_plot: Path | None = None) -> list[Path]:
+def format_report(
+    runs: Sequence[RunResult], markdown: bool = False, spread_plot: Path | None = None, preset: str | None = None
+) -> str:
+    """The settings line, all tables as text (or Markdown), the runs they came from, and where the figures are."""
+    return _format(runs, report_tables(runs), markdown, spread_plot, preset)
+
+
+def write_report(
+    runs: Sequence[RunResult], out_dir: Path, spread_plot: Path | None = None, preset: str | None = None
+) -> list[Path]:
     """`report.md` and one CSV per table in `out_dir`; returns the paths written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / "report.md"
-    text = format_report(runs, markdown=True, spread_plot=spread_plot)
-    atomic_write_text(markdown, "# CM-RoBERTa results\n\n" + text)
-    return [markdown, *(table.write_csv(out_dir / f"{table.name}.csv") for table in report_tables(runs))]
+    tables = report_tables(runs)
+    atomic_write_text(markdown, "# CM-RoBERTa results\n\n" + _format(runs, tables, True, spread_plot, preset))
+    return [markdown, *(table.write_csv(out_dir / f"{table.name}.csv") for table in tables)]
 
 
 def run_table(test: dict[str, Any], split: str = "test") -> str:

@@ -9,9 +9,16 @@ A report names a group by what sets it apart: its variant and text mode, then ev
 value differs between the groups reported together (`keys_apart`), in words for the keys people look
 for (audio families, modality dropout) and as `key=value` for the rest.
 
-Only `end_to_end` reads the `end_to_end` section and only `finetuned` the `finetune` section, so two
-configs whose `mode_setting` is equal differ in the text mode alone: the condition for comparing text
-modes, and for an audio-only group (which reads no text) to stand beside a text mode's rows.
+Only `end_to_end` reads the `end_to_end` section and only `finetuned` the `finetune` section, and the
+text family is what a text mode changes (a `finetuned` run reads a family made by its own encoder), so
+two configs whose `mode_setting` is equal differ in the text mode alone: the condition for comparing
+text modes, and for an audio-only group (which reads no text) to stand beside a text mode's rows.
+
+A run folder's config.toml is the config as it ran. A `finetuned` run's records what its seed decided:
+`finetune.seed` (the run's seed, unless set) and `data.text_family` (named by a hash of the store and
+the fine-tuning, seed included). `settings_of` leaves both out there, as it leaves out the seed, so the
+seeds of one sweep configuration form one group, as `launch.aggregate` groups them by the sweep's key.
+An explicit `finetune.seed` equal to one run's seed looks like the default in that run alone.
 """
 
 import json
@@ -26,6 +33,8 @@ T = TypeVar("T")
 VARIANT_KEY = "model.variant"
 TEXT_MODE_KEY = "text_mode"
 AUDIO_FAMILIES_KEY = "data.audio_families"
+TEXT_FAMILY_KEY = "data.text_family"
+FINETUNE_SEED_KEY = "finetune.seed"
 MODALITY_DROPOUT_KEY = "model.modality_dropout"
 # Config section -> the one text mode that reads it.
 MODE_ONLY_SECTIONS: dict[str, str] = {"end_to_end": "end_to_end", "finetune": "finetuned"}
@@ -48,8 +57,14 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def settings_of(config: dict[str, Any]) -> dict[str, Any]:
-    """A run's config as dotted keys, without the keys that do not change its result (the seed, `runs_root`)."""
-    return flatten({key: value for key, value in config.items() if key not in HASH_IGNORED_KEYS})
+    """A run's config as dotted keys, without the keys that do not change its result (the seed, `runs_root`) and
+    those its seed decided (a `finetuned` run's resolved fine-tuning seed and text family)."""
+    settings = flatten({key: value for key, value in config.items() if key not in HASH_IGNORED_KEYS})
+    if settings.get(TEXT_MODE_KEY) == "finetuned":
+        settings.pop(TEXT_FAMILY_KEY, None)
+        if settings.get(FINETUNE_SEED_KEY) == config.get("seed"):
+            settings.pop(FINETUNE_SEED_KEY)
+    return settings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +72,7 @@ class ConfigGroup(Generic[T]):
     """The runs of one configuration, one per seed, in seed order."""
 
     config_hash: str
-    """`launch.sweep.config_digest` of the config: what a sweep names the runs' folders by."""
+    """`launch.sweep.config_digest` of `settings`: one per configuration, as a sweep's key is."""
     settings: dict[str, Any]
     """The config as dotted keys, seed and `runs_root` left out."""
     members: list[T]
@@ -91,9 +106,9 @@ def group_by_config(
     found: dict[str, dict[int, T]] = {}
     settings: dict[str, dict[str, Any]] = {}
     for item in items:
-        config = config_of(item)
-        digest = config_digest(config)
-        settings.setdefault(digest, settings_of(config))
+        one = settings_of(config_of(item))
+        digest = config_digest(one)
+        settings.setdefault(digest, one)
         seeds = found.setdefault(digest, {})
         seed = seed_of(item)
         if seed in seeds:
@@ -118,13 +133,18 @@ def _reader_mode(key: str) -> str | None:
     return MODE_ONLY_SECTIONS.get(key.split(".", 1)[0])
 
 
+def _mode_dependent(key: str) -> bool:
+    """Whether `key` is one a text mode changes: its text family, or a section one mode alone reads."""
+    return key == TEXT_FAMILY_KEY or _reader_mode(key) is not None
+
+
 def mode_setting(settings: dict[str, Any]) -> dict[str, Any]:
     """What must be equal for two configs to differ in their variant and text mode alone: every key but the
-    variant, the text mode and the sections one text mode alone reads."""
+    variant, the text mode and the keys a text mode changes."""
     return {
         key: value
         for key, value in settings.items()
-        if key not in (VARIANT_KEY, TEXT_MODE_KEY) and _reader_mode(key) is None
+        if key not in (VARIANT_KEY, TEXT_MODE_KEY) and not _mode_dependent(key)
     }
 
 
@@ -136,14 +156,18 @@ def distinguishing_keys(settings: Sequence[dict[str, Any]]) -> list[str]:
 
 def keys_apart(settings: Sequence[dict[str, Any]]) -> list[list[str]]:
     """For each config of `settings`, the keys that tell it apart from the others, besides its variant and text
-    mode: keys every mode reads that differ anywhere, then keys its own mode alone reads that differ between
+    mode: keys no text mode changes that differ anywhere, then keys its own mode changes that differ between
     configs of that mode."""
     common = distinguishing_keys([mode_setting(one) for one in settings])
     keys = []
     for one in settings:
         mode = one.get(TEXT_MODE_KEY, "frozen")
         same_mode = [other for other in settings if other.get(TEXT_MODE_KEY, "frozen") == mode]
-        own = [key for key in distinguishing_keys(same_mode) if _reader_mode(key) == mode]
+        own = [
+            key
+            for key in distinguishing_keys(same_mode)
+            if _mode_dependent(key) and _reader_mode(key) in (None, mode)
+        ]
         keys.append(common + own)
     return keys
 
