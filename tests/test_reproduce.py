@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from test_launch_slurm import slurm_cluster  # noqa: F401  (the fixture that skips where no SLURM cluster answers)
 
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
 from extract.meld import read_meld
@@ -126,3 +127,20 @@ def test_the_one_command_runs_to_tables_1_2_and_3_and_a_second_call_trains_nothi
     assert {path: path.stat().st_mtime_ns for path in finished} == before, "nothing trained again"
     assert {path: (path.parent / "attempts.jsonl").read_text() for path in finished} == attempts, "no job started"
     assert json.loads((out / "sweep" / "preset.json").read_text())["preset"] == "recommended"
+
+
+@pytest.mark.slurm
+@pytest.mark.integration
+@pytest.mark.usefixtures("slurm_cluster")
+def test_on_the_slurm_cluster_a_minimal_plan_runs_end_to_end(corpus, tiny_encoder, tmp_path, capsys):
+    out = tmp_path / "out"
+    arguments = ["reproduce", str(corpus), "--out", str(out), "--seeds", "0", "--text-modes", "frozen"]
+    minimal = [*small_plan(tiny_encoder), "--train=train.max_epochs=1"]
+    assert main([*arguments, *minimal, "--cluster", "slurm", "--profile-set", "time=15"]) == 0
+    printed = capsys.readouterr().out
+    assert "sweep: 6 runs: 0 finished already (reused from their hash-keyed folders), 6 submitted in 6 job" in printed
+    report = (out / "report" / "report.md").read_text(encoding="utf-8")
+    assert "Table 1: weighted F1" in report and "Table 3: the audio model" in report
+    submissions = [json.loads(path.read_text()) for path in (out / "sweep" / "runs").glob("*/submission.json")]
+    assert len(submissions) == 6 and all(record["cluster"] == "slurm" for record in submissions)
+    assert len(list((out / "sweep" / "runs").glob(f"*/{TEST_METRICS_NAME}"))) == 6
