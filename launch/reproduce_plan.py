@@ -256,29 +256,34 @@ def plan_reproduction(config: ReproduceConfig, cluster_arguments: str = "--clust
         ),
     ]
     if "finetuned" in config.text_modes:
-        encoders = {"text_mode": ["finetuned"], "model.variant": ["text"]}
-        heads = {"text_mode": ["finetuned"], "model.variant": ["bimodal_no_sca", "bimodal"]}
-        stages.append(
-            Stage(
-                name="finetune encoders",
-                after=("extract",),
-                what="the fine-tuned text runs: each seed's encoder fine-tuned, exported and extracted into the store",
-                runs=planned(encoders),
-                serial=True,
-                command=_sweep_command(
-                    config.seeds, encoders, base, f"{cluster_arguments} --profile-set array_parallelism=1"
-                ),
-            )
+        finetuned = (
+            (
+                "finetune encoders",
+                ("extract",),
+                "the fine-tuned text runs: each seed's encoder fine-tuned, exported and extracted into the store",
+                {"text_mode": ["finetuned"], "model.variant": ["text"]},
+                True,
+            ),
+            (
+                "finetuned heads",
+                ("finetune encoders",),
+                "the fine-tuned bimodal runs, on those encoders' vectors",
+                {"text_mode": ["finetuned"], "model.variant": ["bimodal_no_sca", "bimodal"]},
+                False,
+            ),
         )
-        stages.append(
-            Stage(
-                name="finetuned heads",
-                after=("finetune encoders",),
-                what="the fine-tuned bimodal runs, on those encoders' vectors",
-                runs=planned(heads),
-                command=_sweep_command(config.seeds, heads, base, cluster_arguments),
+        for name, after, what, grid, serial in finetuned:
+            where = cluster_arguments + (" --profile-set array_parallelism=1" if serial else "")
+            stages.append(
+                Stage(
+                    name=name,
+                    after=after,
+                    what=what,
+                    runs=planned(grid),
+                    serial=serial,
+                    command=_sweep_command(config.seeds, grid, base, where),
+                )
             )
-        )
     head_stages = tuple(stage.name for stage in stages if stage.runs)
     if config.robustness:
         stages.append(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from cluster.config import from_dict
 from launch.cli import UserError
+from launch.commands.sweep import add_cluster_arguments
 from launch.tables import format_table
 
 if TYPE_CHECKING:
@@ -343,14 +344,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="run setting applied after the preset to every run, e.g. train.max_epochs=2 (repeatable)",
     )
-    parser.add_argument("--cluster", choices=("local", "slurm"), default="local", help="where the jobs go")
-    parser.add_argument("--profile", type=Path, default=None, help="cluster profile TOML (see launch/profiles/)")
-    parser.add_argument(
-        "--profile-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="change one profile field, e.g. --profile-set time=240 (repeatable)",
-    )
+    add_cluster_arguments(parser)
     parser.add_argument("--dry-run", action="store_true", help="print the plan (and check the profile); start nothing")
     parser.set_defaults(handler=run_reproduce)
