@@ -144,7 +144,8 @@ def _interval(values: list[float]) -> tuple[float, float, float, float]:
     t = (2 * 0.975 - 1) / math.sqrt(2 * 0.975 * 0.025)
     mean, sd = statistics.mean(values), statistics.stdev(values)
     half = t * sd / math.sqrt(len(values))
-    return mean, sd, mean - half, mean + half
+    # A score lies in [0, 1]: the report clips its interval there.
+    return mean, sd, max(0.0, mean - half), min(1.0, mean + half)
 
 
 def run_sweep_and_check(sweep_dir: Path, store: Path, cluster: str, profile_overrides: list[str]) -> None:
