@@ -4,8 +4,8 @@ Table 1: weighted F1 of the audio, text and bimodal models and the gain bimodal 
 CM-RoBERTa with and without the SCA unit, beside the paper's numbers.
 Table 2: per-class F1 in the paper's column order and the weighted average, per modality, the
 difference bimodal − text, and the always-majority-class floor (always-neutral on MELD).
-Table 3: the audio model with OpenL3 only, openSMILE only and both, beside the paper's figures,
-whenever a store holds both families and audio-only runs trained on them.
+Table 3 (`launch.audio_ablation`): the audio model with OpenL3 only, openSMILE only and both, beside
+the paper's figures, whenever a store holds both families and audio-only runs trained on them.
 A voice-only table scores the utterances the corpus lists as carried by the voice alone (the demo
 corpus's `ambiguous.json`). The paired differences (`launch.paired_report`) close the paper's part.
 
@@ -40,7 +40,6 @@ from extract.feature_store import MANIFEST_NAME
 from extract.labels import EMOTIONS
 from launch.report_table import Cell, Table
 from launch.run_groups import (
-    AUDIO_FAMILIES_KEY,
     ConfigGroup,
     ReportError,
     group_by_config,
@@ -77,13 +76,6 @@ PAPER_TABLE2: dict[str, tuple[float, ...]] = {
     "audio": (62.9, 20.12, 0.0, 6.7, 22.65, 0.0, 53.21, 43.10),
     "text": (76.39, 60.47, 30.5, 42.21, 63.21, 31.74, 45.82, 63.83),
     "bimodal": (78.67, 63.42, 28.7, 42.19, 63.65, 30.91, 53.56, 66.28),
-}
-
-# The paper's Table 3: the audio model's weighted F1 on test by its audio families, in the paper's row order.
-PAPER_TABLE3: dict[tuple[str, ...], tuple[str, float]] = {
-    ("openl3",): ("OpenL3 only (without the low-level descriptors)", 37.3),
-    ("opensmile",): ("openSMILE only (without OpenL3)", 41.3),
-    ("openl3", "opensmile"): ("openSMILE and OpenL3", 43.1),
 }
 
 VOICE_ONLY = "voice-only utterances"
@@ -288,7 +280,8 @@ def _mode_name(variant: str, block: Block) -> str | None:
     return None if variant == "audio" else TEXT_MODE_NAMES[block.text_mode]
 
 
-def _cell(group: RunGroup | None, read: Callable[[RunResult], float]) -> Cell | None:
+def group_cell(group: RunGroup | None, read: Callable[[RunResult], float]) -> Cell | None:
+    """One cell of a group's runs: `read` of each, in percent; None without a group."""
     if group is None:
         return None
     return Cell(tuple(100 * float(read(run)) for run in group.members))
@@ -303,7 +296,8 @@ def table1(runs: Sequence[RunResult]) -> Table:
     rows: list[tuple[str, list[Cell | float | int | str | None]]] = []
     for index, block in enumerate(blocks(runs)):
         weighted = {
-            variant: _cell(block.groups.get(variant), lambda run: run.test["weighted_f1"]) for variant in VARIANT_NAMES
+            variant: group_cell(block.groups.get(variant), lambda run: run.test["weighted_f1"])
+            for variant in VARIANT_NAMES
         }
         for name, bimodal in (("CM-RoBERTa without SCA unit", "bimodal_no_sca"), ("CM-RoBERTa", "bimodal")):
             if index > 0 and weighted[bimodal] is None:
@@ -331,8 +325,8 @@ def table2(runs: Sequence[RunResult]) -> Table:
     for block in blocks(runs):
         cells_of: dict[str, list[Cell | None]] = {}
         for variant, group in block.groups.items():
-            cells = [_cell(group, lambda run, e=emotion: run.test["per_class_f1"][e]) for emotion in EMOTIONS]
-            cells.append(_cell(group, lambda run: run.test["weighted_f1"]))
+            cells = [group_cell(group, lambda run, e=emotion: run.test["per_class_f1"][e]) for emotion in EMOTIONS]
+            cells.append(group_cell(group, lambda run: run.test["weighted_f1"]))
             cells_of[variant] = cells
             if variant == "audio" and group.config_hash in shown_audio:
                 continue  # the same audio runs stand beside several blocks: shown once
@@ -356,51 +350,6 @@ def table2(runs: Sequence[RunResult]) -> Table:
     )
 
 
-def _store_families(run: RunResult) -> set[str]:
-    """The families the run's store holds, from its manifest; empty when the store is not here."""
-    manifest_path = Path(str(run.config.get("store", ""))) / MANIFEST_NAME
-    try:
-        return set(json.loads(manifest_path.read_text(encoding="utf-8")).get("families", {}))
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return set()
-
-
-def table3(runs: Sequence[RunResult]) -> Table | None:
-    """The audio model by its audio families (OpenL3 only, openSMILE only, both), beside the paper's Table 3;
-    None unless audio-only runs read a store holding both families."""
-    audio = [group for group in group_runs(runs) if group.variant == "audio"]
-    stores_with_both = [g for g in audio if {"opensmile", "openl3"} <= _store_families(g.members[0])]
-    if not stores_with_both:
-        return None
-    by_families: dict[tuple[str, ...], list[RunGroup]] = {}
-    for group in stores_with_both:
-        families = tuple(sorted(group.settings.get(AUDIO_FAMILIES_KEY, ["opensmile", "openl3"])))
-        if families in PAPER_TABLE3:
-            by_families.setdefault(families, []).append(group)
-    shown = [group for groups in by_families.values() for group in groups]
-    # Groups of one family set that differ in another key are named by it; the families are the row itself.
-    apart = dict(zip((g.config_hash for g in shown), keys_apart([g.settings for g in shown])))
-    rows: list[tuple[str, list[Cell | float | int | str | None]]] = []
-    missing = []
-    for families, (name, paper) in PAPER_TABLE3.items():
-        groups = by_families.get(families, [])
-        if not groups:
-            missing.append("+".join(families))
-            rows.append((name, [None, None, paper]))
-        for group in groups:
-            keys = [key for key in apart[group.config_hash] if key != AUDIO_FAMILIES_KEY]
-            cell = _cell(group, lambda run: run.test["weighted_f1"])
-            rows.append((named(name, group.settings, keys), [len(group.members), cell, paper]))
-    notes = [f"not run: the audio model on {', '.join(missing)} (`cmroberta reproduce` runs it)"] if missing else []
-    return Table(
-        title="Table 3: the audio model's weighted F1 (%) on test by its audio features",
-        name="table3",
-        columns=["audio features", "seeds", "weighted F1", "paper"],
-        rows=rows,
-        notes=notes,
-    )
-
-
 def voice_only_table(runs: Sequence[RunResult]) -> Table | None:
     """Accuracy and weighted F1 on the voice-only test utterances, per modality; None if the corpus lists none."""
     rows: list[tuple[str, list[Cell | float | int | str | None]]] = []
@@ -414,8 +363,8 @@ def voice_only_table(runs: Sequence[RunResult]) -> Table | None:
             cells = [
                 _mode_name(variant, block),
                 int(group.members[0].voice_only["count"]),
-                _cell(group, lambda run: run.voice_only["accuracy"]),
-                _cell(group, lambda run: run.voice_only["weighted_f1"]),
+                group_cell(group, lambda run: run.voice_only["accuracy"]),
+                group_cell(group, lambda run: run.voice_only["weighted_f1"]),
             ]
             rows.append((_row_name(variant, block), cells))
     if not rows:
@@ -434,7 +383,8 @@ def report_tables(runs: Sequence[RunResult]) -> list[Table]:
     The paper's tables hold the runs trained as the paper trained (no modality dropout); the
     robustness table, last, holds every run scored under perturbations (`cmroberta evaluate --perturb`).
     """
-    # Imported here: the paired differences and the robustness table build on this module's runs and blocks.
+    # Imported here: Table 3, the paired differences and the robustness table build on this module's runs.
+    from launch.audio_ablation import table3
     from launch.paired_report import paired_differences_table
     from launch.robustness_report import read_run_robustness, table_from_runs
 

@@ -11,6 +11,7 @@ import pytest
 from cluster.durable_files import atomic_write_json, atomic_write_json_lines
 from extract.feature_store import MANIFEST_NAME
 from extract.labels import EMOTIONS
+from launch.audio_ablation import table3
 from launch.cli import main
 from launch.paired_report import paired_differences, paired_differences_table
 from launch.report import (
@@ -20,7 +21,6 @@ from launch.report import (
     load_runs,
     table1,
     table2,
-    table3,
     voice_only_table,
 )
 from launch.report_table import Cell, Table
