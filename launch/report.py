@@ -400,10 +400,15 @@ def group_names(runs: Sequence[RunResult]) -> dict[Path, str]:
     groups = group_runs(runs)
     names = {}
     for group, keys in zip(groups, keys_apart([group.settings for group in groups])):
-        mode = "" if group.variant == "audio" else TEXT_MODE_SUFFIXES[group.text_mode]
         for run in group.members:
-            names[run.run_dir] = named(VARIANT_NAMES[group.variant] + mode, group.settings, keys)
+            names[run.run_dir] = named(base_name(group), group.settings, keys)
     return names
+
+
+def base_name(group: ConfigGroup) -> str:
+    """A group's name before its distinguishing keys: the variant, and the text mode of one that reads text."""
+    variant = VARIANT_NAMES.get(group.variant, group.variant)
+    return variant if group.variant == "audio" else variant + TEXT_MODE_SUFFIXES.get(group.text_mode, "")
 
 
 def _selection(run: RunResult) -> str:

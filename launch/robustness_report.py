@@ -21,6 +21,7 @@ from pathlib import Path
 
 import tomllib
 
+from launch.report import base_name
 from launch.report_table import Cell, Table
 from launch.run_groups import ReportError, group_by_config, keys_apart, named
 from model.evaluate import TEST_METRICS_NAME
@@ -51,12 +52,6 @@ class RunRobustness:
     """Condition -> test weighted F1 under it."""
     descriptions: dict[str, str] = field(default_factory=dict)
     """Condition -> the condition in words."""
-
-
-def _base_name(settings: dict) -> str:
-    """The variant, and the text mode of a variant that reads text: 'bimodal (end-to-end)'."""
-    variant, mode = str(settings.get("model.variant", "?")), str(settings.get("text_mode", "frozen"))
-    return variant if variant == "audio" or mode == "frozen" else f"{variant} ({mode.replace('_', '-')})"
 
 
 def _describe(perturbation: dict) -> str:
@@ -116,7 +111,7 @@ def table_from_runs(runs: Sequence[RunRobustness]) -> Table | None:
             cells.append(Cell(tuple(100 * run.perturbed[condition] for run in scored)))
             # A change of score is bounded by nothing a t interval needs to respect here.
             cells.append(Cell(tuple(100 * (run.perturbed[condition] - run.clean) for run in scored), bounds=None))
-        rows.append((named(_base_name(group.settings), group.settings, keys), cells))
+        rows.append((named(base_name(group), group.settings, keys), cells))
     columns = ["configuration", "seeds", "clean"]
     for condition in conditions:
         columns.extend([descriptions[condition], f"{descriptions[condition]} - clean"])
