@@ -23,22 +23,30 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 import numpy as np  # noqa: E402
+import tomllib  # noqa: E402
 
+from cluster.config import RESOLVED_CONFIG_NAME  # noqa: E402
 from cluster.durable_files import atomic_write_json, atomic_write_text  # noqa: E402
 from extract.labels import EMOTIONS  # noqa: E402
+from launch.report_table import (  # noqa: E402
+    CLIPPED_MARK,
+    PAIRED_HOLM,
+    PAIRED_READING,
+    paired_cells,
+    paired_columns,
+)
+from launch.run_groups import keys_apart, named, settings_of  # noqa: E402
 from launch.statistics import (  # noqa: E402
     CONFIDENCE,
-    DialogueBootstrap,
-    PairedTest,
+    PairedTests,
     Predictions,
     Spread,
-    paired_dialogue_bootstrap,
-    paired_t_test,
+    paired_tests,
     read_predictions,
     spread,
 )
 from launch.sweep import RUN_RECORD_NAME, RUNS_FOLDER, SWEEP_NAME  # noqa: E402
-from launch.tables import format_table, p_value_text  # noqa: E402
+from launch.tables import format_table  # noqa: E402
 from model.evaluate import TEST_METRICS_NAME, TEST_PREDICTIONS_NAME  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -46,6 +54,8 @@ log = logging.getLogger(__name__)
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 SPREAD_PNG = "spread.png"
+# Scores as fractions cannot leave [0, 1]: their intervals are clipped there, and marked (`launch.statistics`).
+FRACTION_BOUNDS = (0.0, 1.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +74,8 @@ class SeedResult:
     """Test F1 of each emotion."""
     predictions: Predictions | None
     """Its test predictions, for the bootstrap over dialogues; None when predictions.jsonl is missing."""
+    config: dict
+    """Its resolved config (config.toml as read; empty when the folder has none)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,14 +104,8 @@ class PairedComparison:
     """The configuration compared."""
     baseline: str
     """The configuration it is compared with."""
-    seeds: list[int]
-    """Seeds both finished."""
-    weighted_f1_difference: Spread
-    """Per-seed differences of weighted F1."""
-    paired_test: PairedTest
-    """Student's paired t-test of the weighted F1 over those seeds."""
-    bootstrap: DialogueBootstrap | None
-    """Paired bootstrap over test dialogues; None when a run lacks its predictions."""
+    tests: PairedTests
+    """The per-seed differences of weighted F1 (fractions) and every paired test of them."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,9 +146,36 @@ def read_results(sweep_dir: Path) -> tuple[list[SeedResult], list[str]]:
                 weighted_f1=float(metrics["weighted_f1"]),
                 per_class_f1={name: float(per_class[name]) for name in EMOTIONS},
                 predictions=read_predictions(predictions_path) if predictions_path.is_file() else None,
+                config=_read_config(run_dir),
             )
         )
     return results, unfinished
+
+
+def _read_config(run_dir: Path) -> dict:
+    """The run's config.toml as read; empty when it is missing or unreadable (its label then stands alone)."""
+    try:
+        return tomllib.loads((run_dir / RESOLVED_CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {}
+
+
+def labels_apart(results: Sequence[SeedResult]) -> dict[str, str]:
+    """Config hash -> its label; configurations that share a label are named by the keys that tell them apart
+    (by their hash where their configs cannot be read)."""
+    first = {result.config_hash: result for result in reversed(results)}
+    by_label: dict[str, list[str]] = {}
+    for digest, result in first.items():
+        by_label.setdefault(result.label, []).append(digest)
+    labels = {}
+    for label, digests in by_label.items():
+        if len(digests) == 1:
+            labels[digests[0]] = label
+            continue
+        settings = [settings_of(first[digest].config) for digest in digests]
+        for digest, one, keys in zip(digests, settings, keys_apart(settings)):
+            labels[digest] = named(label, one, keys) if keys else f"{label} [config {digest[:12]}]"
+    return labels
 
 
 def _configuration_order(sweep_dir: Path, results: Sequence[SeedResult]) -> list[str]:
@@ -161,6 +194,7 @@ def aggregate(sweep_dir: Path, confidence: float = CONFIDENCE) -> SweepReport:
     by_config: dict[str, dict[int, SeedResult]] = {}
     for result in results:
         by_config.setdefault(result.config_hash, {})[result.seed] = result
+    labels = labels_apart(results)
     configurations = []
     for digest in _configuration_order(sweep_dir, results):
         seeds = by_config.get(digest)
@@ -169,11 +203,14 @@ def aggregate(sweep_dir: Path, confidence: float = CONFIDENCE) -> SweepReport:
         ordered = [seeds[seed] for seed in sorted(seeds)]
         configurations.append(
             ConfigurationSummary(
-                label=ordered[0].label,
+                label=labels[digest],
                 config_hash=digest,
                 seeds=sorted(seeds),
-                weighted_f1=spread([r.weighted_f1 for r in ordered], confidence),
-                per_class_f1={name: spread([r.per_class_f1[name] for r in ordered], confidence) for name in EMOTIONS},
+                weighted_f1=spread([r.weighted_f1 for r in ordered], confidence, FRACTION_BOUNDS),
+                per_class_f1={
+                    name: spread([r.per_class_f1[name] for r in ordered], confidence, FRACTION_BOUNDS)
+                    for name in EMOTIONS
+                },
                 values=[r.weighted_f1 for r in ordered],
             )
         )
@@ -184,24 +221,15 @@ def aggregate(sweep_dir: Path, confidence: float = CONFIDENCE) -> SweepReport:
             if not common:
                 continue
             a, b = by_config[other.config_hash], by_config[baseline.config_hash]
-            a_scores, b_scores = [a[seed].weighted_f1 for seed in common], [b[seed].weighted_f1 for seed in common]
-            a_predictions = [a[seed].predictions for seed in common]
-            b_predictions = [b[seed].predictions for seed in common]
-            has_predictions = all(p is not None for p in (*a_predictions, *b_predictions))
-            comparisons.append(
-                PairedComparison(
-                    label=other.label,
-                    baseline=baseline.label,
-                    seeds=common,
-                    weighted_f1_difference=spread(np.subtract(a_scores, b_scores), confidence),
-                    paired_test=paired_t_test(a_scores, b_scores),
-                    bootstrap=(
-                        paired_dialogue_bootstrap(a_predictions, b_predictions, confidence=confidence)
-                        if has_predictions
-                        else None
-                    ),
-                )
+            tests = paired_tests(
+                common,
+                [a[seed].weighted_f1 for seed in common],
+                [b[seed].weighted_f1 for seed in common],
+                [a[seed].predictions for seed in common],
+                [b[seed].predictions for seed in common],
+                confidence,
             )
+            comparisons.append(PairedComparison(label=other.label, baseline=baseline.label, tests=tests))
     return SweepReport(
         configurations=configurations, comparisons=comparisons, unfinished=unfinished, confidence=confidence
     )
@@ -212,7 +240,7 @@ def _points(value: float | None) -> str:
 
 
 def _interval(s: Spread) -> str:
-    return "-" if s.ci_low is None else f"[{_points(s.ci_low)}, {_points(s.ci_high)}]"
+    return "-" if s.ci_low is None else f"[{_points(s.ci_low)}, {_points(s.ci_high)}]" + CLIPPED_MARK * s.clipped
 
 
 def _mean_std(s: Spread) -> str:
@@ -227,9 +255,11 @@ def format_report(report: SweepReport, markdown: bool = False) -> str:
         [c.label, c.weighted_f1.n, _mean_std(c.weighted_f1), _interval(c.weighted_f1), " ".join(map(str, c.seeds))]
         for c in report.configurations
     ]
+    clipped = any(c.weighted_f1.clipped for c in report.configurations)
     sections.append(
         "Test weighted F1 over seeds (mean ± sample sd)\n\n"
         + format_table(["configuration", "seeds", "weighted F1", level, "seed list"], rows, markdown)
+        + (f"\n\n{CLIPPED_MARK} the t interval reached past [0, 100] and is clipped there" if clipped else "")
     )
     rows = [[c.label, *(_mean_std(c.per_class_f1[name]) for name in EMOTIONS)] for c in report.configurations]
     sections.append(
@@ -237,26 +267,14 @@ def format_report(report: SweepReport, markdown: bool = False) -> str:
         + format_table(["configuration", *EMOTIONS], rows, markdown)
     )
     if report.comparisons:
-        rows = [
-            [
-                f"{p.label} − {p.baseline}",
-                p.weighted_f1_difference.n,
-                _mean_std(p.weighted_f1_difference),
-                _interval(p.weighted_f1_difference),
-                p_value_text(p.paired_test.p_value),
-                "-" if p.bootstrap is None else f"[{_points(p.bootstrap.ci_low)}, {_points(p.bootstrap.ci_high)}]",
-                "-" if p.bootstrap is None else p_value_text(p.bootstrap.p_value, p.bootstrap.resamples),
-            ]
-            for p in report.comparisons
-        ]
+        cells = paired_cells([p.tests for p in report.comparisons], scale=100)
+        rows = [[f"{p.label} − {p.baseline}", *row] for p, row in zip(report.comparisons, cells)]
         sections.append(
             "Paired differences of weighted F1 (percentage points): over common seeds (mean ± sd, t interval, "
-            "paired t-test), and over test dialogues (paired bootstrap: interval, p)\n\n"
-            + format_table(
-                ["comparison", "seeds", "difference", level, "t-test p", f"bootstrap {level}", "bootstrap p"],
-                rows,
-                markdown,
-            )
+            "paired t-test), over test dialogues (paired bootstrap), and over both (seeds × dialogues)\n\n"
+            + format_table(["comparison", *paired_columns(report.confidence)], rows, markdown)
+            + "\n\n"
+            + "\n".join([PAIRED_READING, PAIRED_HOLM])
         )
     if report.unfinished:
         sections.append(

@@ -26,6 +26,7 @@ VERBS: tuple[str, ...] = (
     "evaluate",
     "predict",
     "report",
+    "reproduce",
     "launch",
     "sweep",
     "config",

@@ -18,6 +18,7 @@ and its log folder shows what it was asked to do.
 - `PredictionJob` runs `cmroberta predict` on a large input, on the job's GPU when it has one.
 - `RunQueueJob` trains several runs one after another, for the local executor, which has no
   job arrays to bound how many runs of a sweep run at once.
+- `RobustnessJob` scores finished runs under perturbations, for `cmroberta reproduce`.
 """
 
 import json
@@ -242,3 +243,25 @@ class RunQueueJob(submitit.helpers.Checkpointable):
 
     def __repr__(self) -> str:
         return f"RunQueueJob({len(self.runs)} runs)"
+
+
+class RobustnessJob:
+    """Score finished runs under perturbations (`cmroberta evaluate RUN --perturb SPEC` for each); returns the
+    robustness table as text."""
+
+    def __init__(self, run_dirs: list[Path], conditions: list[str]):
+        self.run_dirs = [Path(run_dir) for run_dir in run_dirs]
+        """The finished runs."""
+        self.conditions = conditions
+        """Perturbation specs, e.g. 'audio_missing', 'text_asr:wer=0.3'."""
+
+    def __call__(self) -> str:
+        from launch.robustness_report import robustness_table
+
+        _log_to_job_log()
+        use_cpus()
+        table = robustness_table(self.run_dirs, self.conditions)
+        return "" if table is None else table.render()
+
+    def __repr__(self) -> str:
+        return f"RobustnessJob({len(self.run_dirs)} runs, {self.conditions})"

@@ -1,32 +1,32 @@
-"""Paper-style tables from finished run folders: the shapes of the paper's Tables 1 and 2.
+"""Paper-style tables from finished run folders: the shapes of the paper's Tables 1, 2 and 3.
 
 Table 1: weighted F1 of the audio, text and bimodal models and the gain bimodal − text, for
 CM-RoBERTa with and without the SCA unit, beside the paper's numbers.
 Table 2: per-class F1 in the paper's column order and the weighted average, per modality, the
 difference bimodal − text, and the always-majority-class floor (always-neutral on MELD).
-A third table scores the voice-only utterances when the corpus lists them (the demo corpus's
-`ambiguous.json`): there, text alone cannot know the emotion, and the audio must carry it.
-The paired-differences table compares, seed by seed, bimodal − text and SCA − no SCA (bimodal −
-bimodal without SCA) within each text mode, and end-to-end − frozen where both ran: Student's paired
-t-test across seeds and a paired bootstrap over the test dialogues (`launch.statistics`).
+Table 3 (`launch.audio_ablation`): the audio model with OpenL3 only, openSMILE only and both, beside
+the paper's figures, whenever a store holds both families and audio-only runs trained on them.
+A voice-only table scores the utterances the corpus lists as carried by the voice alone (the demo
+corpus's `ambiguous.json`). The paired differences (`launch.paired_report`) close the paper's part.
 
-Runs that share a variant and text mode (seeds of a sweep) are shown as mean ± sample standard
-deviation, with the 95% confidence interval of the mean on the line below; a difference in Tables
-1 and 2 is the difference of the means. Numbers are percentages.
+Runs are grouped by their config without the seed (`launch.run_groups`): the seeds of one group are
+shown as mean ± sample standard deviation, with the 95% confidence interval of the mean on the line
+below, clipped to [0, 100] and marked where the t interval reached past it. Groups that differ only in
+their variant make one block of rows, named by its text mode and by every key that sets it apart from
+the other blocks; an audio-only group stands in a block whose other keys it shares. A difference in
+Tables 1 and 2 is the difference of the means. Numbers are percentages.
 
-Every row that reads text says which text mode produced it: `frozen` (pretrained vectors from
-the store), `end_to_end` (the encoder trained with the head) or `finetuned` (vectors of an encoder
-fine-tuned on its own first, the paper's recipe). Rows of different modes are never mixed. Audio-only
-runs read no text, so the same audio runs serve every mode. The paper's rows are its fine-tuned
-RoBERTa-Large (its section 4.1.3).
+Every row that reads text says which text mode produced it: `frozen` (pretrained vectors from the
+store), `end_to_end` (the encoder trained with the head) or `finetuned` (vectors of an encoder
+fine-tuned on its own first, the paper's recipe). The paper's rows are its fine-tuned RoBERTa-Large
+(its section 4.1.3).
 
 `report_tables` lists the tables in order; a new table joins there.
 """
 
-import csv
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,24 +38,24 @@ from cluster.durable_files import atomic_write_text
 from extract.demo_corpus import read_ambiguous_keys
 from extract.feature_store import MANIFEST_NAME
 from extract.labels import EMOTIONS
-from launch.statistics import (
-    CONFIDENCE,
-    DialogueBootstrap,
-    PairedTest,
-    Predictions,
-    Spread,
-    StatisticsError,
-    paired_dialogue_bootstrap,
-    paired_t_test,
-    read_predictions,
-    spread,
+from launch.report_table import Cell, Table
+from launch.run_groups import (
+    ConfigGroup,
+    ReportError,
+    group_by_config,
+    keys_apart,
+    mode_setting,
+    named,
 )
-from launch.tables import format_table, p_value_text
+from launch.statistics import CONFIDENCE, Predictions, StatisticsError, read_predictions
+from launch.tables import format_table
 from model.evaluate import TEST_METRICS_NAME, TEST_PREDICTIONS_NAME, confusion_plot_file
 from model.metrics import classification_metrics
 from model.train import CURVES_NAME
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ReportError"]
 
 # Variant -> row name, in the paper's row order.
 VARIANT_NAMES: dict[str, str] = {
@@ -79,6 +79,8 @@ PAPER_TABLE2: dict[str, tuple[float, ...]] = {
 }
 
 VOICE_ONLY = "voice-only utterances"
+# What `cmroberta reproduce` writes into its sweep folder: the preset its runs trained with.
+PRESET_NAME = "preset.json"
 
 # Text mode -> row-name suffix, in report order.
 TEXT_MODE_SUFFIXES: dict[str, str] = {"frozen": "", "end_to_end": " (end-to-end)", "finetuned": " (fine-tuned)"}
@@ -86,10 +88,6 @@ TEXT_MODE_SUFFIXES: dict[str, str] = {"frozen": "", "end_to_end": " (end-to-end)
 TEXT_MODE_NAMES: dict[str, str] = {"frozen": "frozen", "end_to_end": "end-to-end", "finetuned": "fine-tuned"}
 # The paper fine-tuned RoBERTa-Large before extracting its vectors (section 4.1.3).
 PAPER_TEXT_MODE = "fine-tuned"
-
-
-class ReportError(Exception):
-    """Run folders that cannot be reported together; the message names the folder and the fix."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,98 +101,25 @@ class RunResult:
     seed: int
     """The run's seed."""
     text_mode: str
-    """Where its text vectors came from: 'frozen' (the store's) or 'end_to_end' (a fine-tuned encoder)."""
+    """Where its text vectors came from: 'frozen', 'end_to_end' or 'finetuned'."""
+    config: dict[str, Any]
+    """Its resolved config (config.toml as read)."""
     test: dict[str, Any]
     """Its test_metrics.json."""
     voice_only: dict[str, float | int] | None
     """Accuracy, weighted F1 and count on the corpus's voice-only test utterances; None if the corpus lists none."""
     predictions: Predictions | None
-    """Its test predictions (predictions.jsonl), for the bootstrap over dialogues; None when missing."""
+    """Its test predictions (predictions.jsonl), for the bootstraps over dialogues; None when missing."""
     modality_dropout: float = 0.0
     """Its training's modality dropout; runs trained with it appear only in the robustness table."""
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One table cell over seeds: the values, shown as mean ± sample sd, with the mean's confidence interval."""
-
-    values: tuple[float, ...]
-    """Per-run values, in percent."""
-
-    @property
-    def summary(self) -> Spread:
-        """Mean, sample sd and the 95% t interval of the mean (no sd or interval for one run)."""
-        return spread(self.values, CONFIDENCE)
-
-    @property
-    def mean(self) -> float:
-        """Mean over runs."""
-        return self.summary.mean
-
-    @property
-    def std(self) -> float | None:
-        """Sample standard deviation, None for a single run."""
-        return self.summary.std
-
-    def interval(self) -> str | None:
-        """'[low, high]', the confidence interval of the mean; None for a single run."""
-        s = self.summary
-        return None if s.ci_low is None else f"[{s.ci_low:.2f}, {s.ci_high:.2f}]"
-
-    def __str__(self) -> str:
-        return f"{self.mean:.2f}" if self.std is None else f"{self.mean:.2f} ± {self.std:.2f}"
+RunGroup = ConfigGroup[RunResult]
 
 
-@dataclass(frozen=True, kw_only=True)
-class Table:
-    """A report table: a title, column names, and rows of (row name, cells)."""
-
-    title: str
-    """Heading above the table."""
-    name: str
-    """File stem of its CSV."""
-    columns: list[str]
-    """Column names, the row-name column first."""
-    rows: list[tuple[str, list[Cell | float | int | None]]]
-    """Row name and one cell per column after the first; None is an empty cell."""
-
-    def text_rows(self) -> list[list[object]]:
-        """Rows for `format_table`: cells as strings, empty cells as '–'; under a row with seeds, its 95% CIs."""
-        lines: list[list[object]] = []
-        for name, cells in self.rows:
-            shown = ("–" if cell is None else str(cell) if isinstance(cell, Cell) else cell for cell in cells)
-            lines.append([name, *shown])
-            intervals = [cell.interval() if isinstance(cell, Cell) else None for cell in cells]
-            if any(intervals):
-                lines.append([f"  {100 * CONFIDENCE:.0f}% CI", *(interval or "" for interval in intervals)])
-        return lines
-
-    def render(self, markdown: bool = False) -> str:
-        """The table as aligned text, or as Markdown."""
-        return format_table(self.columns, self.text_rows(), markdown=markdown)
-
-    def write_csv(self, path: Path) -> Path:
-        """CSV of the same shape: a mean column per column, and `<column> std`, `<column> ci_low` and
-        `<column> ci_high` columns when any run has seeds."""
-        has_std = any(isinstance(cell, Cell) and cell.std is not None for _, cells in self.rows for cell in cells)
-        spread_columns = ("std", "ci_low", "ci_high") if has_std else ()
-        header = [self.columns[0]]
-        for column in self.columns[1:]:
-            header.extend([column, *(f"{column} {part}" for part in spread_columns)])
-        with open(path, "w", newline="", encoding="utf-8") as stream:
-            writer = csv.writer(stream)
-            writer.writerow(header)
-            for name, cells in self.rows:
-                row: list[object] = [name]
-                for cell in cells:
-                    mean = cell.mean if isinstance(cell, Cell) else cell
-                    row.append("" if mean is None else mean if isinstance(mean, (int, str)) else f"{mean:.4f}")
-                    summary = cell.summary if isinstance(cell, Cell) else None
-                    for part in spread_columns:
-                        value = None if summary is None else getattr(summary, part)
-                        row.append("" if value is None else f"{value:.4f}")
-                writer.writerow(row)
-        return path
+def group_runs(runs: Sequence[RunResult]) -> list[RunGroup]:
+    """The runs grouped by their config without the seed, in the order given."""
+    return group_by_config(runs, lambda run: run.config, lambda run: run.seed, lambda run: str(run.run_dir))
 
 
 def find_run_dirs(paths: Sequence[Path]) -> list[Path]:
@@ -246,11 +171,12 @@ def load_run(run_dir: Path) -> RunResult:
     except (OSError, tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
         raise ReportError(f"run folder {run_dir} cannot be read ({error}); is it a finished run?") from None
     variant = config.get("model", {}).get("variant")
+    config.setdefault("text_mode", "frozen")
     if variant not in VARIANT_NAMES:
         raise ReportError(
             f"run folder {run_dir} has model variant {variant!r}; expected one of {', '.join(VARIANT_NAMES)}"
         )
-    text_mode = config.get("text_mode", "frozen")
+    text_mode = config["text_mode"]
     if text_mode not in TEXT_MODE_SUFFIXES:
         raise ReportError(
             f"run folder {run_dir} has text_mode {text_mode!r}; expected one of {', '.join(TEXT_MODE_SUFFIXES)}"
@@ -265,6 +191,7 @@ def load_run(run_dir: Path) -> RunResult:
         variant=variant,
         seed=int(config.get("seed", 0)),
         text_mode=text_mode,
+        config=config,
         test=test,
         voice_only=_voice_only_scores(run_dir, config, predictions),
         predictions=predictions,
@@ -287,34 +214,77 @@ def load_runs(paths: Sequence[Path]) -> list[RunResult]:
     return runs
 
 
-def _text_modes(runs: Sequence[RunResult]) -> list[str]:
-    """Text modes of the runs that read text, in report order; 'frozen' alone when none does."""
-    present = {run.text_mode for run in runs if run.variant != "audio"}
-    return [mode for mode in TEXT_MODE_SUFFIXES if mode in present] or ["frozen"]
+@dataclass(frozen=True, kw_only=True)
+class Block:
+    """Groups that differ only in their variant (the audio-only group: in the keys every text mode reads)."""
+
+    text_mode: str
+    """The text mode of its text-reading groups."""
+    groups: dict[str, RunGroup]
+    """Variant -> its group."""
+    settings: dict[str, Any]
+    """The groups' config as dotted keys, variant aside."""
+    keys: tuple[str, ...] = ()
+    """The keys that set it apart from the report's other blocks, besides the text mode."""
+
+    @property
+    def name(self) -> str:
+        """The text mode's row-name suffix, then ' [key=value, ...]' of `keys`."""
+        return named(TEXT_MODE_SUFFIXES[self.text_mode], self.settings, self.keys)
+
+    @property
+    def where(self) -> str:
+        """The text mode's name, then ' [key=value, ...]' of `keys`: the block in a comparison's row."""
+        return named(TEXT_MODE_NAMES[self.text_mode], self.settings, self.keys)
 
 
-def _by_variant(runs: Sequence[RunResult], text_mode: str = "frozen") -> dict[str, list[RunResult]]:
-    """Runs of each variant with `text_mode`; audio-only runs, which read no text, under every mode."""
-    grouped: dict[str, list[RunResult]] = {}
-    for variant in VARIANT_NAMES:
-        chosen = sorted(
-            (run for run in runs if run.variant == variant and (variant == "audio" or run.text_mode == text_mode)),
-            key=lambda run: run.seed,
+def blocks(runs: Sequence[RunResult]) -> list[Block]:
+    """The report's blocks, text modes in report order, then in the order first seen.
+
+    Text-reading groups with equal configs (variant aside) make a block; each block takes the audio-only
+    group that shares its `mode_setting`. Without text-reading runs, each audio-only group is a block.
+    """
+    groups = group_runs(runs)
+    readers = [group for group in groups if group.variant != "audio"] or groups
+    found: dict[str, Block] = {}
+    for group in readers:
+        settings = {key: value for key, value in group.settings.items() if key != "model.variant"}
+        identity = json.dumps(settings, sort_keys=True, default=str)
+        block = found.setdefault(identity, Block(text_mode=group.text_mode, groups={}, settings=settings))
+        block.groups[group.variant] = group
+    for block in found.values():
+        audio = [g for g in groups if g.variant == "audio" and mode_setting(g.settings) == mode_setting(block.settings)]
+        if audio and "audio" not in block.groups:
+            block.groups["audio"] = audio[0]
+    ordered = sorted(found.values(), key=lambda block: list(TEXT_MODE_SUFFIXES).index(block.text_mode))
+    apart = keys_apart([block.settings for block in ordered])
+    return [
+        Block(
+            text_mode=block.text_mode,
+            groups={variant: block.groups[variant] for variant in VARIANT_NAMES if variant in block.groups},
+            settings=block.settings,
+            keys=tuple(keys),
         )
-        if chosen:
-            grouped[variant] = chosen
-    return grouped
+        for block, keys in zip(ordered, apart)
+    ]
 
 
-def _row_name(variant: str, text_mode: str) -> str:
-    """A variant's row name, marked with its text mode (never for audio, which reads no text)."""
-    return VARIANT_NAMES[variant] + ("" if variant == "audio" else TEXT_MODE_SUFFIXES[text_mode])
+def _row_name(variant: str, block: Block) -> str:
+    """A variant's row name, marked with its block's name (its text mode never for audio, which reads no text)."""
+    if variant != "audio":
+        return VARIANT_NAMES[variant] + block.name
+    return named("audio", block.settings, [key for key in block.keys if key in mode_setting(block.settings)])
 
 
-def _cell(runs: Sequence[RunResult] | None, read: Any) -> Cell | None:
-    if not runs:
+def _mode_name(variant: str, block: Block) -> str | None:
+    return None if variant == "audio" else TEXT_MODE_NAMES[block.text_mode]
+
+
+def group_cell(group: RunGroup | None, read: Callable[[RunResult], float]) -> Cell | None:
+    """One cell of a group's runs: `read` of each, in percent; None without a group."""
+    if group is None:
         return None
-    return Cell(tuple(100 * float(read(run)) for run in runs))
+    return Cell(tuple(100 * float(read(run)) for run in group.members))
 
 
 def _difference(a: Cell | None, b: Cell | None) -> float | None:
@@ -323,18 +293,18 @@ def _difference(a: Cell | None, b: Cell | None) -> float | None:
 
 def table1(runs: Sequence[RunResult]) -> Table:
     """Weighted F1 of audio, text and bimodal models, and bimodal − text: the paper's Table 1 shape."""
-    rows: list[tuple[str, list[Cell | float | int | None]]] = []
-    for index, mode in enumerate(_text_modes(runs)):
-        grouped = _by_variant(runs, mode)
+    rows: list[tuple[str, list[Cell | float | int | str | None]]] = []
+    for index, block in enumerate(blocks(runs)):
         weighted = {
-            variant: _cell(grouped.get(variant), lambda run: run.test["weighted_f1"]) for variant in VARIANT_NAMES
+            variant: group_cell(block.groups.get(variant), lambda run: run.test["weighted_f1"])
+            for variant in VARIANT_NAMES
         }
         for name, bimodal in (("CM-RoBERTa without SCA unit", "bimodal_no_sca"), ("CM-RoBERTa", "bimodal")):
             if index > 0 and weighted[bimodal] is None:
-                continue  # a further text mode's row without its bimodal model would only repeat audio and text
+                continue  # a further block's row without its bimodal model would only repeat audio and text
             cells = [weighted["audio"], weighted["text"], weighted[bimodal]]
             difference = _difference(weighted[bimodal], weighted["text"])
-            rows.append((name + TEXT_MODE_SUFFIXES[mode], [TEXT_MODE_NAMES[mode], *cells, difference]))
+            rows.append((name + block.name, [TEXT_MODE_NAMES[block.text_mode], *cells, difference]))
     floor = runs[0].test["majority_floor"]
     floor_value = 100 * floor["weighted_f1"]
     rows.append((f"always {floor['label']}", [None, floor_value, floor_value, floor_value, None]))
@@ -350,22 +320,23 @@ def table1(runs: Sequence[RunResult]) -> Table:
 
 def table2(runs: Sequence[RunResult]) -> Table:
     """Per-class F1 in the paper's order and the weighted average, per modality: the paper's Table 2 shape."""
-    rows: list[tuple[str, list[Cell | float | int | None]]] = []
-    for index, mode in enumerate(_text_modes(runs)):
-        suffix = TEXT_MODE_SUFFIXES[mode]
+    rows: list[tuple[str, list[Cell | float | int | str | None]]] = []
+    shown_audio: set[str] = set()
+    for block in blocks(runs):
         cells_of: dict[str, list[Cell | None]] = {}
-        for variant, chosen in _by_variant(runs, mode).items():
-            cells = [_cell(chosen, lambda run, e=emotion: run.test["per_class_f1"][e]) for emotion in EMOTIONS]
-            cells.append(_cell(chosen, lambda run: run.test["weighted_f1"]))
+        for variant, group in block.groups.items():
+            cells = [group_cell(group, lambda run, e=emotion: run.test["per_class_f1"][e]) for emotion in EMOTIONS]
+            cells.append(group_cell(group, lambda run: run.test["weighted_f1"]))
             cells_of[variant] = cells
-            if variant == "audio" and index > 0:
-                continue  # the audio row is the same runs under every text mode: shown once
-            name = _row_name(variant, mode)
-            mode_name = None if variant == "audio" else TEXT_MODE_NAMES[mode]
-            rows.append((f"{name} (n={len(chosen)})" if len(chosen) > 1 else name, [mode_name, *cells]))
+            if variant == "audio" and group.config_hash in shown_audio:
+                continue  # the same audio runs stand beside several blocks: shown once
+            shown_audio.add(group.config_hash)
+            name = _row_name(variant, block)
+            shown = f"{name} (n={len(group.members)})" if len(group.members) > 1 else name
+            rows.append((shown, [_mode_name(variant, block), *cells]))
         if "bimodal" in cells_of and "text" in cells_of:
             difference = [_difference(a, b) for a, b in zip(cells_of["bimodal"], cells_of["text"])]
-            rows.append((f"bimodal - text{suffix}", [TEXT_MODE_NAMES[mode], *difference]))
+            rows.append((f"bimodal - text{block.name}", [TEXT_MODE_NAMES[block.text_mode], *difference]))
     floor = runs[0].test["majority_floor"]
     floor_cells = [100 * floor["per_class_f1"][e] for e in EMOTIONS] + [100 * floor["weighted_f1"]]
     rows.append((f"always {floor['label']}", [None, *floor_cells]))
@@ -381,19 +352,21 @@ def table2(runs: Sequence[RunResult]) -> Table:
 
 def voice_only_table(runs: Sequence[RunResult]) -> Table | None:
     """Accuracy and weighted F1 on the voice-only test utterances, per modality; None if the corpus lists none."""
-    rows: list[tuple[str, list[Cell | float | int | None]]] = []
-    for index, mode in enumerate(_text_modes(runs)):
-        for variant, chosen in _by_variant(runs, mode).items():
-            chosen = [run for run in chosen if run.voice_only]
-            if not chosen or (variant == "audio" and index > 0):
+    rows: list[tuple[str, list[Cell | float | int | str | None]]] = []
+    shown_audio: set[str] = set()
+    for block in blocks(runs):
+        for variant, group in block.groups.items():
+            if not all(run.voice_only for run in group.members) or group.config_hash in shown_audio:
                 continue
+            if variant == "audio":
+                shown_audio.add(group.config_hash)
             cells = [
-                None if variant == "audio" else TEXT_MODE_NAMES[mode],
-                int(chosen[0].voice_only["count"]),
-                _cell(chosen, lambda run: run.voice_only["accuracy"]),
-                _cell(chosen, lambda run: run.voice_only["weighted_f1"]),
+                _mode_name(variant, block),
+                int(group.members[0].voice_only["count"]),
+                group_cell(group, lambda run: run.voice_only["accuracy"]),
+                group_cell(group, lambda run: run.voice_only["weighted_f1"]),
             ]
-            rows.append((_row_name(variant, mode), cells))
+            rows.append((_row_name(variant, block), cells))
     if not rows:
         return None
     return Table(
@@ -404,127 +377,45 @@ def voice_only_table(runs: Sequence[RunResult]) -> Table | None:
     )
 
 
-@dataclass(frozen=True, kw_only=True)
-class PairedDifference:
-    """One configuration minus another, seed by seed: the paired t-test and the bootstrap over test dialogues."""
-
-    name: str
-    """What is compared, 'bimodal − text'."""
-    text_mode: str
-    """The text mode of both sides, or 'end_to_end − frozen' for a comparison across modes."""
-    seeds: list[int]
-    """Seeds both sides finished."""
-    difference: Spread
-    """Per-seed differences of test weighted F1, in percent."""
-    test: PairedTest
-    """Student's paired t-test over those seeds."""
-    bootstrap: DialogueBootstrap | None
-    """Paired bootstrap over test dialogues (fractions); None when a run lacks predictions.jsonl."""
-
-
-def _by_seed(runs: Sequence[RunResult] | None) -> dict[int, RunResult]:
-    return {run.seed: run for run in runs or ()}
-
-
-def _compare(
-    name: str, mode: str, a: Sequence[RunResult] | None, b: Sequence[RunResult] | None
-) -> PairedDifference | None:
-    """`a` minus `b` over the seeds both have; None when they share none."""
-    a_seeds, b_seeds = _by_seed(a), _by_seed(b)
-    common = sorted(set(a_seeds) & set(b_seeds))
-    if not common:
-        return None
-    a_runs, b_runs = [a_seeds[seed] for seed in common], [b_seeds[seed] for seed in common]
-    a_scores = [100 * run.test["weighted_f1"] for run in a_runs]
-    b_scores = [100 * run.test["weighted_f1"] for run in b_runs]
-    a_predictions, b_predictions = [run.predictions for run in a_runs], [run.predictions for run in b_runs]
-    bootstrap = None
-    if all(p is not None for p in (*a_predictions, *b_predictions)):
-        bootstrap = paired_dialogue_bootstrap(a_predictions, b_predictions, confidence=CONFIDENCE)
-    return PairedDifference(
-        name=name,
-        text_mode=mode,
-        seeds=common,
-        difference=spread(np.subtract(a_scores, b_scores), CONFIDENCE),
-        test=paired_t_test(a_scores, b_scores),
-        bootstrap=bootstrap,
-    )
-
-
-def paired_differences(runs: Sequence[RunResult]) -> list[PairedDifference]:
-    """bimodal − text and SCA − no SCA in each text mode, then each other mode − frozen per variant."""
-    found = []
-    modes = _text_modes(runs)
-    for mode in modes:
-        grouped = _by_variant(runs, mode)
-        for name, a, b in (("bimodal − text", "bimodal", "text"), ("SCA − no SCA", "bimodal", "bimodal_no_sca")):
-            found.append(_compare(name, mode, grouped.get(a), grouped.get(b)))
-    frozen = _by_variant(runs, "frozen")
-    for mode in modes:
-        if mode == "frozen":
-            continue
-        grouped = _by_variant(runs, mode)
-        for variant in ("text", "bimodal_no_sca", "bimodal"):
-            name = VARIANT_NAMES[variant]
-            found.append(_compare(name, f"{mode} − frozen", grouped.get(variant), frozen.get(variant)))
-    return [difference for difference in found if difference is not None]
-
-
-def _mode_name(mode: str) -> str:
-    return " − ".join(TEXT_MODE_NAMES.get(part, part) for part in mode.split(" − "))
-
-
-def paired_differences_table(runs: Sequence[RunResult]) -> Table | None:
-    """The paired differences as a table (percentage points); None when no two configurations share a seed."""
-    level = f"{100 * CONFIDENCE:.0f}% CI"
-    rows: list[tuple[str, list[Cell | float | int | str | None]]] = []
-    for d in paired_differences(runs):
-        s, boot = d.difference, d.bootstrap
-        rows.append(
-            (
-                d.name,
-                [
-                    _mode_name(d.text_mode),
-                    len(d.seeds),
-                    f"{s.mean:.2f}" if s.std is None else f"{s.mean:.2f} ± {s.std:.2f}",
-                    None if s.ci_low is None else f"[{s.ci_low:.2f}, {s.ci_high:.2f}]",
-                    None if d.test.p_value is None else p_value_text(d.test.p_value),
-                    None if boot is None else boot.dialogues,
-                    None if boot is None else f"[{100 * boot.ci_low:.2f}, {100 * boot.ci_high:.2f}]",
-                    None if boot is None else p_value_text(boot.p_value, boot.resamples),
-                ],
-            )
-        )
-    if not rows:
-        return None
-    return Table(
-        title=(
-            "Paired differences of test weighted F1 (percentage points): across seeds (mean ± sd, t interval, "
-            "paired t-test) and across test dialogues (paired bootstrap: interval, p)"
-        ),
-        name="paired_differences",
-        columns=[
-            "comparison", "text mode", "seeds", "difference", level, "t-test p", "dialogues", f"bootstrap {level}",
-            "bootstrap p",
-        ],
-        rows=rows,
-    )
-
-
 def report_tables(runs: Sequence[RunResult]) -> list[Table]:
     """Every table of the report, in order; a table that does not apply to these runs is left out.
 
     The paper's tables hold the runs trained as the paper trained (no modality dropout); the
     robustness table, last, holds every run scored under perturbations (`cmroberta evaluate --perturb`).
     """
-    # Imported here: the robustness table builds on this module's Table and Cell.
+    # Imported here: Table 3, the paired differences and the robustness table build on this module's runs.
+    from launch.audio_ablation import table3
+    from launch.paired_report import paired_differences_table
     from launch.robustness_report import read_run_robustness, table_from_runs
 
     paper = [run for run in runs if run.modality_dropout == 0]
-    tables = [table1(paper), table2(paper), voice_only_table(paper), paired_differences_table(paper)]
+    tables = [table1(paper), table2(paper), table3(paper), voice_only_table(paper), paired_differences_table(paper)]
     robustness = [read_run_robustness(run.run_dir) for run in runs]
     tables.append(table_from_runs([run for run in robustness if run.perturbed]))
     return [table for table in tables if table is not None]
+
+
+def group_names(runs: Sequence[RunResult]) -> dict[Path, str]:
+    """Each run folder -> its group's name: variant, text mode, and the keys that set the group apart."""
+    groups = group_runs(runs)
+    names = {}
+    for group, keys in zip(groups, keys_apart([group.settings for group in groups])):
+        for run in group.members:
+            names[run.run_dir] = named(base_name(group), group.settings, keys)
+    return names
+
+
+def base_name(group: ConfigGroup) -> str:
+    """A group's name before its distinguishing keys: the variant, and the text mode of one that reads text."""
+    variant = VARIANT_NAMES.get(group.variant, group.variant)
+    return variant if group.variant == "audio" else variant + TEXT_MODE_SUFFIXES.get(group.text_mode, "")
+
+
+def _selection(run: RunResult) -> str:
+    """Which phase and epoch dev selected, where the run records them (a warm-started run has two phases)."""
+    phase, epoch = run.test.get("selected_phase"), run.test.get("selected_epoch")
+    parts = [f"phase {phase}"] * (phase is not None) + [f"epoch {epoch}"] * (epoch is not None)
+    return f" (selected: {', '.join(parts)})" if parts else ""
 
 
 def figures_section(runs: Sequence[RunResult], spread_plot: Path | None = None) -> str:
@@ -543,26 +434,55 @@ def figures_section(runs: Sequence[RunResult], spread_plot: Path | None = None) 
     return "\n".join(lines)
 
 
-def format_report(runs: Sequence[RunResult], markdown: bool = False, spread_plot: Path | None = None) -> str:
-    """All tables as text (or Markdown), the runs they came from, and where the figures are."""
-    parts = []
-    for table in report_tables(runs):
+def settings_line(preset: str | None) -> str:
+    """Which preset trained the runs, as the report's first line."""
+    if preset is None:
+        return "Settings: no preset recorded (runs trained with their own keys; each run's config.toml has them)"
+    return f"Settings: {preset}"
+
+
+def read_preset(paths: Sequence[Path]) -> str | None:
+    """The preset `cmroberta reproduce` recorded in the folders given (preset.json); None when none did."""
+    found = set()
+    for path in paths:
+        try:
+            found.add(json.loads((Path(path) / PRESET_NAME).read_text(encoding="utf-8"))["description"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return " | ".join(sorted(found)) or None
+
+
+def _format(
+    runs: Sequence[RunResult], tables: Sequence[Table], markdown: bool, spread_plot: Path | None, preset: str | None
+) -> str:
+    parts = [settings_line(preset)]
+    for table in tables:
         heading = f"## {table.title}" if markdown else table.title
         parts.append(f"{heading}\n\n{table.render(markdown=markdown)}")
-    sources = "\n".join(f"- {_row_name(run.variant, run.text_mode)}, seed {run.seed}: {run.run_dir}" for run in runs)
+    names = group_names(runs)
+    sources = "\n".join(f"- {names[run.run_dir]}, seed {run.seed}{_selection(run)}: {run.run_dir}" for run in runs)
     parts.append(f"{'## ' if markdown else ''}Runs\n\n{sources}")
     parts.append(f"{'## ' if markdown else ''}Figures\n\n{figures_section(runs, spread_plot)}")
     return "\n\n".join(parts) + "\n"
 
 
-def write_report(runs: Sequence[RunResult], out_dir: Path, spread_plot: Path | None = None) -> list[Path]:
+def format_report(
+    runs: Sequence[RunResult], markdown: bool = False, spread_plot: Path | None = None, preset: str | None = None
+) -> str:
+    """The settings line, all tables as text (or Markdown), the runs they came from, and where the figures are."""
+    return _format(runs, report_tables(runs), markdown, spread_plot, preset)
+
+
+def write_report(
+    runs: Sequence[RunResult], out_dir: Path, spread_plot: Path | None = None, preset: str | None = None
+) -> list[Path]:
     """`report.md` and one CSV per table in `out_dir`; returns the paths written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / "report.md"
-    text = format_report(runs, markdown=True, spread_plot=spread_plot)
-    atomic_write_text(markdown, "# CM-RoBERTa results\n\n" + text)
-    return [markdown, *(table.write_csv(out_dir / f"{table.name}.csv") for table in report_tables(runs))]
+    tables = report_tables(runs)
+    atomic_write_text(markdown, "# CM-RoBERTa results\n\n" + _format(runs, tables, True, spread_plot, preset))
+    return [markdown, *(table.write_csv(out_dir / f"{table.name}.csv") for table in tables)]
 
 
 def run_table(test: dict[str, Any], split: str = "test") -> str:

@@ -2,10 +2,11 @@
 
 A run folder holds its clean test score (`test_metrics.json`) and one file per perturbed evaluation
 (`robustness/<condition>-seed<N>.json`, written by `cmroberta evaluate RUN --perturb SPEC`). Runs
-that differ only in their seed are one configuration: the variant, the text mode and the modality
-dropout rate. For each configuration and condition the table shows the weighted F1 as mean ± sample
-sd over seeds, and the paired change against clean (each seed's perturbed minus its own clean
-score), also as mean ± sd. Numbers are percentages.
+that differ only in their seed are one configuration (`launch.run_groups`), named by its variant, its
+text mode and every key that sets it apart from the table's other configurations. For each
+configuration and condition the table shows the weighted F1 as mean ± sample sd over seeds, and the
+paired change against clean (each seed's perturbed minus its own clean score), also as mean ± sd.
+Numbers are percentages.
 
 `robustness_table(run_dirs, conditions)` first evaluates every run under every condition it has not
 been scored under yet, then builds the table (the demo calls it); the report
@@ -20,7 +21,9 @@ from pathlib import Path
 
 import tomllib
 
-from launch.report import Cell, ReportError, Table
+from launch.report import base_name
+from launch.report_table import Cell, Table
+from launch.run_groups import ReportError, group_by_config, keys_apart, named
 from model.evaluate import TEST_METRICS_NAME
 from model.perturb import ROBUSTNESS_FOLDER
 
@@ -39,8 +42,8 @@ class RunRobustness:
 
     run_dir: Path
     """The run folder."""
-    configuration: str
-    """What it trained, seeds aside: 'bimodal', 'bimodal (end-to-end), modality dropout 0.3'."""
+    config: dict
+    """Its resolved config (config.toml as read)."""
     seed: int
     """Its seed."""
     clean: float
@@ -49,15 +52,6 @@ class RunRobustness:
     """Condition -> test weighted F1 under it."""
     descriptions: dict[str, str] = field(default_factory=dict)
     """Condition -> the condition in words."""
-
-
-def _configuration(config: dict) -> str:
-    model = config.get("model", {})
-    name = str(model.get("variant", "?"))
-    if config.get("text_mode", "frozen") == "end_to_end" and name != "audio":
-        name += " (end-to-end)"
-    dropout = float(model.get("modality_dropout", 0.0))
-    return name + (f", modality dropout {dropout:g}" if dropout > 0 else "")
 
 
 def _describe(perturbation: dict) -> str:
@@ -78,7 +72,7 @@ def read_run_robustness(run_dir: Path) -> RunRobustness:
     except (OSError, KeyError, tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
         raise ReportError(f"run folder {run_dir} cannot be read ({error}); is it a finished run?") from None
     result = RunRobustness(
-        run_dir=run_dir, configuration=_configuration(config), seed=int(config.get("seed", 0)), clean=clean
+        run_dir=run_dir, config=config, seed=int(config.get("seed", 0)), clean=clean
     )
     for path in sorted((run_dir / ROBUSTNESS_FOLDER).glob("*.json")):
         try:
@@ -104,19 +98,20 @@ def table_from_runs(runs: Sequence[RunRobustness]) -> Table | None:
     if not conditions:
         return None
     descriptions = {c: d for run in runs for c, d in run.descriptions.items()}
-    configurations = list(dict.fromkeys(run.configuration for run in sorted(runs, key=lambda r: r.configuration)))
-    rows: list[tuple[str, list[Cell | float | int | None]]] = []
-    for configuration in configurations:
-        chosen = sorted((run for run in runs if run.configuration == configuration), key=lambda run: run.seed)
-        cells: list[Cell | float | int | None] = [len(chosen), Cell(tuple(100 * run.clean for run in chosen))]
+    groups = group_by_config(runs, lambda run: run.config, lambda run: run.seed, lambda run: str(run.run_dir))
+    rows: list[tuple[str, list[Cell | float | int | str | None]]] = []
+    for group, keys in zip(groups, keys_apart([group.settings for group in groups])):
+        chosen = group.members
+        cells: list[Cell | float | int | str | None] = [len(chosen), Cell(tuple(100 * run.clean for run in chosen))]
         for condition in conditions:
             scored = [run for run in chosen if condition in run.perturbed]
             if not scored:
                 cells.extend([None, None])
                 continue
             cells.append(Cell(tuple(100 * run.perturbed[condition] for run in scored)))
-            cells.append(Cell(tuple(100 * (run.perturbed[condition] - run.clean) for run in scored)))
-        rows.append((configuration, cells))
+            # A change of score is bounded by nothing a t interval needs to respect here.
+            cells.append(Cell(tuple(100 * (run.perturbed[condition] - run.clean) for run in scored), bounds=None))
+        rows.append((named(base_name(group), group.settings, keys), cells))
     columns = ["configuration", "seeds", "clean"]
     for condition in conditions:
         columns.extend([descriptions[condition], f"{descriptions[condition]} - clean"])

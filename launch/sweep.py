@@ -142,8 +142,13 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
 
 def config_hash(config: Any, ignored: Sequence[str] = HASH_IGNORED_KEYS) -> str:
     """sha256 of the resolved config as canonical JSON, without the top-level keys in `ignored`."""
-    data = {key: value for key, value in to_dict(config).items() if key not in ignored}
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    return config_digest(to_dict(config), ignored)
+
+
+def config_digest(data: dict[str, Any], ignored: Sequence[str] = HASH_IGNORED_KEYS) -> str:
+    """`config_hash` of a config already as plain values: a run folder's config.toml as read, for one."""
+    kept = {key: value for key, value in data.items() if key not in ignored}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,7 +156,8 @@ class PlannedRun:
     """One configuration of the grid with one seed, and where its run lives."""
 
     label: str
-    """The configuration's grid values, 'model.variant=text train.learning_rate=0.0003' ('base' without a grid)."""
+    """The configuration's grid values and its text mode, 'model.variant=text train.learning_rate=0.0003
+    text_mode=frozen' (the text mode alone without a grid)."""
     seed: int
     """The run's seed."""
     config: Any
@@ -162,8 +168,10 @@ class PlannedRun:
     """The run folder, `runs/<config hash>-seed<seed>`."""
 
 
-def _label(assignment: dict[str, Any]) -> str:
-    return " ".join(f"{key}={value}" for key, value in assignment.items()) or "base"
+def _label(assignment: dict[str, Any], config: Any) -> str:
+    """The grid values, then the text mode when the grid does not set it (a base override or the default does)."""
+    named = {**assignment, **({} if "text_mode" in assignment else {"text_mode": config.text_mode})}
+    return " ".join(f"{key}={value}" for key, value in named.items())
 
 
 def plan_sweep(
@@ -196,7 +204,7 @@ def plan_sweep(
             config = dataclasses.replace(point, seed=seed)
             runs.append(
                 PlannedRun(
-                    label=_label(assignment),
+                    label=_label(assignment, point),
                     seed=seed,
                     config=config,
                     config_hash=digest,

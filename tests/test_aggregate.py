@@ -73,13 +73,14 @@ def test_report_matches_an_independent_computation(tmp_path):
 
     (comparison,) = report.comparisons
     assert (comparison.label, comparison.baseline) == ("model.variant=bimodal", "model.variant=text")
-    assert comparison.seeds == [0, 1, 2, 3]
+    assert comparison.tests.seeds == [0, 1, 2, 3]
     differences = [scores["model.variant=bimodal"][s][0] - scores["model.variant=text"][s][0] for s in range(4)]
-    got = comparison.weighted_f1_difference
+    got = comparison.tests.difference
     assert (got.mean, got.std, got.ci_low, got.ci_high) == pytest.approx(independent_interval(differences), abs=1e-4)
     mean, sd = np.mean(differences), np.std(differences, ddof=1)
-    assert comparison.paired_test.t == pytest.approx(mean / (sd / 2))
-    assert comparison.bootstrap is None, "these runs wrote no predictions"
+    assert comparison.tests.t_test.t == pytest.approx(mean / (sd / 2))
+    assert comparison.tests.bootstrap is None, "these runs wrote no predictions"
+    assert comparison.tests.hierarchical is None
 
 
 def test_comparisons_bootstrap_the_runs_predictions(tmp_path):
@@ -100,9 +101,10 @@ def test_comparisons_bootstrap_the_runs_predictions(tmp_path):
             f1[label, seed] = weighted_f1_by_counting(gold, pred)
     (comparison,) = aggregate(tmp_path).comparisons
     expected = np.mean([f1["model.variant=bimodal", s] - f1["model.variant=text", s] for s in (0, 1)])
-    assert comparison.bootstrap.difference == pytest.approx(expected, abs=1e-12)
-    assert comparison.bootstrap.dialogues == 20
-    assert comparison.bootstrap.ci_low < expected < comparison.bootstrap.ci_high
+    for bootstrap in (comparison.tests.bootstrap, comparison.tests.hierarchical):
+        assert bootstrap.difference == pytest.approx(expected, abs=1e-12)
+        assert bootstrap.dialogues == 20
+        assert bootstrap.ci_low < expected < bootstrap.ci_high
 
 
 def weighted_f1_by_counting(gold: np.ndarray, pred: np.ndarray) -> float:
@@ -129,3 +131,25 @@ def test_written_report_holds_the_numbers_the_tables_and_the_plot(tmp_path):
     # The printed t (4.303) is rounded, so the ends agree to the table's precision.
     assert (float(printed.group(1)), float(printed.group(2))) == pytest.approx((100 * low, 100 * high), abs=0.02)
     assert (tmp_path / "spread.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_configurations_sharing_a_label_are_named_by_the_keys_that_set_them_apart(tmp_path):
+    # Two sweeps into one folder with the same grid and another base learning rate: same labels, other configs.
+    scores = {"model.variant=text": {0: np.full(8, 0.5)}, "model.variant=bimodal": {0: np.full(8, 0.6)}}
+    write_sweep(tmp_path, scores, unfinished=[])
+    for label in scores:
+        config = f'store = "s"\nmodel.variant = "{label.split("=")[1]}"\n'
+        first = tmp_path / RUNS_FOLDER / f"hash-{label}-seed0"
+        (first / "config.toml").write_text(f"{config}train.learning_rate = 0.001")
+        other = tmp_path / RUNS_FOLDER / f"other-{label}-seed0"
+        other.mkdir()
+        (other / RUN_RECORD_NAME).write_text(json.dumps({"label": label, "seed": 0, "config_hash": f"other-{label}"}))
+        (other / TEST_METRICS_NAME).write_text(json.dumps({"weighted_f1": 0.4, "per_class_f1": [0.4] * 7}))
+        (other / "config.toml").write_text(f"{config}train.learning_rate = 0.01")
+    labels = [c.label for c in aggregate(tmp_path).configurations]
+    assert labels == [
+        "model.variant=text [train.learning_rate=0.001]",
+        "model.variant=bimodal [train.learning_rate=0.001]",
+        "model.variant=bimodal [train.learning_rate=0.01]",
+        "model.variant=text [train.learning_rate=0.01]",
+    ]

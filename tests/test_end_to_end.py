@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tomli_w
 import tomllib
 import torch
 import torch.multiprocessing
@@ -429,9 +430,9 @@ def test_reports_label_end_to_end_runs_apart(e2e_run, tmp_path):
     e2e_dir, _ = e2e_run
     features_dir = tmp_path / "features-run"
     features_dir.mkdir()
-    (features_dir / "config.toml").write_text(
-        'store = "/nowhere"\nseed = 3\ntext_mode = "frozen"\n[model]\nvariant = "bimodal"\n'
-    )
+    # The same config in frozen mode: the report compares the text modes only of runs that differ in nothing else.
+    config = tomllib.loads((e2e_dir / "config.toml").read_text())
+    (features_dir / "config.toml").write_text(tomli_w.dumps({**config, "text_mode": "frozen"}))
     shutil.copy(e2e_dir / "test_metrics.json", features_dir / "test_metrics.json")
     runs = load_runs([features_dir, e2e_dir])
     assert sorted(run.text_mode for run in runs) == ["end_to_end", "frozen"]

@@ -51,7 +51,7 @@ def test_modality_dropout_trains_and_loses_less_with_audio_missing(tmp_path):
 
     table = robustness_table([*runs[0.0], *runs[DROPOUT]], ["audio_missing"])
     rows = dict(table.rows)
-    plain, robust = rows["bimodal"], rows[f"bimodal, modality dropout {DROPOUT:g}"]
+    plain, robust = rows["bimodal [modality dropout 0]"], rows[f"bimodal [modality dropout {DROPOUT:g}]"]
     # Columns: seeds, clean, audio missing, audio missing - clean.
     assert plain[0] == robust[0] == len(SEEDS)
     plain_loss, robust_loss = -plain[3].mean, -robust[3].mean

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,17 +11,19 @@ import pytest
 from cluster.durable_files import atomic_write_json, atomic_write_json_lines
 from extract.feature_store import MANIFEST_NAME
 from extract.labels import EMOTIONS
+from launch.audio_ablation import table3
 from launch.cli import main
+from launch.paired_report import paired_differences, paired_differences_table
 from launch.report import (
     PAPER_TABLE2,
     ReportError,
+    format_report,
     load_runs,
-    paired_differences,
-    paired_differences_table,
     table1,
     table2,
     voice_only_table,
 )
+from launch.report_table import Cell, Table
 from model.evaluate import SplitEvaluation, evaluation_record
 from model.metrics import classification_metrics
 
@@ -48,11 +51,22 @@ def voice_only_keys(tmp_path_factory) -> tuple[Path, list[str]]:
 
 
 def write_run(
-    run_dir: Path, variant: str, seed: int, gold: np.ndarray, store: Path, text_mode: str = "frozen"
+    run_dir: Path,
+    variant: str,
+    seed: int,
+    gold: np.ndarray,
+    store: Path,
+    text_mode: str = "frozen",
+    extra: str = "",
+    accuracy: float | None = None,
 ) -> None:
-    """A finished run folder as training writes it, with predictions of a quality that depends on the variant."""
-    rng = np.random.default_rng([VARIANTS.index(variant), seed, len(text_mode)])
-    accuracy = {"audio": 0.35, "text": 0.6, "bimodal_no_sca": 0.65, "bimodal": 0.7}[variant]
+    """A finished run folder as training writes it, with predictions of a quality that depends on the variant.
+
+    `extra` holds more TOML lines of the config (dotted keys, outside [model]); `accuracy` overrides the variant's.
+    """
+    rng = np.random.default_rng([VARIANTS.index(variant), seed, len(text_mode), len(extra)])
+    if accuracy is None:
+        accuracy = {"audio": 0.35, "text": 0.6, "bimodal_no_sca": 0.65, "bimodal": 0.7}[variant]
     pred = np.where(rng.random(len(gold)) < accuracy, gold, rng.integers(0, 7, len(gold)))
     keys = [f"test/dia{i}_utt0" for i in range(len(gold))]
     evaluation = SplitEvaluation(
@@ -60,7 +74,7 @@ def write_run(
     )
     run_dir.mkdir(parents=True)
     (run_dir / "config.toml").write_text(
-        f'store = "{store}"\nseed = {seed}\ntext_mode = "{text_mode}"\n[model]\nvariant = "{variant}"\n'
+        f'store = "{store}"\nseed = {seed}\ntext_mode = "{text_mode}"\n{extra}\n[model]\nvariant = "{variant}"\n'
     )
     atomic_write_json(run_dir / "test_metrics.json", evaluation_record(evaluation, 0, "epoch-0003", 3))
     atomic_write_json_lines(
@@ -189,19 +203,22 @@ def test_cli_prints_and_writes_markdown_and_csv(sweep, tmp_path, capsys):
 
 def test_paired_differences_test_across_seeds_and_bootstrap_across_dialogues(sweep):
     runs = load_runs([sweep])
-    by_name = {d.name: d for d in paired_differences(runs)}
+    found, refused = paired_differences(runs)
+    assert refused == []
+    by_name = {d.name: d for d in found}
     assert set(by_name) == {"bimodal − text", "SCA − no SCA"}
     for name, a, b in (("bimodal − text", "bimodal", "text"), ("SCA − no SCA", "bimodal", "bimodal_no_sca")):
         d = by_name[name]
         a_f1 = [100 * m["weighted_f1"] for m in own_metrics(sweep, a)]
         b_f1 = [100 * m["weighted_f1"] for m in own_metrics(sweep, b)]
         differences = np.subtract(a_f1, b_f1)
-        assert d.seeds == list(SEEDS) and d.text_mode == "frozen"
-        assert d.difference.mean == pytest.approx(differences.mean())
-        assert d.test.t == pytest.approx(differences.mean() / (differences.std(ddof=1) / np.sqrt(3)))
-        assert d.bootstrap.difference == pytest.approx(differences.mean() / 100, abs=1e-12)
-        assert d.bootstrap.dialogues == N_TEST, "each test utterance here is a dialogue of its own"
-        assert d.bootstrap.ci_low < d.bootstrap.difference < d.bootstrap.ci_high
+        assert d.tests.seeds == list(SEEDS) and d.text_mode == "frozen"
+        assert d.tests.difference.mean == pytest.approx(differences.mean())
+        assert d.tests.t_test.t == pytest.approx(differences.mean() / (differences.std(ddof=1) / np.sqrt(3)))
+        for bootstrap in (d.tests.bootstrap, d.tests.hierarchical):
+            assert bootstrap.difference == pytest.approx(differences.mean() / 100, abs=1e-12)
+            assert bootstrap.dialogues == N_TEST, "each test utterance here is a dialogue of its own"
+            assert bootstrap.ci_low < bootstrap.difference < bootstrap.ci_high
     table = paired_differences_table(runs)
     assert [name for name, _ in table.rows] == ["bimodal − text", "SCA − no SCA"]
 
@@ -238,10 +255,137 @@ def test_end_to_end_rows_stand_apart_and_are_compared_with_frozen_ones(tmp_path,
     assert "CM-RoBERTa without SCA unit (end-to-end)" not in rows, "no end-to-end model without SCA ran"
     e2e = [json.loads((tmp_path / f"text-end_to_end-seed{s}" / "test_metrics.json").read_text()) for s in (0, 1)]
     assert rows["CM-RoBERTa (end-to-end)"][2].mean == pytest.approx(100 * np.mean([m["weighted_f1"] for m in e2e]))
-    differences = {(d.name, d.text_mode) for d in paired_differences(runs)}
+    differences = {(d.name, d.text_mode) for d in paired_differences(runs)[0]}
     assert differences == {
         ("bimodal − text", "frozen"),
-        ("bimodal − text", "end_to_end"),
-        ("text", "end_to_end − frozen"),
-        ("bimodal", "end_to_end − frozen"),
+        ("bimodal − text", "end-to-end"),
+        ("text", "end-to-end − frozen"),
+        ("bimodal", "end-to-end − frozen"),
     }
+
+
+def group_f1(folder: Path, names: list[str]) -> list[float]:
+    return [100 * json.loads((folder / name / "test_metrics.json").read_text())["weighted_f1"] for name in names]
+
+
+def test_two_configurations_of_one_variant_and_mode_are_two_rows_paired_within_themselves(
+    tmp_path, test_labels, voice_only_keys
+):
+    # Two sweeps in one folder: same variants and text mode, another learning rate, far apart in quality.
+    quality = {"0.001": {"text": 0.6, "bimodal": 0.9}, "0.0001": {"text": 0.5, "bimodal": 0.55}}
+    for rate, accuracies in quality.items():
+        for variant, accuracy in accuracies.items():
+            for seed in SEEDS:
+                run_dir = tmp_path / f"lr{rate}-{variant}-seed{seed}"
+                extra = f"train.learning_rate = {rate}"
+                write_run(run_dir, variant, seed, test_labels, voice_only_keys[0], extra=extra, accuracy=accuracy)
+    runs = load_runs([tmp_path])
+    rows = dict(table1(runs).rows)
+    for rate in quality:
+        name = f"CM-RoBERTa [train.learning_rate={rate}]"
+        bimodal = group_f1(tmp_path, [f"lr{rate}-bimodal-seed{seed}" for seed in SEEDS])
+        assert rows[name][3].values == pytest.approx(tuple(bimodal)), "each row holds its own configuration's seeds"
+    found, refused = paired_differences(runs)
+    assert refused == []
+    assert sorted(d.text_mode for d in found) == [
+        "frozen [train.learning_rate=0.0001]",
+        "frozen [train.learning_rate=0.001]",
+    ]
+    for d in found:
+        rate = d.text_mode.split("=")[1].rstrip("]")
+        bimodal = group_f1(tmp_path, [f"lr{rate}-bimodal-seed{seed}" for seed in SEEDS])
+        text = group_f1(tmp_path, [f"lr{rate}-text-seed{seed}" for seed in SEEDS])
+        assert d.name == "bimodal − text" and d.tests.seeds == list(SEEDS)
+        assert d.tests.difference.mean == pytest.approx(np.mean(np.subtract(bimodal, text))), "paired within"
+    assert "Holm" in paired_differences_table(runs).render()
+
+
+def test_end_to_end_minus_frozen_needs_the_same_budget_and_says_which_keys_differ(
+    tmp_path, test_labels, voice_only_keys
+):
+    budgets = {"frozen": "train.max_epochs = 15", "end_to_end": "train.max_epochs = 6"}
+    for mode, budget in budgets.items():
+        for seed in (0, 1):
+            write_run(tmp_path / f"text-{mode}-seed{seed}", "text", seed, test_labels, voice_only_keys[0], mode, budget)
+    runs = load_runs([tmp_path])
+    found, refused = paired_differences(runs)
+    assert found == []
+    assert refused == [
+        "end-to-end − frozen, text: not printed; besides the text mode the runs differ in train.max_epochs (6 vs 15) "
+        "(train both modes with the same head, budget, patience and head schedule)"
+    ]
+    assert refused[0] in paired_differences_table(runs).render()
+    # Rows name the budget that sets them apart.
+    assert {name for name, _ in table2(runs).rows} >= {
+        "text [train.max_epochs=15] (n=2)",
+        "text (end-to-end) [train.max_epochs=6] (n=2)",
+    }
+
+    # The same budget, and a key only the end-to-end mode reads: the text mode alone differs, so they are compared.
+    same = tmp_path / "same"
+    for mode, extra in (("frozen", ""), ("end_to_end", "end_to_end.param_groups.encoder_lr = 2e-5")):
+        for seed in (0, 1):
+            write_run(same / f"text-{mode}-seed{seed}", "text", seed, test_labels, voice_only_keys[0], mode, extra)
+    found, refused = paired_differences(load_runs([same]))
+    assert refused == [] and [(d.name, d.text_mode) for d in found] == [("text", "end-to-end − frozen")]
+    e2e, frozen = (group_f1(same, [f"text-{mode}-seed{s}" for s in (0, 1)]) for mode in ("end_to_end", "frozen"))
+    assert found[0].tests.difference.mean == pytest.approx(np.mean(np.subtract(e2e, frozen)))
+
+
+def test_table3_scores_the_audio_model_by_its_families_beside_the_paper(tmp_path, test_labels):
+    store = tmp_path / "store"
+    store.mkdir()
+    families = {"opensmile": {"dim": 6552}, "openl3": {"dim": 6144}, "text": {"dim": 4096}}
+    (store / MANIFEST_NAME).write_text(json.dumps({"config": {}, "families": families}))
+    sets = {"openl3": '["openl3"]', "opensmile": '["opensmile"]', "both": '["opensmile", "openl3"]'}
+    for name, value in sets.items():
+        for seed in (0, 1):
+            write_run(tmp_path / f"audio-{name}-seed{seed}", "audio", seed, test_labels, store,
+                      extra=f"data.audio_families = {value}")
+    write_run(tmp_path / "text-seed0", "text", 0, test_labels, store, extra=f"data.audio_families = {sets['both']}")
+    runs = load_runs([tmp_path])
+    table = table3(runs)
+    rows = dict(table.rows)
+    expected = {
+        "OpenL3 only (without the low-level descriptors)": ("openl3", 37.3),
+        "openSMILE only (without OpenL3)": ("opensmile", 41.3),
+        "openSMILE and OpenL3": ("both", 43.1),
+    }
+    assert list(rows) == list(expected), "the paper's row order"
+    for row, (name, paper) in expected.items():
+        seeds, cell, paper_cell = rows[row]
+        assert seeds == 2 and paper_cell == paper
+        assert cell.values == pytest.approx(tuple(group_f1(tmp_path, [f"audio-{name}-seed{s}" for s in (0, 1)])))
+    assert table.notes == []
+    # Table 1's audio cell is the audio model on the text row's own audio families.
+    assert dict(table1(runs).rows)["CM-RoBERTa without SCA unit"][1] == rows["openSMILE and OpenL3"][1]
+
+    # A store without OpenL3 has no Table 3.
+    (store / MANIFEST_NAME).write_text(json.dumps({"config": {}, "families": {"opensmile": {"dim": 6552}}}))
+    assert table3(load_runs([tmp_path])) is None
+
+
+def test_a_clipped_interval_is_marked_and_the_legend_says_so():
+    table = Table(title="t", name="t", columns=["row", "score"], rows=[("near the top", [Cell((99.0, 80.0, 99.5))])])
+    rendered = table.render()
+    assert "100.00]*" in rendered
+    assert rendered.splitlines()[-1].startswith("* the t interval reached past [0, 100]")
+    plain = Table(title="t", name="t", columns=["row", "score"], rows=[("middle", [Cell((60.0, 61.0, 62.0))])])
+    assert "*" not in plain.render()
+
+
+def test_the_runs_list_shows_the_selected_phase_and_epoch_where_a_run_records_them(tmp_path, test_labels, sweep):
+    run_dir = tmp_path / "warm"
+    write_run(run_dir, "text", 0, test_labels, tmp_path)
+    metrics = json.loads((run_dir / "test_metrics.json").read_text())
+    metrics.update(selected_phase="fine-tune", selected_epoch=7)
+    (run_dir / "test_metrics.json").write_text(json.dumps(metrics))
+    assert f"text, seed 0 (selected: phase fine-tune, epoch 7): {run_dir}" in format_report(load_runs([run_dir]))
+    assert "(selected:" not in format_report(load_runs([sweep / "text-seed0"]))
+
+
+def test_one_configuration_with_one_seed_twice_is_refused_naming_both(sweep, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep / "text-seed0", copy)
+    with pytest.raises(ReportError, match="one configuration with one seed"):
+        table1(load_runs([sweep / "text-seed0", copy]))

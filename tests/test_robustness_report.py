@@ -30,10 +30,11 @@ def test_the_table_pairs_each_seed_with_its_own_clean_score(tmp_path):
     table = table_from_runs([read_run_robustness(tmp_path / name) for name in ("a0", "a1", "b0")])
     rows = dict(table.rows)
     assert table.columns[:5] == ["configuration", "seeds", "clean", "audio missing", "audio missing - clean"]
-    plain = rows["bimodal"]
+    # The two configurations differ in their modality dropout alone, and each row says so.
+    plain = rows["bimodal [modality dropout 0]"]
     assert plain[0] == 2 and plain[1].mean == pytest.approx(75.0)
     assert plain[3].values == pytest.approx((-30.0, -20.0)) and plain[3].std == pytest.approx(7.0711, abs=1e-3)
-    robust = rows["bimodal, modality dropout 0.3"]
+    robust = rows["bimodal [modality dropout 0.3]"]
     assert robust[3].mean == pytest.approx(-8.0) and robust[5].mean == pytest.approx(-18.0)
     assert plain[4] is None and plain[5] is None  # the plain runs were not scored at 30% WER
 

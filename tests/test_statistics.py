@@ -10,7 +10,10 @@ from launch.statistics import (
     Predictions,
     StatisticsError,
     dialogue_of,
+    hierarchical_draws,
+    holm,
     paired_dialogue_bootstrap,
+    paired_hierarchical_bootstrap,
     paired_t_test,
     spread,
 )
@@ -146,3 +149,68 @@ def test_bootstrap_refuses_runs_on_different_utterances():
         paired_dialogue_bootstrap(a, b)
     with pytest.raises(ValueError, match="paired by seed"):
         paired_dialogue_bootstrap(a, a + a)
+
+
+def test_bounded_intervals_never_leave_the_bounds_and_say_when_they_were_clipped():
+    # Three spread-out seeds near the top: the t interval (t = 4.303 for 2 degrees of freedom) reaches past 100.
+    values = [99.0, 80.0, 99.5]
+    unbounded = spread(values)
+    assert unbounded.ci_high > 100
+    bounded = spread(values, bounds=(0.0, 100.0))
+    assert (bounded.ci_low, bounded.ci_high, bounded.clipped) == (unbounded.ci_low, 100.0, True)
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        sample = rng.uniform(0, 100, rng.integers(2, 6)) ** rng.uniform(0.2, 1)
+        s = spread(sample, bounds=(0.0, 100.0))
+        assert 0.0 <= s.ci_low <= s.mean <= s.ci_high <= 100.0
+    inside = spread([60.0, 61.0, 62.0], bounds=(0.0, 100.0))
+    assert not inside.clipped and inside == spread([60.0, 61.0, 62.0])
+
+
+def loop_hierarchical(a: list[Predictions], b: list[Predictions], resamples: int, seed: int) -> np.ndarray:
+    """The hierarchical bootstrap by its definition, one resample at a time, on the function's own draws."""
+    names = sorted({dialogue_of(key) for key in a[0].keys})
+    rows = {name: [i for i, key in enumerate(a[0].keys) if dialogue_of(key) == name] for name in names}
+    seed_draws, dialogue_draws = hierarchical_draws(np.random.default_rng(seed), len(a), len(names), resamples)
+    statistics = []
+    for seeds, dialogues in zip(seed_draws, dialogue_draws):
+        chosen = [row for d in dialogues for row in rows[names[d]]]
+        differences = [
+            loop_weighted_f1(a[s].gold[chosen].tolist(), a[s].pred[chosen].tolist())
+            - loop_weighted_f1(b[s].gold[chosen].tolist(), b[s].pred[chosen].tolist())
+            for s in seeds
+        ]
+        statistics.append(sum(differences) / len(differences))
+    return np.array(statistics)
+
+
+def test_hierarchical_bootstrap_matches_its_definition_written_as_a_loop():
+    a, b = make_runs(3, 0.7), make_runs(3, 0.6, offset=50)
+    got = paired_hierarchical_bootstrap(a, b, resamples=400, seed=9)
+    reference = loop_hierarchical(a, b, resamples=400, seed=9)
+    low, high = np.percentile(reference, [2.5, 97.5])
+    # The same draws and the same statistic: only the order of floating-point sums differs.
+    assert got.ci_low == pytest.approx(low, abs=1e-12)
+    assert got.ci_high == pytest.approx(high, abs=1e-12)
+    far = np.mean(reference <= 0) if got.difference > 0 else np.mean(reference >= 0)
+    assert got.p_value == pytest.approx(min(1.0, 2 * far), abs=1e-12)
+    assert (got.seeds, got.dialogues) == (3, 30)
+
+
+def test_hierarchical_bootstrap_is_seeded_and_wider_than_resampling_dialogues_alone():
+    # Seeds that disagree: two runs of A far apart, so resampling seeds must widen the interval.
+    a, b = make_runs(1, 0.9) + make_runs(1, 0.5, offset=3), make_runs(2, 0.6, offset=50)
+    first = paired_hierarchical_bootstrap(a, b, resamples=500, seed=1)
+    assert first == paired_hierarchical_bootstrap(a, b, resamples=500, seed=1)
+    assert first != paired_hierarchical_bootstrap(a, b, resamples=500, seed=2)
+    dialogues_only = paired_dialogue_bootstrap(a, b, resamples=500, seed=1)
+    assert first.ci_high - first.ci_low > dialogues_only.ci_high - dialogues_only.ci_low
+    same = paired_hierarchical_bootstrap(a, a, resamples=100)
+    assert (same.difference, same.ci_low, same.ci_high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_holm_matches_a_worked_example():
+    # m = 4, sorted 0.01, 0.02, 0.03, 0.04 -> 0.04, 0.06, 0.06 (monotone), 0.06; the order given is kept.
+    assert holm([0.03, 0.01, None, 0.04, 0.02]) == pytest.approx([0.06, 0.04, None, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == [1.0, 1.0]
+    assert holm([]) == []

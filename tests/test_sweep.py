@@ -13,9 +13,9 @@ import pytest
 import tomllib
 from learnable_store import write_learnable_store
 
-from cluster.config import ConfigError
+from cluster.config import ConfigError, write_resolved_config
 from launch.executors import load_profile
-from launch.sweep import parse_grid, parse_seeds, plan_sweep, run_status, submit_sweep
+from launch.sweep import config_digest, parse_grid, parse_seeds, plan_sweep, run_status, submit_sweep
 
 # DeepSpeed compiles its shm_comm op once per environment (about a minute) into TORCH_EXTENSIONS_DIR;
 # the same stable folder as .ci/run's lets jobs reuse it. Jobs inherit this process's environment.
@@ -75,11 +75,12 @@ def test_run_folders_are_keyed_by_config_and_seed(tmp_path):
     store = 'store="/somewhere/tiny"'
     grid = parse_grid(["model.variant=text,bimodal"])
     runs = plan_sweep(config_cls, tmp_path, [0, 1], grid, overrides=[store])
+    # The text mode is named even where the grid does not set it (here the default, end_to_end).
     assert [(r.label, r.seed) for r in runs] == [
-        ("model.variant=text", 0),
-        ("model.variant=text", 1),
-        ("model.variant=bimodal", 0),
-        ("model.variant=bimodal", 1),
+        ("model.variant=text text_mode=end_to_end", 0),
+        ("model.variant=text text_mode=end_to_end", 1),
+        ("model.variant=bimodal text_mode=end_to_end", 0),
+        ("model.variant=bimodal text_mode=end_to_end", 1),
     ]
     assert len({r.run_dir for r in runs}) == 4
     assert runs[0].config_hash == runs[1].config_hash != runs[2].config_hash
@@ -90,6 +91,20 @@ def test_run_folders_are_keyed_by_config_and_seed(tmp_path):
     # Any other change is another configuration.
     other = plan_sweep(config_cls, tmp_path, [0], grid, overrides=[store, "train.learning_rate=0.5"])
     assert not {r.run_dir for r in other} & {r.run_dir for r in runs}
+    # A base override's text mode is in the label; the audio variant records 'frozen', whatever was asked.
+    grid = parse_grid(["model.variant=text,audio"])
+    frozen = plan_sweep(config_cls, tmp_path, [0], grid, overrides=[store, 'text_mode="frozen"'])
+    assert [r.label for r in frozen] == ["model.variant=text text_mode=frozen", "model.variant=audio text_mode=frozen"]
+
+
+def test_the_config_written_to_a_run_folder_hashes_to_its_sweep_key(tmp_path):
+    # Reports group run folders by this hash of their config.toml; a sweep names them by the planned config's.
+    config_cls = run_config_class()
+    grid = parse_grid(["model.variant=text,bimodal", "data.audio_families=[\"opensmile\"],[\"opensmile\", \"openl3\"]"])
+    overrides = ['store="/somewhere/tiny"', "train.learning_rate=3e-4"]
+    for run in plan_sweep(config_cls, tmp_path, [0, 3], grid, overrides=overrides):
+        path = write_resolved_config(run.config, run.run_dir)
+        assert config_digest(tomllib.loads(path.read_text())) == run.config_hash
 
 
 def test_a_typo_in_the_grid_or_a_seed_override_is_refused_before_anything_runs(tmp_path):
@@ -129,7 +144,8 @@ def _interval(values: list[float]) -> tuple[float, float, float, float]:
     t = (2 * 0.975 - 1) / math.sqrt(2 * 0.975 * 0.025)
     mean, sd = statistics.mean(values), statistics.stdev(values)
     half = t * sd / math.sqrt(len(values))
-    return mean, sd, mean - half, mean + half
+    # A score lies in [0, 1]: the report clips its interval there.
+    return mean, sd, max(0.0, mean - half), min(1.0, mean + half)
 
 
 def run_sweep_and_check(sweep_dir: Path, store: Path, cluster: str, profile_overrides: list[str]) -> None:

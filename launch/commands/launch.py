@@ -11,7 +11,7 @@ import submitit
 from cluster.config import load_config
 from launch.cli import UserError
 from launch.commands.predict import add_predict_arguments
-from launch.commands.sweep import add_sweep_arguments, run_sweep
+from launch.commands.sweep import add_cluster_arguments, add_sweep_arguments, run_sweep
 
 
 def _report_submission(
@@ -111,20 +111,7 @@ def launch_predict(args: argparse.Namespace) -> int:
 
 
 def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cluster", choices=("local", "slurm"), default="local", help="where the job goes")
-    parser.add_argument(
-        "--profile",
-        type=Path,
-        default=None,
-        help="cluster profile TOML (default: built-in `local`, or launch/profiles/slurm.toml for --cluster slurm)",
-    )
-    parser.add_argument(
-        "--profile-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="change one profile field for this submission, e.g. --profile-set time=240 (repeatable)",
-    )
+    add_cluster_arguments(parser)
     parser.add_argument("--wait", action="store_true", help="follow the job(s) with a progress display until they end")
 
 

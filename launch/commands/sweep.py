@@ -59,6 +59,24 @@ def run_sweep(args: argparse.Namespace) -> int:
     return 1 if failed_jobs else 0
 
 
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """--cluster, --profile and --profile-set: where a command's jobs go, shared by every verb that submits."""
+    parser.add_argument("--cluster", choices=("local", "slurm"), default="local", help="where the jobs go")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="cluster profile TOML (default: built-in `local`, or launch/profiles/slurm.toml for --cluster slurm)",
+    )
+    parser.add_argument(
+        "--profile-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one profile field for this submission, e.g. --profile-set time=240 (repeatable)",
+    )
+
+
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     """The sweep's options, shared by `cmroberta sweep` and `cmroberta launch sweep`."""
     parser.add_argument("--seeds", required=True, help="seeds to train each configuration with: 0-9, or 0,3,5")
@@ -73,15 +91,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="sweep folder (default: <runs_root>/sweeps/<store name>)"
     )
-    parser.add_argument("--cluster", choices=("local", "slurm"), default="local", help="where the runs go")
-    parser.add_argument("--profile", type=Path, default=None, help="cluster profile TOML (see launch/profiles/)")
-    parser.add_argument(
-        "--profile-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="change one profile field for this sweep, e.g. --profile-set array_parallelism=16 (repeatable)",
-    )
+    add_cluster_arguments(parser)
     parser.add_argument("--wait", action="store_true", help="follow the jobs until they end, then print the report")
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="base config overrides, e.g. store=features/x"
