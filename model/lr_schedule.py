@@ -1,9 +1,12 @@
-"""Warmup then decay, as a multiplier of each parameter group's own learning rate.
+"""Warmup then decay of the encoder's learning rates, as a multiplier of each group's own rate; the head's is constant.
 
 DeepSpeed's `WarmupLR` and `WarmupDecayLR` write one scalar (`warmup_max_lr`) into every parameter
 group, which silently erases layer-wise learning rates. This schedule is a torch `LambdaLR`: at
-optimizer step s every group's rate is its base rate times `multiplier(s)`, so the ratios between
-groups set in `model.param_groups` hold at every step. Pass it to `deepspeed.initialize(lr_scheduler=...)`;
+optimizer step s every encoder group's rate is its base rate times `multiplier(s)`, so the ratios between
+its groups set in `model.param_groups` hold at every step. The fusion head's group (named 'head') keeps
+its base rate throughout, the paper's constant Adam, as in a head-only run: the head trains the same
+way in every text mode, and only the pretrained encoder, which a large early step would damage, warms
+up and decays. Pass it to `deepspeed.initialize(lr_scheduler=...)`;
 the engine steps it once per optimizer step (after the last micro-batch of an accumulation) and
 saves and restores its state with each checkpoint.
 
@@ -26,6 +29,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+from model.param_groups import HEAD_GROUP
 
 
 @dataclass(kw_only=True)
@@ -97,9 +102,12 @@ def schedule_steps(config: LRScheduleConfig, steps_per_epoch: int, max_epochs: i
 def build_lr_scheduler(
     optimizer: torch.optim.Optimizer, config: LRScheduleConfig, steps_per_epoch: int, max_epochs: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """The schedule for a run of `steps_per_epoch` optimizer steps an epoch, scaling each group's own rate."""
+    """The schedule for a run of `steps_per_epoch` optimizer steps an epoch, scaling each encoder group's own
+    rate; the group named 'head' (`model.param_groups.HEAD_GROUP`) stays at its base rate."""
     warmup, horizon = schedule_steps(config, steps_per_epoch, max_epochs)
-    multiplier = WarmupDecay(
+    encoder = WarmupDecay(
         warmup_steps=warmup, total_steps=horizon, decay=config.decay, min_lr_ratio=config.min_lr_ratio
     )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=multiplier)
+    constant = WarmupDecay(warmup_steps=0, total_steps=1, decay="constant", min_lr_ratio=1.0)
+    multipliers = [constant if group.get("name") == HEAD_GROUP else encoder for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=multipliers)

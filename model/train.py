@@ -23,9 +23,15 @@ ranks), so N ranks take the same steps as one rank with the same global batch.
 - 'frozen' reads the store's vectors of a pretrained encoder: the fast ablation.
 
 An audio-only variant reads no text, so its text_mode is recorded as 'frozen' whatever was asked.
-In every mode the head trains with the paper's Adam and coupled L2 (`model.param_groups`), sees text
-vectors standardised with train statistics (`model.end_to_end`), and can cut each global batch into
-`train.gradient_accumulation_steps` micro-batches whose gradients add up to the whole batch's. A
+In every mode the head trains the same way: the paper's Adam at the constant rate train.learning_rate
+with the coupled L2 train.weight_decay (`model.param_groups`; end to end only the encoder's groups
+warm up and decay, `model.lr_schedule`), on well-conditioned text vectors (stored ones column-standardised
+with train statistics, `model.dialogue_data`; in-graph ones layer-normalised, `model.end_to_end`), and
+it can cut each global batch into `train.gradient_accumulation_steps` micro-batches whose gradients add
+up to the whole batch's. One difference is documented rather than removed: DeepSpeed clips the norm of
+the whole gradient, so end to end (end_to_end.engine.gradient_clipping, 1 by default) the head's gradient
+is clipped together with the encoder's, while a head-only run clips by train.gradient_clipping (0, off,
+as in the paper); both are config keys, so a report can see whether two runs match. A
 run whose encoder trains exports it in Hugging Face format to `encoder/`.
 
 A run folder holds:
@@ -111,7 +117,6 @@ from model.end_to_end import (
     attach_tokens,
     build_end_to_end_model,
     build_end_to_end_optimizer,
-    fit_text_standardisation,
 )
 from model.evaluate import (
     TEST_METRICS_NAME,
@@ -424,7 +429,9 @@ def build_model(config: RunConfig, modalities: Modalities) -> torch.nn.Module:
     """
     mix = LayerMix(modalities.layer_blocks) if modalities.layer_blocks else None
     if config.end_to_end_mode:
-        model = build_end_to_end_model(config.end_to_end, config.model, modalities.head_audio_dim, config.seed)
+        model = build_end_to_end_model(
+            config.end_to_end, config.model, modalities.head_audio_dim, config.seed, normalise=config.data.standardize
+        )
         if mix is not None:
             model.head = LayerMixedHead(mix, model.head)
         return model
@@ -472,7 +479,8 @@ def initialize_engine(
 
     Head only: torch's Adam at train.learning_rate with the coupled L2 train.weight_decay, constant,
     as in the paper. End to end: the same for the head, plus layer-wise groups of the encoder with
-    decoupled decay, all under the warmup/decay schedule, which DeepSpeed steps and checkpoints.
+    decoupled decay under the warmup/decay schedule (the head's rate stays constant), which DeepSpeed
+    steps and checkpoints.
     DeepSpeed's monitor writes into `run_dir` when the config switches it on and `run_dir` is given.
     """
     import deepspeed
@@ -511,13 +519,6 @@ def load_inference_engine(
     """
     model.load_state_dict(checkpoints.load_weights(tag))
     return initialize_engine(model, _without_zero(config), world_size, steps_per_epoch=None)
-
-
-def accelerator_device(rendezvous: Rendezvous) -> torch.device:
-    """The device this rank trains on (the one DeepSpeed will move the model to)."""
-    from deepspeed.accelerator import get_accelerator
-
-    return torch.device(get_accelerator().device_name(rendezvous.local_rank))
 
 
 def seed_everything(seed: int) -> None:
@@ -749,8 +750,6 @@ def train(
             run_finetune_chain(config.store, config.finetune, config.data.text_family, config.runs_root, rendezvous)
         seed_everything(config.seed)
         inputs = prepare_inputs(config, SPLITS)
-        if config.end_to_end_mode and config.data.standardize:
-            fit_text_standardisation(inputs.model, inputs.datasets["train"], accelerator_device(rendezvous))
         if rendezvous.is_main:
             write_resolved_config(config, run_dir)
             inputs.statistics.save(run_dir / STATISTICS_NAME)
