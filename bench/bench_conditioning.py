@@ -43,37 +43,49 @@ def perturbed(arrays: SplitArrays, eps: float, seed: int) -> SplitArrays:
     )
 
 
+class ScoredRun:
+    """A finished run on stored features, ready to score its test split's features as given."""
+
+    def __init__(self, run_dir: Path):
+        config = saved_run_config(run_dir)
+        if config.end_to_end_mode:
+            raise ValueError(f"run {run_dir} trains its encoder end to end; this bench perturbs stored features")
+        self.config = config
+        store = FeatureStore.open(config.store)
+        self.modalities = run_modalities(config, store)
+        self.statistics = FeatureStatistics.load(Path(run_dir) / STATISTICS_NAME)
+        checkpoints = Checkpoints(Path(run_dir))
+        model = build_model(config, self.modalities)
+        self.engine = load_inference_engine(model, config, 1, checkpoints, checkpoints.progress().best)
+        self.test = store.read_split("test", families=self.modalities.families)
+
+    def probabilities(self, rows: SplitArrays) -> np.ndarray:
+        """Each test utterance's emotion probabilities [N, 7] from the features in `rows`."""
+        dataset = dataset_from_arrays("test", rows, self.modalities, self.statistics)
+        return evaluate_split(self.engine, dataset, batch_dialogues=8, device=self.engine.device).probabilities
+
+    def change(self, eps: float, seed: int) -> np.ndarray:
+        """|probabilities of the features x (1 + eps x random signs) - probabilities of the features| [N, 7]."""
+        return np.abs(self.probabilities(perturbed(self.test, eps, seed)) - self.probabilities(self.test))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--eps", type=float, nargs="+", default=[1e-6])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    config = saved_run_config(args.run_dir)
-    if config.end_to_end_mode:
-        parser.error("the run trains its encoder end to end; this bench perturbs stored features")
     torch.set_num_threads(1)
-    with distributed_session() as rendezvous:
-        store = FeatureStore.open(config.store)
-        modalities = run_modalities(config, store)
-        statistics = FeatureStatistics.load(args.run_dir / STATISTICS_NAME)
-        checkpoints = Checkpoints(args.run_dir)
-        engine = load_inference_engine(
-            build_model(config, modalities), config, rendezvous.world_size, checkpoints, checkpoints.progress().best
-        )
-        arrays = store.read_split("test", families=modalities.families)
-
-        def probabilities(rows: SplitArrays) -> np.ndarray:
-            dataset = dataset_from_arrays("test", rows, modalities, statistics)
-            return evaluate_split(engine, dataset, batch_dialogues=8, device=engine.device).probabilities
-
-        clean = probabilities(arrays)
-        print(f"run {args.run_dir} ({config.model.variant}, {config.text_mode}), {len(arrays)} test utterances")
+    with distributed_session():
+        run = ScoredRun(args.run_dir)
+        print(f"run {args.run_dir} ({run.config.model.variant}, {run.config.text_mode}), {len(run.test)} utterances")
         for eps in args.eps:
-            change = np.abs(probabilities(perturbed(arrays, eps, args.seed)) - clean)
-            print(f"  features x (1 +- {eps:g}): probabilities move by at most {change.max():.3g} (mean {change.mean():.3g})")
+            change = run.change(eps, args.seed)
+            print(f"  features x (1 +- {eps:g}): probabilities move by at most {change.max():.3g} "
+                  f"(mean {change.mean():.3g})")
+        clean = run.probabilities(run.test)
         torch.set_num_threads(2)
-        change = np.abs(probabilities(arrays) - clean)
+        change = np.abs(run.probabilities(run.test) - clean)
         print(f"  2 threads against 1: at most {change.max():.3g} (mean {change.mean():.3g})")
 
 

@@ -3,9 +3,9 @@
 A dialogue is the sequence of its utterances' feature vectors. The audio vector of an utterance is
 the concatenation of the store's audio families (openSMILE ⊕ OpenL3, as in the paper's section 3.1);
 the text vector is the `text` family. Every family is standardised column by column with the mean
-and standard deviation of the train split's valid rows, except near-constant columns, which are
-centred but not scaled: the threshold is relative (a spread negligible next to the column's own
-size or to the family's typical spread), so no column magnifies float noise in its values. The
+and standard deviation of the train split's valid rows, with relative thresholds: a column's scale
+is at least 1% of its own size, and a column whose spread is negligible next to the family's typical
+spread is centred but not scaled, so no column magnifies float noise in its values. The
 statistics (mean and scale, whatever rule chose the scale) are saved beside the model, so that
 evaluation applies exactly the same transform, to a run trained under an older rule too. A row
 whose family failed in extraction (a corrupt clip) is all zeros after standardisation, that is,
@@ -43,13 +43,14 @@ log = logging.getLogger(__name__)
 IGNORE_LABEL = -100
 """Label of padded positions and of dialogues a rank holds only to keep step with the others."""
 
-# Near-constant columns are centred but not scaled (`ColumnStatistics.fit`). A column is near-constant when
-# its train standard deviation is at most _OWN_SIZE_RATIO times its own root mean square (it varies by at
-# most 0.1% of its size: float32 features computed again, with other threads or on other hardware, differ
-# by about 1e-6 of their size, so z-scoring it would pass at most 1e-3 of a standard unit of that noise to
-# the head), or at most _TYPICAL_SPREAD_RATIO times the family's median column standard deviation (numerically
-# dead columns, 1e-33 beside a typical 7e-3 in a text encoder's vectors, 0 in openSMILE's).
-_OWN_SIZE_RATIO = 1e-3
+# Relative thresholds keep standardisation from magnifying noise (`ColumnStatistics.fit`). A column's scale is
+# at least _OWN_SIZE_RATIO times its own root mean square, so its z-scores magnify a relative error in its
+# values (float32 features computed again, with other threads or on other hardware, differ by about 1e-6 of
+# their size) at most 100-fold; a column that varies by less than 1% of its size, such as an encoder's
+# large-offset first-token columns, is shrunk rather than blown up. A column whose spread is at most
+# _TYPICAL_SPREAD_RATIO times the family's median column spread is numerically dead (1e-33 beside a typical
+# 7e-3 in a text encoder's vectors, 0 in openSMILE's): it is centred and not scaled.
+_OWN_SIZE_RATIO = 1e-2
 _TYPICAL_SPREAD_RATIO = 1e-6
 # Rows per block when computing statistics in float64: bounds the temporary to ~100 MB at MELD's widths.
 _STAT_BLOCK_ROWS = 1024
@@ -184,12 +185,14 @@ class ColumnStatistics:
     mean: np.ndarray
     """float32 [dim]."""
     scale: np.ndarray
-    """float32 [dim]: the standard deviation, or 1 for a near-constant column (relative thresholds, `fit`)."""
+    """float32 [dim]: the standard deviation, floored at 1% of the column's root mean square; 1 for a dead column
+    (relative thresholds, `fit`)."""
 
     @classmethod
     def fit(cls, features: np.ndarray, valid: np.ndarray) -> "ColumnStatistics":
-        """Two-pass mean and standard deviation in float64 over the valid rows, block by block; a near-constant
-        column (its spread negligible next to its own size or to the typical column's) is centred, not scaled."""
+        """Two-pass mean and standard deviation in float64 over the valid rows, block by block. A column's scale
+        is floored at 1% of its own size; a dead column (its spread negligible next to the typical column's)
+        is centred, not scaled."""
         rows = np.flatnonzero(valid)
         dim = features.shape[1]
         if rows.size == 0:
@@ -203,9 +206,8 @@ class ColumnStatistics:
             centred = features[rows[start : start + _STAT_BLOCK_ROWS]].astype(np.float64) - mean
             squares += (centred * centred).sum(axis=0)
         std = np.sqrt(squares / rows.size)
-        root_mean_square = np.sqrt(std * std + mean * mean)
-        near_constant = (std <= _OWN_SIZE_RATIO * root_mean_square) | (std <= _TYPICAL_SPREAD_RATIO * np.median(std))
-        scale = np.where(near_constant, 1.0, std)
+        floored = np.maximum(std, _OWN_SIZE_RATIO * np.sqrt(std * std + mean * mean))
+        scale = np.where(std <= _TYPICAL_SPREAD_RATIO * np.median(std), 1.0, floored)
         return cls(mean=mean.astype(np.float32), scale=scale.astype(np.float32))
 
     @classmethod
