@@ -31,6 +31,7 @@ warmup/decay schedule and the DeepSpeed engine settings (ZeRO-2 and bf16 where t
 default).
 """
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,15 @@ class EndToEndConfig:
     whole gradient, the head's included."""
     bucket_by_length: bool = False
     """Batch dialogues of similar longest utterance together: less token padding, less random batches."""
+    warm_start_epochs: int = 0
+    """Linear probing, then fine-tuning (LP-FT): for this many epochs only the head trains, on the
+    pretrained encoder's vectors as a frozen run reads them (the encoder in eval mode, without gradients,
+    its rates held at 0); then the encoder trains too, its warmup and decay starting then. Selection on
+    dev covers both phases. 0: the encoder trains from the first step."""
+
+    def __post_init__(self) -> None:
+        if self.warm_start_epochs < 0:
+            raise ValueError(f"warm_start_epochs must be 0 or more, not {self.warm_start_epochs}")
 
 
 # LayerNorm's epsilon, added to each layer vector's variance: far below any hidden state's (about 1).
@@ -95,6 +105,14 @@ class EndToEndModel(nn.Module):
         self.encoder = encoder
         self.head = head
         self.normalise = normalise
+        self.encoder_learns = True
+        """False in a warm start's first phase: the encoder evaluates, without dropout or gradients."""
+
+    def train(self, mode: bool = True) -> "EndToEndModel":
+        """Train or evaluate; the encoder evaluates while it does not learn (a warm start's first phase)."""
+        super().train(mode)
+        self.encoder.train(mode and self.encoder_learns)
+        return self
 
     def _load_from_state_dict(
         self, state_dict: dict[str, torch.Tensor], prefix: str, *args: Any, **kwargs: Any
@@ -124,7 +142,8 @@ class EndToEndModel(nn.Module):
 
     def text_vectors(self, text: TokenBatch) -> torch.Tensor:
         """Text vectors [N, 4H] of the batch's utterances as the head sees them: each layer normalised."""
-        vectors = self.encoder(text.input_ids, text.attention_mask)
+        with contextlib.nullcontext() if self.encoder_learns else torch.no_grad():
+            vectors = self.encoder(text.input_ids, text.attention_mask)
         return normalise_layers(vectors, LAST_LAYERS) if self.normalise else vectors
 
     def forward(self, audio: torch.Tensor | None, text: TokenBatch, mask: torch.Tensor) -> torch.Tensor:
@@ -163,6 +182,19 @@ def build_end_to_end_optimizer(
         head_weight_decay=head_weight_decay,
     )
     return build_optimizer(groups)
+
+
+WARM_START_PHASE = "warm_start"
+FINE_TUNE_PHASE = "fine_tune"
+SINGLE_PHASE = "single"
+
+
+def training_phase(warm_start_epochs: int, epoch: int) -> str:
+    """The phase epoch `epoch` (from 1) belongs to: 'warm_start' (head only), 'fine_tune' (the encoder too, after
+    a warm start), or 'single' (a run without a warm start)."""
+    if warm_start_epochs == 0:
+        return SINGLE_PHASE
+    return WARM_START_PHASE if epoch <= warm_start_epochs else FINE_TUNE_PHASE
 
 
 def attach_tokens(store: FeatureStore, datasets: dict[str, DialogueDataset], encoder: TextEncoderConfig) -> None:

@@ -75,8 +75,13 @@ class WarmupDecay:
     """'constant', 'linear' or 'cosine'."""
     min_lr_ratio: float
     """Where the decay ends."""
+    hold_steps: int = 0
+    """Steps at rate 0 before the warmup starts (the head's warm start, `model.end_to_end`)."""
 
     def __call__(self, step: int) -> float:
+        step -= self.hold_steps
+        if step < 0:
+            return 0.0
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
         if self.decay == "constant":
@@ -100,13 +105,22 @@ def schedule_steps(config: LRScheduleConfig, steps_per_epoch: int, max_epochs: i
 
 
 def build_lr_scheduler(
-    optimizer: torch.optim.Optimizer, config: LRScheduleConfig, steps_per_epoch: int, max_epochs: int
+    optimizer: torch.optim.Optimizer,
+    config: LRScheduleConfig,
+    steps_per_epoch: int,
+    max_epochs: int,
+    hold_epochs: int = 0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """The schedule for a run of `steps_per_epoch` optimizer steps an epoch, scaling each encoder group's own
-    rate; the group named 'head' (`model.param_groups.HEAD_GROUP`) stays at its base rate."""
-    warmup, horizon = schedule_steps(config, steps_per_epoch, max_epochs)
+    rate; the group named 'head' (`model.param_groups.HEAD_GROUP`) stays at its base rate. With `hold_epochs`,
+    the encoder's rates are 0 for that many epochs, and its warmup and decay start after them."""
+    warmup, horizon = schedule_steps(config, steps_per_epoch, max_epochs - hold_epochs)
     encoder = WarmupDecay(
-        warmup_steps=warmup, total_steps=horizon, decay=config.decay, min_lr_ratio=config.min_lr_ratio
+        warmup_steps=warmup,
+        total_steps=horizon,
+        decay=config.decay,
+        min_lr_ratio=config.min_lr_ratio,
+        hold_steps=hold_epochs * steps_per_epoch,
     )
     constant = WarmupDecay(warmup_steps=0, total_steps=1, decay="constant", min_lr_ratio=1.0)
     multipliers = [constant if group.get("name") == HEAD_GROUP else encoder for group in optimizer.param_groups]

@@ -113,10 +113,12 @@ from model.dialogue_data import (
     store_modalities,
 )
 from model.end_to_end import (
+    WARM_START_PHASE,
     EndToEndConfig,
     attach_tokens,
     build_end_to_end_model,
     build_end_to_end_optimizer,
+    training_phase,
 )
 from model.evaluate import (
     TEST_METRICS_NAME,
@@ -244,6 +246,14 @@ class RunConfig:
         if not self.model.uses_text:
             # Nothing to encode: one recorded mode for every audio-only run, whatever the sweep asked.
             self.text_mode = "frozen"
+        if self.text_mode == "end_to_end" and self.end_to_end.warm_start_epochs:
+            if self.end_to_end.warm_start_epochs >= self.train.max_epochs:
+                raise ValueError(
+                    f"end_to_end.warm_start_epochs ({self.end_to_end.warm_start_epochs}) leaves no epoch of "
+                    f"train.max_epochs ({self.train.max_epochs}) to fine-tune the encoder in; lower it"
+                )
+            if self.end_to_end.encoder.freeze:
+                raise ValueError("end_to_end.warm_start_epochs needs an encoder that trains; unset encoder.freeze")
         if self.text_mode == "end_to_end":
             defaults = TrainConfig()
             for name in ("zero_stage", "precision", "gradient_clipping"):
@@ -256,6 +266,11 @@ class RunConfig:
     def end_to_end_mode(self) -> bool:
         """Whether the text encoder trains with the head."""
         return self.text_mode == "end_to_end"
+
+    @property
+    def warm_start_epochs(self) -> int:
+        """Epochs in which only the head trains before the encoder does (end to end with a warm start; else 0)."""
+        return self.end_to_end.warm_start_epochs if self.end_to_end_mode else 0
 
 
 def default_run_dir(config: RunConfig) -> Path:
@@ -391,9 +406,16 @@ class TrainingState:
         self.epochs_without_improvement += 1
         return False
 
-    def finished(self, train: TrainConfig) -> bool:
-        """Whether training is over: out of epochs, or out of patience."""
-        return self.epoch >= train.max_epochs or self.epochs_without_improvement >= train.patience
+    def finished(self, train: TrainConfig, warm_start_epochs: int = 0) -> bool:
+        """Whether training is over: out of epochs, or out of patience (never inside a warm start: the encoder
+        gets its epochs whatever the head alone did)."""
+        if self.epoch >= train.max_epochs:
+            return True
+        return self.epoch >= warm_start_epochs and self.epochs_without_improvement >= train.patience
+
+    def start_fine_tuning(self) -> None:
+        """At the end of a warm start: patience counts again from here, the best epoch so far stays selectable."""
+        self.epochs_without_improvement = 0
 
     def to_client_state(self) -> dict[str, Any]:
         """Plain values for DeepSpeed's client_state."""
@@ -493,7 +515,9 @@ def initialize_engine(
     optimizer = scheduler = None
     if steps_per_epoch is not None and config.end_to_end_mode:
         optimizer = build_end_to_end_optimizer(model, config.end_to_end, train.learning_rate, train.weight_decay)
-        scheduler = build_lr_scheduler(optimizer, config.end_to_end.schedule, steps_per_epoch, train.max_epochs)
+        scheduler = build_lr_scheduler(
+            optimizer, config.end_to_end.schedule, steps_per_epoch, train.max_epochs, config.warm_start_epochs
+        )
     elif steps_per_epoch is not None:
         optimizer = build_optimizer(
             head_param_groups(model, head_lr=train.learning_rate, head_weight_decay=train.weight_decay)
@@ -803,7 +827,7 @@ def _fit(
     with tqdm(
         total=config.train.max_epochs, initial=state.epoch, desc="epochs", unit="epoch", disable=not rendezvous.is_main
     ) as epochs_bar:
-        while not state.finished(config.train):
+        while not state.finished(config.train, config.warm_start_epochs):
             loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
             if part_done is not None:
                 # The checkpoint restored this rank's RNG as it was at that step.
@@ -814,6 +838,9 @@ def _fit(
                 epoch = EpochProgress(epoch=state.epoch + 1)
                 torch.manual_seed(epoch_seed(config.seed, epoch.epoch, rendezvous.rank))
             sampler.set_epoch(epoch.epoch)
+            if config.end_to_end_mode:
+                phase = training_phase(config.warm_start_epochs, epoch.epoch)
+                engine.module.encoder_learns = phase != WARM_START_PHASE
             with tqdm(
                 total=len(train_set),
                 desc=f"epoch {epoch.epoch}",
@@ -851,8 +878,11 @@ def _fit(
                     "seconds": epoch.seconds + time.perf_counter() - dev_started,
                     "train_seconds": epoch.seconds,
                     "data_seconds": epoch.data_seconds,
+                    "phase": training_phase(config.warm_start_epochs, epoch.epoch),
                 }
             )
+            if epoch.epoch == config.warm_start_epochs:
+                state.start_fine_tuning()
             if config.monitor.enabled and rendezvous.is_main:
                 engine.monitor.write_events(
                     [
@@ -945,6 +975,8 @@ def _evaluate_checkpoint(
         world_size=rendezvous.world_size,
     )
     record = evaluation_record(evaluation, majority_label(inputs.train_labels), progress.best, progress.best_epoch)
+    record["selected_epoch"] = progress.best_epoch
+    record["selected_phase"] = training_phase(config.warm_start_epochs, progress.best_epoch)
     return evaluation, record
 
 
