@@ -25,6 +25,15 @@ noise e in a vector y moves the normalised vector by at most 2 |Pe| / |Py| relat
 Run folders trained before this (with fixed column statistics in the buffers `text_mean` and
 `text_scale`) are refused when loaded, in one line that says to train the run again.
 
+The warm start (linear probing, then fine-tuning: LP-FT, `warm_start_epochs`) trains the head alone for
+its first epochs, on the pretrained encoder's vectors exactly as a run with a frozen encoder does (the
+encoder evaluates, without dropout or gradients, and its rates are held at 0; its vectors are computed
+again each step rather than cached), and only then unfreezes the encoder at its low layer-wise rates,
+whose warmup and decay start there. A randomly initialised head's first gradients would otherwise
+reach the pretrained encoder in full. Selection on dev covers both phases, so a run whose fine-tuning
+never lowers the dev loss keeps its best warm-start epoch; `test_metrics.json` names the selected
+epoch and phase (`selected_epoch`, `selected_phase`), and each line of `metrics.jsonl` its phase.
+
 A run chooses this with `text_mode = "end_to_end"` (`model.train.RunConfig`, the default whenever
 the variant reads text); `EndToEndConfig` holds the encoder, its layer-wise learning rates, the
 warmup/decay schedule and the DeepSpeed engine settings (ZeRO-2 and bf16 where the GPU has it, by

@@ -40,11 +40,13 @@ A run folder holds:
     encoder/                    the trained text encoder (end_to_end), selected epoch, Hugging Face format
     monitor/                    DeepSpeed's monitor files, when [monitor] switches them on
     metrics.jsonl               one line per epoch: losses, dev scores, seconds (the epoch, its
-                                training pass, and the batch assembly within it)
+                                training pass, and the batch assembly within it), its phase
+                                ('single', or 'warm_start' / 'fine_tune' with a warm start)
     checkpoints/                the last two checkpoints and the best one, and progress.json, which
                                 names them (format, rotation and fallback: `model.checkpoint`)
     learning_curves.png, confusion_test.png, predictions.jsonl
-    test_metrics.json           written last: its presence means the run is finished
+    test_metrics.json           written last: its presence means the run is finished; it names the
+                                selected epoch and phase (selected_epoch, selected_phase)
 
 One job writes a run folder at a time (its lock names the holder). Resuming (`resume=True`) reloads
 the latest good checkpoint: one taken at an epoch's end replays from the next epoch, one taken inside
@@ -161,7 +163,8 @@ class TrainConfig:
     max_epochs: int = 200
     """Most epochs to train."""
     patience: int = 15
-    """Stop after this many epochs in a row without a lower dev loss."""
+    """Stop after this many epochs in a row without a lower dev loss (with a warm start, counted from its
+    end: the encoder always gets its epochs)."""
     class_weights: Literal["none", "balanced"] = "none"
     """'balanced' weights each class's cross-entropy by N / (7 · count in train); 'none' is the paper's plain loss."""
     gradient_clipping: float = 0.0
