@@ -42,7 +42,8 @@ class EngineConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """'auto': bf16 on a GPU that supports it, fp32 otherwise (a CPU)."""
     gradient_clipping: float = 1.0
-    """Clip the global gradient norm to this value (0: no clipping)."""
+    """Clip the global gradient norm to this value (0: no clipping). It is the norm of the whole model's
+    gradient: end to end, the head's and the encoder's together (DeepSpeed has one clip for the model)."""
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):

@@ -3,10 +3,13 @@
 A dialogue is the sequence of its utterances' feature vectors. The audio vector of an utterance is
 the concatenation of the store's audio families (openSMILE ⊕ OpenL3, as in the paper's section 3.1);
 the text vector is the `text` family. Every family is standardised column by column with the mean
-and standard deviation of the train split's valid rows; the statistics are saved beside the model so
-that evaluation applies exactly the same transform. A row whose family failed in extraction (a
-corrupt clip) is all zeros after standardisation, that is, the train mean: it carries no signal and
-no outlier.
+and standard deviation of the train split's valid rows, with relative thresholds: a column's scale
+is at least 1% of its own size, and a column whose spread is negligible next to the family's typical
+spread is centred but not scaled, so no column magnifies float noise in its values. The
+statistics (mean and scale, whatever rule chose the scale) are saved beside the model, so that
+evaluation applies exactly the same transform, to a run trained under an older rule too. A row
+whose family failed in extraction (a corrupt clip) is all zeros after standardisation, that is,
+the train mean: it carries no signal and no outlier.
 
 Batches hold whole dialogues, padded to the longest one in the batch, with a Bool mask. Ranks share
 one global batch: every rank walks the same seeded order of dialogues and takes every
@@ -40,9 +43,15 @@ log = logging.getLogger(__name__)
 IGNORE_LABEL = -100
 """Label of padded positions and of dialogues a rank holds only to keep step with the others."""
 
-# A column whose train standard deviation is below this is constant for the model's purposes
-# (openSMILE has such columns); it is centred but not scaled, so it cannot blow up dev noise.
-_MIN_STD = 1e-6
+# Relative thresholds keep standardisation from magnifying noise (`ColumnStatistics.fit`). A column's scale is
+# at least _OWN_SIZE_RATIO times its own root mean square, so its z-scores magnify a relative error in its
+# values (float32 features computed again, with other threads or on other hardware, differ by about 1e-6 of
+# their size) at most 100-fold; a column that varies by less than 1% of its size, such as an encoder's
+# large-offset first-token columns, is shrunk rather than blown up. A column whose spread is at most
+# _TYPICAL_SPREAD_RATIO times the family's median column spread is numerically dead (1e-33 beside a typical
+# 7e-3 in a text encoder's vectors, 0 in openSMILE's): it is centred and not scaled.
+_OWN_SIZE_RATIO = 1e-2
+_TYPICAL_SPREAD_RATIO = 1e-6
 # Rows per block when computing statistics in float64: bounds the temporary to ~100 MB at MELD's widths.
 _STAT_BLOCK_ROWS = 1024
 
@@ -176,11 +185,14 @@ class ColumnStatistics:
     mean: np.ndarray
     """float32 [dim]."""
     scale: np.ndarray
-    """float32 [dim]: the standard deviation, or 1 for a constant column."""
+    """float32 [dim]: the standard deviation, floored at 1% of the column's root mean square; 1 for a dead column
+    (relative thresholds, `fit`)."""
 
     @classmethod
     def fit(cls, features: np.ndarray, valid: np.ndarray) -> "ColumnStatistics":
-        """Two-pass mean and standard deviation in float64 over the valid rows, block by block."""
+        """Two-pass mean and standard deviation in float64 over the valid rows, block by block. A column's scale
+        is floored at 1% of its own size; a dead column (its spread negligible next to the typical column's)
+        is centred, not scaled."""
         rows = np.flatnonzero(valid)
         dim = features.shape[1]
         if rows.size == 0:
@@ -194,7 +206,8 @@ class ColumnStatistics:
             centred = features[rows[start : start + _STAT_BLOCK_ROWS]].astype(np.float64) - mean
             squares += (centred * centred).sum(axis=0)
         std = np.sqrt(squares / rows.size)
-        scale = np.where(std < _MIN_STD, 1.0, std)
+        floored = np.maximum(std, _OWN_SIZE_RATIO * np.sqrt(std * std + mean * mean))
+        scale = np.where(std <= _TYPICAL_SPREAD_RATIO * np.median(std), 1.0, floored)
         return cls(mean=mean.astype(np.float32), scale=scale.astype(np.float32))
 
     @classmethod

@@ -1,9 +1,12 @@
-"""Warmup then decay, as a multiplier of each parameter group's own learning rate.
+"""Warmup then decay of the encoder's learning rates, as a multiplier of each group's own rate; the head's is constant.
 
 DeepSpeed's `WarmupLR` and `WarmupDecayLR` write one scalar (`warmup_max_lr`) into every parameter
 group, which silently erases layer-wise learning rates. This schedule is a torch `LambdaLR`: at
-optimizer step s every group's rate is its base rate times `multiplier(s)`, so the ratios between
-groups set in `model.param_groups` hold at every step. Pass it to `deepspeed.initialize(lr_scheduler=...)`;
+optimizer step s every encoder group's rate is its base rate times `multiplier(s)`, so the ratios between
+its groups set in `model.param_groups` hold at every step. The fusion head's group (named 'head') keeps
+its base rate throughout, the paper's constant Adam, as in a head-only run: the head trains the same
+way in every text mode, and only the pretrained encoder, which a large early step would damage, warms
+up and decays. Pass it to `deepspeed.initialize(lr_scheduler=...)`;
 the engine steps it once per optimizer step (after the last micro-batch of an accumulation) and
 saves and restores its state with each checkpoint.
 
@@ -26,6 +29,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+from model.param_groups import HEAD_GROUP
 
 
 @dataclass(kw_only=True)
@@ -70,8 +75,13 @@ class WarmupDecay:
     """'constant', 'linear' or 'cosine'."""
     min_lr_ratio: float
     """Where the decay ends."""
+    hold_steps: int = 0
+    """Steps at rate 0 before the warmup starts (the head's warm start, `model.end_to_end`)."""
 
     def __call__(self, step: int) -> float:
+        step -= self.hold_steps
+        if step < 0:
+            return 0.0
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
         if self.decay == "constant":
@@ -95,11 +105,23 @@ def schedule_steps(config: LRScheduleConfig, steps_per_epoch: int, max_epochs: i
 
 
 def build_lr_scheduler(
-    optimizer: torch.optim.Optimizer, config: LRScheduleConfig, steps_per_epoch: int, max_epochs: int
+    optimizer: torch.optim.Optimizer,
+    config: LRScheduleConfig,
+    steps_per_epoch: int,
+    max_epochs: int,
+    hold_epochs: int = 0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """The schedule for a run of `steps_per_epoch` optimizer steps an epoch, scaling each group's own rate."""
-    warmup, horizon = schedule_steps(config, steps_per_epoch, max_epochs)
-    multiplier = WarmupDecay(
-        warmup_steps=warmup, total_steps=horizon, decay=config.decay, min_lr_ratio=config.min_lr_ratio
+    """The schedule for a run of `steps_per_epoch` optimizer steps an epoch, scaling each encoder group's own
+    rate; the group named 'head' (`model.param_groups.HEAD_GROUP`) stays at its base rate. With `hold_epochs`,
+    the encoder's rates are 0 for that many epochs, and its warmup and decay start after them."""
+    warmup, horizon = schedule_steps(config, steps_per_epoch, max_epochs - hold_epochs)
+    encoder = WarmupDecay(
+        warmup_steps=warmup,
+        total_steps=horizon,
+        decay=config.decay,
+        min_lr_ratio=config.min_lr_ratio,
+        hold_steps=hold_epochs * steps_per_epoch,
     )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=multiplier)
+    constant = WarmupDecay(warmup_steps=0, total_steps=1, decay="constant", min_lr_ratio=1.0)
+    multipliers = [constant if group.get("name") == HEAD_GROUP else encoder for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=multipliers)

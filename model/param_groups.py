@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+HEAD_GROUP = "head"
+"""Name of the fusion head's parameter group: the learning-rate schedule leaves its rate constant."""
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|block|blocks)\.(\d+)\.")
 _EMBEDDINGS = re.compile(r"(?:^|\.)(?:embeddings|embed_tokens|embed_positions|wte|wpe)\.")
 
@@ -76,7 +78,7 @@ def head_param_groups(head: nn.Module, *, head_lr: float, head_weight_decay: flo
         return []
     return [
         {
-            "name": "head",
+            "name": HEAD_GROUP,
             "params": parameters,
             "lr": head_lr,
             "weight_decay": head_weight_decay,

@@ -23,9 +23,15 @@ ranks), so N ranks take the same steps as one rank with the same global batch.
 - 'frozen' reads the store's vectors of a pretrained encoder: the fast ablation.
 
 An audio-only variant reads no text, so its text_mode is recorded as 'frozen' whatever was asked.
-In every mode the head trains with the paper's Adam and coupled L2 (`model.param_groups`), sees text
-vectors standardised with train statistics (`model.end_to_end`), and can cut each global batch into
-`train.gradient_accumulation_steps` micro-batches whose gradients add up to the whole batch's. A
+In every mode the head trains the same way: the paper's Adam at the constant rate train.learning_rate
+with the coupled L2 train.weight_decay (`model.param_groups`; end to end only the encoder's groups
+warm up and decay, `model.lr_schedule`), on well-conditioned text vectors (stored ones column-standardised
+with train statistics, `model.dialogue_data`; in-graph ones layer-normalised, `model.end_to_end`), and
+it can cut each global batch into `train.gradient_accumulation_steps` micro-batches whose gradients add
+up to the whole batch's. One difference is documented rather than removed: DeepSpeed clips the norm of
+the whole gradient, so end to end (end_to_end.engine.gradient_clipping, 1 by default) the head's gradient
+is clipped together with the encoder's, while a head-only run clips by train.gradient_clipping (0, off,
+as in the paper); both are config keys, so a report can see whether two runs match. A
 run whose encoder trains exports it in Hugging Face format to `encoder/`.
 
 A run folder holds:
@@ -34,11 +40,13 @@ A run folder holds:
     encoder/                    the trained text encoder (end_to_end), selected epoch, Hugging Face format
     monitor/                    DeepSpeed's monitor files, when [monitor] switches them on
     metrics.jsonl               one line per epoch: losses, dev scores, seconds (the epoch, its
-                                training pass, and the batch assembly within it)
+                                training pass, and the batch assembly within it), its phase
+                                ('single', or 'warm_start' / 'fine_tune' with a warm start)
     checkpoints/                the last two checkpoints and the best one, and progress.json, which
                                 names them (format, rotation and fallback: `model.checkpoint`)
     learning_curves.png, confusion_test.png, predictions.jsonl
-    test_metrics.json           written last: its presence means the run is finished
+    test_metrics.json           written last: its presence means the run is finished; it names the
+                                selected epoch and phase (selected_epoch, selected_phase)
 
 One job writes a run folder at a time (its lock names the holder). Resuming (`resume=True`) reloads
 the latest good checkpoint: one taken at an epoch's end replays from the next epoch, one taken inside
@@ -107,11 +115,12 @@ from model.dialogue_data import (
     store_modalities,
 )
 from model.end_to_end import (
+    WARM_START_PHASE,
     EndToEndConfig,
     attach_tokens,
     build_end_to_end_model,
     build_end_to_end_optimizer,
-    fit_text_standardisation,
+    training_phase,
 )
 from model.evaluate import (
     TEST_METRICS_NAME,
@@ -154,7 +163,8 @@ class TrainConfig:
     max_epochs: int = 200
     """Most epochs to train."""
     patience: int = 15
-    """Stop after this many epochs in a row without a lower dev loss."""
+    """Stop after this many epochs in a row without a lower dev loss (with a warm start, counted from its
+    end: the encoder always gets its epochs)."""
     class_weights: Literal["none", "balanced"] = "none"
     """'balanced' weights each class's cross-entropy by N / (7 · count in train); 'none' is the paper's plain loss."""
     gradient_clipping: float = 0.0
@@ -239,6 +249,14 @@ class RunConfig:
         if not self.model.uses_text:
             # Nothing to encode: one recorded mode for every audio-only run, whatever the sweep asked.
             self.text_mode = "frozen"
+        if self.text_mode == "end_to_end" and self.end_to_end.warm_start_epochs:
+            if self.end_to_end.warm_start_epochs >= self.train.max_epochs:
+                raise ValueError(
+                    f"end_to_end.warm_start_epochs ({self.end_to_end.warm_start_epochs}) leaves no epoch of "
+                    f"train.max_epochs ({self.train.max_epochs}) to fine-tune the encoder in; lower it"
+                )
+            if self.end_to_end.encoder.freeze:
+                raise ValueError("end_to_end.warm_start_epochs needs an encoder that trains; unset encoder.freeze")
         if self.text_mode == "end_to_end":
             defaults = TrainConfig()
             for name in ("zero_stage", "precision", "gradient_clipping"):
@@ -251,6 +269,11 @@ class RunConfig:
     def end_to_end_mode(self) -> bool:
         """Whether the text encoder trains with the head."""
         return self.text_mode == "end_to_end"
+
+    @property
+    def warm_start_epochs(self) -> int:
+        """Epochs in which only the head trains before the encoder does (end to end with a warm start; else 0)."""
+        return self.end_to_end.warm_start_epochs if self.end_to_end_mode else 0
 
 
 def default_run_dir(config: RunConfig) -> Path:
@@ -386,9 +409,16 @@ class TrainingState:
         self.epochs_without_improvement += 1
         return False
 
-    def finished(self, train: TrainConfig) -> bool:
-        """Whether training is over: out of epochs, or out of patience."""
-        return self.epoch >= train.max_epochs or self.epochs_without_improvement >= train.patience
+    def finished(self, train: TrainConfig, warm_start_epochs: int = 0) -> bool:
+        """Whether training is over: out of epochs, or out of patience (never inside a warm start: the encoder
+        gets its epochs whatever the head alone did)."""
+        if self.epoch >= train.max_epochs:
+            return True
+        return self.epoch >= warm_start_epochs and self.epochs_without_improvement >= train.patience
+
+    def start_fine_tuning(self) -> None:
+        """At the end of a warm start: patience counts again from here, the best epoch so far stays selectable."""
+        self.epochs_without_improvement = 0
 
     def to_client_state(self) -> dict[str, Any]:
         """Plain values for DeepSpeed's client_state."""
@@ -424,7 +454,9 @@ def build_model(config: RunConfig, modalities: Modalities) -> torch.nn.Module:
     """
     mix = LayerMix(modalities.layer_blocks) if modalities.layer_blocks else None
     if config.end_to_end_mode:
-        model = build_end_to_end_model(config.end_to_end, config.model, modalities.head_audio_dim, config.seed)
+        model = build_end_to_end_model(
+            config.end_to_end, config.model, modalities.head_audio_dim, config.seed, normalise=config.data.standardize
+        )
         if mix is not None:
             model.head = LayerMixedHead(mix, model.head)
         return model
@@ -472,7 +504,8 @@ def initialize_engine(
 
     Head only: torch's Adam at train.learning_rate with the coupled L2 train.weight_decay, constant,
     as in the paper. End to end: the same for the head, plus layer-wise groups of the encoder with
-    decoupled decay, all under the warmup/decay schedule, which DeepSpeed steps and checkpoints.
+    decoupled decay under the warmup/decay schedule (the head's rate stays constant), which DeepSpeed
+    steps and checkpoints.
     DeepSpeed's monitor writes into `run_dir` when the config switches it on and `run_dir` is given.
     """
     import deepspeed
@@ -485,7 +518,9 @@ def initialize_engine(
     optimizer = scheduler = None
     if steps_per_epoch is not None and config.end_to_end_mode:
         optimizer = build_end_to_end_optimizer(model, config.end_to_end, train.learning_rate, train.weight_decay)
-        scheduler = build_lr_scheduler(optimizer, config.end_to_end.schedule, steps_per_epoch, train.max_epochs)
+        scheduler = build_lr_scheduler(
+            optimizer, config.end_to_end.schedule, steps_per_epoch, train.max_epochs, config.warm_start_epochs
+        )
     elif steps_per_epoch is not None:
         optimizer = build_optimizer(
             head_param_groups(model, head_lr=train.learning_rate, head_weight_decay=train.weight_decay)
@@ -511,13 +546,6 @@ def load_inference_engine(
     """
     model.load_state_dict(checkpoints.load_weights(tag))
     return initialize_engine(model, _without_zero(config), world_size, steps_per_epoch=None)
-
-
-def accelerator_device(rendezvous: Rendezvous) -> torch.device:
-    """The device this rank trains on (the one DeepSpeed will move the model to)."""
-    from deepspeed.accelerator import get_accelerator
-
-    return torch.device(get_accelerator().device_name(rendezvous.local_rank))
 
 
 def seed_everything(seed: int) -> None:
@@ -749,8 +777,6 @@ def train(
             run_finetune_chain(config.store, config.finetune, config.data.text_family, config.runs_root, rendezvous)
         seed_everything(config.seed)
         inputs = prepare_inputs(config, SPLITS)
-        if config.end_to_end_mode and config.data.standardize:
-            fit_text_standardisation(inputs.model, inputs.datasets["train"], accelerator_device(rendezvous))
         if rendezvous.is_main:
             write_resolved_config(config, run_dir)
             inputs.statistics.save(run_dir / STATISTICS_NAME)
@@ -804,7 +830,7 @@ def _fit(
     with tqdm(
         total=config.train.max_epochs, initial=state.epoch, desc="epochs", unit="epoch", disable=not rendezvous.is_main
     ) as epochs_bar:
-        while not state.finished(config.train):
+        while not state.finished(config.train, config.warm_start_epochs):
             loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
             if part_done is not None:
                 # The checkpoint restored this rank's RNG as it was at that step.
@@ -815,6 +841,9 @@ def _fit(
                 epoch = EpochProgress(epoch=state.epoch + 1)
                 torch.manual_seed(epoch_seed(config.seed, epoch.epoch, rendezvous.rank))
             sampler.set_epoch(epoch.epoch)
+            if config.end_to_end_mode:
+                phase = training_phase(config.warm_start_epochs, epoch.epoch)
+                engine.module.encoder_learns = phase != WARM_START_PHASE
             with tqdm(
                 total=len(train_set),
                 desc=f"epoch {epoch.epoch}",
@@ -852,8 +881,11 @@ def _fit(
                     "seconds": epoch.seconds + time.perf_counter() - dev_started,
                     "train_seconds": epoch.seconds,
                     "data_seconds": epoch.data_seconds,
+                    "phase": training_phase(config.warm_start_epochs, epoch.epoch),
                 }
             )
+            if epoch.epoch == config.warm_start_epochs:
+                state.start_fine_tuning()
             if config.monitor.enabled and rendezvous.is_main:
                 engine.monitor.write_events(
                     [
@@ -946,6 +978,8 @@ def _evaluate_checkpoint(
         world_size=rendezvous.world_size,
     )
     record = evaluation_record(evaluation, majority_label(inputs.train_labels), progress.best, progress.best_epoch)
+    record["selected_epoch"] = progress.best_epoch
+    record["selected_phase"] = training_phase(config.warm_start_epochs, progress.best_epoch)
     return evaluation, record
 
 

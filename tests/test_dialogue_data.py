@@ -65,7 +65,7 @@ def expected_standardised(train: SplitArrays, split: SplitArrays, family: str) -
     """Standardise with plain numpy over the train rows marked valid, computed here independently."""
     reference = train.features[family][train.valid[family]].astype(np.float64)
     mean, std = reference.mean(axis=0), reference.std(axis=0)
-    std[std < 1e-6] = 1.0
+    std[std == 0.0] = 1.0  # the constant column is centred, not scaled; every other column here varies widely
     out = (split.features[family] - mean) / std
     out[~split.valid[family]] = 0.0
     return out

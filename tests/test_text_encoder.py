@@ -141,9 +141,13 @@ def test_param_groups_decay_per_layer_and_spare_biases_and_norms(tiny_model):
 
 
 @pytest.mark.parametrize("decay", ["constant", "linear", "cosine"])
-def test_schedule_scales_each_groups_own_rate(decay):
-    weights = [nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))]
-    optimizer = torch.optim.SGD([{"params": [weights[0]], "lr": 1.0}, {"params": [weights[1]], "lr": 0.1}])
+def test_schedule_scales_each_encoder_groups_own_rate_and_keeps_the_heads(decay):
+    weights = [nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))]
+    optimizer = torch.optim.SGD([
+        {"name": "encoder.depth02", "params": [weights[0]], "lr": 1.0},
+        {"name": "encoder.depth01", "params": [weights[1]], "lr": 0.1},
+        {"name": "head", "params": [weights[2]], "lr": 0.3},
+    ])
     # 2 steps an epoch: 2 epochs of warmup, a horizon of 7 epochs (not the 50 of max_epochs).
     config = LRScheduleConfig(warmup_epochs=2, decay_epochs=7, decay=decay, min_lr_ratio=0.1)
     scheduler = build_lr_scheduler(optimizer, config, steps_per_epoch=2, max_epochs=50)
@@ -152,7 +156,8 @@ def test_schedule_scales_each_groups_own_rate(decay):
         seen.append([group["lr"] for group in optimizer.param_groups])
         optimizer.step()
         scheduler.step()
-    for step, (first, second) in enumerate(seen):
+    for step, (first, second, head) in enumerate(seen):
+        assert head == 0.3, "the head's rate is constant, as in every text mode"
         if step < 4:
             expected = (step + 1) / 4
         else:
