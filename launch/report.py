@@ -36,8 +36,8 @@ import tomllib
 
 from cluster.durable_files import atomic_write_text
 from extract.demo_corpus import read_ambiguous_keys
-from extract.feature_store import MANIFEST_NAME
 from extract.labels import EMOTIONS
+from extract.manifest import MANIFEST_NAME
 from launch.statistics import (
     CONFIDENCE,
     DialogueBootstrap,

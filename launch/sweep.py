@@ -46,6 +46,7 @@ from cluster.config import (
     control_characters,
     from_dict,
     load_config,
+    override,
     parse_override,
     to_dict,
     write_resolved_config,
@@ -188,7 +189,7 @@ def plan_sweep(
     runs = []
     for values in itertools.product(*grid.values()):
         assignment = dict(zip(grid, values))
-        point_overrides = [f"{key}={json.dumps(value)}" for key, value in assignment.items()]
+        point_overrides = [override(key, value) for key, value in assignment.items()]
         data = apply_overrides(config_cls, base_data, point_overrides)
         point = from_dict(config_cls, data)
         digest = config_hash(point)

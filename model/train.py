@@ -128,6 +128,7 @@ from model.fusion import FusionConfig, build_fusion_model
 from model.layer_mix import LayerMix, LayerMixedHead
 from model.lr_schedule import build_lr_scheduler
 from model.param_groups import build_optimizer, head_param_groups
+from model.run_store import open_run_store, read_run_store_record, record_run_store
 from model.text_encoder import STORE_ENCODER, TextEncoderConfig, export_encoder, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -673,7 +674,9 @@ def _check_run_folder(run_dir: Path, config: RunConfig, resume: bool, checkpoint
     saved_path = run_dir / RESOLVED_CONFIG_NAME
     if started and saved_path.is_file():
         saved = saved_run_config(run_dir)
-        differences = _config_differences(to_dict(saved), to_dict(config))
+        # A run that records its store's identity was checked against it (`open_run_store`): the path may move.
+        free = ("store",) if read_run_store_record(run_dir) is not None else ()
+        differences = _config_differences(to_dict(saved), to_dict(config), free=free)
         if differences:
             raise RunFolderError(
                 f"run folder {run_dir} was trained with another config ({'; '.join(differences)}); "
@@ -693,16 +696,21 @@ def saved_run_config(run_dir: Path) -> RunConfig:
         ) from None
 
 
-def _config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ, as 'key: saved -> current'; runs_root and checkpoint do not change results."""
+def _config_differences(
+    saved: dict[str, Any], current: dict[str, Any], prefix: str = "", free: tuple[str, ...] = ()
+) -> list[str]:
+    """Dotted keys whose values differ, as 'key: saved -> current'.
+
+    runs_root and checkpoint do not change results, nor do the dotted keys in `free`.
+    """
     differences = []
     for key in sorted(set(saved) | set(current)):
         dotted = f"{prefix}{key}"
-        if dotted in ("runs_root", "checkpoint"):
+        if dotted in ("runs_root", "checkpoint", *free):
             continue
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            differences.extend(_config_differences(a, b, f"{dotted}."))
+            differences.extend(_config_differences(a, b, f"{dotted}.", free))
         elif a != b:
             differences.append(f"{dotted}: {a!r} -> {b!r}")
     return differences
@@ -737,6 +745,8 @@ def train(
         deterministic_kernels(config.train.deterministic),
     ):
         checkpoints = Checkpoints(run_dir, rendezvous.rank, rendezvous.world_size)
+        if resume:
+            config = dataclasses.replace(config, store=str(open_run_store(run_dir, config.store).path))
         config = resolve_run_config(config)
         _check_run_folder(run_dir, config, resume, checkpoints)
         test_path = run_dir / TEST_METRICS_NAME
@@ -753,6 +763,7 @@ def train(
             fit_text_standardisation(inputs.model, inputs.datasets["train"], accelerator_device(rendezvous))
         if rendezvous.is_main:
             write_resolved_config(config, run_dir)
+            record_run_store(run_dir, FeatureStore.open(config.store, verify=False))
             inputs.statistics.save(run_dir / STATISTICS_NAME)
         steps_per_epoch = math.ceil(len(inputs.datasets["train"]) / config.train.batch_dialogues)
         engine = initialize_engine(inputs.model, config, rendezvous.world_size, steps_per_epoch, run_dir)
@@ -956,6 +967,7 @@ def evaluate_run(run_dir: Path, split: str = "test") -> dict[str, Any]:
     if not config_path.is_file():
         raise RunFolderError(f"{run_dir} is not a run folder: it has no {RESOLVED_CONFIG_NAME}; train one first")
     config = saved_run_config(run_dir)
+    config = dataclasses.replace(config, store=str(open_run_store(run_dir, config.store).path))
     with distributed_session() as rendezvous, run_folder_lock(run_dir, rendezvous.is_main):
         checkpoints = Checkpoints(run_dir, rendezvous.rank, rendezvous.world_size)
         progress = checkpoints.progress()

@@ -18,7 +18,6 @@ never cuts seeds: the settings below are the paper's scaled to a few hundred utt
 """
 
 import argparse
-import json
 import logging
 import os
 import resource
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import tomllib
 
-from cluster.config import to_dict, write_resolved_config
+from cluster.config import override, to_dict, write_resolved_config
 from cluster.durable_files import atomic_write_json
 from cluster.ray_runtime import RayConfig
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
@@ -83,7 +82,7 @@ def frozen_overrides(store: Path, max_epochs: int) -> list[str]:
     """The fusion head on frozen text vectors: the paper's settings scaled to a corpus of a few hundred
     utterances (half the LSTM width, batches of 8 dialogues at a higher rate, fewer epochs, less patience)."""
     return [
-        f"store={json.dumps(str(store))}",
+        override("store", str(store)),
         "model.hidden_size=64",
         "model.feedforward_size=256",
         "train.batch_dialogues=8",
@@ -100,8 +99,8 @@ def end_to_end_overrides(store: Path, max_epochs: int) -> list[str]:
     fine-tunes well near there), under the default warmup and decay. The demo's utterances are short:
     32 tokens hold any."""
     return [
-        f"store={json.dumps(str(store))}",
-        f"end_to_end.encoder.model={json.dumps(DEMO_TEXT_MODEL)}",
+        override("store", str(store)),
+        override("end_to_end.encoder.model", DEMO_TEXT_MODEL),
         "end_to_end.encoder.max_tokens=32",
         "end_to_end.param_groups.encoder_lr=1e-4",
         "model.hidden_size=64",

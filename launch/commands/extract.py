@@ -1,10 +1,9 @@
 """`cmroberta extract CORPUS`: openSMILE, OpenL3 and text features into an HDF5 feature store, with Ray."""
 
 import argparse
-import json
 from pathlib import Path
 
-from cluster.config import load_config
+from cluster.config import load_config, override
 
 
 def run_extract(corpus: Path, config_file: Path | None, overrides: list[str]) -> Path:
@@ -13,8 +12,7 @@ def run_extract(corpus: Path, config_file: Path | None, overrides: list[str]) ->
     # and `cmroberta --help` imports every verb's module.
     from extract.pipeline import ExtractConfig, run_extraction
 
-    # JSON's string quoting is valid TOML, so any path survives the override parser as a string.
-    config = load_config(ExtractConfig, config_file, [*overrides, f"corpus={json.dumps(str(corpus))}"])
+    config = load_config(ExtractConfig, config_file, [*overrides, override("corpus", str(corpus))])
     store = run_extraction(config)
     print(f"feature store: {store}")
     return store

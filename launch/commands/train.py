@@ -1,10 +1,9 @@
 """`cmroberta train STORE`: train CM-RoBERTa with DeepSpeed (by default end to end with its text encoder)."""
 
 import argparse
-import json
 from pathlib import Path
 
-from cluster.config import load_config
+from cluster.config import load_config, override
 
 
 def run_train(store: Path, config_file: Path | None, overrides: list[str], run_dir: Path | None, resume: bool) -> None:
@@ -15,7 +14,7 @@ def run_train(store: Path, config_file: Path | None, overrides: list[str], run_d
     from model.train import RunConfig, default_run_dir, train
 
     # JSON's string quoting is valid TOML, so any path survives the override parser as a string.
-    store_override = f"store={json.dumps(str(store.expanduser().resolve()))}"
+    store_override = override("store", str(store.expanduser().resolve()))
     config = load_config(RunConfig, config_file, [*overrides, store_override])
     run_dir = run_dir or default_run_dir(config)
     test = train(config, run_dir, resume=resume)

@@ -46,8 +46,9 @@ def _json_problem(path: Path, lines: bool = False) -> str | None:
 
 def store_problems(store_dir: Path) -> list[str]:
     """What is wrong with a feature store, each with the command that finishes or repairs it."""
-    from extract.feature_store import FeatureStore, FeatureStoreError, read_manifest, repair_command
+    from extract.feature_store import FeatureStore, repair_command
     from extract.feature_store import store_problems as shard_problems
+    from extract.manifest import FeatureStoreError, read_manifest
 
     try:
         manifest = read_manifest(store_dir)
