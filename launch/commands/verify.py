@@ -17,11 +17,7 @@ import shlex
 from pathlib import Path
 
 from launch.cli import UserError
-
-# What marks each kind of folder.
-STORE_MARKER = "manifest.json"
-SWEEP_MARKER = "sweep.json"
-RUN_MARKER = "config.toml"
+from launch.folder_kinds import RUN_MARKER, STORE_MARKER, SWEEP_MARKER, folder_kind
 
 
 def _json_problem(path: Path, lines: bool = False) -> str | None:
@@ -131,17 +127,21 @@ def sweep_problems(sweep_dir: Path) -> list[str]:
     return problems
 
 
-def folder_kind(path: Path) -> str:
-    """store, sweep or run: what PATH is, by the file that marks it; a UserError when it is none of them."""
+def verified_kind(path: Path) -> str:
+    """store, sweep or run: what PATH is (`launch.folder_kinds`); a UserError when it is none of them."""
     if not path.is_dir():
         raise UserError(f"{path} does not exist or is not a folder")
-    for kind, marker in (("store", STORE_MARKER), ("sweep", SWEEP_MARKER), ("run", RUN_MARKER)):
-        if (path / marker).is_file():
-            return kind
-    raise UserError(
-        f"{path} is not a feature store ({STORE_MARKER}), a sweep folder ({SWEEP_MARKER}) "
-        f"or a run folder ({RUN_MARKER})"
-    )
+    kind = folder_kind(path)
+    if kind == "corpus":
+        raise UserError(
+            f"{path} is a corpus, not a store, run or sweep folder; check it with `cmroberta prepare {path}`"
+        )
+    if kind is None:
+        raise UserError(
+            f"{path} is not a feature store ({STORE_MARKER}), a sweep folder ({SWEEP_MARKER}) "
+            f"or a run folder ({RUN_MARKER})"
+        )
+    return kind
 
 
 CHECKS = {"store": store_problems, "sweep": sweep_problems, "run": run_folder_problems}
@@ -149,7 +149,7 @@ CHECKS = {"store": store_problems, "sweep": sweep_problems, "run": run_folder_pr
 
 def run_verify(path: Path) -> int:
     """Print what is wrong and how to repair it; 0 when all is well, 1 otherwise."""
-    kind = folder_kind(path)
+    kind = verified_kind(path)
     problems = CHECKS[kind](path)
     for problem in problems:
         print(f"{path}: {problem}")
