@@ -67,6 +67,21 @@ def _run_repair(run_dir: Path) -> str:
     return f"cmroberta train STORE --run-dir {shlex.quote(str(run_dir))} --resume"
 
 
+def _store_identity_problems(run_dir: Path, configured: str) -> list[str]:
+    """The run's store, when one is found, must be the one it was trained on; a store's own damage is its verify's."""
+    from extract.manifest import FeatureStoreError
+    from model.checkpoint import RunFolderError
+    from model.run_store import open_run_store
+
+    try:
+        open_run_store(run_dir, configured)
+    except RunFolderError as error:
+        return [f"{error}; repair: point the run at its own store"]
+    except FeatureStoreError:
+        pass  # a missing or damaged store is reported by `cmroberta verify STORE`, not as the run's problem
+    return []
+
+
 def run_folder_problems(run_dir: Path) -> list[str]:
     """What is wrong with a run folder, each with the command that repairs it.
 
@@ -82,6 +97,7 @@ def run_folder_problems(run_dir: Path) -> list[str]:
     try:
         config = load_config(RunConfig, run_dir / RUN_MARKER)
         retrain = f"cmroberta train {shlex.quote(str(config.store))} --run-dir {shlex.quote(str(run_dir))} --resume"
+        problems.extend(_store_identity_problems(run_dir, config.store))
     except ConfigError:
         retrain = _run_repair(run_dir)
     for name in ("metrics.jsonl", "predictions.jsonl"):
