@@ -24,9 +24,9 @@ mtime and ctime; a second open re-reads only shards whose file changed since.
 """
 
 import hashlib
+import io
 import json
 import shlex
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ import h5py
 import numpy as np
 import tomli_w
 
-from cluster.durable_files import atomic_write_json, atomic_write_text, exclusive_lock, publish, unique_temp_path
+from cluster.durable_files import atomic_write_bytes, atomic_write_json, atomic_write_text, exclusive_lock
 from extract.labels import EMOTIONS, SENTIMENTS
 from extract.manifest import (
     FORMAT_VERSION,
@@ -191,28 +191,29 @@ def _is_ordered(rows: SplitArrays) -> bool:
 def write_shard(path: Path, split: str, rows: ShardRows) -> WrittenShard:
     """Write one shard under a unique temporary name, then publish it (fsync, rename, fsync the folder).
 
-    Rows must already be ordered by (dialogue_id, utterance_id). An interrupted write (an
-    exception, Ctrl-C) removes its temporary file; a killed one leaves it for the next
-    extraction to clear.
+    Rows must already be ordered by (dialogue_id, utterance_id). HDF5 builds the file in memory (a
+    shard is a few dialogues, megabytes) and Python writes it to the disk: HDF5 that meets a full
+    disk itself leaves its metadata cache broken, and the next touch of the file (its close, or the
+    interpreter's exit) is a segfault; Python's write is a plain OSError naming the file. An
+    interrupted write (an exception, ENOSPC, Ctrl-C) removes its temporary file; a killed one
+    leaves it for the next extraction to clear.
     """
     path = Path(path)
     if not _is_ordered(rows):
         raise ValueError(f"rows for shard {path.name} are not ordered by (dialogue_id, utterance_id)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = unique_temp_path(path)
-    try:
-        _write_shard_file(tmp, split, rows)
-        publish(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return WrittenShard(sha256=file_sha256(path), bytes=path.stat().st_size)
+    buffer = io.BytesIO()
+    _write_shard_file(buffer, split, rows)
+    data = buffer.getvalue()
+    atomic_write_bytes(path, data)
+    return WrittenShard(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
 
 
-def _write_shard_file(tmp: Path, split: str, rows: ShardRows) -> None:
+def _write_shard_file(target: io.BytesIO, split: str, rows: ShardRows) -> None:
     n = len(rows)
     # HDF5 1.8's file format stores large attributes densely; the earliest format caps an
     # attribute at 64 KiB, less than openSMILE's 6552 column names.
-    with h5py.File(tmp, "w", libver=("v108", "latest")) as shard:
+    with h5py.File(target, "w", libver=("v108", "latest")) as shard:
         shard.attrs["split"] = split
         shard.attrs["format_version"] = FORMAT_VERSION
         shard.create_dataset("key", data=np.array(rows.keys, dtype=object), dtype=_STR)
@@ -602,11 +603,11 @@ def add_family(
     """Add a feature family to every shard of a finished store, recording its provenance in the manifest.
 
     `features` maps each split to (utterance keys, float32 [N, dim]) covering every row of the
-    split. Each shard is copied under a unique temporary name, given the family, fsynced and renamed
-    over the old one, and the manifest records its new checksum before the next shard is touched; the
-    family itself is recorded last, with `provenance`. So a crash leaves a store whose every shard
-    verifies and which does not list the family; running again redoes it. One writer at a time
-    holds the store's lock.
+    split. Each shard is read into memory, given the family, written under a unique temporary name,
+    fsynced and renamed over the old one, and the manifest records its new checksum before the next
+    shard is touched; the family itself is recorded last, with `provenance`. So a crash leaves a store
+    whose every shard verifies and which does not list the family; running again redoes it. One
+    writer at a time holds the store's lock.
     """
     store_dir = Path(store_dir)
     with exclusive_lock(store_dir, "feature store"):
@@ -622,36 +623,34 @@ def add_family(
             if problem is not None:
                 raise FeatureStoreError(f"store {store_dir}: {problem}; re-run `cmroberta extract` to redo it")
             path = store_dir / entry["file"]
-            temp = unique_temp_path(path)
-            try:
-                shutil.copyfile(path, temp)
-                with h5py.File(temp, "a") as shard:
-                    keys = shard["key"].asstr()[...].tolist()
-                    split_rows = rows.get(entry["split"], {})
-                    missing = [key for key in keys if key not in split_rows]
-                    if missing:
-                        raise FeatureStoreError(
-                            f"family {family!r} has no row for {len(missing)} utterances of {entry['file']}, "
-                            f"such as {missing[0]}"
-                        )
-                    array = features[entry["split"]][1][[split_rows[key] for key in keys]]
-                    for name in (family, f"valid_{family}"):
-                        if name in shard:  # left by an interrupted earlier attempt
-                            del shard[name]
-                    n, dim = array.shape
-                    shard.create_dataset(
-                        family,
-                        data=array.astype(np.float32),
-                        chunks=(max(1, min(n, _CHUNK_ROWS)), max(1, dim)) if n and dim else None,
-                        compression="gzip" if n and dim else None,
-                        compression_opts=1 if n and dim else None,
-                        shuffle=bool(n and dim),
+            # Changed in memory and written by Python, as `write_shard` does, so a full disk is an OSError.
+            buffer = io.BytesIO(path.read_bytes())
+            with h5py.File(buffer, "a") as shard:
+                keys = shard["key"].asstr()[...].tolist()
+                split_rows = rows.get(entry["split"], {})
+                missing = [key for key in keys if key not in split_rows]
+                if missing:
+                    raise FeatureStoreError(
+                        f"family {family!r} has no row for {len(missing)} utterances of {entry['file']}, "
+                        f"such as {missing[0]}"
                     )
-                    shard.create_dataset(f"valid_{family}", data=np.ones(n, dtype=bool))
-                publish(temp, path)
-            finally:
-                temp.unlink(missing_ok=True)
-            entry["sha256"], entry["bytes"] = file_sha256(path), path.stat().st_size
+                array = features[entry["split"]][1][[split_rows[key] for key in keys]]
+                for name in (family, f"valid_{family}"):
+                    if name in shard:  # left by an interrupted earlier attempt
+                        del shard[name]
+                n, dim = array.shape
+                shard.create_dataset(
+                    family,
+                    data=array.astype(np.float32),
+                    chunks=(max(1, min(n, _CHUNK_ROWS)), max(1, dim)) if n and dim else None,
+                    compression="gzip" if n and dim else None,
+                    compression_opts=1 if n and dim else None,
+                    shuffle=bool(n and dim),
+                )
+                shard.create_dataset(f"valid_{family}", data=np.ones(n, dtype=bool))
+            data = buffer.getvalue()
+            atomic_write_bytes(path, data)
+            entry["sha256"], entry["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
             write_manifest(store_dir, manifest)
         manifest["families"][family] = {"dim": dims.pop(), "provenance": provenance}
         write_manifest(store_dir, manifest)

@@ -2,13 +2,15 @@
 
 A verb module exposes `register(subparsers)`, which adds its parser and sets
 `handler` to a typed function. User errors (a bad config, a missing corpus folder)
-print one clear message and exit with status 2; anything else is a bug and keeps
-its traceback. Ctrl-C prints one line and exits 130, as shells expect of an interrupted
+print one clear message and exit with status 2, and so do a full disk, a read-only
+filesystem and a folder without permission (naming the folder); anything else is a bug
+and keeps its traceback. Ctrl-C prints one line and exits 130, as shells expect of an interrupted
 command; every file is written under a temporary name that the interrupted write removes,
 so nothing partial is left behind.
 """
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -58,6 +60,27 @@ USER_ERRORS: tuple[str, ...] = (
     "model.predict:PredictInputError",
     "model.perturb:PerturbationError",
 )
+
+
+# What to do about an OSError that is the machine's state, not a bug: the folder is named beside it.
+RESOURCE_ADVICE: dict[int, str] = {
+    errno.ENOSPC: "the disk holding it is full: free space there, or write to another folder, and run it again",
+    errno.EDQUOT: "your disk quota there is used up: free space, or write to another folder, and run it again",
+    errno.EROFS: "it is on a read-only filesystem: write to a writable folder (copy the input there first if needed)",
+    errno.EACCES: "permission denied: make it readable and writable for you (chmod/chown), or use another folder",
+    errno.EPERM: "the operation is not permitted there: make it writable for you, or write to another folder",
+}
+
+
+def resource_problem(error: OSError) -> str | None:
+    """One line for a full disk, a read-only or forbidden folder, naming the folder; None for any other OSError."""
+    advice = RESOURCE_ADVICE.get(error.errno) if error.errno is not None else None
+    if advice is None:
+        return None
+    where = Path(str(error.filename)) if error.filename is not None else None
+    folder = where.parent if where is not None and not where.is_dir() else where
+    named = f"cannot use {folder} ({error.strerror})" if folder is not None else f"{error.strerror}"
+    return f"{named}: {advice}"
 
 
 class UserError(Exception):
@@ -126,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         return INTERRUPTED_STATUS
     except _user_error_classes() as error:
         print(f"cmroberta {args.verb}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        problem = resource_problem(error)
+        if problem is None:
+            raise
+        print(f"cmroberta {args.verb}: error: {problem}", file=sys.stderr)
         return 2
     return int(result or 0)
 

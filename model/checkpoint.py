@@ -48,6 +48,7 @@ import torch.distributed as dist
 
 from cluster.durable_files import (
     LockHeldError,
+    atomic_write_bytes,
     atomic_write_json,
     exclusive_lock,
     is_temp_file,
@@ -306,26 +307,50 @@ def _device_rng(device: torch.device) -> torch.Tensor | None:
     return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
 
+class _WriteErrorKept:
+    """A binary file whose first failed write is kept: torch's zip writer turns it into 'unexpected pos'."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.stream.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def _save_torch(obj: Any, path: Path) -> None:
+    """torch.save through Python's own file writes, so that a full disk is the OSError it is (ENOSPC)."""
     temp = unique_temp_path(path)
     try:
-        torch.save(obj, temp)
+        # Unbuffered: a buffer flushed at close would meet the full disk again and hide the first error.
+        with open(temp, "wb", buffering=0) as stream:
+            kept = _WriteErrorKept(stream)
+            try:
+                torch.save(obj, kept)
+            except (RuntimeError, OSError):
+                if kept.error is None:
+                    raise
+                raise OSError(kept.error.errno, kept.error.strerror, str(path)) from None
         publish(temp, path)
     finally:
         temp.unlink(missing_ok=True)
 
 
 def _save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     # Copies: ZeRO's parameters are views of one flat buffer, which safetensors refuses as shared memory.
     tensors = {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in state.items()}
-    temp = unique_temp_path(path)
-    try:
-        save_file(tensors, str(temp))
-        publish(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    # Serialised in memory and written by Python: safetensors' own writer reports a full disk as a
+    # SafetensorError, not as the OSError that names the errno and the file.
+    atomic_write_bytes(path, save(tensors))
 
 
 class Checkpoints:
