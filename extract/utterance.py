@@ -3,6 +3,8 @@
 from dataclasses import dataclass
 
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
+# Shards store dialogue and utterance ids as int32.
+MAX_ID = 2**31 - 1
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -60,7 +60,7 @@ from extract.pipeline import (
     unusable_clips,
 )
 from extract.transcript import normalise_transcript
-from extract.utterance import SPLITS, Utterance
+from extract.utterance import MAX_ID, SPLITS, Utterance
 from model.dialogue_data import DialogueDataset, FeatureStatistics, Modalities, dataset_from_arrays
 from model.evaluate import TEST_METRICS_NAME, SplitEvaluation, evaluate_split, evaluation_record, majority_label
 from model.fusion import ModalityDropout
@@ -236,11 +236,17 @@ def _field(row: dict[str, Any], name: str, where: str, default: Any = None) -> A
 
 
 def _integer(row: dict[str, Any], name: str, where: str, default: int | None = None) -> int:
+    """An id: a JSON integer or a CSV cell of digits, 0..MAX_ID (shards store int32); 1.2 and true are refused."""
     value = _field(row, name, where, default)
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise PredictInputError(f"{where}: {name} must be a whole number, not {value!r}") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip()):
+        number = int(value.strip())
+    else:
+        raise PredictInputError(f"{where}: {name} must be a whole number, not {value!r}")
+    if not 0 <= number <= MAX_ID:
+        raise PredictInputError(f"{where}: {name} must be between 0 and {MAX_ID}, not {number}")
+    return number
 
 
 def _gold(row: dict[str, Any], where: str) -> str | None:

@@ -133,6 +133,10 @@ from model.text_encoder import STORE_ENCODER, TextEncoderConfig, export_encoder,
 
 log = logging.getLogger(__name__)
 
+# Seeds are Python ints, but generators take bounded ones (numpy's legacy seed at most 2**32 - 1);
+# 2**31 - 1 fits every one, and a SLURM array index too.
+MAX_SEED = 2**31 - 1
+
 SPLITS = ("train", "dev", "test")
 METRICS_NAME = "metrics.jsonl"
 STATISTICS_NAME = "feature_statistics.npz"
@@ -235,8 +239,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not self.store.strip():
             raise ValueError("store must be a feature store folder, as printed by `cmroberta extract`")
-        if self.seed < 0:
-            raise ValueError(f"seed must be 0 or more, not {self.seed}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be between 0 and {MAX_SEED}, not {self.seed}")
         if not self.model.uses_text:
             # Nothing to encode: one recorded mode for every audio-only run, whatever the sweep asked.
             self.text_mode = "frozen"

@@ -9,7 +9,7 @@ import submitit
 
 from cluster.config import load_config, override
 from launch.cli import UserError
-from launch.commands.predict import add_predict_arguments
+from launch.commands.predict import add_predict_arguments, refuse_folder_as_out
 from launch.commands.sweep import add_sweep_arguments, run_sweep
 
 
@@ -101,6 +101,7 @@ def launch_predict(args: argparse.Namespace) -> int:
         raise UserError(
             f"input {args.input} does not exist; give a MELD-layout folder, a clip folder or a CSV or JSONL file"
         )
+    refuse_folder_as_out(args.out)
     log_folder = args.out.parent / "logs"
     executor = make_executor(profile, log_folder, job_name=f"predict-{args.run_dir.name}")
     job = PredictionJob(args.run_dir, args.input, args.out, args.split, args.perturb)
