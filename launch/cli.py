@@ -4,17 +4,23 @@ A verb module exposes `register(subparsers)`, which adds its parser and sets
 `handler` to a typed function. User errors (a bad config, a missing corpus folder)
 print one clear message and exit with status 2, and so do a full disk, a read-only
 filesystem and a folder without permission (naming the folder); anything else is a bug
-and keeps its traceback. Ctrl-C prints one line and exits 130, as shells expect of an interrupted
-command; every file is written under a temporary name that the interrupted write removes,
-so nothing partial is left behind.
+and keeps its traceback. Ctrl-C prints one line and exits 130, as shells expect of an
+interrupted command, and SIGTERM (SLURM's signal at a time limit or scancel) prints one
+line and exits 143; every file is written under a temporary name that the interrupted
+write removes, so nothing partial is left behind.
 """
 
 import argparse
 import errno
 import importlib
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from cluster.config import control_characters
 
@@ -37,6 +43,36 @@ VERBS: tuple[str, ...] = (
 
 # Exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
 INTERRUPTED_STATUS = 130
+
+# Exit status of a command stopped by SIGTERM (128 + 15): what SLURM and Submitit record for a task the
+# signal ended, so that a job stopped this way reads as terminated, not as failed.
+TERMINATED_STATUS = 128 + signal.SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived. A BaseException, as KeyboardInterrupt is, so that no `except Exception` swallows it
+    and every `finally` on the way out (the ones that remove temporary files) runs."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def terminate_as_exception() -> Iterator[None]:
+    """SIGTERM raises Terminated inside the block, as Ctrl-C raises KeyboardInterrupt; the old handler returns after.
+
+    Only the main thread may set handlers; elsewhere the block runs with the process's own handler.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
 
 # Exceptions that mean "the user asked for something that cannot be done": the CLI prints
 # their message and exits 2 instead of showing a traceback. Each component keeps its own.
@@ -143,10 +179,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cmroberta {args.verb}: error: {problem}", file=sys.stderr)
         return 2
     try:
-        result = args.handler(args)
+        with terminate_as_exception():
+            result = args.handler(args)
     except KeyboardInterrupt:
         print(f"cmroberta {args.verb}: interrupted; run it again to continue", file=sys.stderr)
         return INTERRUPTED_STATUS
+    except Terminated:
+        print(
+            f"cmroberta {args.verb}: stopped by SIGTERM (a SLURM time limit, scancel or a shutdown); "
+            "temporary files were removed; run it again to continue",
+            file=sys.stderr,
+        )
+        return TERMINATED_STATUS
     except _user_error_classes() as error:
         print(f"cmroberta {args.verb}: error: {error}", file=sys.stderr)
         return 2
