@@ -678,19 +678,30 @@ def verify_run_folder(run_dir: Path) -> list[str]:
         problems.append(f"{run_dir} holds no checkpoint yet; train it: {resume}")
     good = []
     for tag in progress.kept() if progress else []:
+        selected_of_finished = tag == progress.best and test_path.is_file()
         try:
             manifest = checkpoints._manifest(tag)
             checkpoints.read_weights(tag, manifest)
+        except CheckpointDamagedError as error:
+            if selected_of_finished:
+                fix = f"the run's selected model is lost: train it again, cmroberta train {store} --run-dir NEW_FOLDER"
+            else:
+                fix = f"rm -r {shlex.quote(str(checkpoints.folder / tag))} && {resume}"
+            problems.append(f"checkpoint {tag} is damaged: {error}; {fix}")
+            continue
+        try:
             for name in manifest["files"]:
                 if name.endswith(".pt"):
                     checkpoints._read_tensors(checkpoints._checked(tag, manifest, name))
             good.append(tag)
         except CheckpointDamagedError as error:
-            if tag == progress.best and test_path.is_file():
-                fix = f"the run's selected model is lost: train it again, cmroberta train {store} --run-dir NEW_FOLDER"
+            if selected_of_finished:
+                # Only resuming reads the optimizer and RNG state; evaluate and predict read the weights alone.
+                fix = ("its weights are intact, and `evaluate` and `predict` use them; only resuming training "
+                       "needs this file, and the run is finished")
             else:
                 fix = f"rm -r {shlex.quote(str(checkpoints.folder / tag))} && {resume}"
-            problems.append(f"checkpoint {tag} is damaged: {error}; {fix}")
+            problems.append(f"checkpoint {tag}'s training state is damaged: {error}; {fix}")
     if progress is not None and not test_path.is_file():
         problems.append(f"the run is unfinished (no {TEST_METRICS_NAME}); finish it: {resume}")
     elif test_path.is_file():

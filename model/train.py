@@ -514,7 +514,19 @@ def load_inference_engine(
 
     It always runs without ZeRO partitioning (the model fits on one device to evaluate).
     """
-    model.load_state_dict(checkpoints.load_weights(tag))
+    weights = checkpoints.load_weights(tag)
+    # A config.toml edited after training (another hidden_size) builds another model: one line, not
+    # torch's list of every mismatched tensor.
+    expected = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    found = {name: tuple(value.shape) for name, value in weights.items()}
+    wrong = sorted(name for name in set(expected) | set(found) if expected.get(name) != found.get(name))
+    if wrong:
+        raise RunFolderError(
+            f"checkpoint {tag} of {checkpoints.run_dir} does not fit the model its config.toml describes ({len(wrong)} "
+            f"tensors differ, e.g. {wrong[0]}: the checkpoint holds {found.get(wrong[0])}, the config makes "
+            f"{expected.get(wrong[0])}); restore the config.toml it was trained with, or train the run again"
+        )
+    model.load_state_dict(weights)
     return initialize_engine(model, _without_zero(config), world_size, steps_per_epoch=None)
 
 

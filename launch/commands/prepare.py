@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from extract.labels import EMOTIONS
-from extract.meld import DEFAULT_DURATION_TOLERANCE_S, MeldCorpus, read_meld
+from extract.meld import DEFAULT_DURATION_TOLERANCE_S, CorpusError, MeldCorpus, read_meld
 from extract.utterance import SPLITS
 from launch.tables import format_table
 
@@ -32,6 +32,12 @@ def corpus_summary(corpus: MeldCorpus) -> str:
 def run_prepare(corpus_dir: Path, check_clips: bool, duration_tolerance_s: float) -> MeldCorpus:
     """Read the corpus at `corpus_dir` the way extraction will, and print its summary."""
     corpus = read_meld(corpus_dir, check_clips=check_clips, duration_tolerance_s=duration_tolerance_s)
+    if not corpus.utterances:
+        skipped = f" ({len(corpus.row_errors)} rows could not be read)" if corpus.row_errors else ""
+        raise CorpusError(
+            f"the corpus at {corpus.root} has no utterances: its *_sent_emo.csv files hold no rows{skipped}; "
+            "point prepare at a corpus with transcripts"
+        )
     print(f"corpus {corpus.root}")
     print(corpus_summary(corpus))
     return corpus
