@@ -95,6 +95,7 @@ USER_ERRORS: tuple[str, ...] = (
     "model.token_cache:TokenCacheError",
     "model.predict:PredictInputError",
     "model.perturb:PerturbationError",
+    "model.evaluate:MetricsDamagedError",
 )
 
 

@@ -51,7 +51,13 @@ from launch.statistics import (
     spread,
 )
 from launch.tables import format_table, p_value_text
-from model.evaluate import TEST_METRICS_NAME, TEST_PREDICTIONS_NAME, confusion_plot_file
+from model.evaluate import (
+    TEST_METRICS_NAME,
+    TEST_PREDICTIONS_NAME,
+    MetricsDamagedError,
+    confusion_plot_file,
+    read_metrics_record,
+)
 from model.metrics import classification_metrics
 from model.train import CURVES_NAME
 
@@ -242,8 +248,8 @@ def load_run(run_dir: Path) -> RunResult:
     run_dir = Path(run_dir)
     try:
         config = tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))
-        test = json.loads((run_dir / TEST_METRICS_NAME).read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+        test = read_metrics_record(run_dir / TEST_METRICS_NAME)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, MetricsDamagedError) as error:
         raise ReportError(f"run folder {run_dir} cannot be read ({error}); is it a finished run?") from None
     variant = config.get("model", {}).get("variant")
     if variant not in VARIANT_NAMES:

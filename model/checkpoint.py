@@ -32,7 +32,6 @@ import enum
 import hashlib
 import json
 import logging
-import math
 import re
 import shlex
 import shutil
@@ -648,7 +647,7 @@ def verify_run_folder(run_dir: Path) -> list[str]:
     """
     # Imported here: model.train imports this module for its checkpoints.
     from cluster.config import RESOLVED_CONFIG_NAME, ConfigError, load_config
-    from model.evaluate import TEST_METRICS_NAME
+    from model.evaluate import TEST_METRICS_NAME, MetricsDamagedError, read_metrics_record
     from model.train import RunConfig
 
     run_dir = Path(run_dir)
@@ -706,10 +705,8 @@ def verify_run_folder(run_dir: Path) -> list[str]:
         problems.append(f"the run is unfinished (no {TEST_METRICS_NAME}); finish it: {resume}")
     elif test_path.is_file():
         try:
-            record = json.loads(test_path.read_text(encoding="utf-8"))
-            valid = isinstance(record, dict) and isinstance(record.get("weighted_f1"), float) and math.isfinite(
-                record["weighted_f1"]) and record.get("checkpoint") == (progress.best if progress else None)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            valid = read_metrics_record(test_path)["checkpoint"] == (progress.best if progress else None)
+        except MetricsDamagedError:
             valid = False
         if not valid:
             problems.append(f"{test_path} is damaged or does not match the selected checkpoint; score it again: "
