@@ -14,27 +14,16 @@ import numpy as np
 import pytest
 
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
-from extract.feature_store import FeatureStore, SplitArrays, build_store_from_arrays, file_sha256
+from extract.feature_store import FeatureStore, build_store_from_arrays, file_sha256
 from extract.manifest import MANIFEST_NAME, FeatureStoreError, new_manifest
 from extract.pipeline import ExtractConfig, feature_settings, store_path
 from launch.cli import main
 from tests.faults.fault_summary import record_case
+from tests.faults.test_damaged_store import refusal as open_refusal
+from tests.faults.tiny_run import tiny_split
 
+# The width of tiny_split's text family.
 WIDTH = 3
-
-
-def tiny_split(split: str) -> SplitArrays:
-    n = 4
-    return SplitArrays(
-        keys=[f"{split}/dia{i // 2}_utt{i % 2}" for i in range(n)],
-        dialogue_ids=[i // 2 for i in range(n)],
-        utterance_ids=[i % 2 for i in range(n)],
-        speakers=["Joey"] * n,
-        transcripts=["How you doin'?"] * n,
-        emotion=[0, 1, 2, 3],
-        sentiment=[0, 1, 2, 0],
-        features={"text": np.arange(n * WIDTH, dtype=np.float32).reshape(n, WIDTH)},
-    )
 
 
 @pytest.fixture
@@ -57,14 +46,6 @@ def verify_line(store_dir, capsys) -> tuple[int, str]:
     printed = [line for line in (captured.out + captured.err).splitlines() if line.strip()]
     assert "Traceback" not in captured.err
     return status, "\n".join(printed)
-
-
-def open_refusal(store_dir) -> str:
-    with pytest.raises(FeatureStoreError) as caught:
-        FeatureStore.open(store_dir)
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
 
 
 WRONG_SHAPES = {

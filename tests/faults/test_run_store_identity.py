@@ -15,19 +15,11 @@ from extract.manifest import MANIFEST_NAME
 from launch.cli import main
 from model.run_store import STORE_RECORD_NAME
 from tests.faults.fault_summary import record_case
+from tests.faults.tiny_run import TINY_HEAD
 from tests.learnable_store import write_learnable_store
 
 # Spaces, a letter outside ASCII and a character outside the Basic Multilingual Plane.
 ODD_NAME = "features é 😀"
-TINY_HEAD = [
-    "text_mode=frozen",
-    "model.variant=text",
-    "model.hidden_size=8",
-    "model.feedforward_size=16",
-    "model.classifier_hidden=16",
-    "train.max_epochs=2",
-    "train.batch_dialogues=16",
-]
 
 
 def command(argv, capsys) -> tuple[int, str]:

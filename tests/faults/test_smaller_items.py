@@ -12,17 +12,9 @@ import pytest
 from cluster.durable_files import exclusive_lock
 from launch.cli import main
 from tests.faults.fault_summary import record_case
+from tests.faults.tiny_run import TINY_HEAD
 from tests.learnable_store import write_learnable_store
 
-TINY_HEAD = [
-    "text_mode=frozen",
-    "model.variant=text",
-    "model.hidden_size=8",
-    "model.feedforward_size=16",
-    "model.classifier_hidden=16",
-    "train.max_epochs=2",
-    "train.batch_dialogues=16",
-]
 MELD_HEADER = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
 
 
