@@ -54,6 +54,9 @@ class CorpusError(ValueError):
     """A corpus folder that cannot be read at all (no CSVs, wrong columns)."""
 
 
+# The lowest sampling rate of a wide-band clip: MELD's clips are 16 kHz or more, and openSMILE's emo_large
+# and OpenL3 read frequencies a telephone-band (8 kHz) clip does not hold.
+WIDE_BAND_HZ = 16000
 # ffmpeg probes wait on subprocesses, so more threads than cores pays.
 PROBE_THREADS = 4
 DEFAULT_DURATION_TOLERANCE_S = 5.0
@@ -358,6 +361,18 @@ def _choose_clip(
                 reason=(
                     f"chose {path.name} ({info.duration:.2f} s) over {others}: "
                     f"closest to the CSV's {expected:.2f} s"
+                ),
+            )
+        )
+    if info.sample_rate is not None and info.sample_rate < WIDE_BAND_HZ:
+        flags.append(
+            ClipFlag(
+                **ids,
+                kind="narrowband",
+                reason=(
+                    f"{path.name} is sampled at {info.sample_rate} Hz: the paper's features assume wide-band audio "
+                    f"({WIDE_BAND_HZ} Hz or more), and resampling cannot restore the missing band, so its audio "
+                    "features differ from a wide-band clip's; kept"
                 ),
             )
         )

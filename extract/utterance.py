@@ -65,7 +65,7 @@ class ClipFlag:
     utterance_id: int
     """Utterance id within the dialogue."""
     kind: str
-    """missing, corrupt, no_audio, duration_mismatch or twin_chosen."""
+    """missing, corrupt, no_audio, duration_mismatch, twin_chosen or narrowband."""
     reason: str
     """What was found, and what the reader did about it."""
 

@@ -191,3 +191,19 @@ def test_a_config_file_that_is_not_utf8_is_one_line(trained, tmp_path, capsys):
     assert error_lines(err) == [f"cmroberta train: error: config file {config} is not UTF-8 text (byte 14 cannot be "
                                 "decoded); save it as UTF-8"]
     assert (store / MANIFEST_NAME).is_file()
+
+
+def test_extract_reads_a_corpus_path_with_an_emoji(tmp_path, capsys):
+    """Before: the JSON-quoted `corpus=` override came back as another string, and extract said it did not exist.
+
+    The folder exists and holds no CSV, so extraction gets as far as reading the corpus and says so.
+    """
+    corpus = tmp_path / ODD_NAME
+    corpus.mkdir()
+    status, err = command(["extract", corpus, f"store_root={json.dumps(str(tmp_path / 'features'))}",
+                           'families=["opensmile"]'], capsys)
+    [line] = error_lines(err)
+    record_case("extract a corpus path with an emoji", traceback="Traceback" in err, silent=status == 0)
+    assert status == 2
+    assert "does not exist" not in line
+    assert str(corpus) in line

@@ -10,11 +10,16 @@ import shutil
 import pytest
 
 from cluster.durable_files import exclusive_lock
+from extract.audio import decode_audio, encode_clip
+from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
+from extract.meld import read_meld
 from launch.cli import main
 from tests.faults.fault_summary import record_case
 from tests.faults.tiny_run import TINY_HEAD
 from tests.learnable_store import write_learnable_store
 
+# A telephone band: what the narrowband flag is for.
+NARROWBAND_HZ = 8000
 MELD_HEADER = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
 
 
@@ -128,3 +133,20 @@ def test_a_second_sweep_on_the_same_folder_is_refused_naming_the_first(trained, 
     assert status == 2
     assert len(lines) == 1 and "sweep folder" in lines[0]
     assert not (sweep_dir / "report.md").exists()
+
+
+def test_prepare_flags_a_narrowband_clip(tmp_path, capsys):
+    """Before: 8 kHz clips moved many openSMILE features with no warning; prepare now flags each one."""
+    corpus = write_demo_corpus(
+        tmp_path / "corpus",
+        DemoCorpusConfig(train_dialogues=1, dev_dialogues=1, test_dialogues=1, clip_format="wav", workers=1),
+    )
+    utterance = read_meld(corpus, check_clips=False).utterances[0]
+    samples = decode_audio(utterance.media_path, NARROWBAND_HZ)
+    encode_clip(samples, NARROWBAND_HZ, utterance.media_path)
+    status, _, printed = command(["prepare", corpus], capsys)
+    narrowband = [line for line in printed.splitlines() if "narrowband" in line]
+    record_case("prepare on an 8 kHz clip", traceback="Traceback" in printed, silent=not narrowband)
+    assert status == 0
+    assert len(narrowband) == 1
+    assert utterance.key in narrowband[0] and "sampled at 8000 Hz" in narrowband[0]
