@@ -325,19 +325,22 @@ class _WriteErrorKept:
 
 
 def _save_torch(obj: Any, path: Path) -> None:
-    """torch.save through Python's own file writes, so that a full disk is the OSError it is (ENOSPC)."""
+    """torch.save through Python's own file writes, so that a full disk is the OSError it is (ENOSPC), naming `path`."""
     temp = unique_temp_path(path)
     try:
-        # Unbuffered: a buffer flushed at close would meet the full disk again and hide the first error.
-        with open(temp, "wb", buffering=0) as stream:
+        with open(temp, "wb") as stream:
             kept = _WriteErrorKept(stream)
             try:
                 torch.save(obj, kept)
-            except (RuntimeError, OSError):
+            except RuntimeError:
                 if kept.error is None:
                     raise
-                raise OSError(kept.error.errno, kept.error.strerror, str(path)) from None
+                raise kept.error from None
         publish(temp, path)
+    except OSError as error:
+        if error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from None
     finally:
         temp.unlink(missing_ok=True)
 
