@@ -201,6 +201,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def override(key: str, value: Any) -> str:
+    """`key=value` with the value written as TOML, so that any string (spaces, quotes, emoji) reads back as itself.
+
+    JSON's quoting is not TOML's: `json.dumps` writes a character outside the Basic Multilingual
+    Plane as a surrogate pair (`\\ud83d\\ude00`), which TOML refuses, so the path would be mangled.
+    """
+    return f"{key}={tomli_w.dumps({'value': value}).split('=', 1)[1].strip()}"
+
+
 def apply_overrides(cls: type, data: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:
     """Merge `key=value` overrides into a nested dict, checking every key against `cls` first."""
     merged = _deep_copy(data)
@@ -237,6 +246,12 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(
+                f"config file {path} is not UTF-8 text (byte {error.start} cannot be decoded); save it as UTF-8"
+            ) from None
+        except OSError as error:
+            raise ConfigError(f"config file {path} cannot be read ({error.strerror})") from None
     return from_dict(cls, apply_overrides(cls, data, overrides))
 
 

@@ -76,6 +76,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with open(temp, "wb") as stream:
             stream.write(data)
         publish(temp, path)
+    except OSError as error:
+        # A failed write or fsync names no file; the message a person reads must name the one meant.
+        if error.errno is None or error.filename is not None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from None
     finally:
         temp.unlink(missing_ok=True)
 

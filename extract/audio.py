@@ -70,9 +70,12 @@ class ClipInfo:
     """Container duration in seconds."""
     has_audio: bool
     """Whether the container has at least one audio stream."""
+    sample_rate: int | None = None
+    """The first audio stream's sampling rate in Hz, when the header gives it."""
 
 
 _DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
+_AUDIO_RATE = re.compile(r"Stream #\S+.*Audio:.*?(\d+) Hz")
 
 
 def probe_clip(path: str | Path) -> ClipInfo:
@@ -90,7 +93,12 @@ def probe_clip(path: str | Path) -> ClipInfo:
         raise AudioDecodeError(path, f"ffmpeg cannot read the container ({last_line})")
     hours, minutes, seconds = match.groups()
     duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-    return ClipInfo(duration=duration, has_audio=bool(re.search(r"Stream #\S+.*Audio:", header)))
+    rate = _AUDIO_RATE.search(header)
+    return ClipInfo(
+        duration=duration,
+        has_audio=bool(re.search(r"Stream #\S+.*Audio:", header)),
+        sample_rate=int(rate.group(1)) if rate else None,
+    )
 
 
 def encode_clip(samples: np.ndarray, sample_rate: int, path: str | Path) -> None:

@@ -24,11 +24,9 @@ mtime and ctime; a second open re-reads only shards whose file changed since.
 """
 
 import hashlib
-import importlib.metadata
+import io
 import json
-import platform
 import shlex
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,29 +35,37 @@ import h5py
 import numpy as np
 import tomli_w
 
-from cluster.durable_files import atomic_write_json, atomic_write_text, exclusive_lock, publish, unique_temp_path
+from cluster.durable_files import atomic_write_bytes, atomic_write_json, atomic_write_text, exclusive_lock
 from extract.labels import EMOTIONS, SENTIMENTS
+from extract.manifest import (
+    FORMAT_VERSION,
+    FeatureStoreError,
+    Manifest,
+    ShardEntry,
+    config_hash,
+    new_manifest,
+    plan_problems,
+    planned_shard,
+    read_manifest,
+    record_shard,
+    set_plan,
+    shard_file_name,
+    write_manifest,
+)
 from extract.utterance import SPLITS
 
-# 2: the manifest records the plan and each shard's input fingerprint.
-FORMAT_VERSION = 2
-MANIFEST_NAME = "manifest.json"
 VERIFIED_NAME = "verified.json"
-SHARD_FOLDER = "shards"
 CONFIG_NAME = "config.toml"
-HASH_LENGTH = 12
 
 # Rows per HDF5 chunk: a dialogue batch reads a few hundred rows, and 64 rows of the widest
 # family (6552 floats) make a 1.7 MB chunk, inside HDF5's default 1 MiB..few-MiB sweet spot.
 _CHUNK_ROWS = 64
 _STR = h5py.string_dtype("utf-8")
 _HASH_BLOCK = 1 << 20
+# The per-row columns every shard holds beside its feature families.
+_ROW_COLUMNS = ("key", "dialogue_id", "utterance_id", "speaker", "transcript", "emotion", "sentiment")
 # Problems a one-line message names before it says how many more there are.
 _PROBLEMS_SHOWN = 3
-
-
-class FeatureStoreError(Exception):
-    """A folder that is not a usable feature store, or a request the store cannot answer."""
 
 
 @dataclass(kw_only=True)
@@ -185,28 +191,29 @@ def _is_ordered(rows: SplitArrays) -> bool:
 def write_shard(path: Path, split: str, rows: ShardRows) -> WrittenShard:
     """Write one shard under a unique temporary name, then publish it (fsync, rename, fsync the folder).
 
-    Rows must already be ordered by (dialogue_id, utterance_id). An interrupted write (an
-    exception, Ctrl-C) removes its temporary file; a killed one leaves it for the next
-    extraction to clear.
+    Rows must already be ordered by (dialogue_id, utterance_id). HDF5 builds the file in memory (a
+    shard is a few dialogues, megabytes) and Python writes it to the disk: HDF5 that meets a full
+    disk itself leaves its metadata cache broken, and the next touch of the file (its close, or the
+    interpreter's exit) is a segfault; Python's write is a plain OSError naming the file. An
+    interrupted write (an exception, ENOSPC, Ctrl-C) removes its temporary file; a killed one
+    leaves it for the next extraction to clear.
     """
     path = Path(path)
     if not _is_ordered(rows):
         raise ValueError(f"rows for shard {path.name} are not ordered by (dialogue_id, utterance_id)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = unique_temp_path(path)
-    try:
-        _write_shard_file(tmp, split, rows)
-        publish(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return WrittenShard(sha256=file_sha256(path), bytes=path.stat().st_size)
+    buffer = io.BytesIO()
+    _write_shard_file(buffer, split, rows)
+    data = buffer.getvalue()
+    atomic_write_bytes(path, data)
+    return WrittenShard(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
 
 
-def _write_shard_file(tmp: Path, split: str, rows: ShardRows) -> None:
+def _write_shard_file(target: io.BytesIO, split: str, rows: ShardRows) -> None:
     n = len(rows)
     # HDF5 1.8's file format stores large attributes densely; the earliest format caps an
     # attribute at 64 KiB, less than openSMILE's 6552 column names.
-    with h5py.File(tmp, "w", libver=("v108", "latest")) as shard:
+    with h5py.File(target, "w", libver=("v108", "latest")) as shard:
         shard.attrs["split"] = split
         shard.attrs["format_version"] = FORMAT_VERSION
         shard.create_dataset("key", data=np.array(rows.keys, dtype=object), dtype=_STR)
@@ -232,109 +239,9 @@ def _write_shard_file(tmp: Path, split: str, rows: ShardRows) -> None:
             shard.create_dataset(f"valid_{family}", data=rows.valid[family].astype(bool))
 
 
-def config_hash(config: dict[str, Any]) -> str:
-    """First 12 hex digits of the sha256 of the config's canonical JSON (sorted keys, no spaces)."""
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:HASH_LENGTH]
-
-
 def store_folder_name(name: str, config: dict[str, Any]) -> str:
     """`<name>-<hash12>`: the folder a store of this feature config lives in."""
     return f"{name}-{config_hash(config)}"
-
-
-def shard_file_name(split: str, index: int) -> str:
-    """Path of a shard relative to the store folder: `shards/train-00003.h5`."""
-    return f"{SHARD_FOLDER}/{split}-{index:05d}.h5"
-
-
-def _package_version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def library_versions() -> dict[str, str | None]:
-    """Versions of the libraries that decide the features' values; None for one not installed."""
-    return {
-        "python": platform.python_version(),
-        "torch": _package_version("torch"),
-        "opensmile": _package_version("opensmile"),
-        "transformers": _package_version("transformers"),
-        "h5py": _package_version("h5py"),
-        "cmroberta": _package_version("cmroberta"),
-    }
-
-
-def new_manifest(name: str, config: dict[str, Any]) -> dict[str, Any]:
-    """An empty manifest for a store of `config`: no plan, no shards, no failures yet."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "name": name,
-        "config_hash": config_hash(config),
-        "config": config,
-        "versions": library_versions(),
-        "families": {},
-        "emotions": list(EMOTIONS),
-        "sentiments": list(SENTIMENTS),
-        "plan": None,
-        "shards": [],
-        "failed": [],
-        "clip_flags": [],
-    }
-
-
-def planned_shard(file: str, split: str, rows: int, dialogues: list[int], inputs: str) -> dict[str, Any]:
-    """The plan's entry for one shard: what it must hold, and the fingerprint of the inputs it is made from."""
-    return {"file": file, "split": split, "rows": rows, "dialogues": dialogues, "inputs": inputs}
-
-
-def set_plan(manifest: dict[str, Any], shards: list[dict[str, Any]]) -> None:
-    """Record the plan: every shard the store is to hold (from `planned_shard`) and each split's row count."""
-    split_rows: dict[str, int] = {}
-    for shard in shards:
-        split_rows[shard["split"]] = split_rows.get(shard["split"], 0) + int(shard["rows"])
-    manifest["plan"] = {"shards": sorted(shards, key=lambda shard: shard["file"]), "split_rows": split_rows}
-
-
-def write_manifest(store_dir: Path, manifest: dict[str, Any]) -> Path:
-    """Write `manifest.json` durably (unique temporary file, fsync, rename, fsync the folder)."""
-    path = Path(store_dir) / MANIFEST_NAME
-    atomic_write_json(path, manifest)
-    return path
-
-
-def read_manifest(store_dir: Path) -> dict[str, Any]:
-    """Read and check `manifest.json`; a missing or unreadable one is a FeatureStoreError."""
-    path = Path(store_dir) / MANIFEST_NAME
-    if not path.is_file():
-        raise FeatureStoreError(
-            f"{store_dir} is not a feature store: it has no {MANIFEST_NAME}. "
-            "Create one with `cmroberta extract CORPUS` and pass the folder it prints."
-        )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise FeatureStoreError(f"{path} cannot be read ({error}); re-run `cmroberta extract` to rebuild it") from None
-    if not isinstance(manifest, dict):
-        raise FeatureStoreError(
-            f"{path} is not a manifest (not a JSON object); re-run `cmroberta extract` to rebuild it"
-        )
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise FeatureStoreError(
-            f"{path} has format_version {manifest.get('format_version')!r}; this cmroberta reads version "
-            f"{FORMAT_VERSION}. Re-run `cmroberta extract` to rebuild the store."
-        )
-    for key in ("families", "plan", "shards", "failed", "emotions"):
-        if key not in manifest:
-            raise FeatureStoreError(f"{path} has no {key!r} entry; re-run `cmroberta extract` to rebuild it")
-    if list(manifest["emotions"]) != list(EMOTIONS):
-        raise FeatureStoreError(
-            f"{path} orders emotions as {manifest['emotions']}, this cmroberta as {list(EMOTIONS)}; "
-            "re-run `cmroberta extract` to rebuild the store"
-        )
-    return manifest
 
 
 def _file_state(path: Path) -> dict[str, int]:
@@ -364,7 +271,7 @@ class ChecksumCache:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             pass
 
-    def matches(self, store_dir: Path, entry: dict[str, Any]) -> bool:
+    def matches(self, store_dir: Path, entry: ShardEntry) -> bool:
         """Whether the shard's sha256 equals the manifest's, reading the file only when it changed since."""
         path = Path(store_dir) / entry["file"]
         state = _file_state(path)
@@ -393,7 +300,7 @@ class ChecksumCache:
 
 
 def shard_problem(
-    store_dir: Path, entry: dict[str, Any], check_sha256: bool = True, cache: ChecksumCache | None = None
+    store_dir: Path, entry: ShardEntry, check_sha256: bool = True, cache: ChecksumCache | None = None
 ) -> str | None:
     """Why the shard a manifest entry names is not usable (missing, wrong size, wrong checksum), or None.
 
@@ -412,47 +319,22 @@ def shard_problem(
     return None
 
 
-def plan_problems(manifest: dict[str, Any]) -> list[str]:
-    """Planned shards the manifest does not record as written to plan, one sentence each."""
-    plan = manifest.get("plan")
-    if not isinstance(plan, dict) or not isinstance(plan.get("shards"), list):
-        return ["the manifest records no plan (extraction never got past reading the corpus)"]
-    recorded = {entry["file"]: entry for entry in manifest["shards"]}
-    problems = []
-    for planned in plan["shards"]:
-        entry = recorded.get(planned["file"])
-        if entry is None:
-            problems.append(f"{planned['file']} is planned but not written")
-        elif entry.get("inputs") != planned["inputs"]:
-            problems.append(f"{planned['file']} was made from other inputs than planned (the corpus changed)")
-        elif entry["rows"] != planned["rows"] or entry["dialogues"] != planned["dialogues"]:
-            problems.append(f"{planned['file']} holds other dialogues than planned")
-    planned_files = {planned["file"] for planned in plan["shards"]}
-    problems.extend(
-        f"{entry['file']} is recorded but not in the plan"
-        for entry in manifest["shards"]
-        if entry["file"] not in planned_files
-    )
-    for split, rows in plan.get("split_rows", {}).items():
-        written = sum(int(entry["rows"]) for entry in manifest["shards"] if entry["split"] == split)
-        if written != rows and not any(f"{split}-" in problem for problem in problems):
-            problems.append(f"split {split} has {written} rows, the plan {rows}")
-    return problems
-
-
-def store_problems(store_dir: Path, manifest: dict[str, Any], check_sha256: bool = True) -> list[str]:
+def store_problems(store_dir: Path, manifest: Manifest, check_sha256: bool = True) -> list[str]:
     """Everything that keeps the store from being complete and whole: plan, files, sizes, checksums."""
     problems = plan_problems(manifest)
     cache = ChecksumCache(store_dir)
+    dims = {family: info["dim"] for family, info in manifest["families"].items()}
     for entry in manifest["shards"]:
         problem = shard_problem(store_dir, entry, check_sha256=check_sha256, cache=cache)
+        if problem is None:
+            problem = shard_shapes_problem(store_dir, entry, dims)
         if problem is not None:
             problems.append(problem)
     cache.save()
     return problems
 
 
-def repair_command(store_dir: Path, manifest: dict[str, Any]) -> str:
+def repair_command(store_dir: Path, manifest: Manifest) -> str:
     """The command that finishes or repairs the store: extraction re-run with the store's own config."""
     store_dir = Path(store_dir)
     corpus = manifest.get("config", {}).get("corpus") if isinstance(manifest.get("config"), dict) else None
@@ -471,20 +353,7 @@ def summarise(problems: list[str]) -> str:
     return f"{shown}; and {more} more" if more > 0 else shown
 
 
-def record_shard(manifest: dict[str, Any], entry: dict[str, Any], families: dict[str, int]) -> None:
-    """Put a shard entry into the manifest (replacing one for the same file) and its families' dims."""
-    for family, dim in families.items():
-        known = manifest["families"].setdefault(family, {"dim": dim})
-        if known["dim"] != dim:
-            raise FeatureStoreError(
-                f"shard {entry['file']} has {family} features of dim {dim}, other shards {known['dim']}"
-            )
-    manifest["shards"] = [shard for shard in manifest["shards"] if shard["file"] != entry["file"]]
-    manifest["shards"].append(entry)
-    manifest["shards"].sort(key=lambda shard: shard["file"])
-
-
-def shard_entry(file: str, split: str, rows: SplitArrays, written: WrittenShard, inputs: str = "") -> dict[str, Any]:
+def shard_entry(file: str, split: str, rows: SplitArrays, written: WrittenShard, inputs: str = "") -> ShardEntry:
     """The manifest entry of a shard just written; `inputs` is the fingerprint of what it was made from."""
     return {
         "file": file,
@@ -573,10 +442,36 @@ def _check_labels(
         )
 
 
+def _shape_problem(entry: ShardEntry, shard: h5py.File, dims: dict[str, int]) -> str | None:
+    """Whether every column of the shard has the manifest's rows, and every family its width: the first that does not.
+
+    numpy would broadcast an array of shape (rows, 1) or (1, dim) over the real shape without a word,
+    so a shard rewritten with a wrong array (and its sha256 updated) must be caught before any is used.
+    """
+    rows = entry["rows"]
+    expected = {name: (rows,) for name in _ROW_COLUMNS}
+    expected.update({family: (rows, dim) for family, dim in dims.items()})
+    expected.update({f"valid_{family}": (rows,) for family in dims})
+    for name, shape in expected.items():
+        found = shard[name].shape if name in shard else None
+        if found != shape:
+            return f"{entry['file']} is damaged: its {name} has shape {found}, the manifest records {shape}"
+    return None
+
+
+def shard_shapes_problem(store_dir: Path, entry: ShardEntry, dims: dict[str, int]) -> str | None:
+    """`_shape_problem` of a shard file, opened for its metadata only; an unreadable file is a problem too."""
+    try:
+        with h5py.File(Path(store_dir) / entry["file"], "r") as shard:
+            return _shape_problem(entry, shard, dims)
+    except OSError as error:
+        return f"{entry['file']} cannot be read as HDF5 ({error})"
+
+
 class FeatureStore:
     """Read access to a finished store: manifest, families and whole splits as arrays."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any]):
+    def __init__(self, path: Path, manifest: Manifest):
         self.path = path
         self.manifest = manifest
 
@@ -616,7 +511,7 @@ class FeatureStore:
         present = {shard["split"] for shard in self.manifest["shards"]}
         return [s for s in SPLITS if s in present] + sorted(present - set(SPLITS))
 
-    def shards(self, split: str) -> list[dict[str, Any]]:
+    def shards(self, split: str) -> list[ShardEntry]:
         """Manifest entries of the split's shards, in file order."""
         return [shard for shard in self.manifest["shards"] if shard["split"] == split]
 
@@ -655,6 +550,9 @@ class FeatureStore:
             stop = start + int(entry["rows"])
             try:
                 with h5py.File(self.path / entry["file"], "r") as shard:
+                    shapes = _shape_problem(entry, shard, {family: self.families[family] for family in wanted})
+                    if shapes is not None:
+                        raise FeatureStoreError(f"store {self.path}: {shapes}; re-run `cmroberta extract` to redo it")
                     for name, parts in columns.items():
                         parts.append(shard[name][...])
                     for name, values in texts.items():
@@ -705,11 +603,11 @@ def add_family(
     """Add a feature family to every shard of a finished store, recording its provenance in the manifest.
 
     `features` maps each split to (utterance keys, float32 [N, dim]) covering every row of the
-    split. Each shard is copied under a unique temporary name, given the family, fsynced and renamed
-    over the old one, and the manifest records its new checksum before the next shard is touched; the
-    family itself is recorded last, with `provenance`. So a crash leaves a store whose every shard
-    verifies and which does not list the family; running again redoes it. One writer at a time
-    holds the store's lock.
+    split. Each shard is read into memory, given the family, written under a unique temporary name,
+    fsynced and renamed over the old one, and the manifest records its new checksum before the next
+    shard is touched; the family itself is recorded last, with `provenance`. So a crash leaves a store
+    whose every shard verifies and which does not list the family; running again redoes it. One
+    writer at a time holds the store's lock.
     """
     store_dir = Path(store_dir)
     with exclusive_lock(store_dir, "feature store"):
@@ -725,36 +623,34 @@ def add_family(
             if problem is not None:
                 raise FeatureStoreError(f"store {store_dir}: {problem}; re-run `cmroberta extract` to redo it")
             path = store_dir / entry["file"]
-            temp = unique_temp_path(path)
-            try:
-                shutil.copyfile(path, temp)
-                with h5py.File(temp, "a") as shard:
-                    keys = shard["key"].asstr()[...].tolist()
-                    split_rows = rows.get(entry["split"], {})
-                    missing = [key for key in keys if key not in split_rows]
-                    if missing:
-                        raise FeatureStoreError(
-                            f"family {family!r} has no row for {len(missing)} utterances of {entry['file']}, "
-                            f"such as {missing[0]}"
-                        )
-                    array = features[entry["split"]][1][[split_rows[key] for key in keys]]
-                    for name in (family, f"valid_{family}"):
-                        if name in shard:  # left by an interrupted earlier attempt
-                            del shard[name]
-                    n, dim = array.shape
-                    shard.create_dataset(
-                        family,
-                        data=array.astype(np.float32),
-                        chunks=(max(1, min(n, _CHUNK_ROWS)), max(1, dim)) if n and dim else None,
-                        compression="gzip" if n and dim else None,
-                        compression_opts=1 if n and dim else None,
-                        shuffle=bool(n and dim),
+            # Changed in memory and written by Python, as `write_shard` does, so a full disk is an OSError.
+            buffer = io.BytesIO(path.read_bytes())
+            with h5py.File(buffer, "a") as shard:
+                keys = shard["key"].asstr()[...].tolist()
+                split_rows = rows.get(entry["split"], {})
+                missing = [key for key in keys if key not in split_rows]
+                if missing:
+                    raise FeatureStoreError(
+                        f"family {family!r} has no row for {len(missing)} utterances of {entry['file']}, "
+                        f"such as {missing[0]}"
                     )
-                    shard.create_dataset(f"valid_{family}", data=np.ones(n, dtype=bool))
-                publish(temp, path)
-            finally:
-                temp.unlink(missing_ok=True)
-            entry["sha256"], entry["bytes"] = file_sha256(path), path.stat().st_size
+                array = features[entry["split"]][1][[split_rows[key] for key in keys]]
+                for name in (family, f"valid_{family}"):
+                    if name in shard:  # left by an interrupted earlier attempt
+                        del shard[name]
+                n, dim = array.shape
+                shard.create_dataset(
+                    family,
+                    data=array.astype(np.float32),
+                    chunks=(max(1, min(n, _CHUNK_ROWS)), max(1, dim)) if n and dim else None,
+                    compression="gzip" if n and dim else None,
+                    compression_opts=1 if n and dim else None,
+                    shuffle=bool(n and dim),
+                )
+                shard.create_dataset(f"valid_{family}", data=np.ones(n, dtype=bool))
+            data = buffer.getvalue()
+            atomic_write_bytes(path, data)
+            entry["sha256"], entry["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
             write_manifest(store_dir, manifest)
         manifest["families"][family] = {"dim": dims.pop(), "provenance": provenance}
         write_manifest(store_dir, manifest)

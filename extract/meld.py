@@ -50,6 +50,9 @@ TWIN_PREFIX = "final_videos_test"
 _TIMESTAMP = re.compile(r"^(\d{1,2}):(\d{2}):(\d{2})[,.](\d{1,3})$")
 
 
+# The lowest sampling rate of a wide-band clip: MELD's clips are 16 kHz or more, and openSMILE's emo_large
+# and OpenL3 read frequencies a telephone-band (8 kHz) clip does not hold.
+WIDE_BAND_HZ = 16000
 # ffmpeg probes wait on subprocesses, so more threads than cores pays.
 PROBE_THREADS = 4
 DEFAULT_DURATION_TOLERANCE_S = 5.0
@@ -282,6 +285,18 @@ def _choose_clip(
                 reason=(
                     f"chose {path.name} ({info.duration:.2f} s) over {others}: "
                     f"closest to the CSV's {expected:.2f} s"
+                ),
+            )
+        )
+    if info.sample_rate is not None and info.sample_rate < WIDE_BAND_HZ:
+        flags.append(
+            ClipFlag(
+                **ids,
+                kind="narrowband",
+                reason=(
+                    f"{path.name} is sampled at {info.sample_rate} Hz: the paper's features assume wide-band audio "
+                    f"({WIDE_BAND_HZ} Hz or more), and resampling cannot restore the missing band, so its audio "
+                    "features differ from a wide-band clip's; kept"
                 ),
             )
         )

@@ -81,27 +81,33 @@ from cluster.pause_points import pause_point
 from cluster.ray_runtime import RayConfig, RayResources, ray_session
 from extract.audio import AudioDecodeError, decode_audio
 from extract.feature_store import (
-    MANIFEST_NAME,
-    SHARD_FOLDER,
     ChecksumCache,
-    FeatureStoreError,
     SplitArrays,
     WrittenShard,
+    shard_entry,
+    shard_problem,
+    shard_shapes_problem,
+    store_folder_name,
+    summarise,
+    write_shard,
+)
+from extract.labels import emotion_index, sentiment_index
+from extract.manifest import (
+    MANIFEST_NAME,
+    SHARD_FOLDER,
+    FeatureStoreError,
+    Manifest,
+    ShardEntry,
+    UncontainedPathError,
     new_manifest,
     plan_problems,
     planned_shard,
     read_manifest,
     record_shard,
     set_plan,
-    shard_entry,
     shard_file_name,
-    shard_problem,
-    store_folder_name,
-    summarise,
     write_manifest,
-    write_shard,
 )
-from extract.labels import emotion_index, sentiment_index
 from extract.meld import CorpusError, read_meld
 from extract.openl3 import OpenL3Config, OpenL3Embedder, OpenL3SetupError, resolve_weights_file
 from extract.opensmile_features import OpenSmileConfig, OpenSmileExtractor
@@ -627,7 +633,7 @@ def _check_extractors(config: ExtractConfig) -> None:
         resolve_weights_file(config.openl3.weights, config.openl3.input_repr, config.openl3.content_type)
 
 
-def _open_manifest(store_dir: Path, config: ExtractConfig) -> dict[str, Any]:
+def _open_manifest(store_dir: Path, config: ExtractConfig) -> Manifest:
     name = store_dir.name.rsplit("-", 1)[0]
     if (store_dir / MANIFEST_NAME).is_file():
         try:
@@ -635,13 +641,19 @@ def _open_manifest(store_dir: Path, config: ExtractConfig) -> dict[str, Any]:
             if manifest["config"] == feature_settings(config):
                 return manifest
             log.warning("the manifest in %s is for another config; starting the store afresh", store_dir)
+        except UncontainedPathError:
+            raise
         except FeatureStoreError as error:
             log.warning("%s; starting the store afresh", error)
     return new_manifest(name, feature_settings(config))
 
 
 def _is_done(
-    store_dir: Path, plan: ShardPlan, entries: dict[str, dict[str, Any]], cache: ChecksumCache | None = None
+    store_dir: Path,
+    plan: ShardPlan,
+    entries: dict[str, ShardEntry],
+    dims: dict[str, int],
+    cache: ChecksumCache | None = None,
 ) -> bool:
     entry = entries.get(plan.file)
     if entry is None:
@@ -652,15 +664,19 @@ def _is_done(
     if entry.get("inputs") != plan.inputs:
         log.info("%s was made from inputs that changed since (a CSV row or a clip); redoing it", plan.file)
         return False
-    problem = shard_problem(store_dir, entry, cache=cache)
+    problem = shard_problem(store_dir, entry, cache=cache) or shard_shapes_problem(store_dir, entry, dims)
     if problem is not None:
         log.warning("%s; redoing it", problem)
         return False
     return True
 
 
-def _drop_unplanned(store_dir: Path, manifest: dict[str, Any], plans: Sequence[ShardPlan]) -> None:
-    """Forget (and delete) shards that the plan no longer has, e.g. after shard_dialogues changed."""
+def _drop_unplanned(store_dir: Path, manifest: Manifest, plans: Sequence[ShardPlan]) -> None:
+    """Forget (and delete) shards that the plan no longer has, e.g. after shard_dialogues changed.
+
+    `read_manifest` has refused any entry whose file is not inside the store's `shards/` folder,
+    so nothing outside the store is ever deleted here.
+    """
     planned = {plan.file for plan in plans}
     for entry in [e for e in manifest["shards"] if e["file"] not in planned]:
         (store_dir / entry["file"]).unlink(missing_ok=True)
@@ -729,7 +745,8 @@ def run_extraction(config: ExtractConfig) -> Path:
         _drop_unplanned(store_dir, manifest, plans)
         entries = {entry["file"]: entry for entry in manifest["shards"]}
         cache = ChecksumCache(store_dir)
-        todo = [plan for plan in plans if not _is_done(store_dir, plan, entries, cache)]
+        dims = {family: info["dim"] for family, info in manifest["families"].items()}
+        todo = [plan for plan in plans if not _is_done(store_dir, plan, entries, dims, cache)]
         cache.save()
         write_manifest(store_dir, manifest)
         log.info("store %s: %d of %d shards to extract", store_dir, len(todo), len(plans))

@@ -3,6 +3,8 @@
 from dataclasses import dataclass
 
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
+# Shards store dialogue and utterance ids as int32.
+MAX_ID = 2**31 - 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,7 +71,7 @@ class ClipFlag:
     utterance_id: int
     """Utterance id within the dialogue."""
     kind: str
-    """missing, corrupt, no_audio, duration_mismatch or twin_chosen."""
+    """missing, corrupt, no_audio, duration_mismatch, twin_chosen or narrowband."""
     reason: str
     """What was found, and what the reader did about it."""
 

@@ -36,8 +36,8 @@ import tomllib
 
 from cluster.durable_files import atomic_write_text
 from extract.demo_corpus import read_ambiguous_keys
-from extract.feature_store import MANIFEST_NAME
 from extract.labels import EMOTIONS
+from extract.manifest import MANIFEST_NAME
 from launch.report_table import Cell, Table
 from launch.run_groups import (
     ConfigGroup,
@@ -49,7 +49,13 @@ from launch.run_groups import (
 )
 from launch.statistics import CONFIDENCE, Predictions, StatisticsError, read_predictions
 from launch.tables import format_table
-from model.evaluate import TEST_METRICS_NAME, TEST_PREDICTIONS_NAME, confusion_plot_file
+from model.evaluate import (
+    TEST_METRICS_NAME,
+    TEST_PREDICTIONS_NAME,
+    MetricsDamagedError,
+    confusion_plot_file,
+    read_metrics_record,
+)
 from model.metrics import classification_metrics
 from model.train import CURVES_NAME
 
@@ -167,8 +173,8 @@ def load_run(run_dir: Path) -> RunResult:
     run_dir = Path(run_dir)
     try:
         config = tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))
-        test = json.loads((run_dir / TEST_METRICS_NAME).read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+        test = read_metrics_record(run_dir / TEST_METRICS_NAME)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, MetricsDamagedError) as error:
         raise ReportError(f"run folder {run_dir} cannot be read ({error}); is it a finished run?") from None
     variant = config.get("model", {}).get("variant")
     config.setdefault("text_mode", "frozen")

@@ -28,6 +28,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -46,6 +47,7 @@ from cluster.config import (
     control_characters,
     from_dict,
     load_config,
+    override,
     parse_override,
     to_dict,
     write_resolved_config,
@@ -88,9 +90,15 @@ RUN_STATUSES: tuple[str, ...] = ("done", "active", "failed", "missing", "unknown
 SCHEDULER_TIMEOUT_S = 30
 
 
+# Bounds checked before anything is allocated: a sweep is a job array, and more runs than these is a typo
+# (`--seeds 0-99999999` once hung for minutes and took 8.6 GB before it was killed).
+MAX_SEEDS = 1000
+MAX_SWEEP_RUNS = 10000
+
+
 def parse_seeds(text: str) -> list[int]:
-    """'0-9' -> [0..9]; '0,3,5' and '0-4,10' work too. Seeds are distinct and sorted."""
-    seeds: set[int] = set()
+    """'0-9' -> [0..9]; '0,3,5' and '0-4,10' work too. Seeds are distinct and sorted; at most MAX_SEEDS of them."""
+    ranges = []
     for item in text.split(","):
         match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", item)
         if match is None:
@@ -98,8 +106,11 @@ def parse_seeds(text: str) -> list[int]:
         low, high = int(match.group(1)), int(match.group(2) or match.group(1))
         if high < low:
             raise ConfigError(f"--seeds {text!r}: the range {item.strip()!r} runs backwards")
-        seeds.update(range(low, high + 1))
-    return sorted(seeds)
+        ranges.append((low, high))
+    asked = sum(high - low + 1 for low, high in ranges)
+    if asked > MAX_SEEDS:
+        raise ConfigError(f"--seeds {text!r} asks for {asked} seeds; a sweep takes at most {MAX_SEEDS}")
+    return sorted({seed for low, high in ranges for seed in range(low, high + 1)})
 
 
 def _split_values(text: str) -> list[str]:
@@ -191,12 +202,17 @@ def plan_sweep(
         raise ConfigError("a sweep needs at least one seed (--seeds 0-9)")
     if "seed" in grid or any(text.split("=", 1)[0].strip() == "seed" for text in overrides):
         raise ConfigError("set seeds with --seeds, not as an override or a grid key")
+    planned = math.prod(len(values) for values in grid.values()) * len(seeds)
+    if planned > MAX_SWEEP_RUNS:
+        raise ConfigError(
+            f"the grid and seeds make {planned} runs; a sweep takes at most {MAX_SWEEP_RUNS}: split it into several"
+        )
     base = load_config(config_cls, config_file, overrides)
     base_data = to_dict(base)
     runs = []
     for values in itertools.product(*grid.values()):
         assignment = dict(zip(grid, values))
-        point_overrides = [f"{key}={json.dumps(value)}" for key, value in assignment.items()]
+        point_overrides = [override(key, value) for key, value in assignment.items()]
         data = apply_overrides(config_cls, base_data, point_overrides)
         point = from_dict(config_cls, data)
         digest = config_hash(point)

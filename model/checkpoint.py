@@ -32,7 +32,6 @@ import enum
 import hashlib
 import json
 import logging
-import math
 import re
 import shlex
 import shutil
@@ -48,6 +47,7 @@ import torch.distributed as dist
 
 from cluster.durable_files import (
     LockHeldError,
+    atomic_write_bytes,
     atomic_write_json,
     exclusive_lock,
     is_temp_file,
@@ -307,26 +307,53 @@ def _device_rng(device: torch.device) -> torch.Tensor | None:
     return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
 
+class _WriteErrorKept:
+    """A binary file whose first failed write is kept: torch's zip writer turns it into 'unexpected pos'."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.stream.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def _save_torch(obj: Any, path: Path) -> None:
+    """torch.save through Python's own file writes, so that a full disk is the OSError it is (ENOSPC), naming `path`."""
     temp = unique_temp_path(path)
     try:
-        torch.save(obj, temp)
+        with open(temp, "wb") as stream:
+            kept = _WriteErrorKept(stream)
+            try:
+                torch.save(obj, kept)
+            except RuntimeError:
+                if kept.error is None:
+                    raise
+                raise kept.error from None
         publish(temp, path)
+    except OSError as error:
+        if error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from None
     finally:
         temp.unlink(missing_ok=True)
 
 
 def _save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     # Copies: ZeRO's parameters are views of one flat buffer, which safetensors refuses as shared memory.
     tensors = {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in state.items()}
-    temp = unique_temp_path(path)
-    try:
-        save_file(tensors, str(temp))
-        publish(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    # Serialised in memory and written by Python: safetensors' own writer reports a full disk as a
+    # SafetensorError, not as the OSError that names the errno and the file.
+    atomic_write_bytes(path, save(tensors))
 
 
 class Checkpoints:
@@ -625,7 +652,7 @@ def verify_run_folder(run_dir: Path) -> list[str]:
     """
     # Imported here: model.train imports this module for its checkpoints.
     from cluster.config import RESOLVED_CONFIG_NAME, ConfigError, load_config
-    from model.evaluate import TEST_METRICS_NAME
+    from model.evaluate import TEST_METRICS_NAME, MetricsDamagedError, read_metrics_record
     from model.train import RunConfig
 
     run_dir = Path(run_dir)
@@ -655,27 +682,36 @@ def verify_run_folder(run_dir: Path) -> list[str]:
         problems.append(f"{run_dir} holds no checkpoint yet; train it: {resume}")
     good = []
     for tag in progress.kept() if progress else []:
+        selected_of_finished = tag == progress.best and test_path.is_file()
         try:
             manifest = checkpoints._manifest(tag)
             checkpoints.read_weights(tag, manifest)
+        except CheckpointDamagedError as error:
+            if selected_of_finished:
+                fix = f"the run's selected model is lost: train it again, cmroberta train {store} --run-dir NEW_FOLDER"
+            else:
+                fix = f"rm -r {shlex.quote(str(checkpoints.folder / tag))} && {resume}"
+            problems.append(f"checkpoint {tag} is damaged: {error}; {fix}")
+            continue
+        try:
             for name in manifest["files"]:
                 if name.endswith(".pt"):
                     checkpoints._read_tensors(checkpoints._checked(tag, manifest, name))
             good.append(tag)
         except CheckpointDamagedError as error:
-            if tag == progress.best and test_path.is_file():
-                fix = f"the run's selected model is lost: train it again, cmroberta train {store} --run-dir NEW_FOLDER"
+            if selected_of_finished:
+                # Only resuming reads the optimizer and RNG state; evaluate and predict read the weights alone.
+                fix = ("its weights are intact, and `evaluate` and `predict` use them; only resuming training "
+                       "needs this file, and the run is finished")
             else:
                 fix = f"rm -r {shlex.quote(str(checkpoints.folder / tag))} && {resume}"
-            problems.append(f"checkpoint {tag} is damaged: {error}; {fix}")
+            problems.append(f"checkpoint {tag}'s training state is damaged: {error}; {fix}")
     if progress is not None and not test_path.is_file():
         problems.append(f"the run is unfinished (no {TEST_METRICS_NAME}); finish it: {resume}")
     elif test_path.is_file():
         try:
-            record = json.loads(test_path.read_text(encoding="utf-8"))
-            valid = isinstance(record, dict) and isinstance(record.get("weighted_f1"), float) and math.isfinite(
-                record["weighted_f1"]) and record.get("checkpoint") == (progress.best if progress else None)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            valid = read_metrics_record(test_path)["checkpoint"] == (progress.best if progress else None)
+        except MetricsDamagedError:
             valid = False
         if not valid:
             problems.append(f"{test_path} is damaged or does not match the selected checkpoint; score it again: "

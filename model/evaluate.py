@@ -8,6 +8,7 @@ confusion-matrix plot. Reopening a finished run to evaluate it again is `model.t
 which shares its set-up with training.
 """
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,53 @@ def evaluation_record(evaluation: SplitEvaluation, floor_label: int, checkpoint:
         "emotions": list(EMOTIONS),
         "majority_floor": {"label": EMOTIONS[floor_label], **floor.to_dict()},
     }
+
+
+class MetricsDamagedError(Exception):
+    """A metrics file that is not what `evaluation_record` writes; the message names the file and the field."""
+
+
+def _score(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def metrics_record_problem(record: Any) -> str | None:
+    """What in a metrics record is not of the shape `evaluation_record` writes (the first such field), or None."""
+    if not isinstance(record, dict):
+        return "it is not a JSON object"
+    checks = {
+        "checkpoint": isinstance(record.get("checkpoint"), str),
+        "epoch": _count(record.get("epoch")),
+        "weighted_f1": _score(record.get("weighted_f1")),
+        "accuracy": _score(record.get("accuracy")),
+        "macro_f1": _score(record.get("macro_f1")),
+        "per_class_f1": isinstance(record.get("per_class_f1"), dict)
+        and all(_score(record["per_class_f1"].get(e)) for e in EMOTIONS),
+        "support": isinstance(record.get("support"), dict) and all(_count(record["support"].get(e)) for e in EMOTIONS),
+        "majority_floor": isinstance(record.get("majority_floor"), dict)
+        and isinstance(record["majority_floor"].get("label"), str)
+        and _score(record["majority_floor"].get("weighted_f1"))
+        and _score(record["majority_floor"].get("accuracy")),
+    }
+    wrong = [name for name, fine in checks.items() if not fine]
+    return f"its {wrong[0]} is missing or not what this project writes" if wrong else None
+
+
+def read_metrics_record(path: Path) -> dict[str, Any]:
+    """A `<split>_metrics.json` read and validated; a MetricsDamagedError names the file and the field."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MetricsDamagedError(f"{path} cannot be read ({type(error).__name__})") from None
+    problem = metrics_record_problem(record)
+    if problem is not None:
+        raise MetricsDamagedError(f"{path} is damaged: {problem}")
+    return record
 
 
 def write_evaluation(run_dir: Path, evaluation: SplitEvaluation, record: dict[str, Any]) -> Path:

@@ -45,8 +45,9 @@ from tqdm import tqdm
 from cluster.config import to_dict, write_resolved_config
 from cluster.durable_files import atomic_write_json, atomic_write_json_lines
 from cluster.rendezvous import Rendezvous
-from extract.feature_store import FeatureStore, add_family, config_hash
+from extract.feature_store import FeatureStore, add_family
 from extract.labels import EMOTIONS
+from extract.manifest import config_hash
 from extract.text_features import TextFeatureConfig, TextFeatureExtractor
 from model.deepspeed_config import EngineConfig, build_deepspeed_config
 from model.dialogue_data import IGNORE_LABEL, DialogueBatchSampler

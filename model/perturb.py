@@ -56,8 +56,8 @@ class PerturbationError(ValueError):
 
 
 _USAGE = (
-    "write audio_missing, text_missing, audio_noise:noise=white|babble,snr_db=DB or text_asr:wer=RATE "
-    "(each may add ,seed=N)"
+    "write audio_missing[:seed=N], text_missing[:seed=N], audio_noise:noise=white|babble,snr_db=DB[,seed=N] "
+    "or text_asr:wer=RATE[,seed=N]"
 )
 
 
@@ -134,6 +134,8 @@ def parse_perturbation(spec: str) -> Perturbation:
         key, equals, value = item.partition("=")
         if not equals or key not in allowed:
             raise PerturbationError(f"{spec!r}: {name} takes {', '.join(sorted(allowed))}, not {item!r}; {_USAGE}")
+        if key in values:
+            raise PerturbationError(f"{spec!r} gives {key} twice; give it once")
         try:
             values[key] = value if key == "noise" else int(value) if key == "seed" else float(value)
         except ValueError:

@@ -65,12 +65,13 @@ from extract.pipeline import (
     unusable_clips,
 )
 from extract.transcript import normalise_transcript
-from extract.utterance import SPLITS, Utterance
+from extract.utterance import MAX_ID, SPLITS, Utterance
 from model.dialogue_data import DialogueDataset, FeatureStatistics, Modalities, dataset_from_arrays
-from model.evaluate import SplitEvaluation, evaluate_split, evaluation_record, majority_label
+from model.evaluate import TEST_METRICS_NAME, SplitEvaluation, evaluate_split, evaluation_record, majority_label
 from model.fusion import ModalityDropout
 from model.metrics import classification_metrics
 from model.perturb import ROBUSTNESS_FOLDER, NoiseMaker, Perturbation, simulate_asr_errors
+from model.run_store import open_run_store
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ def load_run(run_dir: Path) -> LoadedRun:
         distributed_session,
         load_inference_engine,
         precision_dtype,
+        run_folder_lock,
         run_modalities,
         run_precision,
     )
@@ -137,10 +139,7 @@ def load_run(run_dir: Path) -> LoadedRun:
     if not (run_dir / RESOLVED_CONFIG_NAME).is_file():
         raise RunFolderError(f"{run_dir} is not a run folder: it has no {RESOLVED_CONFIG_NAME}; train one first")
     config = load_config(RunConfig, run_dir / RESOLVED_CONFIG_NAME)
-    progress = Checkpoints(run_dir).progress()
-    if progress is None:
-        raise RunFolderError(f"run {run_dir} has no checkpoint yet; finish training it with `cmroberta train --resume`")
-    store = FeatureStore.open(config.store)
+    store = open_run_store(run_dir, config.store)
     extraction_path = store.path / RESOLVED_CONFIG_NAME
     if not extraction_path.is_file():
         raise FeatureStoreError(
@@ -149,11 +148,21 @@ def load_run(run_dir: Path) -> LoadedRun:
         )
     extraction = load_config(ExtractConfig, extraction_path)
     modalities = run_modalities(config, store)
-    statistics = FeatureStatistics.load(run_dir / STATISTICS_NAME)
-    with distributed_session() as rendezvous:
-        engine = load_inference_engine(
-            build_model(config, modalities), config, rendezvous.world_size, Checkpoints(run_dir), progress.best
-        )
+    # Held while the selected checkpoint is read: a run still training holds it (the holder is named),
+    # so an intermediate checkpoint is never taken for the run's model.
+    with run_folder_lock(run_dir, True):
+        progress = Checkpoints(run_dir).progress()
+        if progress is None or progress.best is None:
+            raise RunFolderError(
+                f"run {run_dir} has no checkpoint yet; finish training it with `cmroberta train --resume`"
+            )
+        if not (run_dir / TEST_METRICS_NAME).is_file():
+            log.warning("run %s did not finish training; using its best checkpoint so far (%s)", run_dir, progress.best)
+        statistics = FeatureStatistics.load(run_dir / STATISTICS_NAME)
+        with distributed_session() as rendezvous:
+            engine = load_inference_engine(
+                build_model(config, modalities), config, rendezvous.world_size, Checkpoints(run_dir), progress.best
+            )
     engine.eval()
     return LoadedRun(
         run_dir=run_dir,
@@ -232,11 +241,17 @@ def _field(row: dict[str, Any], name: str, where: str, default: Any = None) -> A
 
 
 def _integer(row: dict[str, Any], name: str, where: str, default: int | None = None) -> int:
+    """An id: a JSON integer or a CSV cell of digits, 0..MAX_ID (shards store int32); 1.2 and true are refused."""
     value = _field(row, name, where, default)
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise PredictInputError(f"{where}: {name} must be a whole number, not {value!r}") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip()):
+        number = int(value.strip())
+    else:
+        raise PredictInputError(f"{where}: {name} must be a whole number, not {value!r}")
+    if not 0 <= number <= MAX_ID:
+        raise PredictInputError(f"{where}: {name} must be between 0 and {MAX_ID}, not {number}")
+    return number
 
 
 def _gold(row: dict[str, Any], where: str) -> str | None:

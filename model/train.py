@@ -137,9 +137,14 @@ from model.fusion import FusionConfig, build_fusion_model
 from model.layer_mix import LayerMix, LayerMixedHead
 from model.lr_schedule import build_lr_scheduler
 from model.param_groups import build_optimizer, head_param_groups
+from model.run_store import open_run_store, read_run_store_record, record_run_store
 from model.text_encoder import STORE_ENCODER, TextEncoderConfig, export_encoder, load_tokenizer
 
 log = logging.getLogger(__name__)
+
+# Seeds are Python ints, but generators take bounded ones (numpy's legacy seed at most 2**32 - 1);
+# 2**31 - 1 fits every one, and a SLURM array index too.
+MAX_SEED = 2**31 - 1
 
 SPLITS = ("train", "dev", "test")
 METRICS_NAME = "metrics.jsonl"
@@ -244,8 +249,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not self.store.strip():
             raise ValueError("store must be a feature store folder, as printed by `cmroberta extract`")
-        if self.seed < 0:
-            raise ValueError(f"seed must be 0 or more, not {self.seed}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be between 0 and {MAX_SEED}, not {self.seed}")
         if not self.model.uses_text:
             # Nothing to encode: one recorded mode for every audio-only run, whatever the sweep asked.
             self.text_mode = "frozen"
@@ -544,7 +549,19 @@ def load_inference_engine(
 
     It always runs without ZeRO partitioning (the model fits on one device to evaluate).
     """
-    model.load_state_dict(checkpoints.load_weights(tag))
+    weights = checkpoints.load_weights(tag)
+    # A config.toml edited after training (another hidden_size) builds another model: one line, not
+    # torch's list of every mismatched tensor.
+    expected = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    found = {name: tuple(value.shape) for name, value in weights.items()}
+    wrong = sorted(name for name in set(expected) | set(found) if expected.get(name) != found.get(name))
+    if wrong:
+        raise RunFolderError(
+            f"checkpoint {tag} of {checkpoints.run_dir} does not fit the model its config.toml describes ({len(wrong)} "
+            f"tensors differ, e.g. {wrong[0]}: the checkpoint holds {found.get(wrong[0])}, the config makes "
+            f"{expected.get(wrong[0])}); restore the config.toml it was trained with, or train the run again"
+        )
+    model.load_state_dict(weights)
     return initialize_engine(model, _without_zero(config), world_size, steps_per_epoch=None)
 
 
@@ -701,7 +718,9 @@ def _check_run_folder(run_dir: Path, config: RunConfig, resume: bool, checkpoint
     saved_path = run_dir / RESOLVED_CONFIG_NAME
     if started and saved_path.is_file():
         saved = saved_run_config(run_dir)
-        differences = _config_differences(to_dict(saved), to_dict(config))
+        # A run that records its store's identity was checked against it (`open_run_store`): the path may move.
+        free = ("store",) if read_run_store_record(run_dir) is not None else ()
+        differences = _config_differences(to_dict(saved), to_dict(config), free=free)
         if differences:
             raise RunFolderError(
                 f"run folder {run_dir} was trained with another config ({'; '.join(differences)}); "
@@ -721,16 +740,21 @@ def saved_run_config(run_dir: Path) -> RunConfig:
         ) from None
 
 
-def _config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ, as 'key: saved -> current'; runs_root and checkpoint do not change results."""
+def _config_differences(
+    saved: dict[str, Any], current: dict[str, Any], prefix: str = "", free: tuple[str, ...] = ()
+) -> list[str]:
+    """Dotted keys whose values differ, as 'key: saved -> current'.
+
+    runs_root and checkpoint do not change results, nor do the dotted keys in `free`.
+    """
     differences = []
     for key in sorted(set(saved) | set(current)):
         dotted = f"{prefix}{key}"
-        if dotted in ("runs_root", "checkpoint"):
+        if dotted in ("runs_root", "checkpoint", *free):
             continue
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            differences.extend(_config_differences(a, b, f"{dotted}."))
+            differences.extend(_config_differences(a, b, f"{dotted}.", free))
         elif a != b:
             differences.append(f"{dotted}: {a!r} -> {b!r}")
     return differences
@@ -765,6 +789,8 @@ def train(
         deterministic_kernels(config.train.deterministic),
     ):
         checkpoints = Checkpoints(run_dir, rendezvous.rank, rendezvous.world_size)
+        if resume:
+            config = dataclasses.replace(config, store=str(open_run_store(run_dir, config.store).path))
         config = resolve_run_config(config)
         _check_run_folder(run_dir, config, resume, checkpoints)
         test_path = run_dir / TEST_METRICS_NAME
@@ -779,6 +805,7 @@ def train(
         inputs = prepare_inputs(config, SPLITS)
         if rendezvous.is_main:
             write_resolved_config(config, run_dir)
+            record_run_store(run_dir, FeatureStore.open(config.store, verify=False))
             inputs.statistics.save(run_dir / STATISTICS_NAME)
         steps_per_epoch = math.ceil(len(inputs.datasets["train"]) / config.train.batch_dialogues)
         engine = initialize_engine(inputs.model, config, rendezvous.world_size, steps_per_epoch, run_dir)
@@ -990,6 +1017,7 @@ def evaluate_run(run_dir: Path, split: str = "test") -> dict[str, Any]:
     if not config_path.is_file():
         raise RunFolderError(f"{run_dir} is not a run folder: it has no {RESOLVED_CONFIG_NAME}; train one first")
     config = saved_run_config(run_dir)
+    config = dataclasses.replace(config, store=str(open_run_store(run_dir, config.store).path))
     with distributed_session() as rendezvous, run_folder_lock(run_dir, rendezvous.is_main):
         checkpoints = Checkpoints(run_dir, rendezvous.rank, rendezvous.world_size)
         progress = checkpoints.progress()

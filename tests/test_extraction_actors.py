@@ -14,7 +14,8 @@ import ray
 
 from cluster.ray_runtime import RayConfig, RayResources, ray_session
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
-from extract.feature_store import MANIFEST_NAME, FeatureStore
+from extract.feature_store import FeatureStore
+from extract.manifest import MANIFEST_NAME
 from extract.meld import read_meld
 from extract.pipeline import ExtractConfig, plan_shards, plan_workers, run_extraction, start_actors
 from extract.speech_features import SpeechFeatureConfig

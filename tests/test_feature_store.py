@@ -8,17 +8,14 @@ import numpy as np
 import pytest
 
 from extract.feature_store import (
-    FORMAT_VERSION,
-    MANIFEST_NAME,
     FeatureStore,
-    FeatureStoreError,
     SplitArrays,
     build_store_from_arrays,
-    config_hash,
     file_sha256,
     shard_problem,
     write_shard,
 )
+from extract.manifest import FORMAT_VERSION, MANIFEST_NAME, FeatureStoreError, config_hash
 
 # (dialogue_id, utterance_id) deliberately out of order: the store must sort them.
 ROWS = [(4, 1), (4, 0), (1, 0), (1, 1), (1, 2), (7, 0), (2, 0), (2, 1)]

@@ -13,7 +13,8 @@ import pytest
 from cluster.config import load_config
 from cluster.ray_runtime import RayConfig, ray_session
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
-from extract.feature_store import MANIFEST_NAME, FeatureStore
+from extract.feature_store import FeatureStore
+from extract.manifest import MANIFEST_NAME
 from extract.meld import read_meld
 from extract.openl3 import OpenL3Config
 from extract.pipeline import ExtractConfig, plan_shards, run_extraction, store_path

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cluster.durable_files import atomic_write_json, atomic_write_json_lines
-from extract.feature_store import MANIFEST_NAME
 from extract.labels import EMOTIONS
+from extract.manifest import MANIFEST_NAME
 from launch.audio_ablation import table3
 from launch.cli import main
 from launch.paired_report import paired_differences, paired_differences_table

@@ -20,7 +20,6 @@ compares text modes and nothing else.
 """
 
 import argparse
-import json
 import logging
 import os
 import resource
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import tomllib
 
-from cluster.config import to_dict, write_resolved_config
+from cluster.config import override, to_dict, write_resolved_config
 from cluster.durable_files import atomic_write_json
 from cluster.ray_runtime import RayConfig
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
@@ -90,7 +89,7 @@ def head_overrides(store: Path, max_epochs: int) -> list[str]:
     higher constant rate, fewer epochs, less patience). End-to-end and frozen runs differ only in where their
     text vectors come from, so the report's end-to-end - frozen row compares like with like."""
     return [
-        f"store={json.dumps(str(store))}",
+        override("store", str(store)),
         "model.hidden_size=64",
         "model.feedforward_size=256",
         "train.batch_dialogues=8",
@@ -106,7 +105,7 @@ def end_to_end_overrides(store: Path, max_epochs: int) -> list[str]:
     demo's utterances are short: 32 tokens hold any."""
     return [
         *head_overrides(store, max_epochs),
-        f"end_to_end.encoder.model={json.dumps(DEMO_TEXT_MODEL)}",
+        override("end_to_end.encoder.model", DEMO_TEXT_MODEL),
         "end_to_end.encoder.max_tokens=32",
         "end_to_end.param_groups.encoder_lr=1e-4",
     ]

@@ -5,11 +5,19 @@ from pathlib import Path
 
 from cluster.config import load_config, write_resolved_config
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
+from launch.cli import UserError
+from launch.folder_kinds import refuse_other_kind
 
 
 def run_demo_corpus(out: Path, config_file: Path | None, overrides: list[str]) -> Path:
-    """Write the demo corpus configured by `config_file` and `overrides` into `out`."""
+    """Write the demo corpus configured by `config_file` and `overrides` into `out`, a new or empty folder."""
     config = load_config(DemoCorpusConfig, config_file, overrides)
+    refuse_other_kind(out, "corpus", "--out")
+    if out.is_dir() and any(out.iterdir()):
+        # Writing over a corpus would replace its CSVs and same-named clips and leave the others mixed in.
+        raise UserError(f"--out {out} is not empty; write the demo corpus into a new or empty folder")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; name a new or empty folder")
     corpus = write_demo_corpus(out, config)
     write_resolved_config(config, corpus)
     print(f"demo corpus written to {corpus}; check it with: cmroberta prepare {corpus}")

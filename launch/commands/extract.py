@@ -1,20 +1,21 @@
 """`cmroberta extract CORPUS`: openSMILE, OpenL3 and text features into an HDF5 feature store, with Ray."""
 
 import argparse
-import json
 from pathlib import Path
 
-from cluster.config import load_config
+from cluster.config import load_config, override
+from launch.folder_kinds import refuse_other_kind
 
 
 def run_extract(corpus: Path, config_file: Path | None, overrides: list[str]) -> Path:
     """Extract the features of `corpus` as configured; print and return the store folder."""
     # Imported here, not at the top: the pipeline pulls in torch, transformers and Ray,
     # and `cmroberta --help` imports every verb's module.
-    from extract.pipeline import ExtractConfig, run_extraction
+    from extract.pipeline import ExtractConfig, run_extraction, store_path
 
-    # JSON's string quoting is valid TOML, so any path survives the override parser as a string.
-    config = load_config(ExtractConfig, config_file, [*overrides, f"corpus={json.dumps(str(corpus))}"])
+    config = load_config(ExtractConfig, config_file, [*overrides, override("corpus", str(corpus))])
+    for folder, option in ((Path(config.store_root), "store_root"), (store_path(config), "the store folder")):
+        refuse_other_kind(folder, "store", option)
     store = run_extraction(config)
     print(f"feature store: {store}")
     return store

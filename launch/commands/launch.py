@@ -1,16 +1,15 @@
 """`cmroberta launch extract|train|predict|sweep`: submit a stage through Submitit, here or on SLURM."""
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import submitit
 
-from cluster.config import load_config
+from cluster.config import load_config, override
 from launch.cli import UserError
-from launch.commands.predict import add_predict_arguments
+from launch.commands.predict import add_predict_arguments, refuse_folder_as_out
 from launch.commands.sweep import add_cluster_arguments, add_sweep_arguments, run_sweep
 
 
@@ -47,7 +46,7 @@ def launch_extract(args: argparse.Namespace) -> int:
     from launch.jobs import ExtractionJob
 
     profile = load_profile(args.cluster, args.profile, args.profile_set)
-    config = load_config(ExtractConfig, args.config, [*args.overrides, f"corpus={json.dumps(str(args.corpus))}"])
+    config = load_config(ExtractConfig, args.config, [*args.overrides, override("corpus", str(args.corpus))])
     log_folder = Path(config.store_root) / "logs"
     executor = make_executor(profile, log_folder, job_name="extract", in_batch_script=True)
     jobs = submit_jobs(executor, profile, [ExtractionJob(config)])
@@ -102,6 +101,7 @@ def launch_predict(args: argparse.Namespace) -> int:
         raise UserError(
             f"input {args.input} does not exist; give a MELD-layout folder, a clip folder or a CSV or JSONL file"
         )
+    refuse_folder_as_out(args.out)
     log_folder = args.out.parent / "logs"
     executor = make_executor(profile, log_folder, job_name=f"predict-{args.run_dir.name}")
     job = PredictionJob(args.run_dir, args.input, args.out, args.split, args.perturb)

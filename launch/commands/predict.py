@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from extract.labels import EMOTIONS
+from launch.cli import UserError
 
 
 def metrics_table(metrics: dict[str, Any]) -> str:
@@ -17,6 +18,12 @@ def metrics_table(metrics: dict[str, Any]) -> str:
     return format_table(header, [row])
 
 
+def refuse_folder_as_out(out: Path) -> None:
+    """`--out` names the predictions file; an existing folder there is refused before any work is done."""
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; name the predictions file, e.g. {out / 'labels.jsonl'}")
+
+
 def run_predict(
     run_dir: Path, input_path: Path, out: Path, split: str | None = None, perturb: str | None = None
 ) -> dict[str, Any] | None:
@@ -25,6 +32,7 @@ def run_predict(
     from model.perturb import parse_perturbation
     from model.predict import load_run, predict, read_predict_input, write_predictions
 
+    refuse_folder_as_out(out)
     perturbation = parse_perturbation(perturb) if perturb else None
     found = read_predict_input(input_path, split)
     run = load_run(run_dir)

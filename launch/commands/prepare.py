@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from cluster.config import load_config
-from extract.corpus import Corpus
+from extract.corpus import Corpus, CorpusError
 from extract.iemocap import IemocapConfig, IemocapCorpus, is_iemocap, read_iemocap
 from extract.manifest_corpus import find_manifest, read_manifest_corpus
 from extract.meld import DEFAULT_DURATION_TOLERANCE_S, read_meld
@@ -84,6 +84,13 @@ def read_corpus(path: Path, check_clips: bool, duration_tolerance_s: float, over
 def run_prepare(corpus_path: Path, check_clips: bool, duration_tolerance_s: float, overrides: list[str]) -> Corpus:
     """Read the corpus at `corpus_path` the way extraction will, and print its summary."""
     corpus = read_corpus(corpus_path, check_clips, duration_tolerance_s, overrides)
+    if not corpus.utterances:
+        skipped = f" ({len(corpus.row_errors)} rows could not be read)" if corpus.row_errors else ""
+        where = "its *_sent_emo.csv files hold no rows" if corpus.kind == "meld" else "it holds no rows"
+        raise CorpusError(
+            f"the corpus at {corpus.root} has no utterances: {where}{skipped}; "
+            "point prepare at a corpus with transcripts"
+        )
     print(f"corpus {corpus.root}")
     if corpus.kind != "meld":
         print(protocol_summary(corpus))

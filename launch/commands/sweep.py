@@ -5,6 +5,7 @@ import logging
 from pathlib import Path
 
 from cluster.config import load_config
+from cluster.durable_files import exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -31,32 +32,39 @@ def run_sweep(args: argparse.Namespace) -> int:
     # A store that cannot be read fails every run of the sweep: say so before anything is submitted.
     for store in sorted({run.config.store for run in runs}):
         FeatureStore.open(store)
-    submission = submit_sweep(runs, profile, sweep_dir)
-    done = sum(1 for status in submission.statuses.values() if status == "done")
-    active = sum(1 for status in submission.statuses.values() if status == "active")
-    unknown = sum(1 for status in submission.statuses.values() if status == "unknown")
-    print(
-        f"sweep {sweep_dir}: {len(runs)} runs, {done} finished, {active} queued or running, "
-        f"{len(submission.submitted)} submitted now"
-        + (f", {unknown} unknown (SLURM could not be asked; not submitted again)" if unknown else "")
-    )
-    if submission.jobs:
-        print(f"job ids: {' '.join(job.job_id for job in submission.jobs)}")
-        print(f"logs: {submission.log_folder}")
-    failed_jobs = 0
-    if args.wait and submission.jobs:
-        outcomes = follow_jobs(submission.jobs)
-        for outcome in outcomes:
-            if outcome.error is not None:
-                failed_jobs += 1
-                print(f"job {outcome.job_id} failed ({outcome.state}); see {outcome.stderr_path}:\n{outcome.error}")
-    report = write_report(sweep_dir)
-    if report.configurations:
-        print(format_report(report))
-        print(f"report: {sweep_dir / 'report.md'}, {sweep_dir / 'spread.png'}")
-    if not args.wait and (submission.jobs or active or unknown):
-        print("run the same command again once the jobs have finished: it submits nothing new and updates the report")
-    return 1 if failed_jobs else 0
+    # One sweep command at a time on a folder: a second one, seeing the first one's runs as queued, would
+    # not wait for them and would write report.md while the first writes it too.
+    with exclusive_lock(sweep_dir, "sweep folder"):
+        submission = submit_sweep(runs, profile, sweep_dir)
+        done = sum(1 for status in submission.statuses.values() if status == "done")
+        active = sum(1 for status in submission.statuses.values() if status == "active")
+        unknown = sum(1 for status in submission.statuses.values() if status == "unknown")
+        print(
+            f"sweep {sweep_dir}: {len(runs)} runs, {done} finished, {active} queued or running, "
+            f"{len(submission.submitted)} submitted now"
+            + (f", {unknown} unknown (SLURM could not be asked; not submitted again)" if unknown else "")
+        )
+        if submission.jobs:
+            print(f"job ids: {' '.join(job.job_id for job in submission.jobs)}")
+            print(f"logs: {submission.log_folder}")
+        failed_jobs = 0
+        if args.wait and submission.jobs:
+            outcomes = follow_jobs(submission.jobs)
+            for outcome in outcomes:
+                if outcome.error is not None:
+                    failed_jobs += 1
+                    print(
+                        f"job {outcome.job_id} failed ({outcome.state}); see {outcome.stderr_path}:\n{outcome.error}"
+                    )
+        report = write_report(sweep_dir)
+        if report.configurations:
+            print(format_report(report))
+            print(f"report: {sweep_dir / 'report.md'}, {sweep_dir / 'spread.png'}")
+        if not args.wait and (submission.jobs or active or unknown):
+            print(
+                "run the same command again once the jobs have finished: it submits nothing new and updates the report"
+            )
+        return 1 if failed_jobs else 0
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:

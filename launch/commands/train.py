@@ -1,10 +1,10 @@
 """`cmroberta train STORE`: train CM-RoBERTa with DeepSpeed (by default end to end with its text encoder)."""
 
 import argparse
-import json
 from pathlib import Path
 
-from cluster.config import load_config
+from cluster.config import load_config, override
+from launch.folder_kinds import refuse_other_kind
 
 
 def run_train(store: Path, config_file: Path | None, overrides: list[str], run_dir: Path | None, resume: bool) -> None:
@@ -14,10 +14,10 @@ def run_train(store: Path, config_file: Path | None, overrides: list[str], run_d
     from launch.report import run_table
     from model.train import RunConfig, default_run_dir, train
 
-    # JSON's string quoting is valid TOML, so any path survives the override parser as a string.
-    store_override = f"store={json.dumps(str(store.expanduser().resolve()))}"
+    store_override = override("store", str(store.expanduser().resolve()))
     config = load_config(RunConfig, config_file, [*overrides, store_override])
     run_dir = run_dir or default_run_dir(config)
+    refuse_other_kind(run_dir, "run", "--run-dir")
     test = train(config, run_dir, resume=resume)
     if resolve_rendezvous().is_main:
         print(f"run folder: {run_dir}")

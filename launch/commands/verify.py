@@ -17,11 +17,7 @@ import shlex
 from pathlib import Path
 
 from launch.cli import UserError
-
-# What marks each kind of folder.
-STORE_MARKER = "manifest.json"
-SWEEP_MARKER = "sweep.json"
-RUN_MARKER = "config.toml"
+from launch.folder_kinds import RUN_MARKER, STORE_MARKER, SWEEP_MARKER, folder_kind
 
 
 def _json_problem(path: Path, lines: bool = False) -> str | None:
@@ -46,8 +42,9 @@ def _json_problem(path: Path, lines: bool = False) -> str | None:
 
 def store_problems(store_dir: Path) -> list[str]:
     """What is wrong with a feature store, each with the command that finishes or repairs it."""
-    from extract.feature_store import FeatureStore, FeatureStoreError, read_manifest, repair_command
+    from extract.feature_store import FeatureStore, repair_command
     from extract.feature_store import store_problems as shard_problems
+    from extract.manifest import FeatureStoreError, read_manifest
 
     try:
         manifest = read_manifest(store_dir)
@@ -70,6 +67,21 @@ def _run_repair(run_dir: Path) -> str:
     return f"cmroberta train STORE --run-dir {shlex.quote(str(run_dir))} --resume"
 
 
+def _store_identity_problems(run_dir: Path, configured: str) -> list[str]:
+    """The run's store, when one is found, must be the one it was trained on; a store's own damage is its verify's."""
+    from extract.manifest import FeatureStoreError
+    from model.checkpoint import RunFolderError
+    from model.run_store import open_run_store
+
+    try:
+        open_run_store(run_dir, configured)
+    except RunFolderError as error:
+        return [f"{error}; repair: point the run at its own store"]
+    except FeatureStoreError:
+        pass  # a missing or damaged store is reported by `cmroberta verify STORE`, not as the run's problem
+    return []
+
+
 def run_folder_problems(run_dir: Path) -> list[str]:
     """What is wrong with a run folder, each with the command that repairs it.
 
@@ -85,6 +97,7 @@ def run_folder_problems(run_dir: Path) -> list[str]:
     try:
         config = load_config(RunConfig, run_dir / RUN_MARKER)
         retrain = f"cmroberta train {shlex.quote(str(config.store))} --run-dir {shlex.quote(str(run_dir))} --resume"
+        problems.extend(_store_identity_problems(run_dir, config.store))
     except ConfigError:
         retrain = _run_repair(run_dir)
     for name in ("metrics.jsonl", "predictions.jsonl"):
@@ -130,17 +143,21 @@ def sweep_problems(sweep_dir: Path) -> list[str]:
     return problems
 
 
-def folder_kind(path: Path) -> str:
-    """store, sweep or run: what PATH is, by the file that marks it; a UserError when it is none of them."""
+def verified_kind(path: Path) -> str:
+    """store, sweep or run: what PATH is (`launch.folder_kinds`); a UserError when it is none of them."""
     if not path.is_dir():
         raise UserError(f"{path} does not exist or is not a folder")
-    for kind, marker in (("store", STORE_MARKER), ("sweep", SWEEP_MARKER), ("run", RUN_MARKER)):
-        if (path / marker).is_file():
-            return kind
-    raise UserError(
-        f"{path} is not a feature store ({STORE_MARKER}), a sweep folder ({SWEEP_MARKER}) "
-        f"or a run folder ({RUN_MARKER})"
-    )
+    kind = folder_kind(path)
+    if kind == "corpus":
+        raise UserError(
+            f"{path} is a corpus, not a store, run or sweep folder; check it with `cmroberta prepare {path}`"
+        )
+    if kind is None:
+        raise UserError(
+            f"{path} is not a feature store ({STORE_MARKER}), a sweep folder ({SWEEP_MARKER}) "
+            f"or a run folder ({RUN_MARKER})"
+        )
+    return kind
 
 
 CHECKS = {"store": store_problems, "sweep": sweep_problems, "run": run_folder_problems}
@@ -148,7 +165,7 @@ CHECKS = {"store": store_problems, "sweep": sweep_problems, "run": run_folder_pr
 
 def run_verify(path: Path) -> int:
     """Print what is wrong and how to repair it; 0 when all is well, 1 otherwise."""
-    kind = folder_kind(path)
+    kind = verified_kind(path)
     problems = CHECKS[kind](path)
     for problem in problems:
         print(f"{path}: {problem}")

@@ -7,6 +7,7 @@ import pytest
 
 from cluster.profile import ClusterProfile
 from launch.executors import load_profile
+from tests.faults.fault_summary import CASES, summary_line
 
 START_HINT = "start one with `sudo bash cluster/slurm/start-local-cluster.sh`"
 
@@ -36,3 +37,9 @@ def broken_slurm_conf(folder) -> str:
     path = folder / "broken-slurm.conf"
     path.write_text("this is not a slurm configuration\n")
     return str(path)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line after the fault tests: cases tried, and how many ended in a traceback, silent damage or a hang."""
+    if CASES:
+        terminalreporter.write_line(summary_line())

@@ -14,13 +14,12 @@ import pytest
 import extract.feature_store as feature_store
 from extract.feature_store import (
     CONFIG_NAME,
-    MANIFEST_NAME,
     VERIFIED_NAME,
     FeatureStore,
-    FeatureStoreError,
     SplitArrays,
     build_store_from_arrays,
 )
+from extract.manifest import MANIFEST_NAME, FeatureStoreError
 
 CORPUS = "/data/MELD.Raw"
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
-from extract.feature_store import MANIFEST_NAME, FeatureStore
+from extract.feature_store import FeatureStore
+from extract.manifest import MANIFEST_NAME
 from extract.meld import CSV_NAMES, read_meld
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from tests.pauses import Pauses

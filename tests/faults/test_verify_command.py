@@ -3,27 +3,13 @@
 import json
 import shutil
 
-import numpy as np
 import pytest
 
 from cluster.config import load_config
-from extract.feature_store import SplitArrays, build_store_from_arrays
+from extract.feature_store import build_store_from_arrays
 from launch.cli import main
+from tests.faults.tiny_run import tiny_split
 from tests.learnable_store import write_learnable_store
-
-
-def tiny_split(split: str) -> SplitArrays:
-    n = 4
-    return SplitArrays(
-        keys=[f"{split}/dia{i // 2}_utt{i % 2}" for i in range(n)],
-        dialogue_ids=[i // 2 for i in range(n)],
-        utterance_ids=[i % 2 for i in range(n)],
-        speakers=["Joey"] * n,
-        transcripts=["How you doin'?"] * n,
-        emotion=[0, 1, 2, 3],
-        sentiment=[0, 1, 2, 0],
-        features={"text": np.ones((n, 3), dtype=np.float32)},
-    )
 
 
 @pytest.fixture

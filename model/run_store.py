@@ -1,0 +1,84 @@
+"""Which feature store a run was trained on: recorded by identity and path, found again, and checked.
+
+A run names its store in its config by path, and a path alone binds nothing: another store can be
+put at that path (the same extraction config, another corpus), and a relative path means another
+folder from another working directory. So a run folder also holds `store.json`:
+
+    path        the store's absolute path when the run started
+    relative    the store's path relative to the run folder, to find it when a whole tree is moved
+    identity    the store's identity (`extract.manifest.store_identity`): config hash and plan digest
+
+`open_run_store` finds the store (the configured path, then the recorded absolute path, then the
+relative one: the first whose identity is the recorded one) and refuses, in one line naming both
+identities, a store that is not the one the run was trained on. `evaluate`, `predict`, `verify`
+and `train --resume` all go through it.
+"""
+
+import json
+import os
+from pathlib import Path
+
+from cluster.durable_files import atomic_write_json
+from extract.feature_store import FeatureStore
+from extract.manifest import MANIFEST_NAME, read_manifest, store_identity
+from model.checkpoint import RunFolderError
+
+STORE_RECORD_NAME = "store.json"
+_RECORD_FIELDS = ("path", "relative", "identity")
+
+
+def record_run_store(run_dir: Path, store: FeatureStore) -> None:
+    """Write `store.json`: the store's absolute and run-relative paths and its identity."""
+    run_dir = Path(run_dir)
+    absolute = store.path.resolve()
+    record = {
+        "path": str(absolute),
+        "relative": os.path.relpath(absolute, run_dir.resolve()),
+        "identity": store_identity(store.manifest),
+    }
+    atomic_write_json(run_dir / STORE_RECORD_NAME, record)
+
+
+def read_run_store_record(run_dir: Path) -> dict[str, str] | None:
+    """`store.json` validated (three strings), or None for a run made before runs recorded their store."""
+    path = Path(run_dir) / STORE_RECORD_NAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunFolderError(f"{path} is damaged ({type(error).__name__}); train the run again") from None
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in _RECORD_FIELDS):
+        raise RunFolderError(
+            f"{path} is damaged: it needs the strings {', '.join(_RECORD_FIELDS)}; train the run again"
+        )
+    return record
+
+
+def _candidates(run_dir: Path, configured: str, record: dict[str, str] | None) -> list[Path]:
+    """Where the store may be: the configured path, then (when recorded) the absolute and the run-relative one."""
+    candidates = [Path(configured).expanduser()]
+    if record is not None:
+        candidates += [Path(record["path"]), Path(run_dir) / record["relative"]]
+    return candidates
+
+
+def open_run_store(run_dir: Path, configured: str) -> FeatureStore:
+    """Open the run's store; a RunFolderError, naming both identities, when no candidate is the recorded store.
+
+    The first candidate that holds a store of the recorded identity is opened (a run without
+    `store.json` opens the configured path). The recorded paths are only ever read from.
+    """
+    record = read_run_store_record(run_dir)
+    stores = [path for path in _candidates(run_dir, configured, record) if (path / MANIFEST_NAME).is_file()]
+    if record is None or not stores:
+        return FeatureStore.open(stores[0] if stores else Path(configured).expanduser())
+    identities = {path: store_identity(read_manifest(path)) for path in stores}
+    for path, identity in identities.items():
+        if identity == record["identity"]:
+            return FeatureStore.open(path)
+    raise RunFolderError(
+        f"run {run_dir} was trained on store {record['identity']} ({record['path']}), but the store at "
+        f"{stores[0]} is {identities[stores[0]]}: another corpus or plan. Point the run at its own store, "
+        "or train a new run on this one"
+    )
