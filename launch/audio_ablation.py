@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from extract.feature_store import MANIFEST_NAME
+from extract.manifest import MANIFEST_NAME
 from launch.report import RunGroup, RunResult, group_cell, group_runs
 from launch.report_table import Cell, Table
 from launch.run_groups import AUDIO_FAMILIES_KEY, keys_apart, named

@@ -39,8 +39,13 @@ def test_an_unusable_number_is_refused_naming_its_key(case):
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_the_largest_int64_seed_is_accepted():
-    assert load_config(run_config_class(), None, ['store="/s"', f"seed={2**63 - 1}"]).seed == 2**63 - 1
+def test_the_largest_seed_is_accepted_and_the_next_refused_in_one_line():
+    """Seeds feed every generator a run seeds (numpy takes at most 2**32 - 1) and SLURM array indices, so a run
+    seed is bounded at 2**31 - 1 (`model.train.MAX_SEED`) rather than at int64."""
+    assert load_config(run_config_class(), None, ['store="/s"', f"seed={2**31 - 1}"]).seed == 2**31 - 1
+    with pytest.raises(ConfigError) as caught:
+        load_config(run_config_class(), None, ['store="/s"', f"seed={2**31}"])
+    assert str(caught.value) == f"seed must be between 0 and {2**31 - 1}, not {2**31}"
 
 
 def test_nan_in_a_toml_file_is_refused_naming_its_key(tmp_path):
