@@ -1,11 +1,14 @@
 """The aggregate report of a seed sweep: spread over seeds, confidence intervals, paired differences.
 
 Per configuration, over its finished seeds: the mean, the sample standard deviation (n - 1 in
-the denominator) and the 95% confidence interval of the mean, mean ± t(0.975, n - 1) · sd / √n,
+the denominator) and the 95% confidence interval of the mean, mean ± t(0.975, n - 1) · sd / √n clipped to [0, 1],
 of the test weighted F1 and of each emotion's F1. Between two configurations, over the seeds
 both finished: the same for the per-seed differences, Student's paired t-test across those seeds,
-and a paired bootstrap over the test dialogues from the runs' predictions (`launch.statistics`
+a paired bootstrap over the test dialogues from the runs' predictions, and a bootstrap over seeds
+and dialogues, each p-value raw and Holm-corrected across the comparisons (`launch.statistics`
 says how each is computed). With fewer than two seeds the spread is unknown and reported as such.
+Configurations are the sweep's config hashes; two that share a label (two sweeps with other base
+settings in one folder) are named by the keys that tell them apart (`labels_apart`).
 
 Outputs in the sweep folder: report.json (every number, fractions in [0, 1]), report.md
 (tables in percentage points, as papers print them) and spread.png (every seed's score).

@@ -200,11 +200,10 @@ def run_plan(plan: "ReproducePlan", profile: "ClusterProfile") -> int:
         else:
             print(write_reports(plan))
             progress.status[stage.name] = "done"
-    for name in progress.jobs:
+    for name in list(progress.jobs):
         progress.settle(name)
-    failed = {name: outcomes for name, outcomes in progress.failures.items()}
-    if failed:
-        names = ", ".join(f"{name} ({len(outcomes)} job(s))" for name, outcomes in failed.items())
+    if progress.failures:
+        names = ", ".join(f"{name} ({len(outcomes)} job(s))" for name, outcomes in progress.failures.items())
         print(
             f"failed: {names}; the stages after them were not started, and every finished shard and run is kept. "
             "Read the logs above, then run the same command again: it goes on from there"
