@@ -77,11 +77,12 @@ class FinetuneConfig:
     param_groups: ParamGroupsConfig = field(default_factory=ParamGroupsConfig)
     """Layer-wise learning rates and decoupled weight decay of the encoder."""
     schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
-    """Warmup and decay of every group's rate, in epochs of the train split's utterances."""
+    """Warmup and decay of the encoder's rates, in epochs of the train split's utterances; the classifier's
+    rate stays constant, as a head's does in every text mode (`model.lr_schedule`)."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     """ZeRO stage (0-2), precision and gradient clipping."""
     classifier_lr: float = 1e-4
-    """Learning rate of the linear classifier over the utterance vector."""
+    """Learning rate of the linear classifier over the utterance vector (constant)."""
     batch_utterances: int = 32
     """Utterances per optimizer step, over all ranks together."""
     max_epochs: int = 10
