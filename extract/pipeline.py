@@ -748,8 +748,8 @@ def run_extraction(config: ExtractConfig) -> Path:
     """
     if not Path(config.corpus).expanduser().exists():
         raise CorpusError(
-            f"corpus {config.corpus} does not exist; point it at the unpacked MELD.Raw or IEMOCAP_full_release "
-            "folder, or a manifest .csv"
+            f"corpus folder {config.corpus} does not exist; point it at the unpacked MELD.Raw or "
+            "IEMOCAP_full_release folder, or at a manifest .csv"
         )
     store_dir = store_path(config)
     with exclusive_lock(store_dir, "feature store"):

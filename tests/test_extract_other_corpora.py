@@ -16,7 +16,7 @@ from cluster.ray_runtime import RayConfig, ray_session
 from extract.corpus import CorpusError
 from extract.corpus_reader import read_corpus
 from extract.feature_store import FeatureStore
-from extract.iemocap import IemocapConfig
+from extract.iemocap import ERC6_LABELS, IemocapConfig
 from extract.labels import MELD_EMOTIONS, NO_LABEL
 from extract.manifest import (
     MANIFEST_NAME,
@@ -28,6 +28,9 @@ from extract.manifest import (
     write_manifest,
 )
 from extract.pipeline import ExtractConfig, decode_utterance, feature_settings, run_extraction, store_path
+from model.checkpoint import RunFolderError
+from model.run_store import open_run_store
+from model.train import RunConfig, prepare_inputs
 from tests.iemocap_layout import write_iemocap
 from tests.manifest_layout import LABELS, write_manifest_corpus
 
@@ -48,6 +51,12 @@ def iemocap(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
     return write_manifest_corpus(tmp_path_factory.mktemp("mine"))
+
+
+@pytest.fixture(scope="module")
+def store_root(tmp_path_factory) -> Path:
+    """One store folder for the module, so a test that needs a store another made finds it finished."""
+    return tmp_path_factory.mktemp("stores")
 
 
 def _config(corpus: Path, store_root: Path, overrides: list[str] = ()) -> ExtractConfig:
@@ -72,8 +81,8 @@ def _stored_labels(store: FeatureStore) -> dict[str, int]:
     "overrides, label_set, width",
     [([], "iemocap-erc6", 6), (["iemocap.protocol=ser4", "iemocap.fold=1"], "iemocap-ser4", 4)],
 )
-def test_iemocap_extracts_in_its_protocols_label_set(iemocap, tmp_path, local_ray, overrides, label_set, width):
-    config = _config(iemocap, tmp_path, overrides)
+def test_iemocap_extracts_in_its_protocols_label_set(iemocap, store_root, local_ray, overrides, label_set, width):
+    config = _config(iemocap, store_root, overrides)
     corpus = read_corpus(iemocap, iemocap=config.iemocap)
     store = FeatureStore.open(run_extraction(config))
 
@@ -146,3 +155,18 @@ def test_a_span_decodes_only_its_part_of_the_file(manifest):
     np.testing.assert_array_equal(
         decode_utterance(spanned, 16_000, 0.25, {}), decode_utterance(spanned, 16_000, 30.0, {})[:4_000]
     )
+
+
+def test_a_meld_run_refuses_an_iemocap_store_naming_both_label_sets(iemocap, store_root, local_ray, tmp_path):
+    store = run_extraction(_config(iemocap, store_root))
+    both = (
+        "runs are trained in label set meld7 (neutral, surprise, fear, sadness, joy, disgust, anger), but store "
+        f"{store} is labelled in iemocap-erc6 ({', '.join(ERC6_LABELS.labels)})"
+    )
+    # evaluate, predict and train --resume open a run's store through open_run_store; train through prepare_inputs.
+    with pytest.raises(RunFolderError) as refused:
+        open_run_store(tmp_path / "run", str(store))
+    assert str(refused.value).startswith(both)
+    with pytest.raises(RunFolderError) as refused:
+        prepare_inputs(RunConfig(store=str(store), text_mode="frozen"), ("train",))
+    assert str(refused.value).startswith(both)
