@@ -28,6 +28,7 @@ from extract.manifest import (
     write_manifest,
 )
 from extract.pipeline import ExtractConfig, decode_utterance, feature_settings, run_extraction, store_path
+from launch.cli import main
 from model.checkpoint import RunFolderError
 from model.run_store import open_run_store
 from model.train import RunConfig, prepare_inputs
@@ -157,7 +158,7 @@ def test_a_span_decodes_only_its_part_of_the_file(manifest):
     )
 
 
-def test_a_meld_run_refuses_an_iemocap_store_naming_both_label_sets(iemocap, store_root, local_ray, tmp_path):
+def test_a_meld_run_refuses_an_iemocap_store_naming_both_label_sets(iemocap, store_root, local_ray, tmp_path, capsys):
     store = run_extraction(_config(iemocap, store_root))
     both = (
         "runs are trained in label set meld7 (neutral, surprise, fear, sadness, joy, disgust, anger), but store "
@@ -170,3 +171,8 @@ def test_a_meld_run_refuses_an_iemocap_store_naming_both_label_sets(iemocap, sto
     with pytest.raises(RunFolderError) as refused:
         prepare_inputs(RunConfig(store=str(store), text_mode="frozen"), ("train",))
     assert str(refused.value).startswith(both)
+    # sweep says so before anything is submitted.
+    assert main(["sweep", "--seeds", "0", "--out", str(tmp_path / "sweep"), f"store={store}"]) == 2
+    err = capsys.readouterr().err
+    assert both in err and "Traceback" not in err
+    assert not (tmp_path / "sweep").exists()
