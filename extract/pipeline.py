@@ -80,6 +80,7 @@ from cluster.durable_files import exclusive_lock, is_temp_file
 from cluster.pause_points import pause_point
 from cluster.ray_runtime import RayConfig, RayResources, ray_session
 from extract.audio import AudioDecodeError, decode_audio
+from extract.corpus import CorpusFlag
 from extract.corpus_reader import corpus_kind, read_corpus
 from extract.feature_store import (
     ChecksumCache,
@@ -92,7 +93,7 @@ from extract.feature_store import (
     summarise,
     write_shard,
 )
-from extract.iemocap import IemocapConfig
+from extract.iemocap import IemocapConfig, IemocapCorpus
 from extract.labels import MELD_EMOTIONS, NO_LABEL, LabelSet, sentiment_index
 from extract.manifest import (
     MANIFEST_NAME,
@@ -724,9 +725,20 @@ def _record(
     manifest["failed"].sort(key=lambda record: (record["key"], record["family"]))
 
 
-def unusable_clips(flags: Sequence[ClipFlag]) -> dict[str, str]:
-    """Key -> reason of every clip the corpus reader found unusable (missing, corrupt, without audio)."""
-    return {flag.key: f"{flag.kind}: {flag.reason}" for flag in flags if flag.kind in _UNUSABLE_CLIP_KINDS}
+def unusable_clips(
+    flags: Sequence[ClipFlag | CorpusFlag], item_names: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Utterance key -> reason of every clip the corpus reader found unusable (missing, corrupt, without audio).
+
+    A reader that flags its items by their own names (IEMOCAP's turns) gives `item_names`, utterance key ->
+    item name, so each reason reaches the utterance it is about.
+    """
+    keys = {name: key for key, name in (item_names or {}).items()}
+    return {
+        keys.get(flag.key, flag.key): f"{flag.kind}: {flag.reason}"
+        for flag in flags
+        if flag.kind in _UNUSABLE_CLIP_KINDS
+    }
 
 
 def _clear_leftovers(store_dir: Path) -> None:
@@ -781,7 +793,9 @@ def run_extraction(config: ExtractConfig) -> Path:
         write_manifest(store_dir, manifest)
         log.info("store %s: %d of %d shards to extract", store_dir, len(todo), len(plans))
         if todo:
-            _extract_shards(config, store_dir, manifest, todo, unusable_clips(corpus.flags), total=len(plans))
+            item_names = corpus.turn_names if isinstance(corpus, IemocapCorpus) else None
+            unusable = unusable_clips(corpus.flags, item_names)
+            _extract_shards(config, store_dir, manifest, todo, unusable, total=len(plans))
         problems = plan_problems(manifest)
         if problems:
             raise FeatureStoreError(f"store {store_dir} is still incomplete after extraction: {summarise(problems)}")

@@ -32,7 +32,7 @@ from launch.cli import main
 from model.checkpoint import RunFolderError
 from model.run_store import open_run_store
 from model.train import RunConfig, prepare_inputs
-from tests.iemocap_layout import write_iemocap
+from tests.iemocap_layout import MISSING_WAV, TRUNCATED_WAV, write_iemocap
 from tests.manifest_layout import LABELS, write_manifest_corpus
 
 pytestmark = pytest.mark.integration
@@ -95,6 +95,16 @@ def test_iemocap_extracts_in_its_protocols_label_set(iemocap, store_root, local_
     assert _stored_labels(store) == {u.key: corpus.label_set.index(u.label) for u in corpus.utterances}
     assert set(store.read_split("train").sentiment.tolist()) == {NO_LABEL}
     assert feature_settings(config)["iemocap"] == dataclasses.asdict(config.iemocap)
+    # The missing and the truncated wav's turns fail with the reader's reasons, reached through the turns' names.
+    keys = {turn: key for key, turn in corpus.turn_names.items()}
+    assert {(r["key"], r["reason"]) for r in store.failed()} == {
+        (keys[MISSING_WAV], f"cannot decode audio from {keys[MISSING_WAV]}: missing: no {MISSING_WAV}.wav; text only"),
+        (
+            keys[TRUNCATED_WAV],
+            f"cannot decode audio from {keys[TRUNCATED_WAV]}: corrupt: {TRUNCATED_WAV}.wav is shorter than its "
+            "header says (truncated); text only",
+        ),
+    }
 
 
 def test_each_iemocap_protocol_and_fold_is_its_own_store(iemocap, tmp_path):
