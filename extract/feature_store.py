@@ -432,14 +432,24 @@ def _toml_safe(value: Any) -> Any:
 
 
 def _check_labels(
-    store_dir: Path, file: str, name: str, values: np.ndarray, labels: tuple[str, ...], keys: list[str]
+    store_dir: Path,
+    file: str,
+    name: str,
+    values: np.ndarray,
+    labels: tuple[str, ...],
+    keys: list[str],
+    unlabelled_allowed: bool,
 ) -> None:
-    """A label index outside the label set, other than NO_LABEL, is damage or another cmroberta's store: name it."""
-    bad = np.flatnonzero(((values < 0) | (values >= len(labels))) & (values != NO_LABEL))
+    """A label index outside the label set is damage (or another cmroberta's store): name the row.
+
+    NO_LABEL is allowed where the corpus may leave utterances without a label (`unlabelled_allowed`).
+    """
+    bad = np.flatnonzero(((values < 0) | (values >= len(labels))) & ~(unlabelled_allowed & (values == NO_LABEL)))
     if len(bad):
         raise FeatureStoreError(
             f"store {store_dir}: shard {file} row {int(bad[0])} ({keys[int(bad[0])]}) has {name} index "
-            f"{int(values[bad[0]])}, outside 0..{len(labels) - 1} and not {NO_LABEL} (no label); "
+            f"{int(values[bad[0]])}, outside 0..{len(labels) - 1}"
+            f"{f' and not {NO_LABEL} (no label)' if unlabelled_allowed else ''}; "
             "re-run `cmroberta extract` to redo the shard"
         )
 
@@ -506,6 +516,11 @@ class FeatureStore:
     def label_set(self) -> LabelSet:
         """The ordered label set the store's `emotion` indices are drawn from (MELD's seven for a MELD store)."""
         return store_label_set(self.manifest)
+
+    @property
+    def may_lack_labels(self) -> bool:
+        """Whether rows may hold NO_LABEL: a corpus other than MELD (unscored context, no sentiments)."""
+        return self.manifest.get("corpus", {"kind": "meld"})["kind"] != "meld"
 
     @property
     def families(self) -> dict[str, int]:
@@ -580,7 +595,10 @@ class FeatureStore:
                     f"the manifest records {entry['rows']}; re-run `cmroberta extract` to redo it"
                 )
             for name, labels in (("emotion", self.label_set.labels), ("sentiment", SENTIMENTS)):
-                _check_labels(self.path, entry["file"], name, columns[name][-1], labels, texts["key"][start:stop])
+                _check_labels(
+                    self.path, entry["file"], name, columns[name][-1], labels, texts["key"][start:stop],
+                    self.may_lack_labels,
+                )
             start = stop
         rows = SplitArrays(
             keys=texts["key"],
