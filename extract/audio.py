@@ -36,8 +36,10 @@ def ffmpeg_executable() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def decode_audio(path: str | Path, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
-    """Decode the first audio stream of `path` to mono float32 at `sample_rate`.
+def decode_audio(
+    path: str | Path, sample_rate: int, max_seconds: float | None = None, start_s: float = 0.0
+) -> np.ndarray:
+    """Decode the first audio stream of `path` to mono float32 at `sample_rate`, from `start_s` seconds on.
 
     Channels are averaged by ffmpeg's downmix. `max_seconds` stops decoding early, so a
     wrongly cut 305-second MELD clip costs no more than the cap.
@@ -45,7 +47,12 @@ def decode_audio(path: str | Path, sample_rate: int, max_seconds: float | None =
     path = Path(path)
     if not path.is_file():
         raise AudioDecodeError(path, "file not found", kind="missing")
-    cmd = [ffmpeg_executable(), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn"]
+    cmd = [ffmpeg_executable(), "-nostdin", "-v", "error"]
+    if start_s > 0:
+        # As an input option -ss seeks before decoding; ffmpeg's -accurate_seek (on by default when
+        # decoding) drops the samples decoded before start_s, so the cut starts at start_s.
+        cmd += ["-ss", f"{start_s:.3f}"]
+    cmd += ["-i", str(path), "-map", "0:a:0", "-vn"]
     if max_seconds is not None:
         cmd += ["-t", f"{max_seconds:.3f}"]
     cmd += ["-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]

@@ -36,7 +36,7 @@ import numpy as np
 import tomli_w
 
 from cluster.durable_files import atomic_write_bytes, atomic_write_json, atomic_write_text, exclusive_lock
-from extract.labels import EMOTIONS, SENTIMENTS
+from extract.labels import NO_LABEL, SENTIMENTS, LabelSet
 from extract.manifest import (
     FORMAT_VERSION,
     FeatureStoreError,
@@ -50,6 +50,7 @@ from extract.manifest import (
     record_shard,
     set_plan,
     shard_file_name,
+    store_label_set,
     write_manifest,
 )
 from extract.utterance import SPLITS
@@ -83,9 +84,9 @@ class SplitArrays:
     transcripts: list[str]
     """Normalised transcripts."""
     emotion: np.ndarray
-    """int64 [N] indices into `extract.labels.EMOTIONS`."""
+    """int64 [N] indices into the store's label set (`FeatureStore.label_set`); NO_LABEL for an unscored utterance."""
     sentiment: np.ndarray
-    """int64 [N] indices into `extract.labels.SENTIMENTS`."""
+    """int64 [N] indices into `extract.labels.SENTIMENTS`; NO_LABEL for a corpus without sentiments."""
     features: dict[str, np.ndarray] = field(default_factory=dict)
     """Family name -> float32 [N, dim]."""
     valid: dict[str, np.ndarray] = field(default_factory=dict)
@@ -431,14 +432,25 @@ def _toml_safe(value: Any) -> Any:
 
 
 def _check_labels(
-    store_dir: Path, file: str, name: str, values: np.ndarray, labels: tuple[str, ...], keys: list[str]
+    store_dir: Path,
+    file: str,
+    name: str,
+    values: np.ndarray,
+    labels: tuple[str, ...],
+    keys: list[str],
+    unlabelled_allowed: bool,
 ) -> None:
-    """A label index outside the label set is damage (or another cmroberta's store): name the row."""
-    bad = np.flatnonzero((values < 0) | (values >= len(labels)))
+    """A label index outside the label set is damage (or another cmroberta's store): name the row.
+
+    NO_LABEL is allowed where the corpus may leave utterances without a label (`unlabelled_allowed`).
+    """
+    bad = np.flatnonzero(((values < 0) | (values >= len(labels))) & ~(unlabelled_allowed & (values == NO_LABEL)))
     if len(bad):
         raise FeatureStoreError(
             f"store {store_dir}: shard {file} row {int(bad[0])} ({keys[int(bad[0])]}) has {name} index "
-            f"{int(values[bad[0]])}, outside 0..{len(labels) - 1}; re-run `cmroberta extract` to redo the shard"
+            f"{int(values[bad[0]])}, outside 0..{len(labels) - 1}"
+            f"{f' and not {NO_LABEL} (no label)' if unlabelled_allowed else ''}; "
+            "re-run `cmroberta extract` to redo the shard"
         )
 
 
@@ -499,6 +511,16 @@ class FeatureStore:
                 f"Finish or repair it with `{repair_command(path, manifest)}`"
             )
         return cls(path, manifest)
+
+    @property
+    def label_set(self) -> LabelSet:
+        """The ordered label set the store's `emotion` indices are drawn from (MELD's seven for a MELD store)."""
+        return store_label_set(self.manifest)
+
+    @property
+    def may_lack_labels(self) -> bool:
+        """Whether rows may hold NO_LABEL: a corpus other than MELD (unscored context, no sentiments)."""
+        return self.manifest.get("corpus", {"kind": "meld"})["kind"] != "meld"
 
     @property
     def families(self) -> dict[str, int]:
@@ -572,8 +594,11 @@ class FeatureStore:
                     f"store {self.path}: shard {entry['file']} has {len(texts['key']) - start} rows, "
                     f"the manifest records {entry['rows']}; re-run `cmroberta extract` to redo it"
                 )
-            for name, labels in (("emotion", EMOTIONS), ("sentiment", SENTIMENTS)):
-                _check_labels(self.path, entry["file"], name, columns[name][-1], labels, texts["key"][start:stop])
+            for name, labels in (("emotion", self.label_set.labels), ("sentiment", SENTIMENTS)):
+                _check_labels(
+                    self.path, entry["file"], name, columns[name][-1], labels, texts["key"][start:stop],
+                    self.may_lack_labels,
+                )
             start = stop
         rows = SplitArrays(
             keys=texts["key"],

@@ -80,6 +80,10 @@ MELD_EMOTIONS = LabelSet(
 )
 MELD_SENTIMENTS = LabelSet(name="meld-sentiment3", labels=("neutral", "positive", "negative"), noun="sentiment")
 
+# The label index stored for an utterance without a label: an IEMOCAP or manifest utterance kept
+# only as unscored context, and the sentiment of every utterance of a corpus without sentiments.
+NO_LABEL = -1
+
 EMOTIONS: tuple[str, ...] = MELD_EMOTIONS.labels
 SENTIMENTS: tuple[str, ...] = MELD_SENTIMENTS.labels
 

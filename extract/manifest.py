@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, NotRequired, TypedDict
 
 from cluster.durable_files import atomic_write_json
-from extract.labels import EMOTIONS, SENTIMENTS
+from extract.labels import MELD_EMOTIONS, SENTIMENTS, LabelSet, UnknownLabelError
 
 # 2: the manifest records the plan and each shard's input fingerprint.
 FORMAT_VERSION = 2
@@ -79,8 +79,20 @@ class FailedRecord(TypedDict):
     reason: str
 
 
+class CorpusRecord(TypedDict):
+    """The corpus a store was extracted from: the reader that read it, its protocol and its ordered label set."""
+
+    kind: str
+    protocol: str
+    label_set: dict[str, Any]
+
+
 class Manifest(TypedDict):
-    """The whole manifest, as `read_manifest` returns it once validated."""
+    """The whole manifest, as `read_manifest` returns it once validated.
+
+    `emotions` is the label set's labels in class order (MELD's seven emotions for a MELD store);
+    `corpus` is absent from stores made before corpora other than MELD, which hold MELD.
+    """
 
     format_version: int
     name: str
@@ -90,6 +102,7 @@ class Manifest(TypedDict):
     families: dict[str, FamilyInfo]
     emotions: list[str]
     sentiments: list[str]
+    corpus: NotRequired[CorpusRecord]
     plan: Plan | None
     shards: list[ShardEntry]
     failed: list[FailedRecord]
@@ -152,13 +165,30 @@ def new_manifest(name: str, config: dict[str, Any]) -> Manifest:
         "config": config,
         "versions": library_versions(),
         "families": {},
-        "emotions": list(EMOTIONS),
+        "emotions": list(MELD_EMOTIONS.labels),
         "sentiments": list(SENTIMENTS),
         "plan": None,
         "shards": [],
         "failed": [],
         "clip_flags": [],
     }
+
+
+def set_corpus(manifest: Manifest, kind: str, protocol: str, label_set: LabelSet) -> None:
+    """Record the corpus the store is made from; its label set decides what the stored label indices mean."""
+    manifest["corpus"] = {"kind": kind, "protocol": protocol, "label_set": label_set.to_json()}
+    manifest["emotions"] = list(label_set.labels)
+
+
+def store_label_set(manifest: Manifest) -> LabelSet:
+    """The label set the store's label indices are drawn from; a store without a corpus record holds MELD's."""
+    record = manifest.get("corpus")
+    if record is None:
+        return MELD_EMOTIONS
+    label_set = LabelSet.from_json(record["label_set"], "the manifest's corpus.label_set")
+    if (label_set.name, label_set.labels) == (MELD_EMOTIONS.name, MELD_EMOTIONS.labels):
+        return MELD_EMOTIONS
+    return label_set
 
 
 def planned_shard(file: str, split: str, rows: int, dialogues: list[int], inputs: str) -> PlannedShard:
@@ -259,6 +289,14 @@ def _check_shape(manifest: Any) -> None:
             _field(record, name, str, f"failed[{index}]")
     for name in ("emotions", "sentiments", "clip_flags"):
         _field(manifest, name, list, "manifest", optional=name != "emotions")
+    corpus = _field(manifest, "corpus", dict, "manifest", optional=True)
+    if corpus is not None:
+        _field(corpus, "kind", str, "corpus")
+        _field(corpus, "protocol", str, "corpus")
+        try:
+            store_label_set(manifest)
+        except UnknownLabelError as error:
+            raise _Damaged(str(error)) from None
 
 
 def read_manifest(store_dir: Path) -> Manifest:
@@ -296,9 +334,10 @@ def read_manifest(store_dir: Path) -> Manifest:
         raise FeatureStoreError(
             f"{path} is damaged: {damage}. Nothing was read from it; rebuild the store with `cmroberta extract`"
         ) from None
-    if list(manifest["emotions"]) != list(EMOTIONS):
+    labels = list(store_label_set(manifest).labels)
+    if list(manifest["emotions"]) != labels:
         raise FeatureStoreError(
-            f"{path} orders emotions as {manifest['emotions']}, this cmroberta as {list(EMOTIONS)}; "
+            f"{path} orders emotions as {manifest['emotions']}, its label set as {labels}; "
             "re-run `cmroberta extract` to rebuild the store"
         )
     return manifest

@@ -152,6 +152,7 @@ def _read_row(row: dict[str, str], folder: Path, label_set: LabelSet) -> dict:
         media_path=_audio_path(row, folder),
         start_time=start,
         end_time=end,
+        media_span=(start, end) if end > 0 else None,
     )
 
 

@@ -80,6 +80,8 @@ from cluster.durable_files import exclusive_lock, is_temp_file
 from cluster.pause_points import pause_point
 from cluster.ray_runtime import RayConfig, RayResources, ray_session
 from extract.audio import AudioDecodeError, decode_audio
+from extract.corpus import CorpusFlag
+from extract.corpus_reader import corpus_kind, read_corpus
 from extract.feature_store import (
     ChecksumCache,
     SplitArrays,
@@ -91,7 +93,8 @@ from extract.feature_store import (
     summarise,
     write_shard,
 )
-from extract.labels import emotion_index, sentiment_index
+from extract.iemocap import IemocapConfig, IemocapCorpus
+from extract.labels import MELD_EMOTIONS, NO_LABEL, LabelSet, sentiment_index
 from extract.manifest import (
     MANIFEST_NAME,
     SHARD_FOLDER,
@@ -104,11 +107,13 @@ from extract.manifest import (
     planned_shard,
     read_manifest,
     record_shard,
+    set_corpus,
     set_plan,
     shard_file_name,
+    store_label_set,
     write_manifest,
 )
-from extract.meld import CorpusError, read_meld
+from extract.meld import CorpusError
 from extract.openl3 import OpenL3Config, OpenL3Embedder, OpenL3SetupError, resolve_weights_file
 from extract.opensmile_features import OpenSmileConfig, OpenSmileExtractor
 from extract.speech_features import (
@@ -146,7 +151,8 @@ class ExtractConfig:
     """What to extract from which corpus into which store, and on which Ray."""
 
     corpus: str
-    """Corpus folder in MELD's layout (MELD.Raw, or a demo corpus)."""
+    """The corpus: a folder in MELD's layout (MELD.Raw, or a demo corpus), an IEMOCAP_full_release folder, or a
+    manifest (.csv, or a folder holding manifest.csv)."""
     store_root: str = "features"
     """Folder that holds feature stores; each config gets its own `<name>-<hash12>` folder in it."""
     name: str | None = None
@@ -177,10 +183,13 @@ class ExtractConfig:
     """Speech encoder settings (the `speech` family): any local Hugging Face audio encoder."""
     ray: RayConfig = field(default_factory=RayConfig)
     """Where the tasks run."""
+    iemocap: IemocapConfig = field(default_factory=IemocapConfig)
+    """IEMOCAP only: the protocol (erc6, ser4), fold and dev rule; part of the store's hash for an IEMOCAP corpus,
+    so each protocol and fold is its own store. Refused for any other corpus unless left at its defaults."""
 
     def __post_init__(self) -> None:
         if not self.corpus.strip():
-            raise ValueError("corpus must be the corpus folder (MELD.Raw or a demo corpus)")
+            raise ValueError("corpus must be the corpus folder (MELD.Raw, IEMOCAP_full_release) or a manifest .csv")
         if not self.families:
             raise ValueError(f"families must name at least one of {', '.join(FAMILIES)}")
         for family in self.families:
@@ -207,13 +216,16 @@ def feature_settings(config: ExtractConfig) -> dict[str, Any]:
     """The part of the config that decides the features' values: what the store folder is named by.
 
     The corpus folder, the splits, the families and each chosen family's extractor
-    settings; not Ray, sharding or speed settings, which change nothing in the features.
+    settings, and for IEMOCAP the protocol keys; not Ray, sharding or speed settings,
+    which change nothing in the features.
     """
     settings: dict[str, Any] = {
         "corpus": str(Path(config.corpus).expanduser().resolve()),
         "splits": sorted(config.splits),
         "families": sorted(config.families),
     }
+    if corpus_kind(Path(config.corpus)) == "iemocap":
+        settings["iemocap"] = dataclasses.asdict(config.iemocap)
     if any(family in AUDIO_FAMILIES for family in config.families):
         settings["max_audio_seconds"] = config.max_audio_seconds
     for family in config.families:
@@ -224,7 +236,9 @@ def feature_settings(config: ExtractConfig) -> dict[str, Any]:
 
 def store_path(config: ExtractConfig) -> Path:
     """The store folder this config writes: `<store_root>/<name>-<hash12>`."""
-    name = config.name or Path(config.corpus).expanduser().resolve().name.lower() or "corpus"
+    corpus = Path(config.corpus).expanduser().resolve()
+    # A manifest file names the store by its stem (`mine.csv` -> `mine`); a folder by its name.
+    name = config.name or (corpus.stem if corpus.is_file() else corpus.name).lower() or "corpus"
     return Path(config.store_root).expanduser() / store_folder_name(name, feature_settings(config))
 
 
@@ -266,6 +280,9 @@ def inputs_fingerprint(utterances: Sequence[Utterance]) -> str:
     digest = hashlib.sha256()
     for utterance in utterances:
         record = dataclasses.asdict(utterance)
+        if record["media_span"] is None:
+            # Left out when unset, so the stores of corpora without spans (MELD's) keep their fingerprints.
+            del record["media_span"]
         record["clip"] = _clip_state(utterance.media_path)
         digest.update(json.dumps(record, sort_keys=True).encode("utf-8") + b"\n")
     return digest.hexdigest()
@@ -341,7 +358,10 @@ def decode_utterance(
     """An utterance's clip as the extractors read it; `unusable` gives the reason of clips the reader refused."""
     if utterance.media_path is None:
         raise AudioDecodeError(utterance.key, unusable.get(utterance.key, "no clip for this utterance"), kind="missing")
-    return decode_audio(utterance.media_path, sample_rate, max_seconds)
+    if utterance.media_span is None:
+        return decode_audio(utterance.media_path, sample_rate, max_seconds)
+    start, end = utterance.media_span
+    return decode_audio(utterance.media_path, sample_rate, min(max_seconds, end - start), start_s=start)
 
 
 def _decode_ahead(
@@ -592,22 +612,23 @@ def extract_shard(
     families: Sequence[str],
     unusable: dict[str, str],
     decode: Decoder = decode_utterance,
+    label_set: LabelSet = MELD_EMOTIONS,
 ) -> tuple[SplitArrays, list[tuple[str, str, str]]]:
     """One shard's rows with `families` computed in this process, without Ray, and its (key, family, reason) failures.
 
-    The rows are what a store shard of the same plan holds. `cmroberta predict` and the robustness
-    evaluation call this to compute features exactly as the store's were; `decode` lets them change
-    the waveform (added noise) before the extractors read it.
+    The rows are what a store shard of the same plan holds, labels indexed in `label_set`. `cmroberta
+    predict` and the robustness evaluation call this to compute features exactly as the store's were;
+    `decode` lets them change the waveform (added noise) before the extractors read it.
     """
     results = {
         result.family: result
         for result in ShardExtractors(config, families, decode).extract(plan.utterances, unusable)
     }
     failures = [(key, family, reason) for family, result in results.items() for key, reason in result.failures]
-    return _shard_rows(plan, results), failures
+    return _shard_rows(plan, results, label_set), failures
 
 
-def _shard_rows(plan: ShardPlan, results: dict[str, FamilyResult]) -> SplitArrays:
+def _shard_rows(plan: ShardPlan, results: dict[str, FamilyResult], label_set: LabelSet) -> SplitArrays:
     rows = plan.utterances
     return SplitArrays(
         keys=[u.key for u in rows],
@@ -615,8 +636,8 @@ def _shard_rows(plan: ShardPlan, results: dict[str, FamilyResult]) -> SplitArray
         utterance_ids=np.array([u.utterance_id for u in rows], dtype=np.int32),
         speakers=[u.speaker for u in rows],
         transcripts=[u.transcript for u in rows],
-        emotion=np.array([emotion_index(u.emotion) for u in rows], dtype=np.int64),
-        sentiment=np.array([sentiment_index(u.sentiment) for u in rows], dtype=np.int64),
+        emotion=np.array([NO_LABEL if u.label is None else label_set.index(u.label) for u in rows], dtype=np.int64),
+        sentiment=np.array([sentiment_index(u.sentiment) if u.sentiment else NO_LABEL for u in rows], dtype=np.int64),
         features={family: result.features for family, result in results.items()},
         valid={family: result.valid for family, result in results.items()},
         feature_names={family: r.feature_names for family, r in results.items() if r.feature_names is not None},
@@ -633,14 +654,14 @@ def _check_extractors(config: ExtractConfig) -> None:
         resolve_weights_file(config.openl3.weights, config.openl3.input_repr, config.openl3.content_type)
 
 
-def _open_manifest(store_dir: Path, config: ExtractConfig) -> Manifest:
+def _open_manifest(store_dir: Path, config: ExtractConfig, label_set: LabelSet) -> Manifest:
     name = store_dir.name.rsplit("-", 1)[0]
     if (store_dir / MANIFEST_NAME).is_file():
         try:
             manifest = read_manifest(store_dir)
-            if manifest["config"] == feature_settings(config):
+            if manifest["config"] == feature_settings(config) and store_label_set(manifest) == label_set:
                 return manifest
-            log.warning("the manifest in %s is for another config; starting the store afresh", store_dir)
+            log.warning("the manifest in %s is for another config or label set; starting the store afresh", store_dir)
         except UncontainedPathError:
             raise
         except FeatureStoreError as error:
@@ -704,9 +725,20 @@ def _record(
     manifest["failed"].sort(key=lambda record: (record["key"], record["family"]))
 
 
-def unusable_clips(flags: Sequence[ClipFlag]) -> dict[str, str]:
-    """Key -> reason of every clip the corpus reader found unusable (missing, corrupt, without audio)."""
-    return {flag.key: f"{flag.kind}: {flag.reason}" for flag in flags if flag.kind in _UNUSABLE_CLIP_KINDS}
+def unusable_clips(
+    flags: Sequence[ClipFlag | CorpusFlag], item_names: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Utterance key -> reason of every clip the corpus reader found unusable (missing, corrupt, without audio).
+
+    A reader that flags its items by their own names (IEMOCAP's turns) gives `item_names`, utterance key ->
+    item name, so each reason reaches the utterance it is about.
+    """
+    keys = {name: key for key, name in (item_names or {}).items()}
+    return {
+        keys.get(flag.key, flag.key): f"{flag.kind}: {flag.reason}"
+        for flag in flags
+        if flag.kind in _UNUSABLE_CLIP_KINDS
+    }
 
 
 def _clear_leftovers(store_dir: Path) -> None:
@@ -726,19 +758,29 @@ def run_extraction(config: ExtractConfig) -> Path:
     The store is held for this process alone throughout; a second extraction of the same
     store is a LockHeldError naming this one's host and pid.
     """
-    if not Path(config.corpus).expanduser().is_dir():
-        raise CorpusError(f"corpus folder {config.corpus} does not exist; point it at the unpacked MELD.Raw folder")
+    if not Path(config.corpus).expanduser().exists():
+        raise CorpusError(
+            f"corpus folder {config.corpus} does not exist; point it at the unpacked MELD.Raw or "
+            "IEMOCAP_full_release folder, or at a manifest .csv"
+        )
     store_dir = store_path(config)
     with exclusive_lock(store_dir, "feature store"):
         _check_extractors(config)
-        corpus = read_meld(config.corpus, splits=tuple(config.splits), check_clips=config.check_clips)
+        corpus = read_corpus(
+            config.corpus,
+            # Defaults read as "no protocol asked for", so only keys a user set are refused outside IEMOCAP.
+            iemocap=None if config.iemocap == IemocapConfig() else config.iemocap,
+            splits=config.splits,
+            check_clips=config.check_clips,
+        )
         if not corpus.utterances:
             raise FeatureStoreError(
                 f"the corpus at {config.corpus} has no utterances in splits {', '.join(config.splits)}"
             )
         _clear_leftovers(store_dir)
         write_resolved_config(config, store_dir)
-        manifest = _open_manifest(store_dir, config)
+        manifest = _open_manifest(store_dir, config, corpus.label_set)
+        set_corpus(manifest, corpus.kind, corpus.protocol, corpus.label_set)
         manifest["clip_flags"] = [{"key": f.key, "kind": f.kind, "reason": f.reason} for f in corpus.flags]
         plans = plan_shards(corpus.utterances, config.splits, config.shard_dialogues)
         set_plan(manifest, [planned_shard(p.file, p.split, len(p.utterances), p.dialogues, p.inputs) for p in plans])
@@ -751,7 +793,9 @@ def run_extraction(config: ExtractConfig) -> Path:
         write_manifest(store_dir, manifest)
         log.info("store %s: %d of %d shards to extract", store_dir, len(todo), len(plans))
         if todo:
-            _extract_shards(config, store_dir, manifest, todo, unusable_clips(corpus.flags), total=len(plans))
+            item_names = corpus.turn_names if isinstance(corpus, IemocapCorpus) else None
+            unusable = unusable_clips(corpus.flags, item_names)
+            _extract_shards(config, store_dir, manifest, todo, unusable, total=len(plans))
         problems = plan_problems(manifest)
         if problems:
             raise FeatureStoreError(f"store {store_dir} is still incomplete after extraction: {summarise(problems)}")
@@ -904,7 +948,7 @@ def _run_shards(
                     continue
                 results = {family: pending[shard.file][family] for family in config.families}
                 del pending[shard.file]
-                rows = _shard_rows(shard, results)
+                rows = _shard_rows(shard, results, store_label_set(manifest))
                 written = write_shard(store_dir / shard.file, shard.split, rows)
                 shards_done += 1
                 pause_point(f"extract-shard-written-{shards_done}")

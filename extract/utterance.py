@@ -38,6 +38,9 @@ class Utterance:
     """Season of the episode (0 when the corpus has none)."""
     episode: int = 0
     """Episode number (0 when the corpus has none)."""
+    media_span: tuple[float, float] | None = None
+    """(start, end) in seconds of the utterance inside a longer media file (a manifest's start and end);
+    None: the whole file is the utterance (MELD's and IEMOCAP's times are not offsets into the clip)."""
 
     @property
     def key(self) -> str:

@@ -12,6 +12,10 @@ folder from another working directory. So a run folder also holds `store.json`:
 relative one: the first whose identity is the recorded one) and refuses, in one line naming both
 identities, a store that is not the one the run was trained on. `evaluate`, `predict`, `verify`
 and `train --resume` all go through it.
+
+`refuse_other_label_set` refuses, in one line naming both label sets, a store labelled in another
+set than the run's: a run's outputs are class indices in its own label set, and the same index
+means another label in another set.
 """
 
 import json
@@ -20,10 +24,14 @@ from pathlib import Path
 
 from cluster.durable_files import atomic_write_json
 from extract.feature_store import FeatureStore
+from extract.labels import MELD_EMOTIONS, LabelSet
 from extract.manifest import MANIFEST_NAME, read_manifest, store_identity
 from model.checkpoint import RunFolderError
 
 STORE_RECORD_NAME = "store.json"
+# The label set every run is trained in: the model's output width, the loss, the metrics and the
+# reports are MELD's seven emotions until they follow a store's own label set.
+RUN_LABEL_SET = MELD_EMOTIONS
 _RECORD_FIELDS = ("path", "relative", "identity")
 
 
@@ -63,20 +71,36 @@ def _candidates(run_dir: Path, configured: str, record: dict[str, str] | None) -
     return candidates
 
 
+def _described(label_set: LabelSet) -> str:
+    return f"{label_set.name} ({', '.join(label_set.labels)})"
+
+
+def refuse_other_label_set(store: FeatureStore, run_label_set: LabelSet = RUN_LABEL_SET) -> FeatureStore:
+    """`store` when its label set is the run's; otherwise a RunFolderError naming both sets."""
+    if (store.label_set.name, store.label_set.labels) != (run_label_set.name, run_label_set.labels):
+        raise RunFolderError(
+            f"runs are trained in label set {_described(run_label_set)}, but store {store.path} is labelled in "
+            f"{_described(store.label_set)}; this cmroberta trains and scores MELD's label set only, so train "
+            "and evaluate on a MELD store"
+        )
+    return store
+
+
 def open_run_store(run_dir: Path, configured: str) -> FeatureStore:
     """Open the run's store; a RunFolderError, naming both identities, when no candidate is the recorded store.
 
     The first candidate that holds a store of the recorded identity is opened (a run without
-    `store.json` opens the configured path). The recorded paths are only ever read from.
+    `store.json` opens the configured path). The recorded paths are only ever read from. A store in
+    another label set than the run's is refused (`refuse_other_label_set`).
     """
     record = read_run_store_record(run_dir)
     stores = [path for path in _candidates(run_dir, configured, record) if (path / MANIFEST_NAME).is_file()]
     if record is None or not stores:
-        return FeatureStore.open(stores[0] if stores else Path(configured).expanduser())
+        return refuse_other_label_set(FeatureStore.open(stores[0] if stores else Path(configured).expanduser()))
     identities = {path: store_identity(read_manifest(path)) for path in stores}
     for path, identity in identities.items():
         if identity == record["identity"]:
-            return FeatureStore.open(path)
+            return refuse_other_label_set(FeatureStore.open(path))
     raise RunFolderError(
         f"run {run_dir} was trained on store {record['identity']} ({record['path']}), but the store at "
         f"{stores[0]} is {identities[stores[0]]}: another corpus or plan. Point the run at its own store, "

@@ -137,7 +137,7 @@ from model.fusion import FusionConfig, build_fusion_model
 from model.layer_mix import LayerMix, LayerMixedHead
 from model.lr_schedule import build_lr_scheduler
 from model.param_groups import build_optimizer, head_param_groups
-from model.run_store import open_run_store, read_run_store_record, record_run_store
+from model.run_store import open_run_store, read_run_store_record, record_run_store, refuse_other_label_set
 from model.text_encoder import STORE_ENCODER, TextEncoderConfig, export_encoder, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -482,8 +482,8 @@ def run_modalities(config: RunConfig, store: FeatureStore) -> Modalities:
 def prepare_inputs(
     config: RunConfig, splits: tuple[str, ...], statistics: FeatureStatistics | None = None
 ) -> RunInputs:
-    """Open the store, build the model for its widths, and load the splits it needs."""
-    store = FeatureStore.open(config.store)
+    """Open the store (refused in another label set than the run's), build the model, load the splits it needs."""
+    store = refuse_other_label_set(FeatureStore.open(config.store))
     modalities = run_modalities(config, store)
     model = build_model(config, modalities)
     datasets, statistics = load_datasets(store, modalities, splits, config.data.standardize, statistics)

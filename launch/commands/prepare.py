@@ -5,11 +5,10 @@ from pathlib import Path
 
 from cluster.config import load_config
 from extract.corpus import Corpus, CorpusError
-from extract.iemocap import IemocapConfig, IemocapCorpus, is_iemocap, read_iemocap
-from extract.manifest_corpus import find_manifest, read_manifest_corpus
-from extract.meld import DEFAULT_DURATION_TOLERANCE_S, read_meld
+from extract.corpus_reader import read_corpus
+from extract.iemocap import IemocapConfig, IemocapCorpus
+from extract.meld import DEFAULT_DURATION_TOLERANCE_S
 from extract.utterance import SPLITS
-from launch.cli import UserError
 from launch.tables import format_table
 
 # Per corpus kind: what one flagged item is called, and what a skipped row is.
@@ -62,28 +61,14 @@ def protocol_summary(corpus: Corpus) -> str:
     return "\n".join(lines)
 
 
-def read_corpus(path: Path, check_clips: bool, duration_tolerance_s: float, overrides: list[str]) -> Corpus:
-    """Read `path` by what it is: a manifest file (or a folder holding one), an IEMOCAP release, or MELD's layout."""
-    if not path.exists():
-        raise UserError(
-            f"corpus {path} does not exist; give a corpus folder (MELD.Raw, IEMOCAP_full_release) or a manifest .csv"
-        )
-    manifest = find_manifest(path)
-    iemocap = manifest is None and is_iemocap(path)
-    if overrides and not iemocap:
-        raise UserError(
-            f"{path} is not an IEMOCAP release: the keys {' '.join(overrides)} choose IEMOCAP's protocol only"
-        )
-    if manifest is not None:
-        return read_manifest_corpus(manifest)
-    if iemocap:
-        return read_iemocap(path, load_config(IemocapConfig, None, overrides))
-    return read_meld(path, check_clips=check_clips, duration_tolerance_s=duration_tolerance_s)
-
-
 def run_prepare(corpus_path: Path, check_clips: bool, duration_tolerance_s: float, overrides: list[str]) -> Corpus:
     """Read the corpus at `corpus_path` the way extraction will, and print its summary."""
-    corpus = read_corpus(corpus_path, check_clips, duration_tolerance_s, overrides)
+    corpus = read_corpus(
+        corpus_path,
+        iemocap=load_config(IemocapConfig, None, overrides) if overrides else None,
+        check_clips=check_clips,
+        duration_tolerance_s=duration_tolerance_s,
+    )
     if not corpus.utterances:
         skipped = f" ({len(corpus.row_errors)} rows could not be read)" if corpus.row_errors else ""
         where = "its *_sent_emo.csv files hold no rows" if corpus.kind == "meld" else "it holds no rows"
