@@ -67,19 +67,49 @@ def _run_repair(run_dir: Path) -> str:
     return f"cmroberta train STORE --run-dir {shlex.quote(str(run_dir))} --resume"
 
 
-def _store_identity_problems(run_dir: Path, configured: str) -> list[str]:
-    """The run's store, when one is found, must be the one it was trained on; a store's own damage is its verify's."""
+def _store_problems(run_dir: Path, config) -> list[str]:
+    """The run's store, when one is found, must be the one it was trained on, and build a model its weights fit.
+
+    A store's own damage is its verify's, not the run's problem.
+    """
     from extract.manifest import FeatureStoreError
     from model.checkpoint import RunFolderError
     from model.run_store import open_run_store
 
     try:
-        open_run_store(run_dir, configured)
+        store = open_run_store(run_dir, config.store)
     except RunFolderError as error:
         return [f"{error}; repair: point the run at its own store"]
     except FeatureStoreError:
-        pass  # a missing or damaged store is reported by `cmroberta verify STORE`, not as the run's problem
-    return []
+        return []  # a missing or damaged store is reported by `cmroberta verify STORE`, not as the run's problem
+    problem = _weights_misfit(run_dir, config, store)
+    return [problem] if problem else []
+
+
+def _weights_misfit(run_dir: Path, config, store) -> str | None:
+    """Whether the selected checkpoint's weights fit the model config.toml builds, from shapes alone.
+
+    The checkpoint's shapes come from its safetensors header, the config's from the model built on
+    the meta device, so no tensor is read or allocated. A damaged checkpoint is `verify_run_folder`'s
+    problem, not this one's.
+    """
+    import torch
+
+    from model.checkpoint import WEIGHTS_NAME, CheckpointDamagedError, Checkpoints, RunFolderError
+    from model.train import build_model, run_modalities
+    from model.weights_fit import header_shapes, model_shapes, weights_misfit
+
+    checkpoints = Checkpoints(run_dir)
+    try:
+        progress = checkpoints.progress()
+        if progress is None or progress.best is None:
+            return None
+        path = checkpoints._checked(progress.best, checkpoints._manifest(progress.best), WEIGHTS_NAME)
+    except (RunFolderError, CheckpointDamagedError):
+        return None
+    with torch.device("meta"):
+        model = build_model(config, run_modalities(config, store))
+    return weights_misfit(progress.best, run_dir, model_shapes(model), header_shapes(path))
 
 
 def run_folder_problems(run_dir: Path) -> list[str]:
@@ -97,7 +127,7 @@ def run_folder_problems(run_dir: Path) -> list[str]:
     try:
         config = load_config(RunConfig, run_dir / RUN_MARKER)
         retrain = f"cmroberta train {shlex.quote(str(config.store))} --run-dir {shlex.quote(str(run_dir))} --resume"
-        problems.extend(_store_identity_problems(run_dir, config.store))
+        problems.extend(_store_problems(run_dir, config))
     except ConfigError:
         retrain = _run_repair(run_dir)
     for name in ("metrics.jsonl", "predictions.jsonl"):
