@@ -98,11 +98,12 @@ def _weights_misfit(run_dir: Path, config: "RunConfig", store: "FeatureStore") -
 
     The checkpoint's shapes come from its safetensors header, the config's from the model built on
     the meta device, so no tensor is read or allocated. A damaged checkpoint is `verify_run_folder`'s
-    problem, not this one's.
+    problem, not this one's; without its text encoder on this machine, an end-to-end run is not checked.
     """
     # Imported here, as every heavy module in this file: `cmroberta --help` imports the verbs' modules.
     import torch
 
+    from extract.text_features import TextEncoderError
     from model.checkpoint import WEIGHTS_NAME, CheckpointDamagedError, Checkpoints, RunFolderError
     from model.train import build_model, run_modalities
     from model.weights_fit import header_shapes, model_shapes, weights_misfit
@@ -115,8 +116,11 @@ def _weights_misfit(run_dir: Path, config: "RunConfig", store: "FeatureStore") -
         path = checkpoints._checked(progress.best, checkpoints._manifest(progress.best), WEIGHTS_NAME)
     except (RunFolderError, CheckpointDamagedError):
         return None
-    with torch.device("meta"):
-        model = build_model(config, run_modalities(config, store))
+    try:
+        with torch.device("meta"):
+            model = build_model(config, run_modalities(config, store))
+    except TextEncoderError:
+        return None  # `evaluate` names the missing encoder; the checkpoint is still checked by verify_run_folder
     return weights_misfit(progress.best, run_dir, model_shapes(model), header_shapes(path))
 
 
