@@ -32,7 +32,11 @@ Facts about Ray 2.60 that shape this module, measured on SLURM nodes:
   its tasks at once: the worker tasks are told to stop by the head removing the job's token,
   and each stops its own node's Ray before it exits;
 - `ray stop` kills every Ray process of the user on the node, other jobs' too: teardown
-  stops only the processes that belong to this job's temp folder.
+  stops only the processes that belong to this job's temp folder;
+- `ray start --head` also starts Ray's client server (`python -m ray.util.client.server
+  --address=<GCS address>`, on port 10001) whenever Ray Client's dependencies are installed, and no
+  flag turns it off; its command line names no temp folder, and it outlives the GCS. Teardown on the
+  head stops it by the job's own GCS address.
 """
 
 import argparse
@@ -298,9 +302,15 @@ def _ray_start(flags: list[str], temp_dir: Path, token_path: Path, timeout_s: fl
         raise RaySlurmError(f"`{' '.join(command)}` failed on {socket.gethostname()}:\n{tail}")
 
 
-def _processes_of(temp_dir: Path) -> list[int]:
-    """Ids of this user's processes whose command line names `temp_dir`: this job's Ray processes on this node."""
+def _processes_of(temp_dir: Path, address: str | None = None) -> list[int]:
+    """Ids of this user's processes whose command line names `temp_dir`: this job's Ray processes on this node.
+
+    With `address` (the job's GCS address, HOST:PORT), also those started with `--address=<address>`:
+    Ray's client server (`python -m ray.util.client.server`), which `ray start --head` starts beside
+    the head and whose command line names no temp folder.
+    """
     marker = str(temp_dir)
+    exact = f"--address={address}" if address is not None else None
     uid = os.getuid()
     pids = []
     for entry in Path("/proc").iterdir():
@@ -309,32 +319,32 @@ def _processes_of(temp_dir: Path) -> list[int]:
         try:
             if entry.stat().st_uid != uid:
                 continue
-            args = (entry / "cmdline").read_bytes().split(b"\0")
+            args = [arg.decode(errors="replace") for arg in (entry / "cmdline").read_bytes().split(b"\0")]
         except OSError:
             continue
-        if any(
-            arg.decode(errors="replace").endswith(marker) or f"{marker}/" in arg.decode(errors="replace")
-            for arg in args
-        ):
+        if any(arg.endswith(marker) or f"{marker}/" in arg or arg == exact for arg in args):
             pids.append(int(entry.name))
     return pids
 
 
-def stop_ray_processes(temp_dir: Path, grace_s: float = STOP_GRACE_S, remove: bool = True) -> int:
+def stop_ray_processes(
+    temp_dir: Path, grace_s: float = STOP_GRACE_S, remove: bool = True, address: str | None = None
+) -> int:
     """Stop this job's Ray processes on this node: SIGTERM, then SIGKILL for those still alive after `grace_s`.
 
+    On the head, `address` (the job's GCS address) names Ray's client server too (`_processes_of`).
     Returns how many needed SIGKILL (raylet and gcs_server always do). With `remove`, the temp folder goes too.
     """
-    for pid in _processes_of(temp_dir):
+    for pid in _processes_of(temp_dir, address):
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while _processes_of(temp_dir) and time.monotonic() < deadline:
+    while _processes_of(temp_dir, address) and time.monotonic() < deadline:
         time.sleep(0.2)
-    survivors = _processes_of(temp_dir)
+    survivors = _processes_of(temp_dir, address)
     for pid in survivors:
         _signal(pid, signal.SIGKILL)
     deadline = time.monotonic() + grace_s
-    while _processes_of(temp_dir) and time.monotonic() < deadline:
+    while _processes_of(temp_dir, address) and time.monotonic() < deadline:
         time.sleep(0.1)
     if remove:
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -401,10 +411,13 @@ def ray_cluster_on_slurm(
     token_path = write_job_token(log_dir)
     temp_dir = make_ray_temp_dir(job_id)
     workers: subprocess.Popen | None = None
+    address: str | None = None
     saved = {name: os.environ.get(name) for name in (*RAY_JOB_VARIABLES, "RAY_AUTH_TOKEN")}
     started = time.perf_counter()
     try:
         head_address = node_address(head_host)
+        head_ip = head_address or ray.util.get_node_ip_address()
+        address = f"{head_ip}:{ports.gcs}"
         _ray_start(
             ["--head", *_address_flags(head_address), *ports.flags(head=True), *_node_resources(environ)],
             temp_dir,
@@ -412,8 +425,6 @@ def ray_cluster_on_slurm(
             RAY_START_TIMEOUT_S,
         )
         _use_job_ray_environment(temp_dir, token_path)
-        head_ip = head_address or ray.util.get_node_ip_address()
-        address = f"{head_ip}:{ports.gcs}"
         if others:
             # One task per other node, holding all the job's CPUs there, so Ray may use them all.
             worker_cpus = min(
@@ -462,7 +473,7 @@ def ray_cluster_on_slurm(
                 log.warning("the Ray workers did not stop within %.0f s; killing their srun", WORKER_STOP_S)
                 workers.kill()
                 workers.wait()
-        stop_ray_processes(temp_dir)
+        stop_ray_processes(temp_dir, address=address)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)

@@ -49,8 +49,9 @@ from launch.statistics import (  # noqa: E402
     spread,
 )
 from launch.sweep import RUN_RECORD_NAME, RUNS_FOLDER, SWEEP_NAME  # noqa: E402
+from launch.sweep_records import read_run_record  # noqa: E402
 from launch.tables import format_table  # noqa: E402
-from model.evaluate import TEST_METRICS_NAME, TEST_PREDICTIONS_NAME  # noqa: E402
+from model.evaluate import TEST_METRICS_NAME, TEST_PREDICTIONS_NAME, read_metrics_record  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +136,15 @@ def read_results(sweep_dir: Path) -> tuple[list[SeedResult], list[str]]:
         if not metrics_path.is_file():
             unfinished.append(str(run_dir))
             continue
-        record = json.loads(record_path.read_text(encoding="utf-8"))
+        record = read_run_record(record_path)
         predictions_path = run_dir / TEST_PREDICTIONS_NAME
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        metrics = read_metrics_record(metrics_path)
         per_class = metrics["per_class_f1"]
-        if isinstance(per_class, list):
-            per_class = dict(zip(EMOTIONS, per_class, strict=True))
         results.append(
             SeedResult(
-                config_hash=record["config_hash"],
-                label=record["label"],
-                seed=int(record["seed"]),
+                config_hash=record.config_hash,
+                label=record.label,
+                seed=record.seed,
                 weighted_f1=float(metrics["weighted_f1"]),
                 per_class_f1={name: float(per_class[name]) for name in EMOTIONS},
                 predictions=read_predictions(predictions_path) if predictions_path.is_file() else None,

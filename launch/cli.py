@@ -93,6 +93,7 @@ USER_ERRORS: tuple[str, ...] = (
     "model.train:RunFolderError",
     "launch.report:ReportError",
     "launch.executors:SubmissionError",
+    "launch.sweep_records:SweepRecordError",
     "model.token_cache:TokenCacheError",
     "model.predict:PredictInputError",
     "model.perturb:PerturbationError",

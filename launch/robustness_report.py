@@ -13,8 +13,6 @@ been scored under yet, then builds the table (the demo calls it); the report
 (`launch.report.report_tables`) only reads what is there.
 """
 
-import json
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +22,8 @@ import tomllib
 from launch.report import base_name
 from launch.report_table import Cell, Table
 from launch.run_groups import ReportError, group_by_config, keys_apart, named
-from model.evaluate import TEST_METRICS_NAME
+from model.evaluate import TEST_METRICS_NAME, read_metrics_record
 from model.perturb import ROBUSTNESS_FOLDER
-
-log = logging.getLogger(__name__)
 
 ROBUSTNESS_NAME = "robustness"
 # Conditions in table order by kind; within a kind, by the file name.
@@ -64,26 +60,29 @@ def _describe(perturbation: dict) -> str:
 
 
 def read_run_robustness(run_dir: Path) -> RunRobustness:
-    """A finished run's clean score and every perturbed score in its robustness folder."""
+    """A finished run's clean score and every perturbed score in its robustness folder.
+
+    Every metrics record is read through the one validator (`model.evaluate.read_metrics_record`):
+    a record of the wrong shape is a MetricsDamagedError naming the file, never a traceback later.
+    """
     run_dir = Path(run_dir)
     try:
         config = tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))
-        clean = json.loads((run_dir / TEST_METRICS_NAME).read_text(encoding="utf-8"))["weighted_f1"]
-    except (OSError, KeyError, tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise ReportError(f"run folder {run_dir} cannot be read ({error}); is it a finished run?") from None
+    if not (run_dir / TEST_METRICS_NAME).is_file():
+        raise ReportError(f"run folder {run_dir} has no {TEST_METRICS_NAME}; is it a finished run?")
+    clean = read_metrics_record(run_dir / TEST_METRICS_NAME)["weighted_f1"]
     result = RunRobustness(
         run_dir=run_dir, config=config, seed=int(config.get("seed", 0)), clean=clean
     )
     for path in sorted((run_dir / ROBUSTNESS_FOLDER).glob("*.json")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            if record.get("split") != "test":
-                continue
-            condition = record["perturbation"]["condition"]
-            result.perturbed[condition] = float(record["weighted_f1"])
-            result.descriptions[condition] = _describe(record["perturbation"])
-        except (OSError, KeyError, TypeError, json.JSONDecodeError) as error:
-            log.warning("skipping %s, which cannot be read (%s); evaluate the condition again", path, error)
+        record = read_metrics_record(path, perturbed=True)
+        if record["split"] != "test":
+            continue
+        condition = record["perturbation"]["condition"]
+        result.perturbed[condition] = float(record["weighted_f1"])
+        result.descriptions[condition] = _describe(record["perturbation"])
     return result
 
 

@@ -56,6 +56,7 @@ from cluster.durable_files import atomic_write_json
 from cluster.profile import ClusterProfile
 from launch.executors import make_executor, submit_jobs
 from launch.jobs import RunQueueJob, TrainingJob
+from launch.sweep_records import SubmissionRecord, read_submission
 from model.evaluate import TEST_METRICS_NAME
 
 log = logging.getLogger(__name__)
@@ -320,24 +321,27 @@ def _local_submission_alive(log_folder: str) -> bool:
     return False
 
 
-def _reconcile(run_dir: Path, submission: dict[str, Any]) -> dict[str, Any] | None:
-    """A submission cut short after its intent: the record with the job SLURM knows by its name, {} when none,
-    None: unknown."""
-    if submission.get("cluster") != "slurm":
-        return None if _local_submission_alive(str(submission.get("log_folder", ""))) else {}
-    ids = slurm_jobs_named(str(submission.get("job_name", "")), float(submission.get("intent", time.time())))
+def _reconcile(run_dir: Path, submission: SubmissionRecord) -> SubmissionRecord | RunStatus:
+    """A submission cut short after its intent: the record with the job SLURM knows by its name, or the run's
+    status when there is none: 'missing' (no such job) or 'unknown' (SLURM could not say, or the local job lives)."""
+    if submission.cluster != "slurm":
+        return "unknown" if _local_submission_alive(submission.log_folder) else "missing"
+    since = submission.intent if submission.intent is not None else time.time()
+    ids = slurm_jobs_named(submission.job_name or "", float(since))
     if ids is None:
-        return None
+        return "unknown"
     if not ids:
-        return {}
+        return "missing"
     if len(ids) > 1:
-        log.warning("SLURM has %d jobs named %s; %s counts as unknown", len(ids), submission.get("job_name"), run_dir)
-        return None
+        log.warning("SLURM has %d jobs named %s; %s counts as unknown", len(ids), submission.job_name, run_dir)
+        return "unknown"
     (base,) = ids
-    index = submission.get("array_index")
-    record = {**submission, "state": "submitted", "job_id": base if index is None else f"{base}_{index}"}
-    atomic_write_json(run_dir / SUBMISSION_NAME, record)
-    log.info("%s: found job %s by its name %s", run_dir, record["job_id"], submission.get("job_name"))
+    index = submission.array_index
+    record = dataclasses.replace(
+        submission, state="submitted", job_id=base if index is None else f"{base}_{index}"
+    )
+    atomic_write_json(run_dir / SUBMISSION_NAME, dataclasses.asdict(record))
+    log.info("%s: found job %s by its name %s", run_dir, record.job_id, submission.job_name)
     return record
 
 
@@ -346,18 +350,16 @@ def run_status(run_dir: Path, active_slurm: set[str] | None) -> RunStatus:
     missing: never submitted; unknown: SLURM could not be asked (`active_slurm` None), so it may still run."""
     if (run_dir / TEST_METRICS_NAME).is_file():
         return "done"
-    submission = _read_json(run_dir / SUBMISSION_NAME)
+    submission = read_submission(run_dir / SUBMISSION_NAME)
     if submission is None:
         return "missing"
-    if "job_id" not in submission:
+    if submission.job_id is None:
         reconciled = _reconcile(run_dir, submission)
-        if reconciled is None:
-            return "unknown"
-        if not reconciled:
-            return "missing"
+        if isinstance(reconciled, str):
+            return reconciled
         submission = reconciled
-    job_id = str(submission["job_id"])
-    if submission.get("cluster") == "slurm":
+    job_id = str(submission.job_id)
+    if submission.cluster == "slurm":
         if active_slurm is None:
             return "unknown"
         return "active" if job_id in active_slurm else "failed"
@@ -366,7 +368,8 @@ def run_status(run_dir: Path, active_slurm: set[str] | None) -> RunStatus:
 
 def run_statuses(runs: Sequence[PlannedRun]) -> dict[Path, RunStatus]:
     """Every run's status, asking SLURM once when some run went there."""
-    went_to_slurm = any((_read_json(run.run_dir / SUBMISSION_NAME) or {}).get("cluster") == "slurm" for run in runs)
+    submissions = [read_submission(run.run_dir / SUBMISSION_NAME) for run in runs]
+    went_to_slurm = any(submission is not None and submission.cluster == "slurm" for submission in submissions)
     active = active_slurm_jobs() if went_to_slurm else set()
     return {run.run_dir: run_status(run.run_dir, active) for run in runs}
 

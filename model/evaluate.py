@@ -158,8 +158,12 @@ def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def metrics_record_problem(record: Any) -> str | None:
-    """What in a metrics record is not of the shape `evaluation_record` writes (the first such field), or None."""
+def metrics_record_problem(record: Any, perturbed: bool = False) -> str | None:
+    """What in a metrics record is not of the shape `evaluation_record` writes (the first such field), or None.
+
+    A perturbed record (`robustness/<condition>-seed<N>.json`, `model.predict.evaluate_perturbed`)
+    must also name its split and its perturbation's kind and condition.
+    """
     if not isinstance(record, dict):
         return "it is not a JSON object"
     checks = {
@@ -176,18 +180,27 @@ def metrics_record_problem(record: Any) -> str | None:
         and _score(record["majority_floor"].get("weighted_f1"))
         and _score(record["majority_floor"].get("accuracy")),
     }
+    if perturbed:
+        perturbation = record.get("perturbation")
+        checks["split"] = isinstance(record.get("split"), str)
+        checks["perturbation"] = isinstance(perturbation, dict) and all(
+            isinstance(perturbation.get(key), str) for key in ("kind", "condition")
+        )
     wrong = [name for name, fine in checks.items() if not fine]
     return f"its {wrong[0]} is missing or not what this project writes" if wrong else None
 
 
-def read_metrics_record(path: Path) -> dict[str, Any]:
-    """A `<split>_metrics.json` read and validated; a MetricsDamagedError names the file and the field."""
+def read_metrics_record(path: Path, perturbed: bool = False) -> dict[str, Any]:
+    """A `<split>_metrics.json` (or, `perturbed`, a robustness record) read and validated.
+
+    A MetricsDamagedError names the file and the field.
+    """
     path = Path(path)
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise MetricsDamagedError(f"{path} cannot be read ({type(error).__name__})") from None
-    problem = metrics_record_problem(record)
+    problem = metrics_record_problem(record, perturbed)
     if problem is not None:
         raise MetricsDamagedError(f"{path} is damaged: {problem}")
     return record

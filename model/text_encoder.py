@@ -131,8 +131,13 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.config = config
         source, model_config = _locate(config)
-        # float32 master weights whatever the checkpoint's dtype; DeepSpeed casts for bf16 itself.
-        self.model = AutoModel.from_pretrained(source, local_files_only=True, dtype=torch.float32)
+        if torch.get_default_device().type == "meta":
+            # Shapes only (`cmroberta verify` compares them with a checkpoint's): the architecture from its
+            # config, no weight read; transformers refuses `from_pretrained` on the meta device.
+            self.model = AutoModel.from_config(model_config, dtype=torch.float32)
+        else:
+            # float32 master weights whatever the checkpoint's dtype; DeepSpeed casts for bf16 itself.
+            self.model = AutoModel.from_pretrained(source, local_files_only=True, dtype=torch.float32)
         # The pooler is never used here. Trainable, its parameters would get no gradient, which
         # ZeRO-3 and DDP treat as an error; kept frozen, the exported folder stays complete.
         if getattr(self.model, "pooler", None) is not None:

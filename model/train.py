@@ -139,6 +139,7 @@ from model.lr_schedule import build_lr_scheduler
 from model.param_groups import build_optimizer, head_param_groups
 from model.run_store import open_run_store, read_run_store_record, record_run_store, refuse_other_label_set
 from model.text_encoder import STORE_ENCODER, TextEncoderConfig, export_encoder, load_tokenizer
+from model.weights_fit import model_shapes, weights_misfit
 
 log = logging.getLogger(__name__)
 
@@ -552,15 +553,10 @@ def load_inference_engine(
     weights = checkpoints.load_weights(tag)
     # A config.toml edited after training (another hidden_size) builds another model: one line, not
     # torch's list of every mismatched tensor.
-    expected = {name: tuple(value.shape) for name, value in model.state_dict().items()}
-    found = {name: tuple(value.shape) for name, value in weights.items()}
-    wrong = sorted(name for name in set(expected) | set(found) if expected.get(name) != found.get(name))
-    if wrong:
-        raise RunFolderError(
-            f"checkpoint {tag} of {checkpoints.run_dir} does not fit the model its config.toml describes ({len(wrong)} "
-            f"tensors differ, e.g. {wrong[0]}: the checkpoint holds {found.get(wrong[0])}, the config makes "
-            f"{expected.get(wrong[0])}); restore the config.toml it was trained with, or train the run again"
-        )
+    saved = {name: tuple(value.shape) for name, value in weights.items()}
+    misfit = weights_misfit(tag, checkpoints.run_dir, model_shapes(model), saved)
+    if misfit:
+        raise RunFolderError(misfit)
     model.load_state_dict(weights)
     return initialize_engine(model, _without_zero(config), world_size, steps_per_epoch=None)
 

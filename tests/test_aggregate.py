@@ -12,6 +12,7 @@ from extract.labels import EMOTIONS
 from launch.aggregate import aggregate, write_report
 from launch.sweep import RUN_RECORD_NAME, RUNS_FOLDER, SWEEP_NAME
 from model.evaluate import TEST_METRICS_NAME, TEST_PREDICTIONS_NAME
+from tests.metrics_records import metrics_record
 
 # Two-sided 95% critical values of Student's t, from printed tables (e.g. NIST/SEMATECH
 # e-Handbook, table 1.3.6.7.2), to three decimals.
@@ -30,7 +31,7 @@ def write_sweep(sweep_dir: Path, scores: dict[str, dict[int, np.ndarray]], unfin
             (run_dir / RUN_RECORD_NAME).write_text(
                 json.dumps({"label": label, "seed": seed, "config_hash": f"hash-{label}"})
             )
-            metrics = {"weighted_f1": float(values[0]), "per_class_f1": dict(zip(EMOTIONS, map(float, values[1:])))}
+            metrics = metrics_record(float(values[0]), dict(zip(EMOTIONS, map(float, values[1:]))))
             (run_dir / TEST_METRICS_NAME).write_text(json.dumps(metrics))
     for label, seed in unfinished:
         run_dir = sweep_dir / RUNS_FOLDER / f"hash-{label}-seed{seed}"
@@ -144,7 +145,7 @@ def test_configurations_sharing_a_label_are_named_by_the_keys_that_set_them_apar
         other = tmp_path / RUNS_FOLDER / f"other-{label}-seed0"
         other.mkdir()
         (other / RUN_RECORD_NAME).write_text(json.dumps({"label": label, "seed": 0, "config_hash": f"other-{label}"}))
-        (other / TEST_METRICS_NAME).write_text(json.dumps({"weighted_f1": 0.4, "per_class_f1": [0.4] * 7}))
+        (other / TEST_METRICS_NAME).write_text(json.dumps(metrics_record(0.4)))
         (other / "config.toml").write_text(f"{config}train.learning_rate = 0.01")
     labels = [c.label for c in aggregate(tmp_path).configurations]
     assert labels == [

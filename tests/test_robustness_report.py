@@ -6,6 +6,7 @@ import pytest
 
 from launch.report import ReportError
 from launch.robustness_report import read_run_robustness, table_from_runs
+from tests.metrics_records import metrics_record
 
 
 def write_run(folder, seed, dropout, clean, scores):
@@ -14,11 +15,10 @@ def write_run(folder, seed, dropout, clean, scores):
         f'store = "x"\nseed = {seed}\ntext_mode = "frozen"\n'
         f'[model]\nvariant = "bimodal"\nmodality_dropout = {dropout}\n'
     )
-    (folder / "test_metrics.json").write_text(json.dumps({"weighted_f1": clean}))
+    (folder / "test_metrics.json").write_text(json.dumps(metrics_record(clean)))
     (folder / "robustness").mkdir()
     for condition, (kind, value) in scores.items():
-        record = {"split": "test", "weighted_f1": value,
-                  "perturbation": {"kind": kind, "wer": 0.3, "condition": condition}}
+        record = {**metrics_record(value), "perturbation": {"kind": kind, "wer": 0.3, "condition": condition}}
         (folder / "robustness" / f"{condition}-seed0.json").write_text(json.dumps(record))
 
 

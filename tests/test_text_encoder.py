@@ -81,6 +81,18 @@ def test_a_frozen_encoder_needs_no_gradient_and_never_trains(tiny_model):
     assert not encoder(encoded["input_ids"], encoded["attention_mask"]).requires_grad
 
 
+def test_an_encoder_built_on_the_meta_device_has_the_pretrained_shapes_and_reads_no_weight(tiny_model):
+    """What `cmroberta verify` compares with a checkpoint: transformers refuses `from_pretrained` on meta."""
+    loaded = TextEncoder(TextEncoderConfig(model=str(tiny_model)))
+    with torch.device("meta"):
+        shapes_only = TextEncoder(TextEncoderConfig(model=str(tiny_model)))
+    assert {name: tensor.shape for name, tensor in shapes_only.state_dict().items()} == {
+        name: tensor.shape for name, tensor in loaded.state_dict().items()
+    }
+    assert {tensor.device.type for tensor in shapes_only.state_dict().values()} == {"meta"}
+    assert shapes_only.dim == loaded.dim
+
+
 def test_unusable_encoders_get_one_clear_error(tmp_path):
     shallow = tmp_path / "shallow"
     RobertaModel(RobertaConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=8,

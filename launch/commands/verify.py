@@ -7,17 +7,24 @@ is 0 only when nothing is wrong (1 when something is, 2 when PATH is none of the
 - A store is checked as `FeatureStore.open` checks it, in full: the plan, every shard's presence,
   size and sha256 (the cache of verified shards is used and refreshed), and labels in range.
 - A run folder is checked by `run_folder_problems`: its config, progress.json, every checkpoint it
-  names (loaded with the safe loaders) and its metrics files.
-- A sweep folder: sweep.json, each run's run.json and submission.json, and every run folder.
+  names (loaded with the safe loaders), its metrics files, its store's identity, and that the
+  selected checkpoint's weights fit the model its config.toml builds (shapes only, nothing loaded).
+- A sweep folder: sweep.json, each run's run.json and submission.json (validated as typed records,
+  `launch.sweep_records`), and every run folder.
 """
 
 import argparse
 import json
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launch.cli import UserError
 from launch.folder_kinds import RUN_MARKER, STORE_MARKER, SWEEP_MARKER, folder_kind
+
+if TYPE_CHECKING:
+    from extract.feature_store import FeatureStore
+    from model.train import RunConfig
 
 
 def _json_problem(path: Path, lines: bool = False) -> str | None:
@@ -67,19 +74,54 @@ def _run_repair(run_dir: Path) -> str:
     return f"cmroberta train STORE --run-dir {shlex.quote(str(run_dir))} --resume"
 
 
-def _store_identity_problems(run_dir: Path, configured: str) -> list[str]:
-    """The run's store, when one is found, must be the one it was trained on; a store's own damage is its verify's."""
+def _store_problems(run_dir: Path, config: "RunConfig") -> list[str]:
+    """The run's store, when one is found, must be the one it was trained on, and build a model its weights fit.
+
+    A store's own damage is its verify's, not the run's problem.
+    """
     from extract.manifest import FeatureStoreError
     from model.checkpoint import RunFolderError
     from model.run_store import open_run_store
 
     try:
-        open_run_store(run_dir, configured)
+        store = open_run_store(run_dir, config.store)
     except RunFolderError as error:
         return [f"{error}; repair: point the run at its own store"]
     except FeatureStoreError:
-        pass  # a missing or damaged store is reported by `cmroberta verify STORE`, not as the run's problem
-    return []
+        return []  # a missing or damaged store is reported by `cmroberta verify STORE`, not as the run's problem
+    problem = _weights_misfit(run_dir, config, store)
+    return [problem] if problem else []
+
+
+def _weights_misfit(run_dir: Path, config: "RunConfig", store: "FeatureStore") -> str | None:
+    """Whether the selected checkpoint's weights fit the model config.toml builds, from shapes alone.
+
+    The checkpoint's shapes come from its safetensors header, the config's from the model built on
+    the meta device, so no tensor is read or allocated. A damaged checkpoint is `verify_run_folder`'s
+    problem, not this one's; without its text encoder on this machine, an end-to-end run is not checked.
+    """
+    # Imported here, as every heavy module in this file: `cmroberta --help` imports the verbs' modules.
+    import torch
+
+    from extract.text_features import TextEncoderError
+    from model.checkpoint import WEIGHTS_NAME, CheckpointDamagedError, Checkpoints, RunFolderError
+    from model.train import build_model, run_modalities
+    from model.weights_fit import header_shapes, model_shapes, weights_misfit
+
+    checkpoints = Checkpoints(run_dir)
+    try:
+        progress = checkpoints.progress()
+        if progress is None or progress.best is None:
+            return None
+        path = checkpoints._checked(progress.best, checkpoints._manifest(progress.best), WEIGHTS_NAME)
+    except (RunFolderError, CheckpointDamagedError):
+        return None
+    try:
+        with torch.device("meta"):
+            model = build_model(config, run_modalities(config, store))
+    except TextEncoderError:
+        return None  # `evaluate` names the missing encoder; the checkpoint is still checked by verify_run_folder
+    return weights_misfit(progress.best, run_dir, model_shapes(model), header_shapes(path))
 
 
 def run_folder_problems(run_dir: Path) -> list[str]:
@@ -97,7 +139,7 @@ def run_folder_problems(run_dir: Path) -> list[str]:
     try:
         config = load_config(RunConfig, run_dir / RUN_MARKER)
         retrain = f"cmroberta train {shlex.quote(str(config.store))} --run-dir {shlex.quote(str(run_dir))} --resume"
-        problems.extend(_store_identity_problems(run_dir, config.store))
+        problems.extend(_store_problems(run_dir, config))
     except ConfigError:
         retrain = _run_repair(run_dir)
     for name in ("metrics.jsonl", "predictions.jsonl"):
@@ -116,6 +158,7 @@ def run_folder_problems(run_dir: Path) -> list[str]:
 def sweep_problems(sweep_dir: Path) -> list[str]:
     """What is wrong with a sweep folder and the runs in it."""
     from launch.sweep import RUN_RECORD_NAME, RUNS_FOLDER, SUBMISSION_NAME
+    from launch.sweep_records import SweepRecordError, read_run_record, read_submission
 
     again = "run the `cmroberta sweep` command that made it again (it submits only missing or failed runs)"
     problem = _json_problem(sweep_dir / SWEEP_MARKER)
@@ -130,11 +173,16 @@ def sweep_problems(sweep_dir: Path) -> list[str]:
     runs = sorted(path for path in (sweep_dir / RUNS_FOLDER).glob("*") if path.is_dir())
     for run_dir in runs:
         where = f"{RUNS_FOLDER}/{run_dir.name}"
-        for name in (RUN_RECORD_NAME, SUBMISSION_NAME):
+        for name, read in ((RUN_RECORD_NAME, read_run_record), (SUBMISSION_NAME, read_submission)):
             if (run_dir / name).is_file():
                 problem = _json_problem(run_dir / name)
                 if problem:
                     problems.append(f"{where}: {problem}; repair: delete it and {again}")
+                    continue
+                try:
+                    read(run_dir / name)
+                except SweepRecordError as error:
+                    problems.append(f"{where}: {error}")
         if (run_dir / RUN_MARKER).is_file():
             problems.extend(f"{where}: {problem}" for problem in run_folder_problems(run_dir))
     expected = len(record.get("configurations", {})) * len(record.get("seeds", []))

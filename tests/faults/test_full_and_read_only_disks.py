@@ -2,8 +2,8 @@
 
 Real filesystems: a tmpfs of a few hundred KiB mounted for the test (filled to its last bytes where
 the case needs a full disk), and a tmpfs mounted read-only. Mounting needs root (or CAP_SYS_ADMIN);
-without it the tests skip and say so. Permission denied (EACCES) is not tried here: the tests run as
-root, whom file permissions do not stop.
+without it the tests skip and say so. Permission denied (EACCES) is tried in `test_permission_denied.py`,
+as an unprivileged user: the tests run as root, whom file permissions do not stop.
 """
 
 import os

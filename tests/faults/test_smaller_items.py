@@ -95,6 +95,22 @@ def test_an_edited_hidden_size_is_one_line_not_a_page_of_size_mismatches(run_cop
     assert "restore the config.toml it was trained with, or train the run again" in lines[0]
 
 
+def test_verify_names_an_edited_hidden_size_in_one_problem_line(run_copy, capsys):
+    """Before: verify said all is well of a run whose config.toml builds a model its weights do not fit."""
+    config = run_copy / "config.toml"
+    config.write_text(config.read_text().replace("hidden_size = 8", "hidden_size = 12"))
+    status = main(["verify", str(run_copy)])
+    out = capsys.readouterr().out.strip().splitlines()
+    record_case("verify with an edited hidden_size", traceback="Traceback" in "\n".join(out), silent=status == 0)
+    assert status == 1
+    assert out[-1] == f"run {run_copy}: 1 problem(s)"
+    assert len(out) == 2
+    assert out[0].startswith(f"{run_copy}: checkpoint epoch-")
+    assert "does not fit the model its config.toml describes" in out[0]
+    assert "(such as model.hidden_size) was changed after training" in out[0]
+    assert out[0].endswith("restore the config.toml it was trained with, or train the run again")
+
+
 def test_a_damaged_optimizer_file_of_a_finished_run_does_not_lose_the_model(run_copy, capsys):
     """Before: verify said "the run's selected model is lost", though the weights were whole and evaluate used them."""
     progress = json.loads((run_copy / "checkpoints" / "progress.json").read_text())

@@ -127,7 +127,9 @@ def sweep_folder(tmp_path, trained_run):
     for seed in (0, 1):
         run_dir = run_folder(tmp_path / f"r{seed}", trained_run)
         run_dir.rename(sweep / "runs" / f"abc-seed{seed}")
-        (sweep / "runs" / f"abc-seed{seed}" / "run.json").write_text(json.dumps({"seed": seed}))
+        (sweep / "runs" / f"abc-seed{seed}" / "run.json").write_text(
+            json.dumps({"label": "base", "seed": seed, "config_hash": "abc"})
+        )
     return sweep
 
 
