@@ -128,7 +128,7 @@ def load_data(store: Path, encoder_folder: Path) -> tuple[DialogueDataset, Token
 
 
 def make_engine(encoder_folder: Path, *, seed: int = 0, freeze: bool = False, zero_stage: int = 2,
-                accumulation: int = 1, world_size: int = 1):
+                accumulation: int = 1, world_size: int = 1, gradient_clipping: float = 1.0):
     import deepspeed
 
     torch.manual_seed(seed)
@@ -139,8 +139,8 @@ def make_engine(encoder_folder: Path, *, seed: int = 0, freeze: bool = False, ze
     optimizer = build_optimizer(groups)
     scheduler = build_lr_scheduler(optimizer, SCHEDULE, steps_per_epoch=1, max_epochs=2 * STEPS)
     config = build_deepspeed_config(
-        EngineConfig(zero_stage=zero_stage), micro_batch_dialogues=BATCH // world_size, world_size=world_size,
-        gradient_accumulation_steps=accumulation,
+        EngineConfig(zero_stage=zero_stage, gradient_clipping=gradient_clipping),
+        micro_batch_dialogues=BATCH // world_size, world_size=world_size, gradient_accumulation_steps=accumulation,
     )
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
     return engine
@@ -148,7 +148,11 @@ def make_engine(encoder_folder: Path, *, seed: int = 0, freeze: bool = False, ze
 
 def run_steps(engine, dataset: DialogueDataset, tokens: TokenSplit, first: int, steps: int, rank: int = 0,
               world_size: int = 1) -> list[float]:
-    """Micro-steps first..first+steps-1 of a fixed order; the mean loss of each global batch, over all ranks."""
+    """Global batches first..first+steps-1 of a fixed order; the mean loss of each, over all ranks.
+
+    As the training loop does: this rank's share of each global batch runs as the engine's accumulation
+    steps' micro-batches, each normalised by the whole global batch with DeepSpeed's 1/accumulation off.
+    """
     sampler = DialogueBatchSampler(len(dataset), BATCH, rank=rank, world_size=world_size, shuffle=True, seed=7)
     batches = []
     for epoch in range(1, 10):
@@ -157,14 +161,15 @@ def run_steps(engine, dataset: DialogueDataset, tokens: TokenSplit, first: int, 
     losses = []
     engine.train()
     for rank_batch in batches[first : first + steps]:
-        batch = dataset.batch(rank_batch.indices, rank_batch.counted)
-        token_batch = tokens.batch(batch.rows)
-        logits = engine(batch.audio, token_batch, batch.mask)
-        loss_sum = batch_loss_sum(logits, batch.labels, None)
         global_weight = dataset.label_weight(rank_batch.global_indices, None)
-        engine.backward(loss_sum * (world_size / global_weight))
-        engine.step()
-        total = loss_sum.detach().double()
+        total = torch.zeros((), dtype=torch.float64)
+        for micro_batch in rank_batch.micro_batches(engine.gradient_accumulation_steps()):
+            batch = dataset.batch(micro_batch.indices, micro_batch.counted)
+            logits = engine(batch.audio, tokens.batch(batch.rows), batch.mask)
+            loss_sum = batch_loss_sum(logits, batch.labels, None)
+            engine.backward(loss_sum * (world_size / global_weight), scale_wrt_gas=False)
+            engine.step()
+            total += loss_sum.detach().double()
         if world_size > 1:
             torch.distributed.all_reduce(total)
         losses.append(float(total) / global_weight)
@@ -218,11 +223,11 @@ def test_layerwise_rates_hold_after_warmup_with_accumulation(single_process, sto
     def rates() -> dict[str, float]:
         return {group["name"]: group["lr"] for group in engine.optimizer.param_groups}
 
-    run_steps(engine, dataset, tokens, 0, 2)
+    run_steps(engine, dataset, tokens, 0, 1)
     assert engine.global_steps == 1, "two micro-batches make one optimizer step"
     for name, lr in rates().items():
         assert lr == pytest.approx(configured(name, 1.0)), f"{name} at the end of warmup"
-    run_steps(engine, dataset, tokens, 2, 4)
+    run_steps(engine, dataset, tokens, 1, 2)
     assert engine.global_steps == 3
     linear = 1 - 1 / (2 * STEPS - WARMUP)
     for name, lr in rates().items():
@@ -263,7 +268,7 @@ def _rank_worker(rank: int, port: int, store: str, encoder_folder: str, out: str
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dataset, tokens = load_data(Path(store), Path(encoder_folder))
-    engine = make_engine(Path(encoder_folder), world_size=2)
+    engine = make_engine(Path(encoder_folder), world_size=2, gradient_clipping=0.0)
     losses = run_steps(engine, dataset, tokens, 0, STEPS, rank=rank, world_size=2)
     if rank == 0:
         weights = {name: tensor.tolist() for name, tensor in parameters(engine).items()}
@@ -272,22 +277,60 @@ def _rank_worker(rank: int, port: int, store: str, encoder_folder: str, out: str
     torch.distributed.destroy_process_group()
 
 
-@pytest.mark.integration
-def test_two_gloo_ranks_take_the_steps_of_one(reference, store, encoder_folder, tmp_path):
-    losses, weights = reference
-    out = tmp_path / "rank0.json"
+@pytest.fixture(scope="module")
+def two_ranks_and_their_accumulation(single_process, store, encoder_folder, tmp_path_factory):
+    """STEPS steps of 2 gloo ranks (rank 0's losses and weights), and of one process accumulating their shares."""
+    dataset, tokens = load_data(store, encoder_folder)
+    engine = make_engine(encoder_folder, accumulation=2, gradient_clipping=0.0)
+    losses = run_steps(engine, dataset, tokens, 0, STEPS)
+    out = tmp_path_factory.mktemp("ranks") / "rank0.json"
     torch.multiprocessing.spawn(
         _rank_worker, args=(free_port(), str(store), str(encoder_folder), str(out)), nprocs=2, join=True
     )
     result = json.loads(out.read_text())
-    np.testing.assert_allclose(result["losses"], losses, rtol=1e-5)
-    # The encoder is compared weight by weight. Head weights are compared through the losses only: some of
-    # their gradients are zero up to rounding (an attention key bias cannot change a softmax), and Adam turns
-    # such noise into steps of ±lr whose sign depends on the order of the ranks' sums.
-    encoder = [name for name in weights if name.startswith("encoder.")]
-    assert encoder
-    for name in encoder:
-        np.testing.assert_allclose(np.array(result["weights"][name]), weights[name].numpy(), atol=1e-6, err_msg=name)
+    ranks = {name: torch.tensor(values, dtype=torch.float32) for name, values in result["weights"].items()}
+    return (result["losses"], ranks), (losses, parameters(engine))
+
+
+def lstm_tensor(name: str) -> bool:
+    return ".lstm." in name
+
+
+@pytest.mark.integration
+def test_two_gloo_ranks_take_the_steps_of_one_process_accumulating_their_shares(two_ranks_and_their_accumulation):
+    # Bitwise, because both sides add the same terms in the same grouping. Rank r's share of a global batch is
+    # dialogues r, r + 2, ... (DialogueBatchSampler), and one process accumulating 2 micro-batches runs exactly
+    # those shares in rank order (RankBatch.micro_batches), so every forward and backward pass is the same
+    # computation on one thread. The ranks scale their loss by 2 / W and DeepSpeed averages their gradients
+    # (a halving); the one process scales by 1 / W: powers of two, exact through a backward pass that is linear
+    # in its upstream gradient. What remains is one float32 sum of two gradients, g0 + g1, which is
+    # commutative, so gloo's allreduce and the one process's accumulation agree to the bit, and so do Adam's
+    # elementwise steps on them; the head's near-zero gradients, which Adam turns into steps of +-lr whose sign
+    # follows their rounding, are the same numbers here too.
+    #
+    # Clipping is off on both sides: ZeRO sums the squared norm per rank's partition and then across ranks,
+    # one process over its whole buffer, so the clip factor differs in its last bits (measured: 253 of 263
+    # tensors off by up to an ulp). The accumulation test checks the clipped norm.
+    (rank_losses, rank_weights), (losses, weights) = two_ranks_and_their_accumulation
+    assert rank_losses == losses
+    compared = [name for name in weights if not lstm_tensor(name)]
+    assert any(name.startswith("encoder.") for name in compared) and any(name.startswith("head.") for name in compared)
+    for name in compared:
+        assert torch.equal(rank_weights[name], weights[name]), name
+
+
+@pytest.mark.integration
+@pytest.mark.xfail(strict=True, reason="open: the head's LSTM tensors of 2 ranks part from one process's (issue 16)")
+def test_two_gloo_ranks_train_the_heads_lstms_as_one_process_does(two_ranks_and_their_accumulation):
+    # Measured: the first 4 losses and every other tensor bitwise equal, yet all 40 LSTM tensors differ from the
+    # one process's by up to 1.5 x the head's rate after 4 steps, and the 5th and 6th losses part. The 2-rank
+    # ZeRO-2 run is the odd one: under ZeRO stage 0 the two ranks match the one process to the bit, LSTMs too,
+    # and one process gives bitwise the same LSTM weights under stage 0 and stage 2. So ZeRO-2's reduction of
+    # the LSTMs' gradients across ranks is the suspect. Strict, so that its fix turns this red and it is then
+    # made an ordinary test.
+    (_, rank_weights), (_, weights) = two_ranks_and_their_accumulation
+    for name in filter(lstm_tensor, weights):
+        assert torch.equal(rank_weights[name], weights[name]), name
 
 
 # The same runs through `cmroberta train STORE`: no text_mode and no encoder named, so the run trains end to
