@@ -92,6 +92,7 @@ def store(tmp_path):
     return write_learnable_store(tmp_path / "store-000000000000")
 
 
+@pytest.mark.integration
 def test_training_on_a_full_disk_is_one_line_naming_the_folder(store, small_disk, capsys):
     """Before: torch's zip writer said `unexpected pos 125596160 vs 125596052`, with no mention of space."""
     run_dir = small_disk / "run"
@@ -126,6 +127,7 @@ def test_a_read_only_output_folder_is_one_line(store, read_only_disk, tmp_path, 
     assert "(Read-only file system): it is on a read-only filesystem: write to a writable folder" in lines[0]
 
 
+@pytest.mark.integration
 def test_evaluate_a_run_on_a_read_only_filesystem_is_one_line(store, tmp_path, capsys):
     run_dir = tmp_path / "ro-run"
     assert main(["train", str(store), *TINY_HEAD, "--run-dir", str(run_dir)]) == 0

@@ -62,6 +62,7 @@ def copy(trained, tmp_path):
     return tmp_path / "tree" / store.relative_to(tree), copied_run
 
 
+@pytest.mark.integration
 def test_a_path_with_an_emoji_trains_and_the_run_records_its_store(trained):
     """Before: `store=` was quoted by json.dumps into surrogate escapes, and train said the store did not exist."""
     _, store, run_dir = trained
@@ -78,6 +79,7 @@ def replace_store_with_another(store) -> None:
     write_learnable_store(store, test_dialogues=10)
 
 
+@pytest.mark.integration
 def test_evaluate_refuses_a_store_that_is_not_the_runs_naming_both(copy, capsys):
     """Before: evaluate scored the other store's test split and overwrote test_metrics.json without a word."""
     store, run_dir = copy
@@ -93,6 +95,7 @@ def test_evaluate_refuses_a_store_that_is_not_the_runs_naming_both(copy, capsys)
     assert after == before
 
 
+@pytest.mark.integration
 def test_verify_names_a_swapped_store(copy, capsys):
     """Before: `verify RUN` said all was well with another store at the run's path."""
     store, run_dir = copy
@@ -104,6 +107,7 @@ def test_verify_names_a_swapped_store(copy, capsys):
     assert "another corpus or plan" in out
 
 
+@pytest.mark.integration
 def test_resume_refuses_a_swapped_store(copy, capsys):
     store, run_dir = copy
     replace_store_with_another(store)
@@ -114,6 +118,7 @@ def test_resume_refuses_a_swapped_store(copy, capsys):
     assert "another corpus or plan" in line
 
 
+@pytest.mark.integration
 def test_a_moved_tree_finds_its_store_relative_to_the_run(copy, tmp_path, capsys):
     """The run's config and record name the old absolute path; once the tree is moved, the relative record finds it."""
     _, run_dir = copy
@@ -124,6 +129,7 @@ def test_a_moved_tree_finds_its_store_relative_to_the_run(copy, tmp_path, capsys
     assert status == 0, err
 
 
+@pytest.mark.integration
 def test_train_refuses_a_store_as_its_run_folder(trained, tmp_path, capsys):
     """Before: `train STORE --run-dir STORE` replaced the store's config.toml with a run config."""
     _, store, _ = trained
@@ -141,6 +147,7 @@ def test_train_refuses_a_store_as_its_run_folder(trained, tmp_path, capsys):
     assert not changed
 
 
+@pytest.mark.integration
 def test_extract_refuses_a_run_folder_as_its_store_root(trained, tmp_path, capsys):
     _, _, run_dir = trained
     corpus = tmp_path / "corpus"
@@ -181,6 +188,7 @@ def test_verify_calls_a_corpus_a_corpus(tmp_path, capsys):
                                 f"check it with `cmroberta prepare {corpus}`"]
 
 
+@pytest.mark.integration
 def test_a_config_file_that_is_not_utf8_is_one_line(trained, tmp_path, capsys):
     _, store, _ = trained
     config = tmp_path / "run.toml"

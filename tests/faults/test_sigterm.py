@@ -8,6 +8,7 @@ its own process). Python runs the handler right after `os.kill` returns, so noth
 import os
 import signal
 
+import pytest
 import torch
 
 from cluster.durable_files import is_temp_file
@@ -17,6 +18,7 @@ from tests.faults.tiny_run import TINY_HEAD
 from tests.learnable_store import write_learnable_store
 
 
+@pytest.mark.integration
 def test_sigterm_in_a_checkpoint_write_is_one_line_143_and_no_temporary_file(tmp_path, monkeypatch, capsys):
     """Before: the process died at once with 143, without a word, and left the temporary checkpoint file."""
     store = write_learnable_store(tmp_path / "store-000000000000")

@@ -57,6 +57,7 @@ def test_prepare_on_header_only_csvs_is_refused(tmp_path, capsys):
                      "files hold no rows; point prepare at a corpus with transcripts"]
 
 
+@pytest.mark.integration
 def test_report_on_metrics_of_the_wrong_shape_is_one_line(run_copy, capsys):
     """Before: report raised TypeError on a test_metrics.json whose per-class F1 was a list of strings."""
     path = run_copy / "test_metrics.json"
@@ -71,6 +72,7 @@ def test_report_on_metrics_of_the_wrong_shape_is_one_line(run_copy, capsys):
     assert f"{path} is damaged: its per_class_f1 is missing or not what this project writes" in lines[0]
 
 
+@pytest.mark.integration
 def test_verify_calls_metrics_of_the_wrong_shape_damaged(run_copy, capsys):
     path = run_copy / "test_metrics.json"
     record = json.loads(path.read_text())
@@ -83,6 +85,7 @@ def test_verify_calls_metrics_of_the_wrong_shape_damaged(run_copy, capsys):
     assert f"{path} is damaged or does not match the selected checkpoint" in out
 
 
+@pytest.mark.integration
 def test_an_edited_hidden_size_is_one_line_not_a_page_of_size_mismatches(run_copy, capsys):
     """Before: evaluate printed 40 lines of torch's `size mismatch`."""
     config = run_copy / "config.toml"
@@ -95,6 +98,7 @@ def test_an_edited_hidden_size_is_one_line_not_a_page_of_size_mismatches(run_cop
     assert "restore the config.toml it was trained with, or train the run again" in lines[0]
 
 
+@pytest.mark.integration
 def test_verify_names_an_edited_hidden_size_in_one_problem_line(run_copy, capsys):
     """Before: verify said all is well of a run whose config.toml builds a model its weights do not fit."""
     config = run_copy / "config.toml"
@@ -111,6 +115,7 @@ def test_verify_names_an_edited_hidden_size_in_one_problem_line(run_copy, capsys
     assert out[0].endswith("restore the config.toml it was trained with, or train the run again")
 
 
+@pytest.mark.integration
 def test_a_damaged_optimizer_file_of_a_finished_run_does_not_lose_the_model(run_copy, capsys):
     """Before: verify said "the run's selected model is lost", though the weights were whole and evaluate used them."""
     progress = json.loads((run_copy / "checkpoints" / "progress.json").read_text())
@@ -126,6 +131,7 @@ def test_a_damaged_optimizer_file_of_a_finished_run_does_not_lose_the_model(run_
     assert main(["evaluate", str(run_copy)]) == 0
 
 
+@pytest.mark.integration
 def test_scoring_a_run_that_is_still_training_is_refused_naming_the_trainer(run_copy, capsys):
     """Before: predict and evaluate --perturb took the intermediate checkpoint, without the lock or a word."""
     with exclusive_lock(run_copy, "run folder"):
@@ -136,6 +142,7 @@ def test_scoring_a_run_that_is_still_training_is_refused_naming_the_trainer(run_
     assert not (run_copy / "robustness").exists()
 
 
+@pytest.mark.integration
 def test_a_second_sweep_on_the_same_folder_is_refused_naming_the_first(trained, tmp_path, capsys):
     """Before: a second `sweep --wait` saw the first one's runs as queued, returned at once and wrote report.md."""
     store, _ = trained
