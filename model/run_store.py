@@ -87,22 +87,13 @@ def _candidates(run_dir: Path, configured: str, record: dict[str, str] | None) -
     return candidates
 
 
-def _same_label_set(a: LabelSet, b: LabelSet) -> bool:
-    """Same name and labels in the same order; the noun used in messages does not count."""
-    return (a.name, a.labels) == (b.name, b.labels)
-
-
-def _described(label_set: LabelSet) -> str:
-    return f"{label_set.name} ({', '.join(label_set.labels)})"
-
-
 def refuse_other_label_set(store: FeatureStore, label_set: LabelSet, whose: str) -> FeatureStore:
     """`store` when its label set is `label_set` (that of `whose`, e.g. "run runs/x"); otherwise a
     RunFolderError naming both sets."""
-    if not _same_label_set(store.label_set, label_set):
+    if not store.label_set.same_labels(label_set):
         raise RunFolderError(
-            f"{whose} is trained in label set {_described(label_set)}, but store {store.path} is labelled in "
-            f"{_described(store.label_set)}; a run scores only its own label set, so use a store of "
+            f"{whose} is trained in label set {label_set.describe()}, but store {store.path} is labelled in "
+            f"{store.label_set.describe()}; a run scores only its own label set, so use a store of "
             f"{label_set.name} or train a new run on this one"
         )
     return store
@@ -113,10 +104,10 @@ def refuse_mixed_label_sets(stores: list[FeatureStore]) -> None:
     one sweep are pooled into one report, and scores in different label sets do not pool."""
     first = stores[0]
     for store in stores[1:]:
-        if not _same_label_set(store.label_set, first.label_set):
+        if not store.label_set.same_labels(first.label_set):
             raise RunFolderError(
-                f"store {first.path} is labelled in {_described(first.label_set)} but store {store.path} in "
-                f"{_described(store.label_set)}; one sweep pools its runs into one report, so sweep each label "
+                f"store {first.path} is labelled in {first.label_set.describe()} but store {store.path} in "
+                f"{store.label_set.describe()}; one sweep pools its runs into one report, so sweep each label "
                 "set on its own"
             )
 

@@ -186,7 +186,8 @@ def test_a_meld_run_refuses_an_iemocap_store_naming_both_label_sets(iemocap, sto
     assert prepare_inputs(new_run, ("train",)).label_set.labels == ERC6_LABELS.labels
     # A sweep over stores of two label sets would pool them in one report: refused before anything is submitted.
     ser4 = run_extraction(_config(iemocap, store_root, ["iemocap.protocol=ser4", "iemocap.fold=1"]))
-    sweep = ["sweep", "--seeds", "0", "--out", str(tmp_path / "sweep"), "--grid", f"store={store},{ser4}", f"store={store}"]
+    sweep = ["sweep", "--seeds", "0", "--out", str(tmp_path / "sweep"), "--grid", f"store={store},{ser4}",
+             f"store={store}"]
     assert main(sweep) == 2
     err = capsys.readouterr().err
     assert "iemocap-erc6" in err and "iemocap-ser4" in err and "Traceback" not in err
