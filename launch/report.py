@@ -415,15 +415,24 @@ def report_tables(runs: Sequence[RunResult]) -> list[Table]:
     The paper's tables hold the runs trained as the paper trained (no modality dropout); the
     robustness table, last, holds every run scored under perturbations (`cmroberta evaluate --perturb`).
     """
-    # Imported here: Table 3, the paired differences and the robustness table build on this module's runs.
+    # Imported here: Table 3, the ser4 table, the paired differences and the robustness table build on this
+    # module's runs.
     from launch.audio_ablation import table3
     from launch.paired_report import paired_differences_table
     from launch.robustness_report import read_run_robustness, table_from_runs
+    from launch.ser_table import ser_table
 
     paper = [run for run in runs if run.modality_dropout == 0]
     # Table 3 is the paper's audio ablation beside its MELD figures: it has no rows of its own to show elsewhere.
     ablation = table3(paper) if paper_rows_apply(runs) else None
-    tables = [table1(paper), table2(paper), ablation, voice_only_table(paper), paired_differences_table(paper)]
+    tables = [
+        table1(paper),
+        table2(paper),
+        ablation,
+        ser_table(paper),
+        voice_only_table(paper),
+        paired_differences_table(paper),
+    ]
     robustness = [read_run_robustness(run.run_dir) for run in runs]
     tables.append(table_from_runs([run for run in robustness if run.perturbed]))
     return [table for table in tables if table is not None]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from cluster.config import load_config
 from cluster.ray_runtime import RayConfig, ray_session
@@ -18,6 +19,8 @@ from extract.feature_store import FeatureStore
 from extract.labels import NO_LABEL
 from extract.pipeline import ExtractConfig, run_extraction
 from launch.cli import main
+from launch.report import load_run, report_tables
+from launch.ser_table import ser_table
 from model.evaluate import TEST_METRICS_NAME, TEST_PREDICTIONS_NAME
 from model.run_store import run_label_set
 from model.train import RunConfig, prepare_inputs, train
@@ -86,12 +89,9 @@ def _assert_run_follows(store: FeatureStore, run_dir: Path, record: dict) -> Non
     assert run_label_set(run_dir).labels == store.label_set.labels
 
 
-@pytest.mark.parametrize(
-    "overrides, width", [([], 6), (["iemocap.protocol=ser4", "iemocap.fold=1"], 4)], ids=["erc6", "ser4"]
-)
-def test_iemocap_trains_with_its_protocols_width(tmp_path, local_ray, overrides, width):
-    store = _extract(write_iemocap(tmp_path / "IEMOCAP_full_release"), tmp_path / "stores", overrides)
-    assert len(store.label_set) == width
+def test_iemocap_erc6_trains_with_six_outputs(tmp_path, local_ray):
+    store = _extract(write_iemocap(tmp_path / "IEMOCAP_full_release"), tmp_path / "stores")
+    assert len(store.label_set) == 6
     record = _train(store, tmp_path / "run")
     _assert_run_follows(store, tmp_path / "run", record)
 
@@ -132,3 +132,30 @@ def test_a_four_label_manifest_corpus_trains_reports_and_predicts_with_four_colu
     assert all(row["label"] in LABELS["labels"] for row in predicted)
     printed = capsys.readouterr().out
     assert all(label in printed for label in LABELS["labels"])
+
+
+def test_ser4_folds_train_with_four_outputs_and_report_ua_wa_and_their_mean(tmp_path, local_ray):
+    corpus = write_iemocap(tmp_path / "IEMOCAP_full_release")
+    runs = []
+    # The fixture holds sessions 1 and 5: leave-one-session-out over them is two folds.
+    for fold in (1, 5):
+        store = _extract(corpus, tmp_path / "stores", ["iemocap.protocol=ser4", f"iemocap.fold={fold}"])
+        assert len(store.label_set) == 4
+        run_dir = tmp_path / "runs" / f"fold{fold}"
+        _assert_run_follows(store, run_dir, _train(store, run_dir))
+        runs.append(load_run(run_dir))
+    rows = dict(ser_table(runs).rows)
+    folds = [cells for name, cells in rows.items() if "mean over" not in name]
+    assert len(folds) == 2 and len(rows) == 3
+    for run, (ua, wa, weighted) in zip(runs, folds):
+        gold, pred = run.predictions.gold, run.predictions.pred
+        # One seed per fold: each cell holds exactly that run's score, in percent.
+        assert ua.values == (100 * balanced_accuracy_score(gold, pred),)
+        assert wa.values == (100 * accuracy_score(gold, pred),) == (100 * run.test["accuracy"],)
+        assert weighted.values == (100 * run.test["weighted_f1"],)
+    (mean_name, mean_cells), = [(name, cells) for name, cells in rows.items() if "mean over" in name]
+    assert mean_name == "audio: mean over 2 folds"
+    for column, mean in enumerate(mean_cells):
+        assert mean.values == tuple(fold[column].mean for fold in folds)
+    # The paper's MELD rows stand beside MELD runs only.
+    assert not any(name.startswith("paper") for table in report_tables(runs) for name, _ in table.rows)
