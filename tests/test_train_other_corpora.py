@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from cluster.config import load_config
@@ -46,15 +45,6 @@ RUN_OVERRIDES = [
 def local_ray():
     with ray_session(RayConfig(num_workers=2)) as resources:
         yield resources
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a busy machine train fastest on one torch thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _extract(corpus: Path, store_root: Path, overrides: list[str] = ()) -> FeatureStore:
