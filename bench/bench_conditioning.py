@@ -55,14 +55,17 @@ class ScoredRun:
         self.modalities = run_modalities(config, store)
         self.statistics = FeatureStatistics.load(Path(run_dir) / STATISTICS_NAME)
         checkpoints = Checkpoints(Path(run_dir))
-        model = build_model(config, self.modalities)
+        self.label_set = store.label_set
+        model = build_model(config, self.modalities, store.label_set)
         self.engine = load_inference_engine(model, config, 1, checkpoints, checkpoints.progress().best)
         self.test = store.read_split("test", families=self.modalities.families)
 
     def probabilities(self, rows: SplitArrays) -> np.ndarray:
         """Each test utterance's emotion probabilities [N, 7] from the features in `rows`."""
         dataset = dataset_from_arrays("test", rows, self.modalities, self.statistics)
-        return evaluate_split(self.engine, dataset, batch_dialogues=8, device=self.engine.device).probabilities
+        return evaluate_split(
+            self.engine, dataset, batch_dialogues=8, device=self.engine.device, label_set=self.label_set
+        ).probabilities
 
     def change(self, eps: float, seed: int) -> np.ndarray:
         """|probabilities of the features x (1 + eps x random signs) - probabilities of the features| [N, 7]."""

@@ -115,7 +115,7 @@ def main() -> None:
     # The one-off part of loading data, timed apart: train() does the same reads again.
     store = FeatureStore.open(store_dir)
     modalities = run_modalities(config, store)
-    parameters = sum(p.numel() for p in build_model(config, modalities).parameters())
+    parameters = sum(p.numel() for p in build_model(config, modalities, store.label_set).parameters())
     started = time.perf_counter()
     datasets, _ = load_datasets(store, modalities, ("train", "dev", "test"))
     load_seconds = time.perf_counter() - started

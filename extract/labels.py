@@ -58,6 +58,15 @@ class LabelSet:
             raise UnknownLabelError(f"unknown {self.noun} {name!r}: expected one of {', '.join(self.labels)}")
         return self.labels.index(key)
 
+    def same_labels(self, other: "LabelSet") -> bool:
+        """The same name and labels in the same order: scores of one are scores of the other (the noun used in
+        messages does not count)."""
+        return (self.name, self.labels) == (other.name, other.labels)
+
+    def describe(self) -> str:
+        """The name and the labels in order, as messages and reports print a set."""
+        return f"{self.name} ({', '.join(self.labels)})"
+
     def to_json(self) -> dict[str, Any]:
         """The set as a JSON object, as manifests and label set files hold it."""
         return {"name": self.name, "labels": list(self.labels)}

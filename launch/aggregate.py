@@ -38,7 +38,7 @@ from launch.report_table import (  # noqa: E402
     paired_cells,
     paired_columns,
 )
-from launch.run_groups import keys_apart, named, settings_of  # noqa: E402
+from launch.run_groups import ReportError, keys_apart, named, settings_of  # noqa: E402
 from launch.statistics import (  # noqa: E402
     CONFIDENCE,
     PairedTests,
@@ -51,7 +51,12 @@ from launch.statistics import (  # noqa: E402
 from launch.sweep import RUN_RECORD_NAME, RUNS_FOLDER, SWEEP_NAME  # noqa: E402
 from launch.sweep_records import read_run_record  # noqa: E402
 from launch.tables import format_table  # noqa: E402
-from model.evaluate import TEST_METRICS_NAME, TEST_PREDICTIONS_NAME, read_metrics_record  # noqa: E402
+from model.evaluate import (  # noqa: E402
+    TEST_METRICS_NAME,
+    TEST_PREDICTIONS_NAME,
+    read_metrics_record,
+    record_label_set,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +85,8 @@ class SeedResult:
     """Its test predictions, for the bootstrap over dialogues; None when predictions.jsonl is missing."""
     config: dict
     """Its resolved config (config.toml as read; empty when the folder has none)."""
+    labels: tuple[str, ...] = EMOTIONS
+    """The label set it was scored in, in class order (its test metrics' `label_set`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,6 +131,8 @@ class SweepReport:
     """Run folders without test metrics (still running, failed, or never submitted)."""
     confidence: float
     """Level of the confidence intervals."""
+    labels: tuple[str, ...] = EMOTIONS
+    """The label set of every run, in class order: the per-class columns (runs of two sets are never pooled)."""
 
 
 def read_results(sweep_dir: Path) -> tuple[list[SeedResult], list[str]]:
@@ -139,6 +148,7 @@ def read_results(sweep_dir: Path) -> tuple[list[SeedResult], list[str]]:
         record = read_run_record(record_path)
         predictions_path = run_dir / TEST_PREDICTIONS_NAME
         metrics = read_metrics_record(metrics_path)
+        labels = record_label_set(metrics).labels
         per_class = metrics["per_class_f1"]
         results.append(
             SeedResult(
@@ -146,9 +156,10 @@ def read_results(sweep_dir: Path) -> tuple[list[SeedResult], list[str]]:
                 label=record.label,
                 seed=record.seed,
                 weighted_f1=float(metrics["weighted_f1"]),
-                per_class_f1={name: float(per_class[name]) for name in EMOTIONS},
-                predictions=read_predictions(predictions_path) if predictions_path.is_file() else None,
+                per_class_f1={name: float(per_class[name]) for name in labels},
+                predictions=read_predictions(predictions_path, labels) if predictions_path.is_file() else None,
                 config=_read_config(run_dir),
+                labels=labels,
             )
         )
     return results, unfinished
@@ -193,10 +204,17 @@ def _configuration_order(sweep_dir: Path, results: Sequence[SeedResult]) -> list
 def aggregate(sweep_dir: Path, confidence: float = CONFIDENCE) -> SweepReport:
     """Summarise every configuration of the sweep in `sweep_dir` and compare them pairwise."""
     results, unfinished = read_results(sweep_dir)
+    label_sets = {result.labels for result in results}
+    if len(label_sets) > 1:
+        raise ReportError(
+            f"sweep {sweep_dir} holds runs scored in different label sets ({'; '.join(map(', '.join, label_sets))}); "
+            "runs of different label sets are never pooled, so sweep each set into its own folder"
+        )
+    labels = label_sets.pop() if label_sets else EMOTIONS
     by_config: dict[str, dict[int, SeedResult]] = {}
     for result in results:
         by_config.setdefault(result.config_hash, {})[result.seed] = result
-    labels = labels_apart(results)
+    names = labels_apart(results)
     configurations = []
     for digest in _configuration_order(sweep_dir, results):
         seeds = by_config.get(digest)
@@ -205,13 +223,13 @@ def aggregate(sweep_dir: Path, confidence: float = CONFIDENCE) -> SweepReport:
         ordered = [seeds[seed] for seed in sorted(seeds)]
         configurations.append(
             ConfigurationSummary(
-                label=labels[digest],
+                label=names[digest],
                 config_hash=digest,
                 seeds=sorted(seeds),
                 weighted_f1=spread([r.weighted_f1 for r in ordered], confidence, FRACTION_BOUNDS),
                 per_class_f1={
                     name: spread([r.per_class_f1[name] for r in ordered], confidence, FRACTION_BOUNDS)
-                    for name in EMOTIONS
+                    for name in labels
                 },
                 values=[r.weighted_f1 for r in ordered],
             )
@@ -233,7 +251,11 @@ def aggregate(sweep_dir: Path, confidence: float = CONFIDENCE) -> SweepReport:
             )
             comparisons.append(PairedComparison(label=other.label, baseline=baseline.label, tests=tests))
     return SweepReport(
-        configurations=configurations, comparisons=comparisons, unfinished=unfinished, confidence=confidence
+        configurations=configurations,
+        comparisons=comparisons,
+        unfinished=unfinished,
+        confidence=confidence,
+        labels=labels,
     )
 
 
@@ -263,10 +285,10 @@ def format_report(report: SweepReport, markdown: bool = False) -> str:
         + format_table(["configuration", "seeds", "weighted F1", level, "seed list"], rows, markdown)
         + (f"\n\n{CLIPPED_MARK} the t interval reached past [0, 100] and is clipped there" if clipped else "")
     )
-    rows = [[c.label, *(_mean_std(c.per_class_f1[name]) for name in EMOTIONS)] for c in report.configurations]
+    rows = [[c.label, *(_mean_std(c.per_class_f1[name]) for name in report.labels)] for c in report.configurations]
     sections.append(
         "Test F1 per emotion over seeds (mean ± sample sd)\n\n"
-        + format_table(["configuration", *EMOTIONS], rows, markdown)
+        + format_table(["configuration", *report.labels], rows, markdown)
     )
     if report.comparisons:
         cells = paired_cells([p.tests for p in report.comparisons], scale=100)
@@ -311,16 +333,16 @@ def plot_seed_spread(report: SweepReport, path: Path) -> Path:
     left.set_title(f"seeds (dots), mean and {100 * report.confidence:.0f}% CI (black)")
     width = 0.8 / max(1, len(report.configurations))
     for i, configuration in enumerate(report.configurations):
-        means = [100 * configuration.per_class_f1[name].mean for name in EMOTIONS]
+        means = [100 * configuration.per_class_f1[name].mean for name in report.labels]
         errors = [
             100 * (configuration.per_class_f1[name].ci_high - configuration.per_class_f1[name].mean)
             if configuration.per_class_f1[name].ci_high is not None
             else 0.0
-            for name in EMOTIONS
+            for name in report.labels
         ]
-        positions = np.arange(len(EMOTIONS)) - 0.4 + width * (i + 0.5)
+        positions = np.arange(len(report.labels)) - 0.4 + width * (i + 0.5)
         right.bar(positions, means, width=width, yerr=errors, capsize=2, label=configuration.label)
-    right.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=20)
+    right.set_xticks(range(len(report.labels)), report.labels, rotation=20)
     right.set_ylabel("test F1 (%)")
     right.set_ylim(0, 100)
     right.set_title("per emotion: mean and CI half-width")

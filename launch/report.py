@@ -2,8 +2,9 @@
 
 Table 1: weighted F1 of the audio, text and bimodal models and the gain bimodal − text, for
 CM-RoBERTa with and without the SCA unit, beside the paper's numbers.
-Table 2: per-class F1 in the paper's column order and the weighted average, per modality, the
-difference bimodal − text, and the always-majority-class floor (always-neutral on MELD).
+Table 2: per-class F1 in the runs' label set's order (the paper's column order on MELD) and the
+weighted average, per modality, the difference bimodal − text, and the always-majority-class floor
+(always-neutral on MELD).
 Table 3 (`launch.audio_ablation`): the audio model with OpenL3 only, openSMILE only and both, beside
 the paper's figures, whenever a store holds both families and audio-only runs trained on them.
 A voice-only table scores the utterances the corpus lists as carried by the voice alone (the demo
@@ -21,6 +22,10 @@ store), `end_to_end` (the encoder trained with the head) or `finetuned` (vectors
 fine-tuned on its own first, the paper's recipe). The paper's rows are its fine-tuned RoBERTa-Large
 (its section 4.1.3).
 
+The paper's rows (Tables 1-3) stand only beside runs in MELD's label set. One report holds runs of
+one label set (`runs_label_set`): scores in different label sets are never pooled. Runs in IEMOCAP's
+`ser4` set also get the speech-emotion benchmark's unweighted and weighted accuracy (`launch.ser_table`).
+
 `report_tables` lists the tables in order; a new table joins there.
 """
 
@@ -36,7 +41,7 @@ import tomllib
 
 from cluster.durable_files import atomic_write_text
 from extract.demo_corpus import read_ambiguous_keys
-from extract.labels import EMOTIONS
+from extract.labels import MELD_EMOTIONS, LabelSet
 from extract.manifest import MANIFEST_NAME
 from launch.report_table import Cell, Table
 from launch.run_groups import (
@@ -55,6 +60,7 @@ from model.evaluate import (
     MetricsDamagedError,
     confusion_plot_file,
     read_metrics_record,
+    record_label_set,
 )
 from model.metrics import classification_metrics
 from model.train import CURVES_NAME
@@ -164,7 +170,7 @@ def _voice_only_scores(
     chosen = np.array([key in keys for key in predictions.keys], dtype=bool)
     if not chosen.any():
         return None
-    metrics = classification_metrics(predictions.gold[chosen], predictions.pred[chosen])
+    metrics = classification_metrics(predictions.gold[chosen], predictions.pred[chosen], predictions.labels)
     return {"accuracy": metrics.accuracy, "weighted_f1": metrics.weighted_f1, "count": int(chosen.sum())}
 
 
@@ -189,7 +195,8 @@ def load_run(run_dir: Path) -> RunResult:
         )
     predictions_path = run_dir / TEST_PREDICTIONS_NAME
     try:
-        predictions = read_predictions(predictions_path) if predictions_path.is_file() else None
+        labels = record_label_set(test).labels
+        predictions = read_predictions(predictions_path, labels) if predictions_path.is_file() else None
     except StatisticsError as error:
         raise ReportError(str(error)) from None
     return RunResult(
@@ -297,6 +304,24 @@ def _difference(a: Cell | None, b: Cell | None) -> float | None:
     return None if a is None or b is None else a.mean - b.mean
 
 
+def runs_label_set(runs: Sequence[RunResult]) -> LabelSet:
+    """The one label set the runs were scored in; a ReportError naming two runs of different sets."""
+    first = record_label_set(runs[0].test)
+    for run in runs[1:]:
+        other = record_label_set(run.test)
+        if not other.same_labels(first):
+            raise ReportError(
+                f"run {runs[0].run_dir} is scored in label set {first.describe()} but run {run.run_dir} in "
+                f"{other.describe()}; runs of different label sets are never pooled, so report each set's runs apart"
+            )
+    return first
+
+
+def paper_rows_apply(runs: Sequence[RunResult]) -> bool:
+    """Whether the paper's reference rows belong beside these runs: only when they are in MELD's label set."""
+    return runs_label_set(runs).same_labels(MELD_EMOTIONS)
+
+
 def table1(runs: Sequence[RunResult]) -> Table:
     """Weighted F1 of audio, text and bimodal models, and bimodal − text: the paper's Table 1 shape."""
     rows: list[tuple[str, list[Cell | float | int | str | None]]] = []
@@ -314,7 +339,7 @@ def table1(runs: Sequence[RunResult]) -> Table:
     floor = runs[0].test["majority_floor"]
     floor_value = 100 * floor["weighted_f1"]
     rows.append((f"always {floor['label']}", [None, floor_value, floor_value, floor_value, None]))
-    for name, values in PAPER_TABLE1.items():
+    for name, values in PAPER_TABLE1.items() if paper_rows_apply(runs) else ():
         rows.append((f"paper: {name}", [PAPER_TEXT_MODE, *values]))
     return Table(
         title="Table 1: weighted F1 (%) on test",
@@ -325,13 +350,14 @@ def table1(runs: Sequence[RunResult]) -> Table:
 
 
 def table2(runs: Sequence[RunResult]) -> Table:
-    """Per-class F1 in the paper's order and the weighted average, per modality: the paper's Table 2 shape."""
+    """Per-class F1 in the label set's order and the weighted average, per modality: the paper's Table 2 shape."""
+    labels = runs_label_set(runs).labels
     rows: list[tuple[str, list[Cell | float | int | str | None]]] = []
     shown_audio: set[str] = set()
     for block in blocks(runs):
         cells_of: dict[str, list[Cell | None]] = {}
         for variant, group in block.groups.items():
-            cells = [group_cell(group, lambda run, e=emotion: run.test["per_class_f1"][e]) for emotion in EMOTIONS]
+            cells = [group_cell(group, lambda run, e=emotion: run.test["per_class_f1"][e]) for emotion in labels]
             cells.append(group_cell(group, lambda run: run.test["weighted_f1"]))
             cells_of[variant] = cells
             if variant == "audio" and group.config_hash in shown_audio:
@@ -344,14 +370,14 @@ def table2(runs: Sequence[RunResult]) -> Table:
             difference = [_difference(a, b) for a, b in zip(cells_of["bimodal"], cells_of["text"])]
             rows.append((f"bimodal - text{block.name}", [TEXT_MODE_NAMES[block.text_mode], *difference]))
     floor = runs[0].test["majority_floor"]
-    floor_cells = [100 * floor["per_class_f1"][e] for e in EMOTIONS] + [100 * floor["weighted_f1"]]
+    floor_cells = [100 * floor["per_class_f1"][e] for e in labels] + [100 * floor["weighted_f1"]]
     rows.append((f"always {floor['label']}", [None, *floor_cells]))
-    for variant, values in PAPER_TABLE2.items():
+    for variant, values in PAPER_TABLE2.items() if paper_rows_apply(runs) else ():
         rows.append((f"paper: {VARIANT_NAMES[variant]}", [None if variant == "audio" else PAPER_TEXT_MODE, *values]))
     return Table(
         title="Table 2: per-class F1 (%) on test",
         name="table2",
-        columns=["modality", "text mode", *EMOTIONS, "w-average F1"],
+        columns=["modality", "text mode", *labels, "w-average F1"],
         rows=rows,
     )
 
@@ -389,13 +415,24 @@ def report_tables(runs: Sequence[RunResult]) -> list[Table]:
     The paper's tables hold the runs trained as the paper trained (no modality dropout); the
     robustness table, last, holds every run scored under perturbations (`cmroberta evaluate --perturb`).
     """
-    # Imported here: Table 3, the paired differences and the robustness table build on this module's runs.
+    # Imported here: Table 3, the ser4 table, the paired differences and the robustness table build on this
+    # module's runs.
     from launch.audio_ablation import table3
     from launch.paired_report import paired_differences_table
     from launch.robustness_report import read_run_robustness, table_from_runs
+    from launch.ser_table import ser_table
 
     paper = [run for run in runs if run.modality_dropout == 0]
-    tables = [table1(paper), table2(paper), table3(paper), voice_only_table(paper), paired_differences_table(paper)]
+    # Table 3 is the paper's audio ablation beside its MELD figures: it has no rows of its own to show elsewhere.
+    ablation = table3(paper) if paper_rows_apply(runs) else None
+    tables = [
+        table1(paper),
+        table2(paper),
+        ablation,
+        ser_table(paper),
+        voice_only_table(paper),
+        paired_differences_table(paper),
+    ]
     robustness = [read_run_robustness(run.run_dir) for run in runs]
     tables.append(table_from_runs([run for run in robustness if run.perturbed]))
     return [table for table in tables if table is not None]
@@ -494,18 +531,19 @@ def write_report(
 def run_table(test: dict[str, Any], split: str = "test") -> str:
     """One run's scores on a split as a small table: per-class F1, weighted F1, accuracy, and the floor."""
     floor = test["majority_floor"]
-    header = ["", *EMOTIONS, "w-average F1", "accuracy", "macro F1"]
+    labels = record_label_set(test).labels
+    header = ["", *labels, "w-average F1", "accuracy", "macro F1"]
     rows = [
         [
             split,
-            *(100 * test["per_class_f1"][e] for e in EMOTIONS),
+            *(100 * test["per_class_f1"][e] for e in labels),
             100 * test["weighted_f1"],
             100 * test["accuracy"],
             100 * test["macro_f1"],
         ],
         [
             f"always {floor['label']}",
-            *(100 * floor["per_class_f1"][e] for e in EMOTIONS),
+            *(100 * floor["per_class_f1"][e] for e in labels),
             100 * floor["weighted_f1"],
             100 * floor["accuracy"],
             100 * floor["macro_f1"],

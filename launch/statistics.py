@@ -37,6 +37,7 @@ Three questions, three tools:
 """
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from extract.labels import EMOTION_INDEX, EMOTIONS
+from extract.labels import EMOTIONS
 from model.metrics import weighted_f1_of_confusions
 
 CONFIDENCE = 0.95
@@ -127,7 +128,7 @@ def paired_t_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
 
 @dataclass(frozen=True, kw_only=True)
 class Predictions:
-    """One run's test predictions: utterance keys with gold and predicted emotion indices."""
+    """One run's test predictions: utterance keys with gold and predicted label indices."""
 
     keys: tuple[str, ...]
     """Utterance keys, 'test/dia3_utt0'."""
@@ -135,23 +136,31 @@ class Predictions:
     """int64 [N] true emotions."""
     pred: np.ndarray
     """int64 [N] predicted emotions."""
+    labels: tuple[str, ...] = EMOTIONS
+    """The run's label set, in class order (MELD's emotions by default)."""
 
 
-def read_predictions(path: Path) -> Predictions:
-    """A run's predictions.jsonl: one {key, gold, pred} record per utterance."""
+def read_predictions(path: Path, labels: Sequence[str] = EMOTIONS) -> Predictions:
+    """A run's predictions.jsonl: one {key, gold, pred} record per utterance, labels of the run's set `labels`."""
+    index = {label: i for i, label in enumerate(labels)}
     keys, gold, pred = [], [], []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         try:
             record = json.loads(line)
             keys.append(str(record["key"]))
-            gold.append(EMOTION_INDEX[record["gold"]])
-            pred.append(EMOTION_INDEX[record["pred"]])
+            gold.append(index[record["gold"]])
+            pred.append(index[record["pred"]])
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise StatisticsError(
                 f"{path} line {number} is not a prediction record {{key, gold, pred}} ({error!r}); "
                 "score the run again with `cmroberta evaluate RUN`"
             ) from None
-    return Predictions(keys=tuple(keys), gold=np.array(gold, dtype=np.int64), pred=np.array(pred, dtype=np.int64))
+    return Predictions(
+        keys=tuple(keys),
+        gold=np.array(gold, dtype=np.int64),
+        pred=np.array(pred, dtype=np.int64),
+        labels=tuple(labels),
+    )
 
 
 def dialogue_of(key: str) -> str:
@@ -183,7 +192,7 @@ class DialogueBootstrap:
 
 def _dialogue_confusions(run: Predictions, dialogues: dict[str, int]) -> np.ndarray:
     """float64 [D, C*C]: each dialogue's confusion counts, flattened row-major (true class, predicted class)."""
-    classes = len(EMOTIONS)
+    classes = len(run.labels)
     dialogue = np.array([dialogues[dialogue_of(key)] for key in run.keys], dtype=np.int64)
     flat = (dialogue * classes + run.gold) * classes + run.pred
     counts = np.bincount(flat, minlength=len(dialogues) * classes * classes)
@@ -211,7 +220,7 @@ def _paired_dialogue_confusions(
 def _weighted_f1_differences(weights: np.ndarray, a_counts: np.ndarray, b_counts: np.ndarray) -> np.ndarray:
     """[S, R]: weighted F1(a[r]) − weighted F1(b[r]) on each resample, from dialogue weights [S, D] (times each
     dialogue is drawn) and per-dialogue counts [R, D, C*C]."""
-    classes = len(EMOTIONS)
+    classes = math.isqrt(a_counts.shape[-1])
 
     def weighted_f1(counts: np.ndarray) -> np.ndarray:
         confusions = np.einsum("sd,rdk->srk", weights, counts)

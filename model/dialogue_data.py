@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from extract.feature_store import FeatureStore, FeatureStoreError, SplitArrays
+from extract.labels import NO_LABEL
 from model.layer_mix import LayerBlock, mixed_width
 
 if TYPE_CHECKING:
@@ -347,11 +348,14 @@ class DialogueDataset:
         return len(self.keys)
 
     def label_weight(self, dialogue_indices: Sequence[int], class_weights: np.ndarray | None) -> float:
-        """Sum of the loss weights of every utterance of these dialogues (its count without class weights)."""
+        """Sum of the loss weights of every labelled utterance of these dialogues (its count without class
+        weights); an utterance without a label (NO_LABEL) is context only and weighs nothing."""
         rows = np.concatenate([self.dialogues[i] for i in dialogue_indices]) if dialogue_indices else np.empty(0, int)
+        labels = self.labels[rows]
+        labels = labels[labels != NO_LABEL]
         if class_weights is None:
-            return float(rows.size)
-        return float(class_weights[self.labels[rows]].sum())
+            return float(labels.size)
+        return float(class_weights[labels].sum())
 
     def batch(self, dialogue_indices: Sequence[int], counted: Sequence[bool] | None = None) -> DialogueBatch:
         """Dialogues `dialogue_indices` as one padded batch; those not `counted` carry IGNORE_LABEL labels."""
@@ -369,7 +373,9 @@ class DialogueDataset:
             mask[b, :length] = True
             rows[b, :length] = torch.from_numpy(dialogue_rows)
             if is_counted:
-                labels[b, :length] = torch.from_numpy(self.labels[dialogue_rows])
+                dialogue_labels = torch.from_numpy(self.labels[dialogue_rows])
+                # An utterance without a label stays in its dialogue as context, with no loss and no score.
+                labels[b, :length] = dialogue_labels.masked_fill(dialogue_labels == NO_LABEL, IGNORE_LABEL)
             if audio is not None:
                 audio[b, :length] = torch.from_numpy(self.audio[dialogue_rows])
             if text is not None:

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from extract.feature_store import FeatureStore
+from extract.labels import MELD_EMOTIONS
 from model.checkpoint import RunFolderError
 from model.deepspeed_config import EngineConfig
 from model.dialogue_data import DialogueDataset
@@ -169,12 +170,19 @@ class EndToEndModel(nn.Module):
 
 
 def build_end_to_end_model(
-    config: EndToEndConfig, head: FusionConfig, audio_dim: int, seed: int, *, normalise: bool = True
+    config: EndToEndConfig,
+    head: FusionConfig,
+    audio_dim: int,
+    seed: int,
+    *,
+    normalise: bool = True,
+    num_classes: int = len(MELD_EMOTIONS),
 ) -> EndToEndModel:
-    """The pretrained encoder and a fusion head for its vector width, the head initialised from `seed`."""
+    """The pretrained encoder and a fusion head for its vector width with `num_classes` outputs (the run's
+    label set), the head initialised from `seed`."""
     encoder = TextEncoder(config.encoder)
     torch.manual_seed(seed)
-    return EndToEndModel(encoder, build_fusion_model(head, audio_dim, encoder.dim), normalise=normalise)
+    return EndToEndModel(encoder, build_fusion_model(head, audio_dim, encoder.dim, num_classes), normalise=normalise)
 
 
 def build_end_to_end_optimizer(

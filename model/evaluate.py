@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from cluster.durable_files import atomic_write_json, atomic_write_json_lines
-from extract.labels import EMOTIONS
+from extract.labels import MELD_EMOTIONS, NO_LABEL, LabelSet, UnknownLabelError
 from model.dialogue_data import IGNORE_LABEL, DialogueBatchSampler, DialogueDataset
 from model.metrics import ClassificationMetrics, classification_metrics, constant_prediction_metrics
 
@@ -56,13 +56,15 @@ class SplitEvaluation:
     metrics: ClassificationMetrics
     """Weighted F1, accuracy, macro F1, per-class F1, confusion matrix."""
     keys: list[str]
-    """Utterance keys, in the split's row order."""
+    """Keys of the scored utterances (those with a label), in the split's row order."""
     gold: np.ndarray
-    """int64 [N] true emotion indices."""
+    """int64 [N] true label indices."""
     pred: np.ndarray
-    """int64 [N] predicted emotion indices."""
+    """int64 [N] predicted label indices."""
     probabilities: np.ndarray | None = None
-    """float32 [N, 7] softmax of the logits, emotions in `EMOTIONS` order (None where not kept)."""
+    """float32 [N, classes] softmax of the logits, in the label set's order (None where not kept)."""
+    label_set: LabelSet = MELD_EMOTIONS
+    """The run's label set: what the indices and probability columns name."""
 
 
 def batch_loss_sum(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
@@ -87,8 +89,11 @@ def evaluate_split(
     class_weights: torch.Tensor | None = None,
     rank: int = 0,
     world_size: int = 1,
+    label_set: LabelSet = MELD_EMOTIONS,
 ) -> SplitEvaluation:
-    """Loss and predictions of `model` on every utterance of `dataset`.
+    """Loss and predictions of `model` on every labelled utterance of `dataset`, classes in `label_set`.
+
+    An utterance without a label (NO_LABEL) is read as its dialogue's context and neither scored nor listed.
 
     Each rank runs its share of the dialogues (every rank runs the same number of batches, as
     ZeRO-3 needs); predictions and loss are then summed across ranks, so every rank returns the
@@ -97,7 +102,7 @@ def evaluate_split(
     model.eval()
     sampler = DialogueBatchSampler(len(dataset), batch_dialogues, rank=rank, world_size=world_size)
     predictions = torch.full((dataset.num_utterances,), -1, dtype=torch.int64, device=device)
-    probabilities = torch.zeros((dataset.num_utterances, len(EMOTIONS)), dtype=torch.float32, device=device)
+    probabilities = torch.zeros((dataset.num_utterances, len(label_set)), dtype=torch.float32, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for rank_batch in sampler:
         batch = dataset.batch(rank_batch.indices, rank_batch.counted).to(device, dtype)
@@ -111,38 +116,45 @@ def evaluate_split(
         dist.all_reduce(predictions, op=dist.ReduceOp.MAX)
         dist.all_reduce(probabilities, op=dist.ReduceOp.SUM)
         dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
-    pred = predictions.cpu().numpy()
+    scored = dataset.labels != NO_LABEL
+    pred = predictions.cpu().numpy()[scored]
     if (pred < 0).any():
         raise RuntimeError(f"{int((pred < 0).sum())} utterances of {dataset.split} got no prediction")
     weights = None if class_weights is None else class_weights.cpu().numpy()
     total_weight = dataset.label_weight(range(len(dataset)), weights)
+    gold = dataset.labels[scored]
     return SplitEvaluation(
         split=dataset.split,
         loss=float(loss_sum.item() / total_weight) if total_weight else 0.0,
-        metrics=classification_metrics(dataset.labels, pred),
-        keys=dataset.keys,
-        gold=dataset.labels.copy(),
+        metrics=classification_metrics(gold, pred, label_set.labels),
+        keys=[key for key, is_scored in zip(dataset.keys, scored) if is_scored],
+        gold=gold,
         pred=pred,
-        probabilities=probabilities.cpu().numpy(),
+        probabilities=probabilities.cpu().numpy()[scored],
+        label_set=label_set,
     )
 
 
-def majority_label(train_labels: np.ndarray) -> int:
-    """The most frequent class of the train split (neutral on MELD); ties go to the earlier class."""
-    return int(np.argmax(np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=len(EMOTIONS))))
+def majority_label(train_labels: np.ndarray, num_classes: int = len(MELD_EMOTIONS)) -> int:
+    """The most frequent class of the train split (neutral on MELD); ties go to the earlier class.
+    Utterances without a label (NO_LABEL) are not counted."""
+    labels = np.asarray(train_labels, dtype=np.int64)
+    return int(np.argmax(np.bincount(labels[labels != NO_LABEL], minlength=num_classes)))
 
 
 def evaluation_record(evaluation: SplitEvaluation, floor_label: int, checkpoint: str, epoch: int) -> dict[str, Any]:
     """What `<split>_metrics.json` holds: the scores, the checkpoint scored, and the constant-prediction floor."""
-    floor = constant_prediction_metrics(evaluation.gold, floor_label)
+    labels = evaluation.label_set.labels
+    floor = constant_prediction_metrics(evaluation.gold, floor_label, labels)
     return {
         "split": evaluation.split,
         "checkpoint": checkpoint,
         "epoch": epoch,
         "loss": evaluation.loss,
         **evaluation.metrics.to_dict(),
-        "emotions": list(EMOTIONS),
-        "majority_floor": {"label": EMOTIONS[floor_label], **floor.to_dict()},
+        "emotions": list(labels),
+        "label_set": evaluation.label_set.to_json(),
+        "majority_floor": {"label": labels[floor_label], **floor.to_dict()},
     }
 
 
@@ -158,6 +170,14 @@ def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def record_label_set(record: dict[str, Any]) -> LabelSet:
+    """The label set a metrics record is scored in: its `label_set`, MELD's for a record written before records
+    named theirs. An UnknownLabelError when the recorded one is not a label set."""
+    if "label_set" not in record:
+        return MELD_EMOTIONS
+    return LabelSet.from_json(record["label_set"], where="label_set")
+
+
 def metrics_record_problem(record: Any, perturbed: bool = False) -> str | None:
     """What in a metrics record is not of the shape `evaluation_record` writes (the first such field), or None.
 
@@ -166,6 +186,10 @@ def metrics_record_problem(record: Any, perturbed: bool = False) -> str | None:
     """
     if not isinstance(record, dict):
         return "it is not a JSON object"
+    try:
+        labels = record_label_set(record).labels
+    except UnknownLabelError:
+        return "its label_set is missing or not what this project writes"
     checks = {
         "checkpoint": isinstance(record.get("checkpoint"), str),
         "epoch": _count(record.get("epoch")),
@@ -173,8 +197,8 @@ def metrics_record_problem(record: Any, perturbed: bool = False) -> str | None:
         "accuracy": _score(record.get("accuracy")),
         "macro_f1": _score(record.get("macro_f1")),
         "per_class_f1": isinstance(record.get("per_class_f1"), dict)
-        and all(_score(record["per_class_f1"].get(e)) for e in EMOTIONS),
-        "support": isinstance(record.get("support"), dict) and all(_count(record["support"].get(e)) for e in EMOTIONS),
+        and all(_score(record["per_class_f1"].get(e)) for e in labels),
+        "support": isinstance(record.get("support"), dict) and all(_count(record["support"].get(e)) for e in labels),
         "majority_floor": isinstance(record.get("majority_floor"), dict)
         and isinstance(record["majority_floor"].get("label"), str)
         and _score(record["majority_floor"].get("weighted_f1"))
@@ -212,10 +236,11 @@ def write_evaluation(run_dir: Path, evaluation: SplitEvaluation, record: dict[st
     from model.plots import plot_confusion_matrix
 
     run_dir = Path(run_dir)
+    labels = evaluation.label_set.labels
     atomic_write_json_lines(
         run_dir / predictions_file(evaluation.split),
         [
-            {"key": key, "gold": EMOTIONS[gold], "pred": EMOTIONS[pred], **dict(zip(EMOTIONS, probabilities))}
+            {"key": key, "gold": labels[gold], "pred": labels[pred], **dict(zip(labels, probabilities))}
             for key, gold, pred, probabilities in zip(
                 evaluation.keys,
                 evaluation.gold.tolist(),
@@ -228,6 +253,7 @@ def write_evaluation(run_dir: Path, evaluation: SplitEvaluation, record: dict[st
         np.asarray(record["confusion"]),
         run_dir / confusion_plot_file(evaluation.split),
         title=f"{evaluation.split}: weighted F1 {100 * record['weighted_f1']:.2f}",
+        labels=labels,
     )
     path = run_dir / metrics_file(evaluation.split)
     atomic_write_json(path, record)

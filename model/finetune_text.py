@@ -46,7 +46,7 @@ from cluster.config import to_dict, write_resolved_config
 from cluster.durable_files import atomic_write_json, atomic_write_json_lines
 from cluster.rendezvous import Rendezvous
 from extract.feature_store import FeatureStore, add_family
-from extract.labels import EMOTIONS
+from extract.labels import MELD_EMOTIONS, NO_LABEL
 from extract.manifest import config_hash
 from extract.text_features import TextFeatureConfig, TextFeatureExtractor
 from model.deepspeed_config import EngineConfig, build_deepspeed_config
@@ -110,12 +110,13 @@ class FinetuneConfig:
 
 
 class UtteranceClassifier(nn.Module):
-    """The text encoder and a linear layer: token ids of N utterances -> logits [N, 7]."""
+    """The text encoder and a linear layer: token ids of N utterances -> logits [N, classes] (MELD's seven by
+    default; the store's label set when fine-tuned)."""
 
-    def __init__(self, encoder: TextEncoder):
+    def __init__(self, encoder: TextEncoder, num_classes: int = len(MELD_EMOTIONS)):
         super().__init__()
         self.encoder = encoder
-        self.classifier = nn.Linear(encoder.dim, len(EMOTIONS))
+        self.classifier = nn.Linear(encoder.dim, num_classes)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.encoder(input_ids, attention_mask))
@@ -168,9 +169,12 @@ def run_finetune_chain(
         dist.barrier()
 
 
-def _keys_and_labels(store: FeatureStore, split: str) -> tuple[list[str], np.ndarray]:
+def _labelled_tokens(store: FeatureStore, cache: Path, split: str) -> tuple[TokenSplit, np.ndarray]:
+    """Token ids and labels of a split's labelled utterances: fine-tuning is per utterance, so one without a
+    label (NO_LABEL) adds nothing."""
     rows = store.read_split(split, families=[])
-    return rows.keys, rows.emotion
+    labelled = np.flatnonzero(rows.emotion != NO_LABEL)
+    return read_token_split(cache, split, rows.keys).take(labelled), rows.emotion[labelled]
 
 
 def finetune_encoder(store: FeatureStore, config: FinetuneConfig, folder: Path, rendezvous: Rendezvous) -> None:
@@ -181,11 +185,10 @@ def finetune_encoder(store: FeatureStore, config: FinetuneConfig, folder: Path, 
     cache = build_token_cache(store, tokenizer, config.encoder)
     tokens, labels = {}, {}
     for split in ("train", "dev"):
-        keys, labels[split] = _keys_and_labels(store, split)
-        tokens[split] = read_token_split(cache, split, keys)
+        tokens[split], labels[split] = _labelled_tokens(store, cache, split)
     seed = int(config.seed or 0)
     torch.manual_seed(seed)
-    model = UtteranceClassifier(TextEncoder(config.encoder))
+    model = UtteranceClassifier(TextEncoder(config.encoder), len(store.label_set))
     groups = build_param_groups(
         model.encoder.model, model.encoder.num_layers, model.classifier, config.param_groups,
         head_lr=config.classifier_lr, head_weight_decay=0.0,
@@ -211,7 +214,7 @@ def finetune_encoder(store: FeatureStore, config: FinetuneConfig, folder: Path, 
         torch.manual_seed(int(np.random.SeedSequence([seed, epoch, rendezvous.rank]).generate_state(1)[0]))
         sampler.set_epoch(epoch)
         train_loss = _train_epoch(engine, tokens["train"], labels["train"], sampler, rendezvous)
-        dev_loss, dev = _evaluate(engine, tokens["dev"], labels["dev"])
+        dev_loss, dev = _evaluate(engine, tokens["dev"], labels["dev"], store.label_set.labels)
         history.append({"epoch": epoch, "train_loss": train_loss, "dev_loss": dev_loss,
                         "dev_weighted_f1": dev.weighted_f1, "dev_accuracy": dev.accuracy})
         log.info("fine-tuning epoch %d: train loss %.4f, dev loss %.4f, dev weighted F1 %.2f",
@@ -262,7 +265,7 @@ def _train_epoch(
 
 
 @torch.no_grad()
-def _evaluate(engine: Any, tokens: TokenSplit, labels: np.ndarray) -> tuple[float, Any]:
+def _evaluate(engine: Any, tokens: TokenSplit, labels: np.ndarray, names: tuple[str, ...]) -> tuple[float, Any]:
     """(mean loss, classification metrics) over every utterance of a split; every rank computes the same."""
     engine.eval()
     loss_sum, predictions = 0.0, []
@@ -273,7 +276,7 @@ def _evaluate(engine: Any, tokens: TokenSplit, labels: np.ndarray) -> tuple[floa
         targets = torch.as_tensor(labels[rows]).to(engine.device)
         loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
         predictions.append(logits.argmax(dim=-1).cpu().numpy())
-    return loss_sum / len(labels), classification_metrics(labels, np.concatenate(predictions))
+    return loss_sum / len(labels), classification_metrics(labels, np.concatenate(predictions), names)
 
 
 def extract_family(store: FeatureStore, config: FinetuneConfig, folder: Path, family: str) -> None:

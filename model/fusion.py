@@ -292,7 +292,7 @@ CLASSIFIER_INPUTS: dict[str, int] = {"bimodal": 7, "bimodal_no_sca": 5, "text": 
 class FusionModel(nn.Module):
     """CM-RoBERTa's head, or one of its ablations: forward(audio, text, mask) -> logits [B, T, 7]."""
 
-    def __init__(self, config: FusionConfig, audio_dim: int, text_dim: int):
+    def __init__(self, config: FusionConfig, audio_dim: int, text_dim: int, num_classes: int = len(EMOTIONS)):
         super().__init__()
         self.config = config
         self.audio_dim, self.text_dim = audio_dim, text_dim
@@ -314,7 +314,7 @@ class FusionModel(nn.Module):
             nn.Linear(CLASSIFIER_INPUTS[config.variant] * d, config.classifier_hidden),
             nn.ReLU(),
             nn.Dropout(config.dropout),
-            nn.Linear(config.classifier_hidden, len(EMOTIONS)),
+            nn.Linear(config.classifier_hidden, num_classes),
         )
 
     def _check_input(self, name: str, x: torch.Tensor | None, width: int, mask: torch.Tensor) -> torch.Tensor:
@@ -328,7 +328,7 @@ class FusionModel(nn.Module):
         return x
 
     def forward(self, audio: torch.Tensor | None, text: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
-        """Logits [B, T, 7] from audio [B, T, Da] and text [B, T, Dt] (None for a modality the variant
+        """Logits [B, T, classes] from audio [B, T, Da] and text [B, T, Dt] (None for a modality the variant
         does not read) and the dialogue mask [B, T], True at real utterances."""
         if mask.dim() != 2:
             raise ValueError(f"mask must be [batch, utterances], not {tuple(mask.shape)}")
@@ -353,12 +353,15 @@ class FusionModel(nn.Module):
         return self.classifier(torch.cat(parts, dim=-1))
 
 
-def build_fusion_model(config: FusionConfig, audio_dim: int, text_dim: int) -> FusionModel:
-    """The fusion network for inputs of these widths (a width the variant does not read may be 0)."""
+def build_fusion_model(
+    config: FusionConfig, audio_dim: int, text_dim: int, num_classes: int = len(EMOTIONS)
+) -> FusionModel:
+    """The fusion network for inputs of these widths (a width the variant does not read may be 0), with
+    `num_classes` outputs: the run's label set (MELD's seven emotions by default)."""
     if config.uses_audio and audio_dim < 1:
         raise ValueError(f"the {config.variant} variant reads audio, but the audio width is {audio_dim}")
     if config.uses_text and text_dim < 1:
         raise ValueError(f"the {config.variant} variant reads text, but the text width is {text_dim}")
-    model = FusionModel(config, audio_dim, text_dim)
+    model = FusionModel(config, audio_dim, text_dim, num_classes)
     log.info("fusion model %s: %s parameters", config.variant, f"{sum(p.numel() for p in model.parameters()):,}")
     return model

@@ -10,6 +10,7 @@ scikit-learn's conventions, so numbers compare with published code:
 bootstrap that rescores thousands of resamples (sklearn scores one label list per call).
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,7 @@ def weighted_f1_of_confusions(confusions: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True, kw_only=True)
 class ClassificationMetrics:
-    """Scores of one set of predictions; fractions in [0, 1], classes in `EMOTIONS` order."""
+    """Scores of one set of predictions; fractions in [0, 1], classes in the order of `labels`."""
 
     weighted_f1: float
     """Per-class F1 weighted by each class's number of true utterances: the paper's metric."""
@@ -58,11 +59,13 @@ class ClassificationMetrics:
     macro_f1: float
     """Unweighted mean F1 over the classes present in the gold or predicted labels."""
     per_class_f1: list[float]
-    """F1 of each class, in `EMOTIONS` order."""
+    """F1 of each class, in the order of `labels`."""
     support: list[int]
     """Number of true utterances of each class."""
     confusion: list[list[int]]
     """Confusion matrix, rows true class, columns predicted class."""
+    labels: tuple[str, ...] = EMOTIONS
+    """The class names in class-index order: the run's label set (MELD's emotions by default)."""
 
     @property
     def count(self) -> int:
@@ -70,34 +73,37 @@ class ClassificationMetrics:
         return int(sum(self.support))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict; per-class F1 keyed by emotion name as well as listed in order."""
+        """JSON-ready dict; per-class F1 and support keyed by label name, in class order."""
         return {
             "weighted_f1": self.weighted_f1,
             "accuracy": self.accuracy,
             "macro_f1": self.macro_f1,
-            "per_class_f1": dict(zip(EMOTIONS, self.per_class_f1)),
-            "support": dict(zip(EMOTIONS, self.support)),
+            "per_class_f1": dict(zip(self.labels, self.per_class_f1)),
+            "support": dict(zip(self.labels, self.support)),
             "confusion": self.confusion,
             "count": self.count,
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ClassificationMetrics":
-        """Inverse of `to_dict`."""
+    def from_dict(cls, data: dict[str, Any], labels: Sequence[str] = EMOTIONS) -> "ClassificationMetrics":
+        """Inverse of `to_dict`, for metrics of the label set `labels`."""
         return cls(
             weighted_f1=float(data["weighted_f1"]),
             accuracy=float(data["accuracy"]),
             macro_f1=float(data["macro_f1"]),
-            per_class_f1=[float(data["per_class_f1"][name]) for name in EMOTIONS],
-            support=[int(data["support"][name]) for name in EMOTIONS],
+            per_class_f1=[float(data["per_class_f1"][name]) for name in labels],
+            support=[int(data["support"][name]) for name in labels],
             confusion=[[int(v) for v in row] for row in data["confusion"]],
+            labels=tuple(labels),
         )
 
 
 def classification_metrics(
-    gold: np.ndarray, pred: np.ndarray, num_classes: int = len(EMOTIONS)
+    gold: np.ndarray, pred: np.ndarray, labels: Sequence[str] = EMOTIONS
 ) -> ClassificationMetrics:
-    """All scores of predictions `pred` against labels `gold` (integer class indices)."""
+    """All scores of predictions `pred` against labels `gold` (integer class indices into `labels`)."""
+    labels = tuple(labels)
+    num_classes = len(labels)
     gold, pred = _check_labels(gold, pred, num_classes)
     confusion = confusion_matrix(gold, pred, num_classes)
     if gold.size == 0:
@@ -108,6 +114,7 @@ def classification_metrics(
             per_class_f1=[0.0] * num_classes,
             support=[0] * num_classes,
             confusion=confusion.tolist(),
+            labels=labels,
         )
     every_class = np.arange(num_classes)
     return ClassificationMetrics(
@@ -120,12 +127,13 @@ def classification_metrics(
         ],
         support=[int(v) for v in confusion.sum(axis=1)],
         confusion=confusion.tolist(),
+        labels=labels,
     )
 
 
 def constant_prediction_metrics(
-    gold: np.ndarray, label: int, num_classes: int = len(EMOTIONS)
+    gold: np.ndarray, label: int, labels: Sequence[str] = EMOTIONS
 ) -> ClassificationMetrics:
     """Scores of always predicting `label`: the floor every report shows (always-neutral on MELD)."""
     gold = np.asarray(gold, dtype=np.int64)
-    return classification_metrics(gold, np.full_like(gold, label), num_classes)
+    return classification_metrics(gold, np.full_like(gold, label), labels)

@@ -52,7 +52,7 @@ from tqdm import tqdm
 from cluster.config import RESOLVED_CONFIG_NAME, load_config
 from cluster.durable_files import atomic_write_json, atomic_write_text
 from extract.feature_store import FeatureStore, FeatureStoreError, SplitArrays
-from extract.labels import EMOTIONS, emotion_index
+from extract.labels import MELD_EMOTIONS, LabelSet, UnknownLabelError
 from extract.meld import CSV_NAMES, CorpusError, read_meld
 from extract.pipeline import (
     AUDIO_FAMILIES,
@@ -110,6 +110,8 @@ class LoadedRun:
     """The store's extraction config: how every family is computed."""
     floor_label: int
     """The train split's majority class."""
+    label_set: LabelSet
+    """The run's label set: its output classes and the probability columns of its predictions."""
     checkpoint: str
     """Tag of the selected checkpoint."""
     epoch: int
@@ -161,7 +163,11 @@ def load_run(run_dir: Path) -> LoadedRun:
         statistics = FeatureStatistics.load(run_dir / STATISTICS_NAME)
         with distributed_session() as rendezvous:
             engine = load_inference_engine(
-                build_model(config, modalities), config, rendezvous.world_size, Checkpoints(run_dir), progress.best
+                build_model(config, modalities, store.label_set),
+                config,
+                rendezvous.world_size,
+                Checkpoints(run_dir),
+                progress.best,
             )
     engine.eval()
     return LoadedRun(
@@ -174,7 +180,8 @@ def load_run(run_dir: Path) -> LoadedRun:
         statistics=statistics,
         store=store,
         extraction=extraction,
-        floor_label=majority_label(store.read_split("train", families=[]).emotion),
+        floor_label=majority_label(store.read_split("train", families=[]).emotion, len(store.label_set)),
+        label_set=store.label_set,
         checkpoint=progress.best,
         epoch=int(progress.best_epoch),
     )
@@ -254,15 +261,16 @@ def _integer(row: dict[str, Any], name: str, where: str, default: int | None = N
     return number
 
 
-def _gold(row: dict[str, Any], where: str) -> str | None:
+def _gold(row: dict[str, Any], where: str, label_set: LabelSet) -> str | None:
     value = row.get("emotion")
     if value is None or str(value).strip() == "":
         return None
     try:
-        return EMOTIONS[emotion_index(str(value))]
-    except ValueError:
+        return label_set.labels[label_set.index(str(value))]
+    except UnknownLabelError:
         raise PredictInputError(
-            f"{where}: unknown emotion {value!r}; use one of {', '.join(EMOTIONS)} or leave it empty"
+            f"{where}: unknown emotion {value!r}; use one of {', '.join(label_set.labels)} (the run's label set "
+            f"{label_set.name}) or leave it empty"
         ) from None
 
 
@@ -280,7 +288,7 @@ def _finish(rows: list[tuple[Utterance, str | None]], source: Path) -> PredictIn
     )
 
 
-def _read_utterance_file(path: Path) -> PredictInput:
+def _read_utterance_file(path: Path, label_set: LabelSet) -> PredictInput:
     """A CSV or JSONL with one utterance a row (module docstring)."""
     rows = []
     for number, row in enumerate(_read_table(path), start=2 if path.suffix.lower() == ".csv" else 1):
@@ -295,7 +303,7 @@ def _read_utterance_file(path: Path) -> PredictInput:
                 str(_field(row, "transcript", where)),
                 str(audio if audio.is_absolute() else (path.parent / audio).resolve()),
             ),
-            _gold(row, where),
+            _gold(row, where, label_set),
         ))
     return _finish(rows, path)
 
@@ -308,7 +316,7 @@ def _transcripts_file(folder: Path) -> Path | None:
     return None
 
 
-def _read_clip_folder(folder: Path) -> PredictInput:
+def _read_clip_folder(folder: Path, label_set: LabelSet) -> PredictInput:
     """A folder of clips with a transcripts file (module docstring)."""
     transcripts = _transcripts_file(folder)
     if transcripts is None:
@@ -331,7 +339,7 @@ def _read_clip_folder(folder: Path) -> PredictInput:
                 str(_field(row, "transcript", where)),
                 str((folder / clip).resolve()),
             ),
-            _gold(row, where),
+            _gold(row, where, label_set),
         ))
     return _finish(rows, transcripts)
 
@@ -353,17 +361,18 @@ def _read_meld_folder(folder: Path, splits: Sequence[str]) -> PredictInput | Non
     return PredictInput(utterances=utterances, gold={u.key: u.emotion for u in utterances}, unusable=unusable)
 
 
-def read_predict_input(path: Path, split: str | None = None) -> PredictInput:
-    """The utterances of a predict input in any of its three forms (module docstring)."""
+def read_predict_input(path: Path, split: str | None = None, label_set: LabelSet = MELD_EMOTIONS) -> PredictInput:
+    """The utterances of a predict input in any of its three forms (module docstring); the gold labels of a
+    file or clip-folder input are read in `label_set`, the run's."""
     path = Path(path).expanduser()
     if path.is_file():
         if path.suffix.lower() not in (".csv", ".jsonl"):
             raise PredictInputError(f"{path} must be a .csv or .jsonl file, or a folder")
-        found = _read_utterance_file(path)
+        found = _read_utterance_file(path, label_set)
     elif path.is_dir():
         if split is not None and split not in SPLITS:
             raise PredictInputError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
-        found = _read_meld_folder(path, (split,) if split else SPLITS) or _read_clip_folder(path)
+        found = _read_meld_folder(path, (split,) if split else SPLITS) or _read_clip_folder(path, label_set)
     else:
         raise PredictInputError(
             f"input {path} does not exist; give a MELD-layout folder, a clip folder, or a CSV or JSONL file"
@@ -498,7 +507,12 @@ def _score(run: LoadedRun, dataset: DialogueDataset, absent: frozenset[str]) -> 
     try:
         with deterministic_kernels(run.config.train.deterministic):
             return evaluate_split(
-                run.model, dataset, batch_dialogues=run.config.train.batch_dialogues, device=run.device, dtype=run.dtype
+                run.model,
+                dataset,
+                batch_dialogues=run.config.train.batch_dialogues,
+                device=run.device,
+                dtype=run.dtype,
+                label_set=run.label_set,
             )
     finally:
         for module in dropouts:
@@ -529,16 +543,21 @@ def predict(
     )
     absent = _absent(perturbation)
     uses_audio = bool(run.modalities.audio_families) and "audio" not in absent
+    labels = run.label_set.labels
     output: dict[str, dict[str, Any]] = {}
     for split in dict.fromkeys(u.split for u in utterances):
         indices = np.flatnonzero(np.array([key.startswith(f"{split}/") for key in rows.keys]))
-        evaluation = _score(run, _dataset(run, split, rows.take(indices)), absent)
+        split_rows = rows.take(indices)
+        # Every utterance is predicted: rows reused from the store may hold NO_LABEL, which evaluate_split would
+        # leave unscored, so the labels the dataset carries are placeholders (gold comes from the input).
+        split_rows.emotion = np.zeros_like(split_rows.emotion)
+        evaluation = _score(run, _dataset(run, split, split_rows), absent)
         for key, pred, probabilities in zip(evaluation.keys, evaluation.pred.tolist(), evaluation.probabilities):
             record: dict[str, Any] = {"key": key}
             if uses_audio and key in failed:
-                record.update({"label": None, **dict.fromkeys(EMOTIONS), "reason": failed[key]})
+                record.update({"label": None, **dict.fromkeys(labels), "reason": failed[key]})
             else:
-                record.update({"label": EMOTIONS[pred], **dict(zip(EMOTIONS, map(float, probabilities)))})
+                record.update({"label": labels[pred], **dict(zip(labels, map(float, probabilities)))})
             if found.gold.get(key) is not None:
                 record["gold"] = found.gold[key]
             output[key] = record
@@ -546,22 +565,25 @@ def predict(
     scored = [r for r in records if r.get("gold") is not None and r["label"] is not None]
     metrics = None
     if scored:
-        gold = np.array([emotion_index(r["gold"]) for r in scored])
-        pred = np.array([emotion_index(r["label"]) for r in scored])
-        metrics = classification_metrics(gold, pred).to_dict()
+        gold = np.array([run.label_set.index(r["gold"]) for r in scored])
+        pred = np.array([run.label_set.index(r["label"]) for r in scored])
+        metrics = classification_metrics(gold, pred, labels).to_dict()
         metrics["unlabelled_for_failure"] = sum(r.get("gold") is not None and r["label"] is None for r in records)
         if asr is not None:
             metrics["realised_wer"] = asr.wer
     return records, metrics
 
 
-def write_predictions(records: Sequence[dict[str, Any]], out: Path) -> Path:
-    """The rows as CSV (for a .csv name) or JSON lines, written atomically."""
+def write_predictions(
+    records: Sequence[dict[str, Any]], out: Path, labels: Sequence[str] = MELD_EMOTIONS.labels
+) -> Path:
+    """The rows as CSV (for a .csv name, a probability column per label of the run's `labels`) or JSON lines,
+    written atomically."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".csv":
         text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=["key", "label", *EMOTIONS, "gold", "reason"], lineterminator="\n")
+        writer = csv.DictWriter(text, fieldnames=["key", "label", *labels, "gold", "reason"], lineterminator="\n")
         writer.writeheader()
         writer.writerows({key: "" if value is None else value for key, value in record.items()} for record in records)
         atomic_write_text(out, text.getvalue())

@@ -211,6 +211,15 @@ class TokenSplit:
         """Token ids of one row."""
         return self.ids[self.offsets[row] : self.offsets[row + 1]]
 
+    def take(self, rows: np.ndarray) -> "TokenSplit":
+        """The split's `rows` only, in that order."""
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(self.lengths[rows], out=offsets[1:])
+        ids = np.concatenate([self.row_ids(int(row)) for row in rows]) if len(rows) else self.ids[:0]
+        return TokenSplit(
+            keys=[self.keys[int(row)] for row in rows], offsets=offsets, ids=ids, pad_token_id=self.pad_token_id
+        )
+
     def dialogue_lengths(self, dialogues: list[np.ndarray]) -> np.ndarray:
         """int64 [D]: the longest utterance of each dialogue, in tokens (what its batch is padded to)."""
         lengths = self.lengths

@@ -81,7 +81,7 @@ from cluster.config import RESOLVED_CONFIG_NAME, load_config, to_dict, write_res
 from cluster.durable_files import atomic_write_json_lines
 from cluster.rendezvous import Rendezvous, export_rendezvous, resolve_rendezvous
 from extract.feature_store import FeatureStore, FeatureStoreError
-from extract.labels import EMOTIONS
+from extract.labels import EMOTIONS, NO_LABEL, LabelSet
 from model.checkpoint import (
     CheckpointConfig,
     CheckpointRequest,
@@ -137,7 +137,7 @@ from model.fusion import FusionConfig, build_fusion_model
 from model.layer_mix import LayerMix, LayerMixedHead
 from model.lr_schedule import build_lr_scheduler
 from model.param_groups import build_optimizer, head_param_groups
-from model.run_store import open_run_store, read_run_store_record, record_run_store, refuse_other_label_set
+from model.run_store import open_run_store, read_run_store_record, record_run_store
 from model.text_encoder import STORE_ENCODER, TextEncoderConfig, export_encoder, load_tokenizer
 from model.weights_fit import model_shapes, weights_misfit
 
@@ -379,12 +379,16 @@ def deepspeed_config(config: RunConfig, world_size: int, monitor: dict[str, Any]
     return build_deepspeed_config(engine, micro, world_size, train.gradient_accumulation_steps, monitor)
 
 
-def class_weight_vector(train_labels: np.ndarray, mode: str) -> np.ndarray | None:
-    """Per-class loss weights: None for 'none'; N / (C · count) for 'balanced' (0 for a class absent from train)."""
+def class_weight_vector(train_labels: np.ndarray, mode: str, num_classes: int = len(EMOTIONS)) -> np.ndarray | None:
+    """Per-class loss weights: None for 'none'; N / (C · count) for 'balanced' (0 for a class absent from train).
+
+    N counts the labelled utterances: one without a label (NO_LABEL) has no loss to weigh.
+    """
     if mode == "none":
         return None
-    counts = np.bincount(train_labels, minlength=len(EMOTIONS)).astype(np.float64)
-    weights = np.divide(len(train_labels), len(EMOTIONS) * counts, out=np.zeros_like(counts), where=counts > 0)
+    labelled = np.asarray(train_labels)[np.asarray(train_labels) != NO_LABEL]
+    counts = np.bincount(labelled, minlength=num_classes).astype(np.float64)
+    weights = np.divide(len(labelled), num_classes * counts, out=np.zeros_like(counts), where=counts > 0)
     return weights.astype(np.float32)
 
 
@@ -449,11 +453,14 @@ class RunInputs:
     statistics: FeatureStatistics
     """Standardisation, fitted on train or loaded from the run."""
     train_labels: np.ndarray
-    """Emotion indices of the train split (class weights, the majority-class floor)."""
+    """Label indices of the train split (class weights, the majority-class floor); NO_LABEL where unlabelled."""
+    label_set: LabelSet
+    """The store's label set, the run's own: the model's output width, the metrics and the reports follow it."""
 
 
-def build_model(config: RunConfig, modalities: Modalities) -> torch.nn.Module:
-    """The fusion network for the modalities' widths (behind the text encoder, end to end), seeded by the run.
+def build_model(config: RunConfig, modalities: Modalities, label_set: LabelSet) -> torch.nn.Module:
+    """The fusion network for the modalities' widths (behind the text encoder, end to end), seeded by the run,
+    with one output per label of the run's `label_set`.
 
     `config` must be resolved (`resolve_run_config`): an end-to-end encoder named, not 'store'.
     Stored speech-encoder layers are mixed by learned weights in front of the head (model.layer_mix).
@@ -461,13 +468,18 @@ def build_model(config: RunConfig, modalities: Modalities) -> torch.nn.Module:
     mix = LayerMix(modalities.layer_blocks) if modalities.layer_blocks else None
     if config.end_to_end_mode:
         model = build_end_to_end_model(
-            config.end_to_end, config.model, modalities.head_audio_dim, config.seed, normalise=config.data.standardize
+            config.end_to_end,
+            config.model,
+            modalities.head_audio_dim,
+            config.seed,
+            normalise=config.data.standardize,
+            num_classes=len(label_set),
         )
         if mix is not None:
             model.head = LayerMixedHead(mix, model.head)
         return model
     torch.manual_seed(config.seed)
-    head = build_fusion_model(config.model, modalities.head_audio_dim, modalities.text_dim)
+    head = build_fusion_model(config.model, modalities.head_audio_dim, modalities.text_dim, len(label_set))
     return LayerMixedHead(mix, head) if mix is not None else head
 
 
@@ -483,10 +495,14 @@ def run_modalities(config: RunConfig, store: FeatureStore) -> Modalities:
 def prepare_inputs(
     config: RunConfig, splits: tuple[str, ...], statistics: FeatureStatistics | None = None
 ) -> RunInputs:
-    """Open the store (refused in another label set than the run's), build the model, load the splits it needs."""
-    store = refuse_other_label_set(FeatureStore.open(config.store))
+    """Open the store, build the model for its label set, load the splits it needs.
+
+    A run follows its store's label set; a run reopened (evaluate, predict, --resume) was checked against
+    its recorded set by `open_run_store` before its store reaches here.
+    """
+    store = FeatureStore.open(config.store)
     modalities = run_modalities(config, store)
-    model = build_model(config, modalities)
+    model = build_model(config, modalities, store.label_set)
     datasets, statistics = load_datasets(store, modalities, splits, config.data.standardize, statistics)
     if config.end_to_end_mode:
         attach_tokens(store, datasets, config.end_to_end.encoder)
@@ -495,7 +511,12 @@ def prepare_inputs(
     else:
         train_labels = store.read_split("train", families=[]).emotion
     return RunInputs(
-        model=model, modalities=modalities, datasets=datasets, statistics=statistics, train_labels=train_labels
+        model=model,
+        modalities=modalities,
+        datasets=datasets,
+        statistics=statistics,
+        train_labels=train_labels,
+        label_set=store.label_set,
     )
 
 
@@ -841,7 +862,7 @@ def _fit(
     checkpoints = step_checkpoints.checkpoints
     train_set, dev_set = inputs.datasets["train"], inputs.datasets["dev"]
     dtype = precision_dtype(run_precision(config))
-    weights = class_weight_vector(inputs.train_labels, config.train.class_weights)
+    weights = class_weight_vector(inputs.train_labels, config.train.class_weights, len(inputs.label_set))
     class_weights = None if weights is None else torch.from_numpy(weights).to(engine.device)
     placement = {"rank": rendezvous.rank, "world_size": rendezvous.world_size, "seed": config.seed}
     if config.end_to_end_mode and config.end_to_end.bucket_by_length:
@@ -888,6 +909,7 @@ def _fit(
                 class_weights=class_weights,
                 rank=rendezvous.rank,
                 world_size=rendezvous.world_size,
+                label_set=inputs.label_set,
             )
             if not math.isfinite(dev.loss):
                 raise NonFiniteLossError(
@@ -967,7 +989,7 @@ def _export_run_encoder(
     config: RunConfig, inputs: RunInputs, checkpoints: Checkpoints, tag: str, rendezvous: Rendezvous, folder: Path
 ) -> None:
     """Export the text encoder of checkpoint `tag` (the selected epoch) as a Hugging Face folder (rank 0 writes)."""
-    model = build_model(config, inputs.modalities)
+    model = build_model(config, inputs.modalities, inputs.label_set)
     engine = load_inference_engine(model, config, rendezvous.world_size, checkpoints, tag)
     if rendezvous.is_main:
         export_encoder(engine.module.encoder.model, load_tokenizer(config.end_to_end.encoder), folder)
@@ -987,9 +1009,9 @@ def _evaluate_checkpoint(
 
     The model is built afresh: training may have cast or partitioned the first one.
     """
-    model = build_model(config, inputs.modalities)
+    model = build_model(config, inputs.modalities, inputs.label_set)
     engine = load_inference_engine(model, config, rendezvous.world_size, checkpoints, progress.best)
-    weights = class_weight_vector(inputs.train_labels, config.train.class_weights)
+    weights = class_weight_vector(inputs.train_labels, config.train.class_weights, len(inputs.label_set))
     evaluation = evaluate_split(
         engine,
         inputs.datasets[split],
@@ -999,8 +1021,10 @@ def _evaluate_checkpoint(
         class_weights=None if weights is None else torch.from_numpy(weights).to(engine.device),
         rank=rendezvous.rank,
         world_size=rendezvous.world_size,
+        label_set=inputs.label_set,
     )
-    record = evaluation_record(evaluation, majority_label(inputs.train_labels), progress.best, progress.best_epoch)
+    floor_label = majority_label(inputs.train_labels, len(inputs.label_set))
+    record = evaluation_record(evaluation, floor_label, progress.best, progress.best_epoch)
     record["selected_epoch"] = progress.best_epoch
     record["selected_phase"] = training_phase(config.warm_start_epochs, progress.best_epoch)
     return evaluation, record

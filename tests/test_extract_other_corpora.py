@@ -30,6 +30,7 @@ from extract.manifest import (
 from extract.pipeline import ExtractConfig, decode_utterance, feature_settings, run_extraction, store_path
 from launch.cli import main
 from model.checkpoint import RunFolderError
+from model.fusion import FusionConfig
 from model.run_store import open_run_store
 from model.train import RunConfig, prepare_inputs
 from tests.iemocap_layout import MISSING_WAV, TRUNCATED_WAV, write_iemocap
@@ -170,19 +171,24 @@ def test_a_span_decodes_only_its_part_of_the_file(manifest):
 
 def test_a_meld_run_refuses_an_iemocap_store_naming_both_label_sets(iemocap, store_root, local_ray, tmp_path, capsys):
     store = run_extraction(_config(iemocap, store_root))
+    run_dir = tmp_path / "run"
     both = (
-        "runs are trained in label set meld7 (neutral, surprise, fear, sadness, joy, disgust, anger), but store "
-        f"{store} is labelled in iemocap-erc6 ({', '.join(ERC6_LABELS.labels)})"
+        f"run {run_dir} is trained in label set meld7 (neutral, surprise, fear, sadness, joy, disgust, anger), but "
+        f"store {store} is labelled in iemocap-erc6 ({', '.join(ERC6_LABELS.labels)})"
     )
-    # evaluate, predict and train --resume open a run's store through open_run_store; train through prepare_inputs.
+    # evaluate, predict and train --resume open a run's store through open_run_store; a run folder without a
+    # recorded label set was trained before runs recorded one, in MELD's.
     with pytest.raises(RunFolderError) as refused:
-        open_run_store(tmp_path / "run", str(store))
+        open_run_store(run_dir, str(store))
     assert str(refused.value).startswith(both)
-    with pytest.raises(RunFolderError) as refused:
-        prepare_inputs(RunConfig(store=str(store), text_mode="frozen"), ("train",))
-    assert str(refused.value).startswith(both)
-    # sweep says so before anything is submitted.
-    assert main(["sweep", "--seeds", "0", "--out", str(tmp_path / "sweep"), f"store={store}"]) == 2
+    # A new run follows its store's label set.
+    new_run = RunConfig(store=str(store), model=FusionConfig(variant="audio"))
+    assert prepare_inputs(new_run, ("train",)).label_set.labels == ERC6_LABELS.labels
+    # A sweep over stores of two label sets would pool them in one report: refused before anything is submitted.
+    ser4 = run_extraction(_config(iemocap, store_root, ["iemocap.protocol=ser4", "iemocap.fold=1"]))
+    sweep = ["sweep", "--seeds", "0", "--out", str(tmp_path / "sweep"), "--grid", f"store={store},{ser4}",
+             f"store={store}"]
+    assert main(sweep) == 2
     err = capsys.readouterr().err
-    assert both in err and "Traceback" not in err
+    assert "iemocap-erc6" in err and "iemocap-ser4" in err and "Traceback" not in err
     assert not (tmp_path / "sweep").exists()

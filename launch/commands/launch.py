@@ -68,12 +68,11 @@ def launch_train(args: argparse.Namespace) -> int:
     profile = load_profile(args.cluster, args.profile, args.profile_set)
     from extract.feature_store import FeatureStore
     from model.evaluate import TEST_METRICS_NAME
-    from model.run_store import refuse_other_label_set
     from model.train import Checkpoints, RunConfig, default_run_dir
 
     config = load_config(RunConfig, args.config, args.overrides)
-    # A store that cannot be read, or is in another label set than runs train in, is refused here, not in the job.
-    refuse_other_label_set(FeatureStore.open(config.store))
+    # A store that cannot be read is refused here, not in the job.
+    FeatureStore.open(config.store)
     run_dir = args.run_dir or default_run_dir(config)
     started = Checkpoints(run_dir).progress() is not None or (run_dir / TEST_METRICS_NAME).is_file()
     if started and not args.resume:

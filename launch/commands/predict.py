@@ -4,16 +4,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from extract.labels import EMOTIONS
 from launch.cli import UserError
 
 
 def metrics_table(metrics: dict[str, Any]) -> str:
-    """Per-class F1, weighted F1 and accuracy (in %) of the rows that had gold labels."""
+    """Per-class F1 (in the run's label order, as `to_dict` keys them), weighted F1 and accuracy (in %) of the
+    rows that had gold labels."""
     from launch.tables import format_table
 
-    header = [*EMOTIONS, "w-average F1", "accuracy", "utterances"]
-    row = [*(100 * metrics["per_class_f1"][e] for e in EMOTIONS), 100 * metrics["weighted_f1"],
+    labels = list(metrics["per_class_f1"])
+    header = [*labels, "w-average F1", "accuracy", "utterances"]
+    row = [*(100 * metrics["per_class_f1"][e] for e in labels), 100 * metrics["weighted_f1"],
            100 * metrics["accuracy"], metrics["count"]]
     return format_table(header, [row])
 
@@ -31,13 +32,14 @@ def run_predict(
     # Imported here: torch and DeepSpeed take seconds to import, and `cmroberta --help` imports every verb.
     from model.perturb import parse_perturbation
     from model.predict import load_run, predict, read_predict_input, write_predictions
+    from model.run_store import run_label_set
 
     refuse_folder_as_out(out)
     perturbation = parse_perturbation(perturb) if perturb else None
-    found = read_predict_input(input_path, split)
+    found = read_predict_input(input_path, split, run_label_set(run_dir))
     run = load_run(run_dir)
     records, metrics = predict(run, found, perturbation)
-    write_predictions(records, out)
+    write_predictions(records, out, run.label_set.labels)
     failed = sum(record["label"] is None for record in records)
     print(f"wrote {len(records)} predictions to {out}" + (f" ({failed} without a label: see their reason)"
                                                          if failed else ""))

@@ -24,16 +24,15 @@ def run_sweep(args: argparse.Namespace) -> int:
     from launch.aggregate import format_report, write_report
     from launch.executors import follow_jobs, load_profile
     from launch.sweep import parse_grid, parse_seeds, plan_sweep, submit_sweep
-    from model.run_store import refuse_other_label_set
+    from model.run_store import refuse_mixed_label_sets
     from model.train import RunConfig
 
     profile = load_profile(args.cluster, args.profile, args.profile_set)
     sweep_dir = args.out or default_sweep_dir(args.config, args.overrides)
     runs = plan_sweep(RunConfig, sweep_dir, parse_seeds(args.seeds), parse_grid(args.grid), args.config, args.overrides)
-    # A store that cannot be read, or is in another label set than runs train in, fails every run of the
-    # sweep: say so before anything is submitted.
-    for store in sorted({run.config.store for run in runs}):
-        refuse_other_label_set(FeatureStore.open(store))
+    # A store that cannot be read fails every run of the sweep, and runs in different label sets cannot be
+    # pooled in one report: say so before anything is submitted.
+    refuse_mixed_label_sets([FeatureStore.open(store) for store in sorted({run.config.store for run in runs})])
     # One sweep command at a time on a folder: a second one, seeing the first one's runs as queued, would
     # not wait for them and would write report.md while the first writes it too.
     with exclusive_lock(sweep_dir, "sweep folder"):
