@@ -372,7 +372,15 @@ def read_predict_input(path: Path, split: str | None = None, label_set: LabelSet
     elif path.is_dir():
         if split is not None and split not in SPLITS:
             raise PredictInputError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
-        found = _read_meld_folder(path, (split,) if split else SPLITS) or _read_clip_folder(path, label_set)
+        meld = _read_meld_folder(path, (split,) if split else SPLITS)
+        if meld is not None and not label_set.same_labels(MELD_EMOTIONS):
+            # MELD's CSVs carry gold labels in MELD's own set; scored against another set they would mean nothing.
+            raise PredictInputError(
+                f"{path} is a corpus in MELD's layout, labelled in {MELD_EMOTIONS.describe()}, but the run is "
+                f"trained in label set {label_set.describe()}; give a run trained on MELD, or this run's own "
+                "utterances as a CSV or JSONL file or a clip folder"
+            )
+        found = meld or _read_clip_folder(path, label_set)
     else:
         raise PredictInputError(
             f"input {path} does not exist; give a MELD-layout folder, a clip folder, or a CSV or JSONL file"

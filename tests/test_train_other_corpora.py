@@ -123,6 +123,19 @@ def test_a_four_label_manifest_corpus_trains_reports_and_predicts_with_four_colu
     printed = capsys.readouterr().out
     assert all(label in printed for label in LABELS["labels"])
 
+    # A corpus in MELD's layout carries gold labels in MELD's seven emotions: refused, naming both sets.
+    meld = tmp_path / "meld"
+    meld.mkdir()
+    (meld / "test_sent_emo.csv").write_text(
+        "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
+        "1,Okay.,Al,joy,positive,0,0,1,1,\"00:00:01,000\",\"00:00:02,000\"\n"
+    )
+    assert main(["predict", str(run_dir), str(meld), "--out", str(tmp_path / "meld.csv")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "Traceback" not in error[0]
+    assert "labelled in meld7 (neutral, surprise" in error[0] and f"label set {LABELS['name']} (" in error[0]
+    assert not (tmp_path / "meld.csv").exists()
+
 
 def test_ser4_folds_train_with_four_outputs_and_report_ua_wa_and_their_mean(tmp_path, local_ray):
     corpus = write_iemocap(tmp_path / "IEMOCAP_full_release")
