@@ -118,7 +118,7 @@ def _weights_misfit(run_dir: Path, config: "RunConfig", store: "FeatureStore") -
         return None
     try:
         with torch.device("meta"):
-            model = build_model(config, run_modalities(config, store))
+            model = build_model(config, run_modalities(config, store), store.label_set)
     except TextEncoderError:
         return None  # `evaluate` names the missing encoder; the checkpoint is still checked by verify_run_folder
     return weights_misfit(progress.best, run_dir, model_shapes(model), header_shapes(path))
