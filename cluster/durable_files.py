@@ -12,6 +12,7 @@ the common mistake (two commands on the same folder), not against a hostile writ
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -24,10 +25,20 @@ from typing import Any
 
 LOCK_NAME = ".lock"
 TEMP_SUFFIX = ".tmp"
+_HASH_BLOCK = 1 << 20
 
 
 class LockHeldError(Exception):
     """Another process holds the folder's lock; the message names its host and pid."""
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks: the one checksum of shards, checkpoints and weights."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def unique_temp_path(path: Path) -> Path:

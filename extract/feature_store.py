@@ -35,7 +35,7 @@ import h5py
 import numpy as np
 import tomli_w
 
-from cluster.durable_files import atomic_write_bytes, atomic_write_json, atomic_write_text, exclusive_lock
+from cluster.durable_files import atomic_write_bytes, atomic_write_json, atomic_write_text, exclusive_lock, file_sha256
 from extract.labels import NO_LABEL, SENTIMENTS, LabelSet
 from extract.manifest import (
     FORMAT_VERSION,
@@ -62,7 +62,6 @@ CONFIG_NAME = "config.toml"
 # family (6552 floats) make a 1.7 MB chunk, inside HDF5's default 1 MiB..few-MiB sweet spot.
 _CHUNK_ROWS = 64
 _STR = h5py.string_dtype("utf-8")
-_HASH_BLOCK = 1 << 20
 # The per-row columns every shard holds beside its feature families.
 _ROW_COLUMNS = ("key", "dialogue_id", "utterance_id", "speaker", "transcript", "emotion", "sentiment")
 # Problems a one-line message names before it says how many more there are.
@@ -173,15 +172,6 @@ class WrittenShard:
     """Hex sha256 of the whole file."""
     bytes: int
     """File size in bytes."""
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while block := stream.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _is_ordered(rows: SplitArrays) -> bool:

@@ -29,7 +29,6 @@ agree, so all of them load the same checkpoint.
 
 import copy
 import enum
-import hashlib
 import json
 import logging
 import re
@@ -50,6 +49,7 @@ from cluster.durable_files import (
     atomic_write_bytes,
     atomic_write_json,
     exclusive_lock,
+    file_sha256,
     is_temp_file,
     publish,
     unique_temp_path,
@@ -236,16 +236,8 @@ def require_supported(engine: Any) -> None:
         )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _file_record(path: Path) -> dict[str, Any]:
-    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def _plain(value: Any, where: str) -> Any:
@@ -518,7 +510,7 @@ class Checkpoints:
         if path.stat().st_size != record["bytes"]:
             raise CheckpointDamagedError(f"{path} has {path.stat().st_size} bytes, not the {record['bytes']} saved "
                                          "(truncated or overwritten)")
-        if _sha256(path) != record["sha256"]:
+        if file_sha256(path) != record["sha256"]:
             raise CheckpointDamagedError(f"{path} does not match its checksum (damaged or overwritten)")
         return path
 

@@ -7,11 +7,11 @@ import h5py
 import numpy as np
 import pytest
 
+from cluster.durable_files import file_sha256
 from extract.feature_store import (
     FeatureStore,
     SplitArrays,
     build_store_from_arrays,
-    file_sha256,
     shard_problem,
     write_shard,
 )

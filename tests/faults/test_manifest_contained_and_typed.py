@@ -13,8 +13,9 @@ import h5py
 import numpy as np
 import pytest
 
+from cluster.durable_files import file_sha256
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
-from extract.feature_store import FeatureStore, build_store_from_arrays, file_sha256
+from extract.feature_store import FeatureStore, build_store_from_arrays
 from extract.manifest import MANIFEST_NAME, FeatureStoreError, new_manifest
 from extract.pipeline import ExtractConfig, feature_settings, store_path
 from launch.cli import main
