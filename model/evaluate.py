@@ -247,7 +247,7 @@ def read_metrics_record(path: Path, perturbed: bool = False) -> dict[str, Any]:
 
 def write_evaluation(run_dir: Path, evaluation: SplitEvaluation, record: dict[str, Any]) -> Path:
     """Predictions, confusion plot, then the metrics file: written last, it marks the evaluation complete."""
-    # Imported here: matplotlib costs a second at import, and only the writing process needs it.
+    # deferred: matplotlib costs a second at import, and only the writing process needs it.
     from model.plots import plot_confusion_matrix
 
     run_dir = Path(run_dir)

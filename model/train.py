@@ -3,7 +3,8 @@
 This module owns the loop (epochs, step checkpoints, early stopping, the test score at the end). The
 run's config and its resolution are `model.run_config`, the DeepSpeed engine `model.engine`, what a run
 reads `model.run_inputs`, scoring a checkpoint (and a finished run again) `model.evaluate`, the process's
-distributed session `cluster.distributed_session`.
+distributed session `cluster.distributed_session`. (Some 520 lines: the epoch loop, its in-epoch
+checkpoints and its resume read as one story, so they stay in one file.)
 
 One process on a CPU by default; many GPUs under torchrun, srun or any launcher that sets the
 torch.distributed variables (see `cluster.rendezvous`). The loop follows the paper's section 4.3:
