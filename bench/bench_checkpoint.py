@@ -26,13 +26,13 @@ from pathlib import Path
 
 import torch
 
+from cluster.distributed_session import distributed_session
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from model.checkpoint import Checkpoints, checkpoint_tag
 from model.end_to_end import EndToEndModel
 from model.fusion import FusionConfig, build_fusion_model
 from model.param_groups import ParamGroupsConfig, build_param_groups
 from model.text_encoder import TextEncoder, TextEncoderConfig
-from model.train import distributed_session
 
 WORDS = "okay so we were on a break you know I can not believe this oh my god".split()
 

@@ -15,18 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cluster.distributed_session import distributed_session
 from extract.feature_store import FeatureStore, SplitArrays
 from model.checkpoint import Checkpoints
 from model.dialogue_data import FeatureStatistics, dataset_from_arrays
+from model.engine import build_model, load_inference_engine, run_modalities
 from model.evaluate import evaluate_split
-from model.train import (
-    STATISTICS_NAME,
-    build_model,
-    distributed_session,
-    load_inference_engine,
-    run_modalities,
-    saved_run_config,
-)
+from model.run_config import saved_run_config
+from model.run_inputs import STATISTICS_NAME
 
 
 def perturbed(arrays: SplitArrays, eps: float, seed: int) -> SplitArrays:

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cluster.distributed_session import distributed_session
 from extract.feature_store import FeatureStore, SplitArrays, build_store_from_arrays
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from model.deepspeed_config import EngineConfig, build_deepspeed_config, precision_dtype, resolve_precision
@@ -49,7 +50,6 @@ from model.lr_schedule import LRScheduleConfig, build_lr_scheduler
 from model.param_groups import ParamGroupsConfig, build_optimizer, build_param_groups
 from model.text_encoder import TextEncoder, TextEncoderConfig, load_tokenizer
 from model.token_cache import build_token_cache, read_token_split
-from model.train import distributed_session
 
 WORDS = (
     "okay so we were on a break you know I can not believe this oh my god what is going on here "

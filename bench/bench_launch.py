@@ -166,7 +166,7 @@ def main() -> None:
             print(f"[{name}] submit call:          {describe(figures['submit_call_s'])}")
             print(f"[{name}] submission to start:  {describe(figures['to_start_s'])}")
             print(f"[{name}] submission to result: {describe(figures['to_result_s'])}")
-        from model.train import RunConfig
+        from model.run_config import RunConfig
 
         store = random_store(root)
         book = measure_bookkeeping(RunConfig, root / "bookkeeping", store)

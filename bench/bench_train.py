@@ -31,7 +31,9 @@ from cluster.config import load_config
 from cluster.rendezvous import resolve_rendezvous
 from extract.feature_store import FeatureStore, SplitArrays, build_store_from_arrays
 from model.dialogue_data import load_datasets
-from model.train import METRICS_NAME, RunConfig, build_model, run_modalities, train
+from model.engine import build_model, run_modalities
+from model.run_config import RunConfig
+from model.train import METRICS_NAME, train
 
 # (dialogues, utterances, longest dialogue) per split, from MELD's official CSVs.
 MELD_SPLITS = {"train": (1038, 9989, 24), "dev": (114, 1109, 23), "test": (280, 2610, 33)}

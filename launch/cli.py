@@ -90,7 +90,7 @@ USER_ERRORS: tuple[str, ...] = (
     "extract.openl3:OpenL3SetupError",
     "cluster.ray_runtime:RayStartError",
     "cluster.rendezvous:RendezvousError",
-    "model.train:RunFolderError",
+    "model.checkpoint:RunFolderError",
     "launch.report:ReportError",
     "launch.executors:SubmissionError",
     "launch.sweep_records:SweepRecordError",

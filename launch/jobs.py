@@ -155,7 +155,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         """Continue from the run's last checkpoint (a fresh start when it has none)."""
 
     def __call__(self) -> dict[str, Any] | None:
-        from model.checkpoint import CheckpointRequest, TrainingInterrupted, installed
+        from model.checkpoint_request import CheckpointRequest, TrainingInterrupted, installed
         from model.train import train
 
         _log_to_job_log()

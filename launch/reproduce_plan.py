@@ -33,7 +33,7 @@ from cluster.config import load_config
 from cluster.profile import ClusterProfile
 from extract.pipeline import ExtractConfig, store_path
 from launch.sweep import PlannedRun, plan_sweep
-from model.train import RunConfig
+from model.run_config import RunConfig
 
 TextModeName = Literal["end_to_end", "finetuned", "frozen"]
 TEXT_MODES: tuple[str, ...] = ("end_to_end", "finetuned", "frozen")

@@ -1,6 +1,9 @@
-"""The run folder's checkpoints: their format, rotation, fallback, the one-writer lock, and verification.
+"""The run folder's checkpoints: their format, rotation, fallback, and the one-writer lock.
 
-Training, evaluation and `cmroberta verify` all read checkpoints through this module, and nothing
+Training, evaluation and `cmroberta verify` (`model.run_verify`) all read checkpoints through this
+module. It is handed what it saves (an engine, the loop's JSON state, a rank's tensors) and imports
+neither the training loop nor the run config; converting and writing the files is
+`model.checkpoint_files`, a signal's request to checkpoint and stop is `model.checkpoint_request`. Nothing
 in one is unpickled: DeepSpeed's own `load_checkpoint` calls `torch.load(weights_only=False)`, which
 runs any code a file holds, so the state a resume needs is saved and loaded here instead.
 
@@ -27,15 +30,11 @@ over with a warning that names the damaged file. Every rank checks the files it 
 agree, so all of them load the same checkpoint.
 """
 
-import copy
-import enum
 import json
 import logging
 import re
-import shlex
 import shutil
-import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,18 +42,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file
 
-from cluster.durable_files import (
-    LockHeldError,
-    atomic_write_bytes,
-    atomic_write_json,
-    exclusive_lock,
-    file_sha256,
-    is_temp_file,
-    publish,
-    unique_temp_path,
-)
+from cluster.durable_files import LockHeldError, atomic_write_json, exclusive_lock, file_sha256, is_temp_file
 from cluster.pause_points import pause_point
+from model.checkpoint_files import file_record, plain_state, rebuild_like, save_torch, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +67,6 @@ class RunFolderError(Exception):
 
 class NonFiniteLossError(RunFolderError):
     """The loss became NaN or infinite; the run stops at the last good checkpoint."""
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped, as a signal asked, right after saving a checkpoint that resumes it."""
 
 
 @dataclass(kw_only=True)
@@ -165,53 +153,6 @@ class CheckpointDamagedError(Exception):
     """One checkpoint cannot be loaded; the message names the file and why."""
 
 
-class CheckpointRequest:
-    """A signal's request to checkpoint after the step in progress and stop (preemption, a time limit).
-
-    Install `handle` as the signal's handler. While the training loop runs (`armed`), the signal only
-    sets a flag that the loop reads after each optimizer step; at any other moment there is no step
-    to save, and `fallback` (Submitit's own handler, which requeues from the last checkpoint) runs.
-    """
-
-    def __init__(self, fallback: Callable[[int, Any], Any] | None = None):
-        self.fallback = fallback
-        """What the signal does outside the training loop."""
-        self.signal: int | None = None
-        """The signal received while armed."""
-        self._armed = False
-
-    def handle(self, signum: int, frame: Any = None) -> None:
-        if self._armed:
-            log.warning("received signal %d: checkpointing after this step, then stopping", signum)
-            self.signal = signum
-        elif self.fallback is not None:
-            self.fallback(signum, frame)
-
-    @property
-    def requested(self) -> bool:
-        return self.signal is not None
-
-    @contextmanager
-    def armed(self) -> Iterator[None]:
-        self._armed = True
-        try:
-            yield
-        finally:
-            self._armed = False
-
-
-@contextmanager
-def installed(request: CheckpointRequest, signum: int) -> Iterator[None]:
-    """`request.handle` as `signum`'s handler in the block; the previous handler becomes its fallback."""
-    previous = signal.signal(signum, request.handle)
-    if request.fallback is None and callable(previous):
-        request.fallback = previous
-    try:
-        yield
-    finally:
-        signal.signal(signum, previous)
-
-
 @contextmanager
 def run_folder_lock(run_dir: Path, is_main: bool) -> Iterator[None]:
     """Hold the run folder for this job alone; another writer gets a RunFolderError naming the holder.
@@ -236,55 +177,12 @@ def require_supported(engine: Any) -> None:
         )
 
 
-def _file_record(path: Path) -> dict[str, Any]:
-    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
-
-
-def _plain(value: Any, where: str) -> Any:
-    """`value` as tensors, containers, numbers and strings only, which a weights-only load accepts.
-
-    DeepSpeed's optimizer state holds its loss scaler as an object, the ZeRO stage as an enum and
-    parameter fragments as named tuples; they become their fields, a number and a list.
-    """
-    if value is None or isinstance(value, (bool, str, torch.Tensor, torch.dtype, torch.Size)):
-        return value
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, dict):
-        return {key: _plain(item, f"{where}.{key}") for key, item in value.items()}
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return [_plain(item, where) for item in value]
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(item, where) for item in value)
-    if hasattr(value, "__dict__"):
-        return {key: _plain(item, f"{where}.{key}") for key, item in vars(value).items()}
-    raise TypeError(f"{where} holds a {type(value).__name__}, which a checkpoint cannot store without pickling")
-
-
-def _like(saved: Any, live: Any) -> Any:
-    """`saved` (from `_plain`) rebuilt in the types of the live optimizer's state `live`."""
-    if isinstance(live, enum.Enum):
-        return type(live)(saved)
-    if isinstance(live, tuple) and hasattr(live, "_fields") and isinstance(saved, list):
-        return type(live)(*saved)
-    if isinstance(live, dict) and isinstance(saved, dict):
-        return type(live)((key, _like(item, live.get(key))) for key, item in saved.items())
-    if isinstance(live, list) and isinstance(saved, list) and len(live) == len(saved):
-        return [_like(item, template) for item, template in zip(saved, live)]
-    if hasattr(live, "__dict__") and not isinstance(live, torch.Tensor) and isinstance(saved, dict):
-        rebuilt = copy.copy(live)
-        vars(rebuilt).update(saved)
-        return rebuilt
-    return saved
-
-
 def _partitioned(engine: Any) -> bool:
     """Whether each rank holds its own part of the optimizer state (ZeRO, DeepSpeed's bf16 optimizer).
 
     Such optimizers also load from a list of per-rank state dicts.
     """
+    # deferred: deepspeed takes seconds to import, and readers of a run folder (verify, report) need none of it
     from deepspeed.runtime.base_optimizer import ZeROOptimizer
 
     return isinstance(engine.optimizer, ZeROOptimizer)
@@ -297,55 +195,6 @@ def _owns_optimizer_state(engine: Any, rank: int) -> bool:
 
 def _device_rng(device: torch.device) -> torch.Tensor | None:
     return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-
-class _WriteErrorKept:
-    """A binary file whose first failed write is kept: torch's zip writer turns it into 'unexpected pos'."""
-
-    def __init__(self, stream: Any):
-        self.stream = stream
-        self.error: OSError | None = None
-
-    def write(self, data: bytes) -> int:
-        try:
-            return self.stream.write(data)
-        except OSError as error:
-            self.error = self.error or error
-            raise
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-def _save_torch(obj: Any, path: Path) -> None:
-    """torch.save through Python's own file writes, so that a full disk is the OSError it is (ENOSPC), naming `path`."""
-    temp = unique_temp_path(path)
-    try:
-        with open(temp, "wb") as stream:
-            kept = _WriteErrorKept(stream)
-            try:
-                torch.save(obj, kept)
-            except RuntimeError:
-                if kept.error is None:
-                    raise
-                raise kept.error from None
-        publish(temp, path)
-    except OSError as error:
-        if error.errno is None:
-            raise
-        raise OSError(error.errno, error.strerror, str(path)) from None
-    finally:
-        temp.unlink(missing_ok=True)
-
-
-def _save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save
-
-    # Copies: ZeRO's parameters are views of one flat buffer, which safetensors refuses as shared memory.
-    tensors = {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in state.items()}
-    # Serialised in memory and written by Python: safetensors' own writer reports a full disk as a
-    # SafetensorError, not as the OSError that names the errno and the file.
-    atomic_write_bytes(path, save(tensors))
 
 
 class Checkpoints:
@@ -378,7 +227,7 @@ class Checkpoints:
         found = []
         for folder in sorted(self.folder.iterdir()) if self.folder.is_dir() else []:
             try:
-                manifest = self._manifest(folder.name)
+                manifest = self.manifest(folder.name)
             except CheckpointDamagedError:
                 continue
             found.append((manifest["engine"]["global_steps"], manifest["end_of_epoch"], folder.name, manifest))
@@ -417,14 +266,14 @@ class Checkpoints:
             "tensors": {name: tensor.detach().cpu() for name, tensor in rank_state.items()},
         }
         if _owns_optimizer_state(engine, self.rank):
-            own["optimizer"] = _plain(engine.optimizer.state_dict(), "optimizer state")
+            own["optimizer"] = plain_state(engine.optimizer.state_dict(), "optimizer state")
             if engine.lr_scheduler is not None:
-                own["lr_scheduler"] = _plain(engine.lr_scheduler.state_dict(), "learning-rate schedule state")
-        _save_torch(own, folder / _rank_file(self.rank))
-        records = {_rank_file(self.rank): _file_record(folder / _rank_file(self.rank))}
+                own["lr_scheduler"] = plain_state(engine.lr_scheduler.state_dict(), "learning-rate schedule state")
+        save_torch(own, folder / _rank_file(self.rank))
+        records = {_rank_file(self.rank): file_record(folder / _rank_file(self.rank))}
         if self.rank == 0:
-            _save_weights(engine.module.state_dict(), folder / WEIGHTS_NAME)
-            records[WEIGHTS_NAME] = _file_record(folder / WEIGHTS_NAME)
+            save_weights(engine.module.state_dict(), folder / WEIGHTS_NAME)
+            records[WEIGHTS_NAME] = file_record(folder / WEIGHTS_NAME)
         if self.world_size > 1:
             gathered: list[dict[str, Any]] = [{} for _ in range(self.world_size)]
             dist.all_gather_object(gathered, records)
@@ -476,7 +325,8 @@ class Checkpoints:
 
     # --- reading ---------------------------------------------------------------------------------------
 
-    def _manifest(self, tag: str) -> dict[str, Any]:
+    def manifest(self, tag: str) -> dict[str, Any]:
+        """Checkpoint `tag`'s checkpoint.json, validated; CheckpointDamagedError names what is wrong."""
         path = self.folder / tag / MANIFEST_NAME
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -529,14 +379,19 @@ class Checkpoints:
 
     def read_weights(self, tag: str, manifest: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
         """The module weights of checkpoint `tag`, checked against its manifest; CheckpointDamagedError if damaged."""
-        from safetensors.torch import load_file
-
-        manifest = manifest if manifest is not None else self._manifest(tag)
+        manifest = manifest if manifest is not None else self.manifest(tag)
         path = self._checked(tag, manifest, WEIGHTS_NAME)
         try:
             return load_file(str(path))
         except Exception as error:
             raise CheckpointDamagedError(f"{path} is not a safetensors file ({type(error).__name__})") from None
+
+    def check_rank_files(self, tag: str, manifest: dict[str, Any]) -> None:
+        """Every rank file of checkpoint `tag` (the optimizer, schedule and RNG state a resume reads) checked
+        against `manifest` and loaded weights-only; CheckpointDamagedError names the first damaged one."""
+        for name in manifest["files"]:
+            if name.endswith(".pt"):
+                self._read_tensors(self._checked(tag, manifest, name))
 
     def load_weights(self, tag: str) -> dict[str, torch.Tensor]:
         """The weights of checkpoint `tag`, for evaluation; a one-line RunFolderError when it is damaged."""
@@ -548,7 +403,7 @@ class Checkpoints:
 
     def _read(self, tag: str, engine: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict, dict | None]:
         """Checkpoint `tag`'s manifest, weights, this rank's file and the file holding its optimizer state."""
-        manifest = self._manifest(tag)
+        manifest = self.manifest(tag)
         resumes_mid_epoch = not manifest["end_of_epoch"]
         if manifest["world_size"] != self.world_size and (_partitioned(engine) or resumes_mid_epoch):
             raise CheckpointDamagedError(
@@ -609,7 +464,7 @@ class Checkpoints:
         engine.load_module_state_dict({"module": weights}, strict=True)
         optimizer = engine.optimizer
         if optimizer is not None:
-            state = _like(optimizer_holder["optimizer"], optimizer.state_dict())
+            state = rebuild_like(optimizer_holder["optimizer"], optimizer.state_dict())
             if _partitioned(engine):
                 # DeepSpeed reads the list entry of this rank's own partition; the others stay unread.
                 states = [None] * self.world_size
@@ -634,78 +489,3 @@ class Checkpoints:
             torch.set_rng_state(own["rng"])
         if own.get("device_rng") is not None and engine.device.type == "cuda":
             torch.cuda.set_rng_state(own["device_rng"], engine.device)
-
-
-def verify_run_folder(run_dir: Path) -> list[str]:
-    """What is wrong with a run folder, each with the command that repairs it; empty when all is well.
-
-    Checks the resolved config, progress.json, that every checkpoint it names is complete and loads
-    with the safe loaders (checksums, weights-only torch files, safetensors), and the test metrics.
-    """
-    # Imported here: model.train imports this module for its checkpoints.
-    from cluster.config import RESOLVED_CONFIG_NAME, ConfigError, load_config
-    from model.evaluate import TEST_METRICS_NAME, MetricsDamagedError, read_metrics_record
-    from model.train import RunConfig
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return [
-            f"{run_dir} does not exist; train a run into it: "
-            f"cmroberta train STORE --run-dir {shlex.quote(str(run_dir))}"
-        ]
-    problems = []
-    quoted = shlex.quote(str(run_dir))
-    store = "STORE"
-    config_path = run_dir / RESOLVED_CONFIG_NAME
-    try:
-        store = shlex.quote(load_config(RunConfig, config_path).store)
-    except (ConfigError, OSError, ValueError) as error:
-        problems.append(f"{config_path} cannot be read as a run config ({error}); the run cannot be resumed or "
-                        f"re-evaluated: train it again, cmroberta train STORE --run-dir NEW_FOLDER")
-    resume = f"cmroberta train {store} --run-dir {quoted} --resume"
-    checkpoints = Checkpoints(run_dir)
-    try:
-        progress = checkpoints.progress()
-    except RunFolderError as error:
-        problems.append(f"{error}: rm {shlex.quote(str(checkpoints.progress_path))} && {resume}")
-        progress = None
-    test_path = run_dir / TEST_METRICS_NAME
-    if progress is None and not problems:
-        problems.append(f"{run_dir} holds no checkpoint yet; train it: {resume}")
-    good = []
-    for tag in progress.kept() if progress else []:
-        selected_of_finished = tag == progress.best and test_path.is_file()
-        try:
-            manifest = checkpoints._manifest(tag)
-            checkpoints.read_weights(tag, manifest)
-        except CheckpointDamagedError as error:
-            if selected_of_finished:
-                fix = f"the run's selected model is lost: train it again, cmroberta train {store} --run-dir NEW_FOLDER"
-            else:
-                fix = f"rm -r {shlex.quote(str(checkpoints.folder / tag))} && {resume}"
-            problems.append(f"checkpoint {tag} is damaged: {error}; {fix}")
-            continue
-        try:
-            for name in manifest["files"]:
-                if name.endswith(".pt"):
-                    checkpoints._read_tensors(checkpoints._checked(tag, manifest, name))
-            good.append(tag)
-        except CheckpointDamagedError as error:
-            if selected_of_finished:
-                # Only resuming reads the optimizer and RNG state; evaluate and predict read the weights alone.
-                fix = ("its weights are intact, and `evaluate` and `predict` use them; only resuming training "
-                       "needs this file, and the run is finished")
-            else:
-                fix = f"rm -r {shlex.quote(str(checkpoints.folder / tag))} && {resume}"
-            problems.append(f"checkpoint {tag}'s training state is damaged: {error}; {fix}")
-    if progress is not None and not test_path.is_file():
-        problems.append(f"the run is unfinished (no {TEST_METRICS_NAME}); finish it: {resume}")
-    elif test_path.is_file():
-        try:
-            valid = read_metrics_record(test_path)["checkpoint"] == (progress.best if progress else None)
-        except MetricsDamagedError:
-            valid = False
-        if not valid:
-            problems.append(f"{test_path} is damaged or does not match the selected checkpoint; score it again: "
-                            f"cmroberta evaluate {quoted}")
-    return problems

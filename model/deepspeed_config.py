@@ -5,7 +5,7 @@ with master weights and gradients); ZeRO stage 2 partitions the optimizer state 
 across ranks, which is what lets several of them fit beside activations on one GPU each. Stage 1
 (optimizer state only) and stage 3 (the weights too) can be chosen. The fusion head alone is
 small, so head-only runs (text_mode 'frozen' or 'finetuned') default to stage 0 and fp32
-(`model.train.TrainConfig`); an encoder that trains uses `EngineConfig`.
+(`model.run_config.TrainConfig`); an encoder that trains uses `EngineConfig`.
 
 Precision 'auto' trains in bf16 on a GPU that supports it (Ampere and later) and in fp32 anywhere
 else, a CPU included; DeepSpeed then keeps fp32 master weights in the ZeRO optimizer.

@@ -34,7 +34,7 @@ reach the pretrained encoder in full. Selection on dev covers both phases, so a 
 never lowers the dev loss keeps its best warm-start epoch; `test_metrics.json` names the selected
 epoch and phase (`selected_epoch`, `selected_phase`), and each line of `metrics.jsonl` its phase.
 
-A run chooses this with `text_mode = "end_to_end"` (`model.train.RunConfig`, the default whenever
+A run chooses this with `text_mode = "end_to_end"` (`model.run_config.RunConfig`, the default whenever
 the variant reads text); `EndToEndConfig` holds the encoder, its layer-wise learning rates, the
 warmup/decay schedule and the DeepSpeed engine settings (ZeRO-2 and bf16 where the GPU has it, by
 default).

@@ -4,10 +4,14 @@
 gathers the predictions of every utterance on every rank. `write_evaluation` writes
 `<split>_metrics.json`, the per-utterance predictions with each emotion's probability
 (`predictions.jsonl` for test) and a
-confusion-matrix plot. Reopening a finished run to evaluate it again is `model.train.evaluate_run`,
-which shares its set-up with training.
+confusion-matrix plot.
+
+A run's selected checkpoint is scored by `evaluate_checkpoint`, on test once at the end of training
+(`model.train`) and on any split again afterwards (`evaluate_run`, which reopens a finished run
+folder); `export_run_encoder` writes the selected epoch's trained text encoder in Hugging Face format.
 """
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -19,10 +23,21 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from cluster.config import RESOLVED_CONFIG_NAME
+from cluster.distributed_session import distributed_session
 from cluster.durable_files import atomic_write_json, atomic_write_json_lines
+from cluster.rendezvous import Rendezvous
 from extract.labels import MELD_EMOTIONS, NO_LABEL, LabelSet, UnknownLabelError
-from model.dialogue_data import IGNORE_LABEL, DialogueBatchSampler, DialogueDataset
+from model.checkpoint import Checkpoints, Progress, RunFolderError, run_folder_lock
+from model.deepspeed_config import precision_dtype
+from model.dialogue_data import IGNORE_LABEL, DialogueBatchSampler, DialogueDataset, FeatureStatistics
+from model.end_to_end import training_phase
+from model.engine import build_model, deterministic_kernels, load_inference_engine, run_precision
 from model.metrics import ClassificationMetrics, classification_metrics, constant_prediction_metrics
+from model.run_config import RunConfig, saved_run_config
+from model.run_inputs import STATISTICS_NAME, RunInputs, class_weight_vector, prepare_inputs
+from model.run_store import open_run_store
+from model.text_encoder import export_encoder, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +247,7 @@ def read_metrics_record(path: Path, perturbed: bool = False) -> dict[str, Any]:
 
 def write_evaluation(run_dir: Path, evaluation: SplitEvaluation, record: dict[str, Any]) -> Path:
     """Predictions, confusion plot, then the metrics file: written last, it marks the evaluation complete."""
-    # Imported here: matplotlib costs a second at import, and only the writing process needs it.
+    # deferred: matplotlib costs a second at import, and only the writing process needs it.
     from model.plots import plot_confusion_matrix
 
     run_dir = Path(run_dir)
@@ -266,3 +281,73 @@ def write_evaluation(run_dir: Path, evaluation: SplitEvaluation, record: dict[st
         100 * record["majority_floor"]["weighted_f1"],
     )
     return path
+
+
+def export_run_encoder(
+    config: RunConfig, inputs: RunInputs, checkpoints: Checkpoints, tag: str, rendezvous: Rendezvous, folder: Path
+) -> None:
+    """Export the text encoder of checkpoint `tag` (the selected epoch) as a Hugging Face folder (rank 0 writes)."""
+    model = build_model(config, inputs.modalities, inputs.label_set)
+    engine = load_inference_engine(model, config, rendezvous.world_size, checkpoints, tag)
+    if rendezvous.is_main:
+        export_encoder(engine.module.encoder.model, load_tokenizer(config.end_to_end.encoder), folder)
+    if rendezvous.world_size > 1:
+        dist.barrier()
+
+
+def evaluate_checkpoint(
+    config: RunConfig,
+    inputs: RunInputs,
+    checkpoints: Checkpoints,
+    progress: Progress,
+    rendezvous: Rendezvous,
+    split: str,
+) -> tuple[SplitEvaluation, dict[str, Any]]:
+    """The best checkpoint's evaluation on `split`, and the record its metrics file holds.
+
+    The model is built afresh: training may have cast or partitioned the first one.
+    """
+    model = build_model(config, inputs.modalities, inputs.label_set)
+    engine = load_inference_engine(model, config, rendezvous.world_size, checkpoints, progress.best)
+    weights = class_weight_vector(inputs.train_labels, config.train.class_weights, len(inputs.label_set))
+    evaluation = evaluate_split(
+        engine,
+        inputs.datasets[split],
+        batch_dialogues=config.train.batch_dialogues,
+        device=engine.device,
+        dtype=precision_dtype(run_precision(config)),
+        class_weights=None if weights is None else torch.from_numpy(weights).to(engine.device),
+        rank=rendezvous.rank,
+        world_size=rendezvous.world_size,
+        label_set=inputs.label_set,
+    )
+    floor_label = majority_label(inputs.train_labels, len(inputs.label_set))
+    record = evaluation_record(evaluation, floor_label, progress.best, progress.best_epoch)
+    record["selected_epoch"] = progress.best_epoch
+    record["selected_phase"] = training_phase(config.warm_start_epochs, progress.best_epoch)
+    return evaluation, record
+
+
+def evaluate_run(run_dir: Path, split: str = "test") -> dict[str, Any]:
+    """Score a trained run's selected checkpoint on `split` again; writes `<split>_metrics.json` and predictions."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / RESOLVED_CONFIG_NAME
+    if not config_path.is_file():
+        raise RunFolderError(f"{run_dir} is not a run folder: it has no {RESOLVED_CONFIG_NAME}; train one first")
+    config = saved_run_config(run_dir)
+    config = dataclasses.replace(config, store=str(open_run_store(run_dir, config.store).path))
+    with distributed_session() as rendezvous, run_folder_lock(run_dir, rendezvous.is_main):
+        checkpoints = Checkpoints(run_dir, rendezvous.rank, rendezvous.world_size)
+        progress = checkpoints.progress()
+        if progress is None or progress.best is None:
+            raise RunFolderError(
+                f"run {run_dir} has no finished epoch yet; finish training it with `cmroberta train --resume`"
+            )
+        statistics = FeatureStatistics.load(run_dir / STATISTICS_NAME)
+        with deterministic_kernels(config.train.deterministic):
+            inputs = prepare_inputs(config, (split,), statistics)
+            evaluation, record = evaluate_checkpoint(config, inputs, checkpoints, progress, rendezvous, split)
+            if rendezvous.is_main:
+                write_evaluation(run_dir, evaluation, record)
+                log.info("wrote %s", run_dir / metrics_file(split))
+            return record

@@ -163,6 +163,7 @@ def run_finetune_chain(
         extract_family(store, config, folder, family)
     if rendezvous.world_size > 1:
         if not dist.is_initialized():
+            # deferred: deepspeed takes seconds to import, and every reader of RunConfig imports this module
             import deepspeed
 
             deepspeed.init_distributed()
@@ -179,6 +180,7 @@ def _labelled_tokens(store: FeatureStore, cache: Path, split: str) -> tuple[Toke
 
 def finetune_encoder(store: FeatureStore, config: FinetuneConfig, folder: Path, rendezvous: Rendezvous) -> None:
     """Fine-tune the encoder on utterance emotion, keep the lowest-dev-loss epoch, export it; finetune.json last."""
+    # deferred: deepspeed takes seconds to import, and every reader of RunConfig imports this module
     import deepspeed
 
     tokenizer = load_tokenizer(config.encoder)
@@ -198,6 +200,10 @@ def finetune_encoder(store: FeatureStore, config: FinetuneConfig, folder: Path, 
     scheduler = build_lr_scheduler(optimizer, config.schedule, steps_per_epoch, config.max_epochs)
     micro = math.ceil(config.batch_utterances / rendezvous.world_size)
     ds_config = build_deepspeed_config(config.engine, micro, rendezvous.world_size)
+    # Not `model.engine.initialize_engine`: that builds a RunConfig's fusion model, its optimizer and schedule,
+    # while this engine holds an utterance classifier with its own groups, schedule and batch (FinetuneConfig);
+    # both share DeepSpeed's config (`build_deepspeed_config`). model.engine also imports this module
+    # through model.run_config, so the reverse import would be a cycle.
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     if rendezvous.is_main:
         folder.mkdir(parents=True, exist_ok=True)

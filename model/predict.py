@@ -121,21 +121,14 @@ class LoadedRun:
 def load_run(run_dir: Path) -> LoadedRun:
     """Load a finished (or at least checkpointed) run's selected model and what it needs to score inputs.
 
-    This is the one place that restores run weights, through `model.train`'s DeepSpeed loader.
+    This is the one place that restores run weights, through `model.engine`'s DeepSpeed loader.
     """
-    from model.train import (
-        STATISTICS_NAME,
-        Checkpoints,
-        RunConfig,
-        RunFolderError,
-        build_model,
-        distributed_session,
-        load_inference_engine,
-        precision_dtype,
-        run_folder_lock,
-        run_modalities,
-        run_precision,
-    )
+    from cluster.distributed_session import distributed_session
+    from model.checkpoint import Checkpoints, RunFolderError, run_folder_lock
+    from model.deepspeed_config import precision_dtype
+    from model.engine import build_model, load_inference_engine, run_modalities, run_precision
+    from model.run_config import RunConfig
+    from model.run_inputs import STATISTICS_NAME
 
     run_dir = Path(run_dir)
     if not (run_dir / RESOLVED_CONFIG_NAME).is_file():
@@ -507,7 +500,7 @@ def _dataset(run: LoadedRun, split: str, rows: SplitArrays) -> DialogueDataset:
 
 def _score(run: LoadedRun, dataset: DialogueDataset, absent: frozenset[str]) -> SplitEvaluation:
     """The run's model on `dataset`, with the `absent` modalities masked (model.fusion.ModalityDropout)."""
-    from model.train import deterministic_kernels
+    from model.engine import deterministic_kernels
 
     dropouts = [module for module in run.model.modules() if isinstance(module, ModalityDropout)]
     for module in dropouts:

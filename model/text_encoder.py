@@ -12,7 +12,7 @@ it stays in eval mode (no dropout) whatever the model around it does, and it run
 `torch.no_grad`, so it keeps no activations for a backward pass.
 
 The model named `store` (the default) is the encoder the store's text family was extracted with,
-as its manifest records it (`model.train` resolves it before the encoder loads), so end-to-end
+as its manifest records it (`model.run_config` resolves it before the encoder loads), so end-to-end
 training on any store starts from the encoder its frozen features came from.
 
 `export_encoder` writes a trained encoder as a Hugging Face folder (`save_pretrained` with
@@ -80,7 +80,7 @@ def _locate(config: TextEncoderConfig) -> tuple[str, PretrainedConfig]:
     if config.model == STORE_ENCODER:
         raise TextEncoderError(
             "text encoder 'store' stands for the store's own encoder and must be resolved from its manifest "
-            "first (model.train.resolve_run_config); name an encoder with end_to_end.encoder.model=..."
+            "first (model.run_config.resolve_run_config); name an encoder with end_to_end.encoder.model=..."
         )
     source, local = resolve_model_source(config.model)
     try:

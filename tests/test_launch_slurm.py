@@ -378,7 +378,7 @@ PREEMPTED_EPOCHS = 8
 def preemption_config(tmp_path_factory):
     from test_sweep import TINY_OVERRIDES, write_tiny_store
 
-    from model.train import RunConfig
+    from model.run_config import RunConfig
 
     store = write_tiny_store(tmp_path_factory.mktemp("features"))
     epochs = [f"train.max_epochs={PREEMPTED_EPOCHS}", f"train.patience={PREEMPTED_EPOCHS}"]

@@ -12,7 +12,8 @@ import pytest
 
 from cluster.config import load_config
 from launch.robustness_report import robustness_table
-from model.train import RunConfig, train
+from model.run_config import RunConfig
+from model.train import train
 from tests.demo_store import write_demo_store
 
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/cmroberta/torch_extensions"))

@@ -324,7 +324,7 @@ def test_a_preempted_two_node_run_is_requeued_and_ends_as_the_uninterrupted_one(
     two_nodes, frozen_overrides, tmp_path, monkeypatch
 ):
     from launch.jobs import ATTEMPTS_NAME, TrainingJob
-    from model.train import RunConfig
+    from model.run_config import RunConfig
 
     overrides = [*frozen_overrides, f"train.max_epochs={PREEMPTED_EPOCHS}", f"train.patience={PREEMPTED_EPOCHS}"]
     reference = one_process_run(tmp_path / "uninterrupted", overrides)

@@ -21,7 +21,8 @@ from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from launch.cli import main
 from model.perturb import parse_perturbation
 from model.predict import evaluate_perturbed, load_run, predict, read_predict_input
-from model.train import RunConfig, train
+from model.run_config import RunConfig
+from model.train import train
 from tests.demo_store import write_demo_store
 
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/cmroberta/torch_extensions"))

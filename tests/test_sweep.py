@@ -47,7 +47,7 @@ def tiny_store(tmp_path_factory) -> Path:
 
 
 def run_config_class() -> type:
-    from model.train import RunConfig
+    from model.run_config import RunConfig
 
     return RunConfig
 

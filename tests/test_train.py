@@ -28,15 +28,11 @@ from cluster.rendezvous import (
 )
 from extract.labels import EMOTION_INDEX
 from launch.cli import main
+from model.engine import deepspeed_config
 from model.metrics import classification_metrics
-from model.train import (
-    METRICS_NAME,
-    RunConfig,
-    TrainConfig,
-    class_weight_vector,
-    deepspeed_config,
-    train,
-)
+from model.run_config import RunConfig, TrainConfig
+from model.run_inputs import class_weight_vector
+from model.train import METRICS_NAME, train
 
 # DeepSpeed compiles its shm_comm op once per environment (about a minute) into TORCH_EXTENSIONS_DIR;
 # a stable folder, the same as .ci/run's, lets every later run reuse it.

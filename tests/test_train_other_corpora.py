@@ -21,8 +21,10 @@ from launch.cli import main
 from launch.report import load_run, report_tables
 from launch.ser_table import ser_table
 from model.evaluate import TEST_METRICS_NAME, TEST_PREDICTIONS_NAME
+from model.run_config import RunConfig
+from model.run_inputs import prepare_inputs
 from model.run_store import run_label_set
-from model.train import RunConfig, prepare_inputs, train
+from model.train import train
 from tests.iemocap_layout import write_iemocap
 from tests.manifest_layout import LABELS, write_manifest_corpus
 

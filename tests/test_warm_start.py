@@ -12,10 +12,12 @@ from safetensors.torch import load_file
 from test_end_to_end import e2e_overrides, history, words_store
 
 from cluster.config import ConfigError, load_config
+from cluster.distributed_session import distributed_session
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from launch.cli import main
 from model.end_to_end import training_phase
-from model.train import RunConfig, TrainConfig, TrainingState, distributed_session
+from model.run_config import RunConfig, TrainConfig
+from model.train import TrainingState
 
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
 

@@ -12,7 +12,7 @@ CONFIGS: dict[str, str] = {
     "demo-corpus": "extract.demo_corpus:DemoCorpusConfig",
     "iemocap": "extract.iemocap:IemocapConfig",
     "extract": "extract.pipeline:ExtractConfig",
-    "train": "model.train:RunConfig",
+    "train": "model.run_config:RunConfig",
     "profile": "cluster.profile:ClusterProfile",
 }
 

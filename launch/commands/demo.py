@@ -115,7 +115,7 @@ def plan_demo_sweep(store: Path, sweep_dir: Path, seeds: Sequence[int], max_epoc
     """Every run of the demo's sweep: the frozen-feature grid, the end-to-end grid, then bimodal with modality
     dropout, each over `seeds`, all with one head and one budget."""
     from launch.sweep import plan_sweep
-    from model.train import RunConfig
+    from model.run_config import RunConfig
 
     grids = [
         ({"text_mode": ["frozen"], "model.variant": list(FROZEN_VARIANTS)}, head_overrides(store, max_epochs)),

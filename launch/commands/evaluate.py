@@ -9,8 +9,7 @@ def run_evaluate(run_dir: Path, split: str) -> None:
     # Imported here: torch and DeepSpeed take seconds to import, and `cmroberta --help` imports every verb.
     from cluster.rendezvous import resolve_rendezvous
     from launch.report import run_table
-    from model.evaluate import metrics_file
-    from model.train import evaluate_run
+    from model.evaluate import evaluate_run, metrics_file
 
     record = evaluate_run(run_dir, split)
     if resolve_rendezvous().is_main:

@@ -67,8 +67,9 @@ def launch_train(args: argparse.Namespace) -> int:
 
     profile = load_profile(args.cluster, args.profile, args.profile_set)
     from extract.feature_store import FeatureStore
+    from model.checkpoint import Checkpoints
     from model.evaluate import TEST_METRICS_NAME
-    from model.train import Checkpoints, RunConfig, default_run_dir
+    from model.run_config import RunConfig, default_run_dir
 
     config = load_config(RunConfig, args.config, args.overrides)
     # A store that cannot be read is refused here, not in the job.

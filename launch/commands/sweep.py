@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 def default_sweep_dir(config_file: Path | None, overrides: list[str]) -> Path:
     """`<runs_root>/sweeps/<store folder name>`, next to where `cmroberta train` puts single runs."""
-    from model.train import RunConfig
+    from model.run_config import RunConfig
 
     config = load_config(RunConfig, config_file, overrides)
     return Path(config.runs_root) / "sweeps" / Path(config.store).name
@@ -24,8 +24,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     from launch.aggregate import format_report, write_report
     from launch.executors import follow_jobs, load_profile
     from launch.sweep import parse_grid, parse_seeds, plan_sweep, submit_sweep
+    from model.run_config import RunConfig
     from model.run_store import refuse_mixed_label_sets
-    from model.train import RunConfig
 
     profile = load_profile(args.cluster, args.profile, args.profile_set)
     sweep_dir = args.out or default_sweep_dir(args.config, args.overrides)

@@ -12,7 +12,8 @@ def run_train(store: Path, config_file: Path | None, overrides: list[str], run_d
     # Imported here: torch and DeepSpeed take seconds to import, and `cmroberta --help` imports every verb.
     from cluster.rendezvous import resolve_rendezvous
     from launch.report import run_table
-    from model.train import RunConfig, default_run_dir, train
+    from model.run_config import RunConfig, default_run_dir
+    from model.train import train
 
     store_override = override("store", str(store.expanduser().resolve()))
     config = load_config(RunConfig, config_file, [*overrides, store_override])

@@ -24,7 +24,7 @@ from launch.folder_kinds import RUN_MARKER, STORE_MARKER, SWEEP_MARKER, folder_k
 
 if TYPE_CHECKING:
     from extract.feature_store import FeatureStore
-    from model.train import RunConfig
+    from model.run_config import RunConfig
 
 
 def _json_problem(path: Path, lines: bool = False) -> str | None:
@@ -105,7 +105,7 @@ def _weights_misfit(run_dir: Path, config: "RunConfig", store: "FeatureStore") -
 
     from extract.text_features import TextEncoderError
     from model.checkpoint import WEIGHTS_NAME, CheckpointDamagedError, Checkpoints, RunFolderError
-    from model.train import build_model, run_modalities
+    from model.engine import build_model, run_modalities
     from model.weights_fit import header_shapes, model_shapes, weights_misfit
 
     checkpoints = Checkpoints(run_dir)
@@ -127,13 +127,13 @@ def _weights_misfit(run_dir: Path, config: "RunConfig", store: "FeatureStore") -
 def run_folder_problems(run_dir: Path) -> list[str]:
     """What is wrong with a run folder, each with the command that repairs it.
 
-    `model.checkpoint.verify_run_folder` checks the config, progress.json, every checkpoint it names
+    `model.run_verify.verify_run_folder` checks the config, progress.json, every checkpoint it names
     (with the safe loaders) and the test metrics; the other metrics files must parse.
     """
     from cluster.config import ConfigError, load_config
-    from model.checkpoint import verify_run_folder
     from model.evaluate import TEST_METRICS_NAME
-    from model.train import RunConfig
+    from model.run_config import RunConfig
+    from model.run_verify import verify_run_folder
 
     problems = verify_run_folder(run_dir)
     try:

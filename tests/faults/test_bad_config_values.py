@@ -26,7 +26,7 @@ BAD_VALUES = {
 
 
 def run_config_class():
-    from model.train import RunConfig
+    from model.run_config import RunConfig
 
     return RunConfig
 
@@ -41,7 +41,7 @@ def test_an_unusable_number_is_refused_naming_its_key(case):
 
 def test_the_largest_seed_is_accepted_and_the_next_refused_in_one_line():
     """Seeds feed every generator a run seeds (numpy takes at most 2**32 - 1) and SLURM array indices, so a run
-    seed is bounded at 2**31 - 1 (`model.train.MAX_SEED`) rather than at int64."""
+    seed is bounded at 2**31 - 1 (`model.run_config.MAX_SEED`) rather than at int64."""
     assert load_config(run_config_class(), None, ['store="/s"', f"seed={2**31 - 1}"]).seed == 2**31 - 1
     with pytest.raises(ConfigError) as caught:
         load_config(run_config_class(), None, ['store="/s"', f"seed={2**31}"])

@@ -16,7 +16,7 @@ from launch.cli import main
 from launch.sweep import RUN_RECORD_NAME, SUBMISSION_NAME, plan_sweep
 from model.evaluate import TEST_METRICS_NAME
 from model.perturb import ROBUSTNESS_FOLDER
-from model.train import RunConfig
+from model.run_config import RunConfig
 from tests.faults.fault_summary import record_case
 from tests.faults.tiny_run import TINY_HEAD
 from tests.learnable_store import write_learnable_store

@@ -18,7 +18,7 @@ from launch.sweep import SUBMISSION_NAME, plan_sweep, run_status, run_statuses, 
 
 
 def planned_runs(sweep_dir, seeds=(0,)):
-    from model.train import RunConfig
+    from model.run_config import RunConfig
 
     return plan_sweep(RunConfig, sweep_dir, list(seeds), {}, overrides=['store="/nowhere/store"'])
 

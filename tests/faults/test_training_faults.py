@@ -24,8 +24,10 @@ from pauses import Pauses, killed_at  # noqa: E402
 
 from cluster.config import load_config  # noqa: E402
 from launch.cli import main  # noqa: E402
-from model.checkpoint import Checkpoints, checkpoint_tag, verify_run_folder  # noqa: E402
-from model.train import METRICS_NAME, RunConfig, train  # noqa: E402
+from model.checkpoint import Checkpoints, checkpoint_tag  # noqa: E402
+from model.run_config import RunConfig  # noqa: E402
+from model.run_verify import verify_run_folder  # noqa: E402
+from model.train import METRICS_NAME, train  # noqa: E402
 
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
 

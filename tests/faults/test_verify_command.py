@@ -27,7 +27,8 @@ def verify(path, capsys) -> tuple[int, list[str], str]:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A real finished run (frozen features, a tiny head): checkpoints, progress.json and metrics to damage."""
-    from model.train import RunConfig, train
+    from model.run_config import RunConfig
+    from model.train import train
 
     store = write_learnable_store(tmp_path_factory.mktemp("features") / "verify-000000000000")
     overrides = ["text_mode=frozen", "model.hidden_size=8", "model.feedforward_size=16", "model.classifier_hidden=16",
@@ -44,7 +45,7 @@ def run_folder(tmp_path, trained_run):
 
 
 def trained_store(run_dir) -> str:
-    from model.train import RunConfig
+    from model.run_config import RunConfig
 
     return load_config(RunConfig, run_dir / "config.toml").store
 
