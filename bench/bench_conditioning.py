@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from extract.feature_store import FeatureStore, SplitArrays
+from extract.feature_store import FeatureStore
+from extract.split_arrays import SplitArrays
 from model.checkpoint import Checkpoints
 from model.dialogue_data import FeatureStatistics, dataset_from_arrays
 from model.evaluate import evaluate_split
