@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from cluster.distributed_session import distributed_session
-from extract.feature_store import FeatureStore, SplitArrays
+from extract.feature_store import FeatureStore
+from extract.split_arrays import SplitArrays
 from model.checkpoint import Checkpoints
 from model.dialogue_data import FeatureStatistics, dataset_from_arrays
 from model.engine import build_model, load_inference_engine, run_modalities

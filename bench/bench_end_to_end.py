@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from cluster.distributed_session import distributed_session
-from extract.feature_store import FeatureStore, SplitArrays, build_store_from_arrays
+from extract.feature_store import FeatureStore, build_store_from_arrays
+from extract.split_arrays import SplitArrays
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from model.deepspeed_config import EngineConfig, build_deepspeed_config, precision_dtype, resolve_precision
 from model.dialogue_data import DialogueBatchSampler, LengthBucketSampler, Modalities, load_datasets

@@ -49,13 +49,15 @@ import psutil
 import ray
 import torch
 
-from cluster.ray_runtime import RayConfig, ray_session
+from cluster.ray_config import RayConfig
+from cluster.ray_runtime import ray_session
 from extract.audio import decode_audio
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
+from extract.extract_config import ExtractConfig
 from extract.meld import read_meld
 from extract.openl3 import OpenL3Config, OpenL3Embedder
 from extract.opensmile_features import OpenSmileConfig, OpenSmileExtractor
-from extract.pipeline import ExtractConfig, ExtractionActor, run_extraction
+from extract.pipeline import ExtractionActor, run_extraction
 from extract.text_features import TextFeatureConfig, TextFeatureExtractor
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from extract.utterance import Utterance

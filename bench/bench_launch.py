@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from cluster.profile import ClusterProfile
-from extract.feature_store import SplitArrays, build_store_from_arrays
+from extract.feature_store import build_store_from_arrays
+from extract.split_arrays import SplitArrays
 from launch.executors import follow_jobs, load_profile, make_executor, submit_jobs
 from launch.jobs import ATTEMPTS_NAME
 from launch.sweep import parse_grid, plan_sweep, submit_sweep

@@ -13,7 +13,8 @@ import argparse
 import time
 from pathlib import Path
 
-from extract.pipeline import decode_utterance, plan_shards
+from extract.shard_extraction import decode_utterance
+from extract.shard_plan import plan_shards
 from model.perturb import parse_perturbation
 from model.predict import compute_rows, load_run, noisy_decoder, predict, read_predict_input
 

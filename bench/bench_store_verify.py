@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.feature_store import VERIFIED_NAME, FeatureStore, SplitArrays, build_store_from_arrays
+from extract.feature_store import FeatureStore, build_store_from_arrays
+from extract.shard_files import VERIFIED_NAME
+from extract.split_arrays import SplitArrays
 
 # (dialogues, utterances) per split, from MELD's official CSVs.
 MELD_SPLITS = {"train": (1038, 9989), "dev": (114, 1109), "test": (280, 2610)}

@@ -29,7 +29,8 @@ import torch
 
 from cluster.config import load_config
 from cluster.rendezvous import resolve_rendezvous
-from extract.feature_store import FeatureStore, SplitArrays, build_store_from_arrays
+from extract.feature_store import FeatureStore, build_store_from_arrays
+from extract.split_arrays import SplitArrays
 from model.dialogue_data import load_datasets
 from model.engine import build_model, run_modalities
 from model.run_config import RunConfig

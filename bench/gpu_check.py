@@ -295,8 +295,10 @@ def _first_tensor(output) -> torch.Tensor:
 def actors_step(table: Table) -> None:
     import ray
 
-    from cluster.ray_runtime import RayConfig, ray_session
-    from extract.pipeline import ExtractConfig, plan_workers, start_actors
+    from cluster.ray_config import RayConfig
+    from cluster.ray_runtime import ray_session
+    from extract.extract_config import ExtractConfig
+    from extract.pipeline import plan_workers, start_actors
     from extract.text_features import TextFeatureConfig
 
     folder = Path(tempfile.mkdtemp(prefix="gpu_check_actors_"))

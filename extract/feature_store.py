@@ -1,5 +1,8 @@
 """The HDF5 feature store: shards of whole dialogues, a manifest, and the reader the model uses.
 
+This module owns the store as a whole (`FeatureStore`, its checks, `add_family`, and stores built from
+arrays); one shard file's writing and checking is `extract.shard_files`, the manifest `extract.manifest`.
+
 Layout of a store folder `<store_root>/<name>-<hash12>/`:
 
     manifest.json         config, library versions, families and dims, the plan (every shard
@@ -25,9 +28,7 @@ mtime and ctime; a second open re-reads only shards whose file changed since.
 
 import hashlib
 import io
-import json
 import shlex
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,14 @@ import h5py
 import numpy as np
 import tomli_w
 
-from cluster.durable_files import atomic_write_bytes, atomic_write_json, atomic_write_text, exclusive_lock, file_sha256
+from cluster.durable_files import atomic_write_bytes, atomic_write_text, exclusive_lock
 from extract.labels import NO_LABEL, SENTIMENTS, LabelSet
 from extract.manifest import (
-    FORMAT_VERSION,
     FeatureStoreError,
     Manifest,
     ShardEntry,
     config_hash,
+    family_dims,
     new_manifest,
     plan_problems,
     planned_shard,
@@ -50,184 +51,27 @@ from extract.manifest import (
     record_shard,
     set_plan,
     shard_file_name,
+    store_corpus_kind,
     store_label_set,
     write_manifest,
 )
+from extract.shard_files import (
+    ChecksumCache,
+    shape_problem,
+    shard_entry,
+    shard_problem,
+    shard_shapes_problem,
+    valid_name,
+    write_family,
+    write_shard,
+)
+from extract.split_arrays import SplitArrays, is_ordered
 from extract.utterance import SPLITS
 
-VERIFIED_NAME = "verified.json"
 CONFIG_NAME = "config.toml"
 
-# Rows per HDF5 chunk: a dialogue batch reads a few hundred rows, and 64 rows of the widest
-# family (6552 floats) make a 1.7 MB chunk, inside HDF5's default 1 MiB..few-MiB sweet spot.
-_CHUNK_ROWS = 64
-_STR = h5py.string_dtype("utf-8")
-# The per-row columns every shard holds beside its feature families.
-_ROW_COLUMNS = ("key", "dialogue_id", "utterance_id", "speaker", "transcript", "emotion", "sentiment")
 # Problems a one-line message names before it says how many more there are.
 _PROBLEMS_SHOWN = 3
-
-
-@dataclass(kw_only=True)
-class SplitArrays:
-    """Rows of one split (or one shard), columns as arrays, ordered by (dialogue_id, utterance_id)."""
-
-    keys: list[str]
-    """Utterance keys, 'train/dia3_utt0'."""
-    dialogue_ids: np.ndarray
-    """int32 [N] dialogue ids."""
-    utterance_ids: np.ndarray
-    """int32 [N] utterance ids within the dialogue."""
-    speakers: list[str]
-    """Speaker names."""
-    transcripts: list[str]
-    """Normalised transcripts."""
-    emotion: np.ndarray
-    """int64 [N] indices into the store's label set (`FeatureStore.label_set`); NO_LABEL for an unscored utterance."""
-    sentiment: np.ndarray
-    """int64 [N] indices into `extract.labels.SENTIMENTS`; NO_LABEL for a corpus without sentiments."""
-    features: dict[str, np.ndarray] = field(default_factory=dict)
-    """Family name -> float32 [N, dim]."""
-    valid: dict[str, np.ndarray] = field(default_factory=dict)
-    """Family name -> bool [N]; False where the family failed for the row (its features are zeros)."""
-    feature_names: dict[str, list[str]] = field(default_factory=dict)
-    """Family name -> column names, for the families whose extractor names its columns (openSMILE)."""
-
-    def __post_init__(self) -> None:
-        n = len(self.keys)
-        self.dialogue_ids = np.asarray(self.dialogue_ids, dtype=np.int32)
-        self.utterance_ids = np.asarray(self.utterance_ids, dtype=np.int32)
-        self.emotion = np.asarray(self.emotion, dtype=np.int64)
-        self.sentiment = np.asarray(self.sentiment, dtype=np.int64)
-        columns = {
-            "dialogue_ids": len(self.dialogue_ids),
-            "utterance_ids": len(self.utterance_ids),
-            "speakers": len(self.speakers),
-            "transcripts": len(self.transcripts),
-            "emotion": len(self.emotion),
-            "sentiment": len(self.sentiment),
-        }
-        for name, length in columns.items():
-            if length != n:
-                raise ValueError(f"SplitArrays.{name} has {length} rows but keys has {n}")
-        for family, array in self.features.items():
-            array = np.asarray(array, dtype=np.float32)
-            if array.ndim != 2 or array.shape[0] != n:
-                raise ValueError(f"SplitArrays.features[{family!r}] must have shape [{n}, dim], not {array.shape}")
-            self.features[family] = array
-            valid = np.asarray(self.valid.get(family, np.ones(n, dtype=bool)), dtype=bool)
-            if valid.shape != (n,):
-                raise ValueError(f"SplitArrays.valid[{family!r}] must have shape [{n}], not {valid.shape}")
-            self.valid[family] = valid
-        for family in self.valid:
-            if family not in self.features:
-                raise ValueError(f"SplitArrays.valid has family {family!r} with no features")
-        for family, names in self.feature_names.items():
-            if family in self.features and len(names) != self.features[family].shape[1]:
-                raise ValueError(
-                    f"SplitArrays.feature_names[{family!r}] has {len(names)} names "
-                    f"for {self.features[family].shape[1]} columns"
-                )
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def dialogues(self) -> list[np.ndarray]:
-        """Row indices of each dialogue, in row order (rows of a dialogue are contiguous)."""
-        if len(self) == 0:
-            return []
-        starts = np.flatnonzero(np.diff(self.dialogue_ids)) + 1
-        return np.split(np.arange(len(self), dtype=np.int64), starts)
-
-    def take(self, rows: np.ndarray) -> "SplitArrays":
-        """A new SplitArrays holding the given rows, in the given order."""
-        rows = np.asarray(rows, dtype=np.int64)
-        return SplitArrays(
-            keys=[self.keys[i] for i in rows],
-            dialogue_ids=self.dialogue_ids[rows],
-            utterance_ids=self.utterance_ids[rows],
-            speakers=[self.speakers[i] for i in rows],
-            transcripts=[self.transcripts[i] for i in rows],
-            emotion=self.emotion[rows],
-            sentiment=self.sentiment[rows],
-            features={family: array[rows] for family, array in self.features.items()},
-            valid={family: array[rows] for family, array in self.valid.items()},
-            feature_names=dict(self.feature_names),
-        )
-
-    def row_order(self) -> np.ndarray:
-        """Indices that sort the rows by (dialogue_id, utterance_id)."""
-        return np.lexsort((self.utterance_ids, self.dialogue_ids))
-
-
-# A shard's rows are the same record as a split's rows; the writer takes one shard at a time.
-ShardRows = SplitArrays
-
-
-@dataclass(frozen=True, kw_only=True)
-class WrittenShard:
-    """What the writer knows about a shard file once it has been renamed into place."""
-
-    sha256: str
-    """Hex sha256 of the whole file."""
-    bytes: int
-    """File size in bytes."""
-
-
-def _is_ordered(rows: SplitArrays) -> bool:
-    order = rows.row_order()
-    return bool(np.all(order == np.arange(len(rows))))
-
-
-def write_shard(path: Path, split: str, rows: ShardRows) -> WrittenShard:
-    """Write one shard under a unique temporary name, then publish it (fsync, rename, fsync the folder).
-
-    Rows must already be ordered by (dialogue_id, utterance_id). HDF5 builds the file in memory (a
-    shard is a few dialogues, megabytes) and Python writes it to the disk: HDF5 that meets a full
-    disk itself leaves its metadata cache broken, and the next touch of the file (its close, or the
-    interpreter's exit) is a segfault; Python's write is a plain OSError naming the file. An
-    interrupted write (an exception, ENOSPC, Ctrl-C) removes its temporary file; a killed one
-    leaves it for the next extraction to clear.
-    """
-    path = Path(path)
-    if not _is_ordered(rows):
-        raise ValueError(f"rows for shard {path.name} are not ordered by (dialogue_id, utterance_id)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    _write_shard_file(buffer, split, rows)
-    data = buffer.getvalue()
-    atomic_write_bytes(path, data)
-    return WrittenShard(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
-
-
-def _write_shard_file(target: io.BytesIO, split: str, rows: ShardRows) -> None:
-    n = len(rows)
-    # HDF5 1.8's file format stores large attributes densely; the earliest format caps an
-    # attribute at 64 KiB, less than openSMILE's 6552 column names.
-    with h5py.File(target, "w", libver=("v108", "latest")) as shard:
-        shard.attrs["split"] = split
-        shard.attrs["format_version"] = FORMAT_VERSION
-        shard.create_dataset("key", data=np.array(rows.keys, dtype=object), dtype=_STR)
-        shard.create_dataset("dialogue_id", data=rows.dialogue_ids.astype(np.int32))
-        shard.create_dataset("utterance_id", data=rows.utterance_ids.astype(np.int32))
-        shard.create_dataset("speaker", data=np.array(rows.speakers, dtype=object), dtype=_STR)
-        shard.create_dataset("transcript", data=np.array(rows.transcripts, dtype=object), dtype=_STR)
-        shard.create_dataset("emotion", data=rows.emotion.astype(np.int8))
-        shard.create_dataset("sentiment", data=rows.sentiment.astype(np.int8))
-        for family, array in rows.features.items():
-            dim = array.shape[1]
-            dataset = shard.create_dataset(
-                family,
-                data=array,
-                dtype=np.float32,
-                chunks=(max(1, min(n, _CHUNK_ROWS)), max(1, dim)) if n and dim else None,
-                compression="gzip" if n and dim else None,
-                compression_opts=1 if n and dim else None,
-                shuffle=bool(n and dim),
-            )
-            if family in rows.feature_names:
-                dataset.attrs.create("names", np.array(rows.feature_names[family], dtype=object), dtype=_STR)
-            shard.create_dataset(f"valid_{family}", data=rows.valid[family].astype(bool))
 
 
 def store_folder_name(name: str, config: dict[str, Any]) -> str:
@@ -235,86 +79,12 @@ def store_folder_name(name: str, config: dict[str, Any]) -> str:
     return f"{name}-{config_hash(config)}"
 
 
-def _file_state(path: Path) -> dict[str, int]:
-    """What `verified.json` remembers a checked file by: any write or copy changes one of these."""
-    status = path.stat()
-    return {"bytes": status.st_size, "mtime_ns": status.st_mtime_ns, "ctime_ns": status.st_ctime_ns}
-
-
-class ChecksumCache:
-    """`verified.json`: shards whose sha256 was checked, with the file state they had then.
-
-    A shard counts as verified without reading it when its size, mtime and ctime are those
-    it had when its sha256 last matched the manifest's. ctime cannot be set by `touch`, so
-    a rewrite that restores the old mtime is still re-read. The cache is only ever a
-    shortcut: a store folder that cannot be written (a copy on a read-only filesystem) is
-    checked in full at every open.
-    """
-
-    def __init__(self, store_dir: Path):
-        self.path = Path(store_dir) / VERIFIED_NAME
-        self.entries: dict[str, dict[str, Any]] = {}
-        self.changed = False
-        try:
-            loaded = json.loads(self.path.read_text(encoding="utf-8"))
-            if isinstance(loaded, dict):
-                self.entries = {k: v for k, v in loaded.items() if isinstance(v, dict)}
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            pass
-
-    def matches(self, store_dir: Path, entry: ShardEntry) -> bool:
-        """Whether the shard's sha256 equals the manifest's, reading the file only when it changed since."""
-        path = Path(store_dir) / entry["file"]
-        state = _file_state(path)
-        known = self.entries.get(entry["file"])
-        if known is not None and known.get("sha256") == entry["sha256"] and all(
-            known.get(k) == v for k, v in state.items()
-        ):
-            return True
-        digest = file_sha256(path)
-        if digest != entry["sha256"]:
-            if self.entries.pop(entry["file"], None) is not None:
-                self.changed = True
-            return False
-        self.entries[entry["file"]] = {"sha256": digest, **state}
-        self.changed = True
-        return True
-
-    def save(self) -> None:
-        if not self.changed:
-            return
-        try:
-            atomic_write_json(self.path, self.entries)
-        except OSError:
-            pass
-        self.changed = False
-
-
-def shard_problem(
-    store_dir: Path, entry: ShardEntry, check_sha256: bool = True, cache: ChecksumCache | None = None
-) -> str | None:
-    """Why the shard a manifest entry names is not usable (missing, wrong size, wrong checksum), or None.
-
-    With `cache`, a shard whose file is unchanged since its sha256 last matched is not read again.
-    """
-    path = Path(store_dir) / entry["file"]
-    if not path.is_file():
-        return f"{entry['file']} is missing"
-    size = path.stat().st_size
-    if size != entry["bytes"]:
-        return f"{entry['file']} has {size} bytes, the manifest records {entry['bytes']}"
-    if check_sha256:
-        matches = cache.matches(store_dir, entry) if cache is not None else file_sha256(path) == entry["sha256"]
-        if not matches:
-            return f"{entry['file']} does not match its sha256 in the manifest"
-    return None
-
 
 def store_problems(store_dir: Path, manifest: Manifest, check_sha256: bool = True) -> list[str]:
     """Everything that keeps the store from being complete and whole: plan, files, sizes, checksums."""
     problems = plan_problems(manifest)
     cache = ChecksumCache(store_dir)
-    dims = {family: info["dim"] for family, info in manifest["families"].items()}
+    dims = family_dims(manifest)
     for entry in manifest["shards"]:
         problem = shard_problem(store_dir, entry, check_sha256=check_sha256, cache=cache)
         if problem is None:
@@ -328,7 +98,7 @@ def store_problems(store_dir: Path, manifest: Manifest, check_sha256: bool = Tru
 def repair_command(store_dir: Path, manifest: Manifest) -> str:
     """The command that finishes or repairs the store: extraction re-run with the store's own config."""
     store_dir = Path(store_dir)
-    corpus = manifest.get("config", {}).get("corpus") if isinstance(manifest.get("config"), dict) else None
+    corpus = manifest["config"].get("corpus")
     if not corpus or not (store_dir / CONFIG_NAME).is_file():
         return "cmroberta extract CORPUS (with the config that made this store)"
     words = ["cmroberta", "extract", str(corpus), "--config", str(store_dir / CONFIG_NAME)]
@@ -343,18 +113,6 @@ def summarise(problems: list[str]) -> str:
     more = len(problems) - _PROBLEMS_SHOWN
     return f"{shown}; and {more} more" if more > 0 else shown
 
-
-def shard_entry(file: str, split: str, rows: SplitArrays, written: WrittenShard, inputs: str = "") -> ShardEntry:
-    """The manifest entry of a shard just written; `inputs` is the fingerprint of what it was made from."""
-    return {
-        "file": file,
-        "split": split,
-        "rows": len(rows),
-        "dialogues": sorted({int(d) for d in rows.dialogue_ids}),
-        "inputs": inputs,
-        "sha256": written.sha256,
-        "bytes": written.bytes,
-    }
 
 
 def _split_into_shards(rows: SplitArrays, shard_dialogues: int | None) -> list[SplitArrays]:
@@ -444,31 +202,6 @@ def _check_labels(
         )
 
 
-def _shape_problem(entry: ShardEntry, shard: h5py.File, dims: dict[str, int]) -> str | None:
-    """Whether every column of the shard has the manifest's rows, and every family its width: the first that does not.
-
-    numpy would broadcast an array of shape (rows, 1) or (1, dim) over the real shape without a word,
-    so a shard rewritten with a wrong array (and its sha256 updated) must be caught before any is used.
-    """
-    rows = entry["rows"]
-    expected = {name: (rows,) for name in _ROW_COLUMNS}
-    expected.update({family: (rows, dim) for family, dim in dims.items()})
-    expected.update({f"valid_{family}": (rows,) for family in dims})
-    for name, shape in expected.items():
-        found = shard[name].shape if name in shard else None
-        if found != shape:
-            return f"{entry['file']} is damaged: its {name} has shape {found}, the manifest records {shape}"
-    return None
-
-
-def shard_shapes_problem(store_dir: Path, entry: ShardEntry, dims: dict[str, int]) -> str | None:
-    """`_shape_problem` of a shard file, opened for its metadata only; an unreadable file is a problem too."""
-    try:
-        with h5py.File(Path(store_dir) / entry["file"], "r") as shard:
-            return _shape_problem(entry, shard, dims)
-    except OSError as error:
-        return f"{entry['file']} cannot be read as HDF5 ({error})"
-
 
 class FeatureStore:
     """Read access to a finished store: manifest, families and whole splits as arrays."""
@@ -510,12 +243,12 @@ class FeatureStore:
     @property
     def may_lack_labels(self) -> bool:
         """Whether rows may hold NO_LABEL: a corpus other than MELD (unscored context, no sentiments)."""
-        return self.manifest.get("corpus", {"kind": "meld"})["kind"] != "meld"
+        return store_corpus_kind(self.manifest) != "meld"
 
     @property
     def families(self) -> dict[str, int]:
         """Family name -> feature dim."""
-        return {family: int(info["dim"]) for family, info in self.manifest["families"].items()}
+        return family_dims(self.manifest)
 
     @property
     def splits(self) -> list[str]:
@@ -562,7 +295,7 @@ class FeatureStore:
             stop = start + int(entry["rows"])
             try:
                 with h5py.File(self.path / entry["file"], "r") as shard:
-                    shapes = _shape_problem(entry, shard, {family: self.families[family] for family in wanted})
+                    shapes = shape_problem(entry, shard, {family: self.families[family] for family in wanted})
                     if shapes is not None:
                         raise FeatureStoreError(f"store {self.path}: {shapes}; re-run `cmroberta extract` to redo it")
                     for name, parts in columns.items():
@@ -571,7 +304,7 @@ class FeatureStore:
                         values.extend(shard[name].asstr()[...].tolist())
                     for family in wanted:
                         features[family][start:stop] = shard[family][...]
-                        valid[family][start:stop] = shard[f"valid_{family}"][...]
+                        valid[family][start:stop] = shard[valid_name(family)][...]
                         if "names" in shard[family].attrs:
                             feature_names[family] = [str(n) for n in shard[family].attrs["names"]]
             except (OSError, KeyError) as error:
@@ -602,7 +335,7 @@ class FeatureStore:
             valid=valid,
             feature_names=feature_names,
         )
-        return rows if _is_ordered(rows) else rows.take(rows.row_order())
+        return rows if is_ordered(rows) else rows.take(rows.row_order())
 
     def failed(self, family: str | None = None) -> list[dict[str, Any]]:
         """Failed (key, family, reason) records, optionally of one family."""
@@ -650,19 +383,10 @@ def add_family(
                         f"such as {missing[0]}"
                     )
                 array = features[entry["split"]][1][[split_rows[key] for key in keys]]
-                for name in (family, f"valid_{family}"):
+                for name in (family, valid_name(family)):
                     if name in shard:  # left by an interrupted earlier attempt
                         del shard[name]
-                n, dim = array.shape
-                shard.create_dataset(
-                    family,
-                    data=array.astype(np.float32),
-                    chunks=(max(1, min(n, _CHUNK_ROWS)), max(1, dim)) if n and dim else None,
-                    compression="gzip" if n and dim else None,
-                    compression_opts=1 if n and dim else None,
-                    shuffle=bool(n and dim),
-                )
-                shard.create_dataset(f"valid_{family}", data=np.ones(n, dtype=bool))
+                write_family(shard, family, array, np.ones(len(array), dtype=bool))
             data = buffer.getvalue()
             atomic_write_bytes(path, data)
             entry["sha256"], entry["bytes"] = hashlib.sha256(data).hexdigest(), len(data)

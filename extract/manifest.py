@@ -191,6 +191,26 @@ def store_label_set(manifest: Manifest) -> LabelSet:
     return label_set
 
 
+def family_dims(manifest: Manifest) -> dict[str, int]:
+    """Family name -> feature width, for every family the store holds."""
+    return {family: int(info["dim"]) for family, info in manifest["families"].items()}
+
+
+def family_encoder(manifest: Manifest, family: str) -> str | None:
+    """The encoder a text family was made with: its provenance's, or for `text` the extraction config's model."""
+    info = manifest["families"].get(family)
+    encoder = info.get("provenance", {}).get("encoder") if info is not None else None
+    if encoder is None and family == "text":
+        encoder = manifest["config"].get("text", {}).get("model")
+    return encoder
+
+
+def store_corpus_kind(manifest: Manifest) -> str:
+    """The reader that read the store's corpus (`meld`, `iemocap`, `manifest`); without a corpus record, `meld`."""
+    record = manifest.get("corpus")
+    return "meld" if record is None else record["kind"]
+
+
 def planned_shard(file: str, split: str, rows: int, dialogues: list[int], inputs: str) -> PlannedShard:
     """The plan's entry for one shard: what it must hold, and the fingerprint of the inputs it is made from."""
     return {"file": file, "split": split, "rows": rows, "dialogues": dialogues, "inputs": inputs}

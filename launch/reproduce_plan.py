@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from cluster.config import load_config
 from cluster.profile import ClusterProfile
-from extract.pipeline import ExtractConfig, store_path
+from extract.extract_config import ExtractConfig, store_path
 from launch.sweep import PlannedRun, plan_sweep
 from model.run_config import RunConfig
 

@@ -31,8 +31,9 @@ import h5py
 import numpy as np
 import torch
 
-from extract.feature_store import FeatureStore, FeatureStoreError, SplitArrays
+from extract.feature_store import FeatureStore, FeatureStoreError
 from extract.labels import NO_LABEL
+from extract.split_arrays import SplitArrays
 from model.layer_mix import LayerBlock, mixed_width
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@
 Rows of a file input get the split `predict` unless they name one; keys are `<split>/dia<D>_utt<U>`.
 
 The features are exactly the run's. The input is cut into shards as the store was cut
-(`extract.pipeline.plan_shards`); a shard whose inputs fingerprint (every CSV field, each clip's
+(`extract.shard_plan.plan_shards`); a shard whose inputs fingerprint (every CSV field, each clip's
 path, size and mtime) is that of a store shard of its split takes its vectors from the store, since
 the same inputs under the store's extraction config made them. Every other shard is computed again
 in this process from the store's extraction config (`config.toml`). Reading rather than recomputing
@@ -51,19 +51,13 @@ from tqdm import tqdm
 
 from cluster.config import RESOLVED_CONFIG_NAME, load_config
 from cluster.durable_files import atomic_write_json, atomic_write_text
-from extract.feature_store import FeatureStore, FeatureStoreError, SplitArrays
+from extract.extract_config import AUDIO_FAMILIES, ExtractConfig
+from extract.feature_store import FeatureStore, FeatureStoreError
 from extract.labels import MELD_EMOTIONS, LabelSet, UnknownLabelError
 from extract.meld import CSV_NAMES, CorpusError, read_meld
-from extract.pipeline import (
-    AUDIO_FAMILIES,
-    Decoder,
-    ExtractConfig,
-    ShardPlan,
-    decode_utterance,
-    extract_shard,
-    plan_shards,
-    unusable_clips,
-)
+from extract.shard_extraction import Decoder, decode_utterance, extract_shard, unusable_clips
+from extract.shard_plan import ShardPlan, plan_shards
+from extract.split_arrays import SplitArrays
 from extract.transcript import normalise_transcript
 from extract.utterance import MAX_ID, SPLITS, Utterance
 from model.dialogue_data import DialogueDataset, FeatureStatistics, Modalities, dataset_from_arrays

@@ -34,8 +34,9 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from cluster.durable_files import publish, unique_temp_path
-from extract.feature_store import FeatureStore, SplitArrays
+from extract.feature_store import FeatureStore
 from extract.labels import EMOTIONS, SENTIMENTS
+from extract.split_arrays import SplitArrays
 from extract.text_features import text_inputs
 from extract.utterance import Utterance
 from model.text_encoder import TextEncoderConfig, context_separator

@@ -3,9 +3,10 @@ train real runs and then label the corpus's clips again."""
 
 from pathlib import Path
 
-from cluster.ray_runtime import RayConfig
+from cluster.ray_config import RayConfig
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
-from extract.pipeline import ExtractConfig, run_extraction
+from extract.extract_config import ExtractConfig
+from extract.pipeline import run_extraction
 from extract.text_features import TextFeatureConfig
 
 DEMO_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"

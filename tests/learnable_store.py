@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.feature_store import SplitArrays, build_store_from_arrays
+from extract.feature_store import build_store_from_arrays
+from extract.split_arrays import SplitArrays
 
 DIMS: dict[str, int] = {"opensmile": 6, "openl3": 4, "text": 8}
 

@@ -14,9 +14,10 @@ import os
 import numpy as np
 import pytest
 
-from cluster.ray_runtime import RayConfig
+from cluster.ray_config import RayConfig
 from extract.demo_corpus import DemoCorpusConfig, read_ambiguous_keys, write_demo_corpus
-from extract.pipeline import ExtractConfig, run_extraction
+from extract.extract_config import ExtractConfig
+from extract.pipeline import run_extraction
 from extract.text_features import TextFeatureConfig
 from launch.cli import main
 from launch.commands.demo import (

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from extract.feature_store import FeatureStore, FeatureStoreError, SplitArrays, build_store_from_arrays
+from extract.feature_store import FeatureStore, FeatureStoreError, build_store_from_arrays
+from extract.split_arrays import SplitArrays
 from model.dialogue_data import (
     IGNORE_LABEL,
     DialogueBatchSampler,

@@ -27,7 +27,8 @@ from tqdm import tqdm
 from cluster.config import ConfigError, load_config
 from cluster.distributed_session import distributed_session
 from cluster.rendezvous import LOOPBACK, free_port
-from extract.feature_store import FeatureStore, FeatureStoreError, SplitArrays, build_store_from_arrays
+from extract.feature_store import FeatureStore, FeatureStoreError, build_store_from_arrays
+from extract.split_arrays import SplitArrays
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from launch.cli import main
 from launch.report import format_report, load_runs, report_tables

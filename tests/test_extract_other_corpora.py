@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from cluster.config import load_config
-from cluster.ray_runtime import RayConfig, ray_session
+from cluster.ray_config import RayConfig
+from cluster.ray_runtime import ray_session
 from extract.corpus import CorpusError
 from extract.corpus_reader import read_corpus
+from extract.extract_config import ExtractConfig, feature_settings, store_path
 from extract.feature_store import FeatureStore
 from extract.iemocap import ERC6_LABELS, IemocapConfig
 from extract.labels import MELD_EMOTIONS, NO_LABEL
@@ -27,7 +29,8 @@ from extract.manifest import (
     store_label_set,
     write_manifest,
 )
-from extract.pipeline import ExtractConfig, decode_utterance, feature_settings, run_extraction, store_path
+from extract.pipeline import run_extraction
+from extract.shard_extraction import decode_utterance
 from launch.cli import main
 from model.checkpoint import RunFolderError
 from model.fusion import FusionConfig

@@ -12,12 +12,15 @@ import numpy as np
 import pytest
 import ray
 
-from cluster.ray_runtime import RayConfig, RayResources, ray_session
+from cluster.ray_config import RayConfig
+from cluster.ray_runtime import RayResources, ray_session
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
+from extract.extract_config import ExtractConfig
 from extract.feature_store import FeatureStore
 from extract.manifest import MANIFEST_NAME
 from extract.meld import read_meld
-from extract.pipeline import ExtractConfig, plan_shards, plan_workers, run_extraction, start_actors
+from extract.pipeline import plan_workers, run_extraction, start_actors
+from extract.shard_plan import plan_shards
 from extract.speech_features import SpeechFeatureConfig
 from extract.text_features import TextFeatureConfig
 from extract.tiny_speech_encoder import TinySpeechEncoderConfig, build_tiny_speech_encoder

@@ -8,14 +8,10 @@ import numpy as np
 import pytest
 
 from cluster.durable_files import file_sha256
-from extract.feature_store import (
-    FeatureStore,
-    SplitArrays,
-    build_store_from_arrays,
-    shard_problem,
-    write_shard,
-)
+from extract.feature_store import FeatureStore, build_store_from_arrays
 from extract.manifest import FORMAT_VERSION, MANIFEST_NAME, FeatureStoreError, config_hash
+from extract.shard_files import shard_problem, write_shard
+from extract.split_arrays import SplitArrays
 
 # (dialogue_id, utterance_id) deliberately out of order: the store must sort them.
 ROWS = [(4, 1), (4, 0), (1, 0), (1, 1), (1, 2), (7, 0), (2, 0), (2, 1)]

@@ -329,9 +329,9 @@ def test_two_jobs_on_one_node_each_get_their_own_ray_cluster_and_leave_nothing_b
 def test_extraction_job_runs_the_pipeline_on_the_jobs_ray_cluster(slurm_cluster, tmp_path):
     from cluster.ray_on_slurm import ray_temp_dirs
     from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
+    from extract.extract_config import ExtractConfig
     from extract.feature_store import FeatureStore
     from extract.meld import read_meld
-    from extract.pipeline import ExtractConfig
     from launch.jobs import ExtractionJob
 
     corpus = write_demo_corpus(

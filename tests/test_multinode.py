@@ -188,8 +188,9 @@ def feature_checksums(store_dir: Path) -> dict[str, tuple[list[str], str]]:
 
 def test_extraction_across_two_nodes_records_both_hosts_and_equals_a_one_node_store(two_nodes, demo_corpus, tmp_path):
     from cluster.ray_on_slurm import ray_temp_dirs
+    from extract.extract_config import ExtractConfig
     from extract.manifest import read_manifest
-    from extract.pipeline import ExtractConfig, run_extraction
+    from extract.pipeline import run_extraction
 
     overrides = ['families=["opensmile"]', "shard_dialogues=1"]
     one_node = run_extraction(load_config(ExtractConfig, None, [

@@ -11,13 +11,16 @@ import numpy as np
 import pytest
 
 from cluster.config import load_config
-from cluster.ray_runtime import RayConfig, ray_session
+from cluster.ray_config import RayConfig
+from cluster.ray_runtime import ray_session
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
+from extract.extract_config import ExtractConfig, store_path
 from extract.feature_store import FeatureStore
 from extract.manifest import MANIFEST_NAME
 from extract.meld import read_meld
 from extract.openl3 import OpenL3Config
-from extract.pipeline import ExtractConfig, plan_shards, run_extraction, store_path
+from extract.pipeline import run_extraction
+from extract.shard_plan import plan_shards
 from extract.text_features import TextFeatureConfig
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from launch.cli import main

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from extract.feature_store import FeatureStore, SplitArrays, build_store_from_arrays
+from extract.feature_store import FeatureStore, build_store_from_arrays
+from extract.split_arrays import SplitArrays
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from model.dialogue_data import DialogueBatchSampler, LengthBucketSampler
 from model.text_encoder import TextEncoderConfig, load_tokenizer

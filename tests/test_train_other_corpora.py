@@ -13,10 +13,12 @@ import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from cluster.config import load_config
-from cluster.ray_runtime import RayConfig, ray_session
+from cluster.ray_config import RayConfig
+from cluster.ray_runtime import ray_session
+from extract.extract_config import ExtractConfig
 from extract.feature_store import FeatureStore
 from extract.labels import NO_LABEL
-from extract.pipeline import ExtractConfig, run_extraction
+from extract.pipeline import run_extraction
 from launch.cli import main
 from launch.report import load_run, report_tables
 from launch.ser_table import ser_table

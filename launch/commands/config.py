@@ -11,7 +11,7 @@ from launch.tables import format_table
 CONFIGS: dict[str, str] = {
     "demo-corpus": "extract.demo_corpus:DemoCorpusConfig",
     "iemocap": "extract.iemocap:IemocapConfig",
-    "extract": "extract.pipeline:ExtractConfig",
+    "extract": "extract.extract_config:ExtractConfig",
     "train": "model.run_config:RunConfig",
     "profile": "cluster.profile:ClusterProfile",
 }

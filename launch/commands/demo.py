@@ -33,11 +33,12 @@ import tomllib
 
 from cluster.config import override, to_dict, write_resolved_config
 from cluster.durable_files import atomic_write_json
-from cluster.ray_runtime import RayConfig
+from cluster.ray_config import RayConfig
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
+from extract.extract_config import ExtractConfig
 from extract.meld import read_meld
 from extract.openl3 import OpenL3Config
-from extract.pipeline import ExtractConfig, run_extraction
+from extract.pipeline import run_extraction
 from extract.text_features import TextFeatureConfig
 from launch.commands.prepare import corpus_summary
 from launch.tables import format_table

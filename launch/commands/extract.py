@@ -11,7 +11,8 @@ def run_extract(corpus: Path, config_file: Path | None, overrides: list[str]) ->
     """Extract the features of `corpus` as configured; print and return the store folder."""
     # Imported here, not at the top: the pipeline pulls in torch, transformers and Ray,
     # and `cmroberta --help` imports every verb's module.
-    from extract.pipeline import ExtractConfig, run_extraction, store_path
+    from extract.extract_config import ExtractConfig, store_path
+    from extract.pipeline import run_extraction
 
     config = load_config(ExtractConfig, config_file, [*overrides, override("corpus", str(corpus))])
     for folder, option in ((Path(config.store_root), "store_root"), (store_path(config), "the store folder")):

@@ -41,7 +41,7 @@ def _report_submission(
 
 def launch_extract(args: argparse.Namespace) -> int:
     """Submit one extraction job; on SLURM it brings up Ray across all the job's nodes."""
-    from extract.pipeline import ExtractConfig
+    from extract.extract_config import ExtractConfig
     from launch.executors import load_profile, make_executor, submit_jobs
     from launch.jobs import ExtractionJob
 

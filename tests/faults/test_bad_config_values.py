@@ -56,7 +56,7 @@ def test_nan_in_a_toml_file_is_refused_naming_its_key(tmp_path):
 
 
 def test_an_extraction_number_out_of_range_is_refused():
-    from extract.pipeline import ExtractConfig
+    from extract.extract_config import ExtractConfig
 
     with pytest.raises(ConfigError, match="'max_audio_seconds' must be a finite number, not inf"):
         load_config(ExtractConfig, None, ['corpus="/c"', "max_audio_seconds=inf"])

@@ -11,15 +11,11 @@ import h5py
 import numpy as np
 import pytest
 
-import extract.feature_store as feature_store
-from extract.feature_store import (
-    CONFIG_NAME,
-    VERIFIED_NAME,
-    FeatureStore,
-    SplitArrays,
-    build_store_from_arrays,
-)
+import extract.shard_files as shard_files
+from extract.feature_store import CONFIG_NAME, FeatureStore, build_store_from_arrays
 from extract.manifest import MANIFEST_NAME, FeatureStoreError
+from extract.shard_files import VERIFIED_NAME
+from extract.split_arrays import SplitArrays
 
 CORPUS = "/data/MELD.Raw"
 
@@ -124,8 +120,8 @@ def test_a_flip_that_restores_the_old_mtime_is_still_found(store_dir):
 
 def test_a_second_open_reads_no_unchanged_shard(store_dir, monkeypatch):
     hashed = []
-    real = feature_store.file_sha256
-    monkeypatch.setattr(feature_store, "file_sha256", lambda path: hashed.append(path.name) or real(path))
+    real = shard_files.file_sha256
+    monkeypatch.setattr(shard_files, "file_sha256", lambda path: hashed.append(path.name) or real(path))
     FeatureStore.open(store_dir)
     assert sorted(hashed) == ["test-00000.h5", "train-00000.h5", "train-00001.h5"]
     hashed.clear()

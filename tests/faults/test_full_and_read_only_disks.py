@@ -59,7 +59,8 @@ def leftovers(folder: Path) -> list[str]:
 SHARD_SCRIPT = """
 import sys
 import numpy as np
-from extract.feature_store import SplitArrays, write_shard
+from extract.shard_files import write_shard
+from extract.split_arrays import SplitArrays
 n = 64
 rows = SplitArrays(keys=[f"train/dia{i}_utt0" for i in range(n)], dialogue_ids=list(range(n)), utterance_ids=[0] * n,
                    speakers=["a"] * n, transcripts=["b"] * n, emotion=[0] * n, sentiment=[0] * n,

@@ -15,9 +15,9 @@ import pytest
 
 from cluster.durable_files import file_sha256
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
+from extract.extract_config import ExtractConfig, feature_settings, store_path
 from extract.feature_store import FeatureStore, build_store_from_arrays
 from extract.manifest import MANIFEST_NAME, FeatureStoreError, new_manifest
-from extract.pipeline import ExtractConfig, feature_settings, store_path
 from launch.cli import main
 from tests.faults.fault_summary import record_case
 from tests.faults.test_damaged_store import refusal as open_refusal

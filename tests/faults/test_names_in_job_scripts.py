@@ -17,7 +17,7 @@ from conftest import slurm_profile
 
 from cluster.config import ConfigError, from_dict
 from cluster.profile import ClusterProfile
-from extract.pipeline import ExtractConfig
+from extract.extract_config import ExtractConfig
 from launch.cli import main
 from launch.executors import SubmissionError, make_executor, submit_jobs
 

@@ -3,7 +3,7 @@
 import dataclasses
 import os
 
-from extract.pipeline import plan_shards
+from extract.shard_plan import plan_shards
 from extract.utterance import Utterance
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from extract.feature_store import SplitArrays
+from extract.split_arrays import SplitArrays
 
 # A frozen-text run small enough to train in a few seconds on a loaded CPU.
 TINY_HEAD = [
