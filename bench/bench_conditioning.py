@@ -17,8 +17,9 @@ import torch
 
 from extract.feature_store import FeatureStore, SplitArrays
 from model.checkpoint import Checkpoints
-from model.dialogue_data import FeatureStatistics, dataset_from_arrays
+from model.dialogue_data import dataset_from_arrays
 from model.evaluate import evaluate_split
+from model.feature_statistics import FeatureStatistics
 from model.train import (
     STATISTICS_NAME,
     build_model,

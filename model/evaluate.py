@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from cluster.durable_files import atomic_write_json, atomic_write_json_lines
 from extract.labels import MELD_EMOTIONS, NO_LABEL, LabelSet, UnknownLabelError
-from model.dialogue_data import IGNORE_LABEL, DialogueBatchSampler, DialogueDataset
+from model.batch_samplers import DialogueBatchSampler
+from model.dialogue_data import IGNORE_LABEL, DialogueDataset
 from model.metrics import ClassificationMetrics, classification_metrics, constant_prediction_metrics
 
 log = logging.getLogger(__name__)

@@ -54,8 +54,9 @@ from extract.pipeline import (
     unusable_clips,
 )
 from extract.utterance import Utterance
-from model.dialogue_data import DialogueDataset, FeatureStatistics, Modalities, dataset_from_arrays
+from model.dialogue_data import DialogueDataset, Modalities, dataset_from_arrays
 from model.evaluate import TEST_METRICS_NAME, SplitEvaluation, evaluate_split, evaluation_record, majority_label
+from model.feature_statistics import FeatureStatistics
 from model.fusion import ModalityDropout
 from model.metrics import classification_metrics
 from model.perturb import ROBUSTNESS_FOLDER, NoiseMaker, Perturbation, simulate_asr_errors

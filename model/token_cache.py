@@ -17,7 +17,7 @@ never share a file), fsynced and renamed when complete (`cluster.durable_files.p
 interrupted build removes its temporary file.
 
 Batches pad each utterance's ids to the longest utterance in the batch;
-`model.dialogue_data.LengthBucketSampler`, given `TokenSplit.dialogue_lengths`, optionally groups
+`model.batch_samplers.LengthBucketSampler`, given `TokenSplit.dialogue_lengths`, optionally groups
 dialogues of similar longest utterance into the same batch to waste less of that padding.
 """
 

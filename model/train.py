@@ -82,6 +82,7 @@ from cluster.durable_files import atomic_write_json_lines
 from cluster.rendezvous import Rendezvous, export_rendezvous, resolve_rendezvous
 from extract.feature_store import FeatureStore, FeatureStoreError
 from extract.labels import EMOTIONS, NO_LABEL, LabelSet
+from model.batch_samplers import DialogueBatchSampler, LengthBucketSampler
 from model.checkpoint import (
     CheckpointConfig,
     CheckpointRequest,
@@ -104,11 +105,8 @@ from model.deepspeed_config import (
     resolve_precision,
 )
 from model.dialogue_data import (
-    DialogueBatchSampler,
     DialogueDataConfig,
     DialogueDataset,
-    FeatureStatistics,
-    LengthBucketSampler,
     Modalities,
     load_datasets,
     select_modalities,
@@ -132,6 +130,7 @@ from model.evaluate import (
     metrics_file,
     write_evaluation,
 )
+from model.feature_statistics import FeatureStatistics
 from model.finetune_text import FinetuneConfig, finetuned_family, resolve_finetune, run_finetune_chain
 from model.fusion import FusionConfig, build_fusion_model
 from model.layer_mix import LayerMix, LayerMixedHead

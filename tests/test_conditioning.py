@@ -19,8 +19,8 @@ import torch
 
 from cluster.config import load_config
 from model.checkpoint import RunFolderError
-from model.dialogue_data import ColumnStatistics
 from model.end_to_end import EndToEndModel, normalise_layers
+from model.feature_statistics import ColumnStatistics
 from model.fusion import FusionConfig, build_fusion_model
 from model.text_encoder import LAST_LAYERS, TextEncoder, TextEncoderConfig, load_tokenizer
 from model.token_cache import TokenBatch
