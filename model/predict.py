@@ -17,7 +17,7 @@ encodes them. A clip that cannot be decoded gets a row with the reason and no la
 stays in its dialogue with its audio masked (as the store treats a failed clip), so its neighbours
 keep their context.
 
-`evaluate_perturbed(run_dir, perturbation)` scores a run's split (test by default) of its own store
+`evaluate_perturbed(run, perturbation)` scores a restored run's split (test by default) of its own store
 under a `model.perturb.Perturbation`: only the perturbed family is computed again (from the
 corpus's clips for noise, from the store's transcripts for ASR errors); a missing modality is masked
 in the model. It writes `robustness/<condition>-seed<seed>.json` into the run folder (for a split
