@@ -19,9 +19,10 @@ from cluster.distributed_session import distributed_session
 from extract.feature_store import FeatureStore
 from extract.split_arrays import SplitArrays
 from model.checkpoint import Checkpoints
-from model.dialogue_data import FeatureStatistics, dataset_from_arrays
+from model.dialogue_data import dataset_from_arrays
 from model.engine import build_model, load_inference_engine, run_modalities
 from model.evaluate import evaluate_split
+from model.feature_statistics import FeatureStatistics
 from model.run_config import saved_run_config
 from model.run_inputs import STATISTICS_NAME
 

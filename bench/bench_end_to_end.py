@@ -42,8 +42,9 @@ from cluster.distributed_session import distributed_session
 from extract.feature_store import FeatureStore, build_store_from_arrays
 from extract.split_arrays import SplitArrays
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
+from model.batch_samplers import DialogueBatchSampler, LengthBucketSampler
 from model.deepspeed_config import EngineConfig, build_deepspeed_config, precision_dtype, resolve_precision
-from model.dialogue_data import DialogueBatchSampler, LengthBucketSampler, Modalities, load_datasets
+from model.dialogue_data import Modalities, load_datasets
 from model.end_to_end import EndToEndModel
 from model.evaluate import batch_loss_sum
 from model.fusion import FusionConfig, build_fusion_model

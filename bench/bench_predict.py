@@ -16,7 +16,8 @@ from pathlib import Path
 from extract.shard_extraction import decode_utterance
 from extract.shard_plan import plan_shards
 from model.perturb import parse_perturbation
-from model.predict import compute_rows, load_run, noisy_decoder, predict, read_predict_input
+from model.predict import compute_rows, noisy_decoder, predict, restore_run
+from model.predict_input import read_predict_input
 
 
 def timed(function, *args):
@@ -34,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
 
     found, read_seconds = timed(read_predict_input, args.input, args.split)
-    run, load_seconds = timed(load_run, args.run_dir)
+    run, load_seconds = timed(restore_run, args.run_dir)
     n = len(found.utterances)
     splits = list(dict.fromkeys(u.split for u in found.utterances))
     plans = plan_shards(found.utterances, splits, run.extraction.shard_dialogues)

@@ -54,7 +54,6 @@ from tqdm import tqdm
 
 from extract.corpus import Corpus, CorpusError, CorpusFlag
 from extract.labels import LabelSet
-from extract.transcript import normalise_transcript
 from extract.utterance import Utterance
 
 log = logging.getLogger(__name__)
@@ -264,13 +263,13 @@ def _read_dialog(
         if problem is not None:
             corpus.flags.append(CorpusFlag(key=evaluation.name, kind=problem[0], reason=problem[1]))
         transcript_raw = transcribed[evaluation.name].value
-        utterance = Utterance(
+        utterance = Utterance.from_transcript(
             split=split,
             dialogue_id=dialogue_id,
             utterance_id=utterance_id,
             speaker=match.group(1) + speaker.group(1),
-            transcript=normalise_transcript(_TAG.sub(" ", transcript_raw)),
             transcript_raw=transcript_raw,
+            spoken=_TAG.sub(" ", transcript_raw),
             emotion=label or "",
             sentiment="",
             media_path=None if problem else str(wav),

@@ -29,7 +29,6 @@ from pathlib import Path
 
 from extract.corpus import Corpus, CorpusError, csv_records, csv_row, field_id, field_text
 from extract.labels import LabelSet, UnknownLabelError
-from extract.transcript import normalise_transcript
 from extract.utterance import SPLITS, ClipFlag, Utterance
 
 log = logging.getLogger(__name__)
@@ -105,7 +104,7 @@ def read_manifest_corpus(path: str | Path) -> Corpus:
             )
             continue
         seen.add(key)
-        utterance = Utterance(**fields)
+        utterance = Utterance.from_transcript(**fields)
         if utterance.media_path is not None and not Path(utterance.media_path).is_file():
             corpus.flags.append(
                 ClipFlag(
@@ -116,7 +115,7 @@ def read_manifest_corpus(path: str | Path) -> Corpus:
                     reason=f"{row['audio'].strip()} (line {line_number}) does not exist; text only",
                 )
             )
-            utterance = Utterance(**{**fields, "media_path": None})
+            utterance = Utterance.from_transcript(**{**fields, "media_path": None})
         corpus.utterances.append(utterance)
     corpus.sort_utterances()
     for message in corpus.row_errors:
@@ -145,7 +144,6 @@ def _read_row(row: dict[str, str], folder: Path, label_set: LabelSet) -> dict:
         dialogue_id=field_id(row, "dialogue_id"),
         utterance_id=field_id(row, "utterance_id"),
         speaker=speaker,
-        transcript=normalise_transcript(transcript_raw),
         transcript_raw=transcript_raw,
         emotion=label,
         sentiment="",

@@ -20,7 +20,6 @@ from tqdm import tqdm
 from extract.audio import AudioDecodeError, ClipInfo, probe_clip
 from extract.corpus import Corpus, CorpusError, csv_records, csv_row, field_id, field_text
 from extract.labels import EMOTIONS, MELD_EMOTIONS, SENTIMENTS, LabelSet
-from extract.transcript import normalise_transcript
 from extract.utterance import SPLITS, ClipFlag, Utterance
 
 log = logging.getLogger(__name__)
@@ -180,7 +179,6 @@ def _read_rows(csv_path: Path, split: str, row_errors: list[str]) -> list[dict]:
                 dialogue_id=dialogue_id,
                 utterance_id=utterance_id,
                 speaker=speaker,
-                transcript=normalise_transcript(transcript_raw),
                 transcript_raw=transcript_raw,
                 emotion=emotion,
                 sentiment=sentiment,
@@ -241,7 +239,7 @@ def read_meld(
     probes = _probe_all([p for _, candidates in pending for p in candidates]) if check_clips else {}
     for row, candidates in pending:
         media_path, flags = _choose_clip(row, candidates, probes, duration_tolerance_s)
-        corpus.utterances.append(Utterance(media_path=str(media_path) if media_path else None, **row))
+        corpus.utterances.append(Utterance.from_transcript(media_path=str(media_path) if media_path else None, **row))
         corpus.flags.extend(flags)
     corpus.sort_utterances()
     for message in corpus.row_errors:

@@ -1,6 +1,9 @@
 """The utterance record: what every corpus reader yields and every later stage keys on."""
 
 from dataclasses import dataclass
+from typing import Any
+
+from extract.transcript import normalise_transcript
 
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
 # Shards store dialogue and utterance ids as int32.
@@ -41,6 +44,17 @@ class Utterance:
     media_span: tuple[float, float] | None = None
     """(start, end) in seconds of the utterance inside a longer media file (a manifest's start and end);
     None: the whole file is the utterance (MELD's and IEMOCAP's times are not offsets into the clip)."""
+
+    @classmethod
+    def from_transcript(cls, *, transcript_raw: str, spoken: str | None = None, **fields: Any) -> "Utterance":
+        """An utterance read from a corpus: `transcript_raw` kept as the corpus holds it, and `transcript` made
+        from it by `normalise_transcript`, or from `spoken` where a reader keeps less than the raw text (IEMOCAP's
+        transcript without its `[LAUGHTER]` tags)."""
+        return cls(
+            transcript=normalise_transcript(transcript_raw if spoken is None else spoken),
+            transcript_raw=transcript_raw,
+            **fields,
+        )
 
     @property
     def key(self) -> str:

@@ -95,7 +95,7 @@ USER_ERRORS: tuple[str, ...] = (
     "launch.executors:SubmissionError",
     "launch.sweep_records:SweepRecordError",
     "model.token_cache:TokenCacheError",
-    "model.predict:PredictInputError",
+    "model.predict_input:PredictInputError",
     "model.perturb:PerturbationError",
     "model.evaluate:MetricsDamagedError",
 )

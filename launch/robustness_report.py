@@ -125,13 +125,13 @@ def table_from_runs(runs: Sequence[RunRobustness]) -> Table | None:
 def robustness_table(run_dirs: Sequence[Path], conditions: Sequence[str] = DEMO_CONDITIONS) -> Table | None:
     """Score every run under every condition (perturbation specs) not yet scored, then the robustness table."""
     from model.perturb import parse_perturbation
-    from model.predict import evaluate_perturbed, load_run, robustness_path
+    from model.predict import evaluate_perturbed, restore_run, robustness_path
 
     perturbations = [parse_perturbation(spec) for spec in conditions]
     for run_dir in run_dirs:
         todo = [p for p in perturbations if not robustness_path(run_dir, p).is_file()]
         if todo:
-            run = load_run(run_dir)
+            run = restore_run(run_dir)
             for perturbation in todo:
                 evaluate_perturbed(run, perturbation)
     return table_from_runs([read_run_robustness(run_dir) for run_dir in run_dirs])

@@ -2,18 +2,11 @@
 
 A dialogue is the sequence of its utterances' feature vectors. The audio vector of an utterance is
 the concatenation of the store's audio families (openSMILE ⊕ OpenL3, as in the paper's section 3.1);
-the text vector is the `text` family. Every family is standardised column by column with the mean
-and standard deviation of the train split's valid rows, with relative thresholds: a column's scale
-is at least 1% of its own size, and a column whose spread is negligible next to the family's typical
-spread is centred but not scaled, so no column magnifies float noise in its values. The
-statistics (mean and scale, whatever rule chose the scale) are saved beside the model, so that
-evaluation applies exactly the same transform, to a run trained under an older rule too. A row
-whose family failed in extraction (a corrupt clip) is all zeros after standardisation, that is,
-the train mean: it carries no signal and no outlier.
+the text vector is the `text` family. Every family is standardised with the train split's statistics
+(`model.feature_statistics`).
 
-Batches hold whole dialogues, padded to the longest one in the batch, with a Bool mask. Ranks share
-one global batch: every rank walks the same seeded order of dialogues and takes every
-world_size-th dialogue of each global batch, so N ranks see together exactly what one rank sees.
+Batches hold whole dialogues, padded to the longest one in the batch, with a Bool mask; which
+dialogues make a batch on which rank is `model.batch_samplers`'s.
 
 When the text encoder trains end to end, a dataset holds the split's token ids (`model.token_cache`)
 instead of text vectors, and a batch's `text` is the token ids of its utterances (`TokenBatch`),
@@ -21,11 +14,9 @@ which the end-to-end model encodes; everything else about batches stays the same
 """
 
 import logging
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import h5py
 import numpy as np
@@ -34,28 +25,14 @@ import torch
 from extract.feature_store import FeatureStore, FeatureStoreError
 from extract.labels import NO_LABEL
 from extract.split_arrays import SplitArrays
+from model.feature_statistics import FeatureStatistics, fit_statistics
 from model.layer_mix import LayerBlock, mixed_width
-
-if TYPE_CHECKING:
-    # Only end-to-end runs hold token ids; the import (transformers and the tokenizer) waits for them.
-    from model.token_cache import TokenBatch, TokenSplit
+from model.token_cache import TokenBatch, TokenSplit
 
 log = logging.getLogger(__name__)
 
 IGNORE_LABEL = -100
 """Label of padded positions and of dialogues a rank holds only to keep step with the others."""
-
-# Relative thresholds keep standardisation from magnifying noise (`ColumnStatistics.fit`). A column's scale is
-# at least _OWN_SIZE_RATIO times its own root mean square, so its z-scores magnify a relative error in its
-# values (float32 features computed again, with other threads or on other hardware, differ by about 1e-6 of
-# their size) at most 100-fold; a column that varies by less than 1% of its size, such as an encoder's
-# large-offset first-token columns, is shrunk rather than blown up. A column whose spread is at most
-# _TYPICAL_SPREAD_RATIO times the family's median column spread is numerically dead (1e-33 beside a typical
-# 7e-3 in a text encoder's vectors, 0 in openSMILE's): it is centred and not scaled.
-_OWN_SIZE_RATIO = 1e-2
-_TYPICAL_SPREAD_RATIO = 1e-6
-# Rows per block when computing statistics in float64: bounds the temporary to ~100 MB at MELD's widths.
-_STAT_BLOCK_ROWS = 1024
 
 
 @dataclass(kw_only=True)
@@ -180,104 +157,6 @@ def select_modalities(modalities: Modalities, store: FeatureStore, uses_audio: b
     )
 
 
-@dataclass(frozen=True, kw_only=True)
-class ColumnStatistics:
-    """Mean and scale of each column of one family, from the train split's valid rows."""
-
-    mean: np.ndarray
-    """float32 [dim]."""
-    scale: np.ndarray
-    """float32 [dim]: the standard deviation, floored at 1% of the column's root mean square; 1 for a dead column
-    (relative thresholds, `fit`)."""
-
-    @classmethod
-    def fit(cls, features: np.ndarray, valid: np.ndarray) -> "ColumnStatistics":
-        """Two-pass mean and standard deviation in float64 over the valid rows, block by block. A column's scale
-        is floored at 1% of its own size; a dead column (its spread negligible next to the typical column's)
-        is centred, not scaled."""
-        rows = np.flatnonzero(valid)
-        dim = features.shape[1]
-        if rows.size == 0:
-            return cls(mean=np.zeros(dim, np.float32), scale=np.ones(dim, np.float32))
-        total = np.zeros(dim, np.float64)
-        for start in range(0, rows.size, _STAT_BLOCK_ROWS):
-            total += features[rows[start : start + _STAT_BLOCK_ROWS]].sum(axis=0, dtype=np.float64)
-        mean = total / rows.size
-        squares = np.zeros(dim, np.float64)
-        for start in range(0, rows.size, _STAT_BLOCK_ROWS):
-            centred = features[rows[start : start + _STAT_BLOCK_ROWS]].astype(np.float64) - mean
-            squares += (centred * centred).sum(axis=0)
-        std = np.sqrt(squares / rows.size)
-        floored = np.maximum(std, _OWN_SIZE_RATIO * np.sqrt(std * std + mean * mean))
-        scale = np.where(std <= _TYPICAL_SPREAD_RATIO * np.median(std), 1.0, floored)
-        return cls(mean=mean.astype(np.float32), scale=scale.astype(np.float32))
-
-    @classmethod
-    def identity(cls, dim: int) -> "ColumnStatistics":
-        """Statistics that leave features unchanged (standardisation switched off)."""
-        return cls(mean=np.zeros(dim, np.float32), scale=np.ones(dim, np.float32))
-
-    def apply(self, features: np.ndarray, valid: np.ndarray, out: np.ndarray) -> None:
-        """Write standardised `features` into `out` (same shape); invalid rows become zeros."""
-        np.subtract(features, self.mean, out=out)
-        np.divide(out, self.scale, out=out)
-        out[~valid] = 0.0
-
-
-@dataclass(frozen=True, kw_only=True)
-class FeatureStatistics:
-    """Standardisation of every family a model reads; saved with the model as one .npz file."""
-
-    families: dict[str, ColumnStatistics]
-    """Family name -> its column statistics."""
-
-    def save(self, path: Path) -> Path:
-        """Write `<family>.mean` and `<family>.scale` arrays to `path` (an .npz file)."""
-        path = Path(path)
-        arrays = {}
-        for family, stats in self.families.items():
-            arrays[f"{family}.mean"] = stats.mean
-            arrays[f"{family}.scale"] = stats.scale
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as stream:
-            np.savez(stream, **arrays)
-        tmp.replace(path)
-        return path
-
-    @classmethod
-    def load(cls, path: Path) -> "FeatureStatistics":
-        """Read statistics written by `save`; a missing or damaged file is a FeatureStoreError."""
-        path = Path(path)
-        try:
-            with np.load(path) as arrays:
-                names = sorted({name.rsplit(".", 1)[0] for name in arrays.files})
-                families = {
-                    name: ColumnStatistics(mean=arrays[f"{name}.mean"], scale=arrays[f"{name}.scale"]) for name in names
-                }
-        except (OSError, KeyError, ValueError) as error:
-            raise FeatureStoreError(
-                f"standardisation statistics {path} cannot be read ({error}); retrain the run to rewrite them"
-            ) from None
-        return cls(families=families)
-
-
-def fit_statistics(train: SplitArrays, families: Sequence[str], standardize: bool) -> FeatureStatistics:
-    """Column statistics of each family over the train split's valid rows (identity if not `standardize`)."""
-    statistics = {}
-    for family in families:
-        features, valid = train.features[family], train.valid[family]
-        if not standardize:
-            statistics[family] = ColumnStatistics.identity(features.shape[1])
-            continue
-        stats = ColumnStatistics.fit(features, valid)
-        # A NaN or infinity anywhere in a column's valid rows makes its mean or scale non-finite.
-        if not (np.isfinite(stats.mean).all() and np.isfinite(stats.scale).all()):
-            raise FeatureStoreError(
-                f"family {family!r} of the train split has NaN or infinite values in rows marked valid; "
-                "re-run `cmroberta extract` to rebuild the store"
-            )
-        statistics[family] = stats
-    return FeatureStatistics(families=statistics)
 
 
 @dataclass(kw_only=True)
@@ -286,7 +165,7 @@ class DialogueBatch:
 
     audio: torch.Tensor | None
     """float32 [B, T, audio_dim], zeros at padding; None when the model does not use audio."""
-    text: "torch.Tensor | TokenBatch | None"
+    text: torch.Tensor | TokenBatch | None
     """float32 [B, T, text_dim], zeros at padding; the token ids of the real utterances when the text
     encoder trains end to end; None when the model does not use text."""
     mask: torch.Tensor
@@ -299,7 +178,7 @@ class DialogueBatch:
     def to(self, device: torch.device, dtype: torch.dtype | None = None) -> "DialogueBatch":
         """The batch on `device`; features cast to `dtype` when given (bf16/fp16 training)."""
 
-        def move(features: "torch.Tensor | TokenBatch | None") -> "torch.Tensor | TokenBatch | None":
+        def move(features: torch.Tensor | TokenBatch | None) -> torch.Tensor | TokenBatch | None:
             if features is None:
                 return None
             if not isinstance(features, torch.Tensor):
@@ -327,7 +206,7 @@ class DialogueDataset:
         dialogues: list[np.ndarray],
         audio: np.ndarray | None,
         text: np.ndarray | None,
-        tokens: "TokenSplit | None" = None,
+        tokens: TokenSplit | None = None,
     ):
         if text is not None and tokens is not None:
             raise ValueError(f"the {split} dataset is given both text features and token ids; a model reads one")
@@ -461,125 +340,3 @@ def load_datasets(
             arrays = store.read_split(split, families=modalities.families)
             datasets[split] = dataset_from_arrays(split, arrays, modalities, statistics)
     return {split: datasets[split] for split in splits}, statistics
-
-
-@dataclass(frozen=True, kw_only=True)
-class RankBatch:
-    """This rank's share of one global batch."""
-
-    indices: list[int]
-    """Dialogues this rank runs, never empty."""
-    counted: list[bool]
-    """False for a dialogue held only so that every rank runs a batch; its loss and predictions are dropped."""
-    global_indices: list[int]
-    """Every dialogue of the global batch, on all ranks: the loss is normalised by their utterances."""
-
-    def micro_batches(self, parts: int) -> list["RankBatch"]:
-        """This share cut into `parts` micro-batches for gradient accumulation, every one non-empty.
-
-        A part left without a dialogue runs the global batch's first one uncounted, so every rank
-        runs the same number of forward and backward passes.
-        """
-        micro = []
-        for part in range(parts):
-            indices, counted = self.indices[part::parts], self.counted[part::parts]
-            if not indices:
-                indices, counted = self.global_indices[:1], [False]
-            micro.append(RankBatch(indices=indices, counted=counted, global_indices=self.global_indices))
-        return micro
-
-
-class DialogueBatchSampler:
-    """Global batches of `batch_dialogues` dialogues in a seeded order, each split across ranks.
-
-    Rank r takes dialogues r, r + world_size, ... of every global batch. A rank left without one
-    (the last global batch can be smaller than world_size) runs the batch's first dialogue
-    uncounted, so every rank calls forward and backward equally often, as DDP and ZeRO need.
-    """
-
-    def __init__(
-        self,
-        num_dialogues: int,
-        batch_dialogues: int,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-        shuffle: bool = False,
-        seed: int = 0,
-    ):
-        if num_dialogues < 1:
-            raise ValueError(f"num_dialogues must be at least 1, not {num_dialogues}")
-        if batch_dialogues < 1:
-            raise ValueError(f"batch_dialogues must be at least 1, not {batch_dialogues}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must lie in [0, {world_size}), not {rank}")
-        self.num_dialogues = num_dialogues
-        self.batch_dialogues = batch_dialogues
-        self.rank = rank
-        self.world_size = world_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch's order; the same (seed, epoch) gives the same order on every rank and run."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_dialogues / self.batch_dialogues)
-
-    def order(self) -> np.ndarray:
-        """The epoch's dialogue order."""
-        if not self.shuffle:
-            return np.arange(self.num_dialogues)
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.num_dialogues)
-
-    def __iter__(self) -> Iterator[RankBatch]:
-        order = self.order().tolist()
-        for start in range(0, self.num_dialogues, self.batch_dialogues):
-            global_indices = order[start : start + self.batch_dialogues]
-            mine = global_indices[self.rank :: self.world_size]
-            if mine:
-                yield RankBatch(indices=mine, counted=[True] * len(mine), global_indices=global_indices)
-            else:
-                yield RankBatch(indices=global_indices[:1], counted=[False], global_indices=global_indices)
-
-
-class LengthBucketSampler(DialogueBatchSampler):
-    """Shuffled global batches of dialogues of similar length, to cut padding (of tokens, end to end).
-
-    The epoch's shuffled dialogues are cut into pools of `pool_batches` batches; each pool is sorted
-    by length and cut into batches, and the full batches of all pools are shuffled, so every batch
-    holds dialogues of similar length while the order of batches stays random. The last, short
-    batch (if the split does not divide evenly) stays last: ranks cut global batches at fixed offsets.
-    """
-
-    def __init__(
-        self,
-        lengths: np.ndarray,
-        batch_dialogues: int,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-        pool_batches: int = 16,
-    ):
-        super().__init__(len(lengths), batch_dialogues, rank=rank, world_size=world_size, shuffle=True, seed=seed)
-        if pool_batches < 1:
-            raise ValueError(f"pool_batches must be at least 1, not {pool_batches}")
-        self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.pool_batches = pool_batches
-
-    def order(self) -> np.ndarray:
-        """The epoch's dialogue order: batch after batch of similar lengths."""
-        generator = np.random.default_rng([self.seed, self.epoch])
-        shuffled = generator.permutation(self.num_dialogues)
-        full = (self.num_dialogues // self.batch_dialogues) * self.batch_dialogues
-        pool = self.pool_batches * self.batch_dialogues
-        batches = []
-        for start in range(0, full, pool):
-            members = shuffled[start : min(start + pool, full)]
-            members = members[np.argsort(self.lengths[members], kind="stable")]
-            batches.extend(np.split(members, len(members) // self.batch_dialogues))
-        batch_order = generator.permutation(len(batches))
-        return np.concatenate([*(batches[i] for i in batch_order), shuffled[full:]]).astype(np.int64)

@@ -28,11 +28,13 @@ from cluster.distributed_session import distributed_session
 from cluster.durable_files import atomic_write_json, atomic_write_json_lines
 from cluster.rendezvous import Rendezvous
 from extract.labels import MELD_EMOTIONS, NO_LABEL, LabelSet, UnknownLabelError
+from model.batch_samplers import DialogueBatchSampler
 from model.checkpoint import Checkpoints, Progress, RunFolderError, run_folder_lock
 from model.deepspeed_config import precision_dtype
-from model.dialogue_data import IGNORE_LABEL, DialogueBatchSampler, DialogueDataset, FeatureStatistics
+from model.dialogue_data import IGNORE_LABEL, DialogueDataset
 from model.end_to_end import training_phase
 from model.engine import build_model, deterministic_kernels, load_inference_engine, run_precision
+from model.feature_statistics import FeatureStatistics
 from model.metrics import ClassificationMetrics, classification_metrics, constant_prediction_metrics
 from model.run_config import RunConfig, saved_run_config
 from model.run_inputs import STATISTICS_NAME, RunInputs, class_weight_vector, prepare_inputs

@@ -49,8 +49,9 @@ from extract.feature_store import FeatureStore, add_family
 from extract.labels import MELD_EMOTIONS, NO_LABEL
 from extract.manifest import config_hash
 from extract.text_features import TextFeatureConfig, TextFeatureExtractor
+from model.batch_samplers import DialogueBatchSampler
 from model.deepspeed_config import EngineConfig, build_deepspeed_config
-from model.dialogue_data import IGNORE_LABEL, DialogueBatchSampler
+from model.dialogue_data import IGNORE_LABEL
 from model.lr_schedule import LRScheduleConfig, build_lr_scheduler
 from model.metrics import classification_metrics
 from model.param_groups import ParamGroupsConfig, build_optimizer, build_param_groups

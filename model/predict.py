@@ -1,18 +1,8 @@
 """Applying a trained run to new dialogues, and scoring a run under a perturbation of its inputs.
 
-`predict(run_dir, input)` labels every utterance of an input in one of three forms:
-
-- a folder in MELD's layout (MELD.Raw, the demo corpus): every split whose CSV it holds, or the
-  one asked for; gold labels come from the CSV;
-- a CSV or JSONL file, one utterance a row: `dialogue_id`, `utterance_id`, `speaker`, `transcript`,
-  `audio` (the clip's path, relative to the file's folder unless absolute), and optionally `emotion`
-  (the gold label) and `split`;
-- a folder of clips with a transcripts file (`transcripts.csv` or `transcripts.jsonl`) in it or
-  beside it (`<folder>.csv`, `<folder>.jsonl`): `clip` (the file name in the folder), `transcript`,
-  and optionally `speaker`, `dialogue_id`, `utterance_id`, `emotion`. Without ids, a clip named like
-  MELD's (`dia3_utt1.wav`) gives them; otherwise the rows are one dialogue in file order.
-
-Rows of a file input get the split `predict` unless they name one; keys are `<split>/dia<D>_utt<U>`.
+`predict(run, input)` labels every utterance of an input that `model.predict_input.read_predict_input`
+read (a MELD-layout folder, a CSV or JSONL file, or a folder of clips), with the run that `restore_run`
+restored.
 
 The features are exactly the run's. The input is cut into shards as the store was cut
 (`extract.shard_plan.plan_shards`); a shard whose inputs fingerprint (every CSV field, each clip's
@@ -27,7 +17,7 @@ encodes them. A clip that cannot be decoded gets a row with the reason and no la
 stays in its dialogue with its audio masked (as the store treats a failed clip), so its neighbours
 keep their context.
 
-`evaluate_perturbed(run_dir, perturbation)` scores a run's split (test by default) of its own store
+`evaluate_perturbed(run, perturbation)` scores a restored run's split (test by default) of its own store
 under a `model.perturb.Perturbation`: only the perturbed family is computed again (from the
 corpus's clips for noise, from the store's transcripts for ASR errors); a missing modality is masked
 in the model. It writes `robustness/<condition>-seed<seed>.json` into the run folder (for a split
@@ -39,7 +29,6 @@ import dataclasses
 import io
 import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,31 +42,24 @@ from cluster.config import RESOLVED_CONFIG_NAME, load_config
 from cluster.durable_files import atomic_write_json, atomic_write_text
 from extract.extract_config import AUDIO_FAMILIES, ExtractConfig
 from extract.feature_store import FeatureStore, FeatureStoreError
-from extract.labels import MELD_EMOTIONS, LabelSet, UnknownLabelError
-from extract.meld import CSV_NAMES, CorpusError, read_meld
+from extract.labels import MELD_EMOTIONS, LabelSet
+from extract.meld import CorpusError, read_meld
 from extract.shard_extraction import Decoder, decode_utterance, extract_shard, unusable_clips
 from extract.shard_plan import ShardPlan, plan_shards
 from extract.split_arrays import SplitArrays
-from extract.transcript import normalise_transcript
-from extract.utterance import MAX_ID, SPLITS, Utterance
-from model.dialogue_data import DialogueDataset, FeatureStatistics, Modalities, dataset_from_arrays
+from extract.utterance import Utterance
+from model.dialogue_data import DialogueDataset, Modalities, dataset_from_arrays
 from model.evaluate import TEST_METRICS_NAME, SplitEvaluation, evaluate_split, evaluation_record, majority_label
+from model.feature_statistics import FeatureStatistics
 from model.fusion import ModalityDropout
 from model.metrics import classification_metrics
 from model.perturb import ROBUSTNESS_FOLDER, NoiseMaker, Perturbation, simulate_asr_errors
+from model.predict_input import PredictInput
 from model.run_store import open_run_store
+from model.text_encoder import load_tokenizer
+from model.token_cache import packed_tokens, store_utterances
 
 log = logging.getLogger(__name__)
-
-PREDICT_SPLIT = "predict"
-TRANSCRIPTS_STEM = "transcripts"
-_MELD_CLIP_NAME = re.compile(r"dia(\d+)_utt(\d+)")
-# Labels and sentiments the store format needs for rows without gold; never reported as gold.
-_PLACEHOLDER_LABEL = "neutral"
-
-
-class PredictInputError(ValueError):
-    """An input that `cmroberta predict` cannot read; the message names the file, the row and the fix."""
 
 
 @dataclass(kw_only=True)
@@ -112,7 +94,7 @@ class LoadedRun:
     """Its epoch."""
 
 
-def load_run(run_dir: Path) -> LoadedRun:
+def restore_run(run_dir: Path) -> LoadedRun:
     """Load a finished (or at least checkpointed) run's selected model and what it needs to score inputs.
 
     This is the one place that restores run weights, through `model.engine`'s DeepSpeed loader.
@@ -173,210 +155,6 @@ def load_run(run_dir: Path) -> LoadedRun:
         epoch=int(progress.best_epoch),
     )
 
-
-@dataclass(kw_only=True)
-class PredictInput:
-    """The utterances of an input, with their gold labels where it has them."""
-
-    utterances: list[Utterance]
-    """Every utterance, in (split, dialogue, utterance) order; `emotion` is a placeholder where gold is None."""
-    gold: dict[str, str | None]
-    """Key -> gold emotion, or None."""
-    unusable: dict[str, str]
-    """Key -> why its clip cannot be used, for clips the reader already refused."""
-
-
-def _utterance(split: str, dialogue_id: int, utterance_id: int, speaker: str, transcript: str,
-               media_path: str | None) -> Utterance:
-    return Utterance(
-        split=split,
-        dialogue_id=dialogue_id,
-        utterance_id=utterance_id,
-        speaker=speaker,
-        transcript=normalise_transcript(transcript),
-        transcript_raw=transcript,
-        emotion=_PLACEHOLDER_LABEL,
-        sentiment=_PLACEHOLDER_LABEL,
-        media_path=media_path,
-        start_time=0.0,
-        end_time=0.0,
-    )
-
-
-def _read_table(path: Path) -> list[dict[str, Any]]:
-    """Rows of a CSV (header line) or JSONL file as dicts."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as error:
-        raise PredictInputError(f"{path} cannot be read ({error}); give a UTF-8 CSV or JSONL file") from None
-    if path.suffix.lower() == ".csv":
-        return list(csv.DictReader(text.splitlines()))
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise PredictInputError(f"{path} line {number} is not JSON ({error}); write one object per line") from None
-        if not isinstance(row, dict):
-            raise PredictInputError(f"{path} line {number} is not a JSON object; write one object per line")
-        rows.append(row)
-    return rows
-
-
-def _field(row: dict[str, Any], name: str, where: str, default: Any = None) -> Any:
-    value = row.get(name)
-    if value is None or str(value).strip() == "":
-        if default is None:
-            raise PredictInputError(f"{where} has no {name!r}; every row needs one")
-        return default
-    return value
-
-
-def _integer(row: dict[str, Any], name: str, where: str, default: int | None = None) -> int:
-    """An id: a JSON integer or a CSV cell of digits, 0..MAX_ID (shards store int32); 1.2 and true are refused."""
-    value = _field(row, name, where, default)
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip()):
-        number = int(value.strip())
-    else:
-        raise PredictInputError(f"{where}: {name} must be a whole number, not {value!r}")
-    if not 0 <= number <= MAX_ID:
-        raise PredictInputError(f"{where}: {name} must be between 0 and {MAX_ID}, not {number}")
-    return number
-
-
-def _gold(row: dict[str, Any], where: str, label_set: LabelSet) -> str | None:
-    value = row.get("emotion")
-    if value is None or str(value).strip() == "":
-        return None
-    try:
-        return label_set.labels[label_set.index(str(value))]
-    except UnknownLabelError:
-        raise PredictInputError(
-            f"{where}: unknown emotion {value!r}; use one of {', '.join(label_set.labels)} (the run's label set "
-            f"{label_set.name}) or leave it empty"
-        ) from None
-
-
-def _finish(rows: list[tuple[Utterance, str | None]], source: Path) -> PredictInput:
-    if not rows:
-        raise PredictInputError(f"{source} holds no utterances")
-    seen: set[str] = set()
-    for utterance, _ in rows:
-        if utterance.key in seen:
-            raise PredictInputError(f"{source}: utterance {utterance.key} appears twice; give each row its own ids")
-        seen.add(utterance.key)
-    rows.sort(key=lambda row: (row[0].split, row[0].dialogue_id, row[0].utterance_id))
-    return PredictInput(
-        utterances=[utterance for utterance, _ in rows], gold={u.key: gold for u, gold in rows}, unusable={}
-    )
-
-
-def _read_utterance_file(path: Path, label_set: LabelSet) -> PredictInput:
-    """A CSV or JSONL with one utterance a row (module docstring)."""
-    rows = []
-    for number, row in enumerate(_read_table(path), start=2 if path.suffix.lower() == ".csv" else 1):
-        where = f"{path.name} row {number}"
-        audio = Path(str(_field(row, "audio", where))).expanduser()
-        rows.append((
-            _utterance(
-                str(_field(row, "split", where, PREDICT_SPLIT)),
-                _integer(row, "dialogue_id", where),
-                _integer(row, "utterance_id", where),
-                str(row.get("speaker") or ""),
-                str(_field(row, "transcript", where)),
-                str(audio if audio.is_absolute() else (path.parent / audio).resolve()),
-            ),
-            _gold(row, where, label_set),
-        ))
-    return _finish(rows, path)
-
-
-def _transcripts_file(folder: Path) -> Path | None:
-    for place in (folder / TRANSCRIPTS_STEM, folder.parent / folder.name):
-        for suffix in (".csv", ".jsonl"):
-            if place.with_suffix(suffix).is_file():
-                return place.with_suffix(suffix)
-    return None
-
-
-def _read_clip_folder(folder: Path, label_set: LabelSet) -> PredictInput:
-    """A folder of clips with a transcripts file (module docstring)."""
-    transcripts = _transcripts_file(folder)
-    if transcripts is None:
-        raise PredictInputError(
-            f"{folder} is neither in MELD's layout (no *_sent_emo.csv) nor a folder of clips with a transcripts "
-            f"file: put {TRANSCRIPTS_STEM}.csv or {TRANSCRIPTS_STEM}.jsonl (columns clip, transcript) in it"
-        )
-    rows = []
-    for index, row in enumerate(_read_table(transcripts)):
-        where = f"{transcripts.name} row {index + (2 if transcripts.suffix == '.csv' else 1)}"
-        clip = str(_field(row, "clip", where))
-        named = _MELD_CLIP_NAME.search(Path(clip).stem)
-        dialogue_default, utterance_default = (int(named[1]), int(named[2])) if named else (0, index)
-        rows.append((
-            _utterance(
-                str(_field(row, "split", where, PREDICT_SPLIT)),
-                _integer(row, "dialogue_id", where, dialogue_default),
-                _integer(row, "utterance_id", where, utterance_default),
-                str(row.get("speaker") or ""),
-                str(_field(row, "transcript", where)),
-                str((folder / clip).resolve()),
-            ),
-            _gold(row, where, label_set),
-        ))
-    return _finish(rows, transcripts)
-
-
-def _read_meld_folder(folder: Path, splits: Sequence[str]) -> PredictInput | None:
-    """The splits of a MELD-layout folder that have their CSV; None when it has none."""
-    utterances, unusable = [], {}
-    for split in splits:
-        try:
-            corpus = read_meld(folder, splits=(split,))
-        except CorpusError as error:
-            if str(error).startswith(f"no {CSV_NAMES[split]}"):
-                continue
-            raise
-        utterances.extend(corpus.utterances)
-        unusable.update(unusable_clips(corpus.flags))
-    if not utterances:
-        return None
-    return PredictInput(utterances=utterances, gold={u.key: u.emotion for u in utterances}, unusable=unusable)
-
-
-def read_predict_input(path: Path, split: str | None = None, label_set: LabelSet = MELD_EMOTIONS) -> PredictInput:
-    """The utterances of a predict input in any of its three forms (module docstring); the gold labels of a
-    file or clip-folder input are read in `label_set`, the run's."""
-    path = Path(path).expanduser()
-    if path.is_file():
-        if path.suffix.lower() not in (".csv", ".jsonl"):
-            raise PredictInputError(f"{path} must be a .csv or .jsonl file, or a folder")
-        found = _read_utterance_file(path, label_set)
-    elif path.is_dir():
-        if split is not None and split not in SPLITS:
-            raise PredictInputError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
-        meld = _read_meld_folder(path, (split,) if split else SPLITS)
-        if meld is not None and not label_set.same_labels(MELD_EMOTIONS):
-            # MELD's CSVs carry gold labels in MELD's own set; scored against another set they would mean nothing.
-            raise PredictInputError(
-                f"{path} is a corpus in MELD's layout, labelled in {MELD_EMOTIONS.describe()}, but the run is "
-                f"trained in label set {label_set.describe()}; give a run trained on MELD, or this run's own "
-                "utterances as a CSV or JSONL file or a clip folder"
-            )
-        found = meld or _read_clip_folder(path, label_set)
-    else:
-        raise PredictInputError(
-            f"input {path} does not exist; give a MELD-layout folder, a clip folder, or a CSV or JSONL file"
-        )
-    if split is not None:
-        found.utterances = [u for u in found.utterances if u.split == split]
-        if not found.utterances:
-            raise PredictInputError(f"{path} has no utterances of split {split!r}")
-    return found
 
 
 def concatenate_rows(parts: Sequence[SplitArrays]) -> SplitArrays:
@@ -475,20 +253,8 @@ def _dataset(run: LoadedRun, split: str, rows: SplitArrays) -> DialogueDataset:
     """The run's dataset of `rows`: standardised with the run's statistics; end to end, with token ids."""
     dataset = dataset_from_arrays(split, rows, run.modalities, run.statistics)
     if run.config.end_to_end_mode:
-        from model.text_encoder import load_tokenizer
-        from model.token_cache import TokenSplit, tokenize_split
-
         encoder = run.config.end_to_end.encoder
-        tokenizer = load_tokenizer(encoder)
-        ids = tokenize_split(split, rows, tokenizer, encoder)
-        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-        np.cumsum([len(row) for row in ids], out=offsets[1:])
-        dataset.tokens = TokenSplit(
-            keys=rows.keys,
-            offsets=offsets,
-            ids=np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(offsets[-1])),
-            pad_token_id=int(tokenizer.pad_token_id),
-        )
+        dataset.tokens = packed_tokens(split, rows, load_tokenizer(encoder), encoder)
     return dataset
 
 
@@ -625,8 +391,6 @@ def _store_plans(run: LoadedRun, split: str, utterances: Sequence[Utterance]) ->
 
 def evaluate_perturbed(run: LoadedRun, perturbation: Perturbation, split: str = "test") -> dict[str, Any]:
     """Score `split` of the run's store under `perturbation`; write and return the record (module docstring)."""
-    from model.token_cache import store_utterances
-
     rows = run.store.read_split(split, families=run.modalities.families)
     audio_families = list(run.modalities.audio_families)
     record_extra: dict[str, Any] = {}

@@ -17,7 +17,7 @@ never share a file), fsynced and renamed when complete (`cluster.durable_files.p
 interrupted build removes its temporary file.
 
 Batches pad each utterance's ids to the longest utterance in the batch;
-`model.dialogue_data.LengthBucketSampler`, given `TokenSplit.dialogue_lengths`, optionally groups
+`model.batch_samplers.LengthBucketSampler`, given `TokenSplit.dialogue_lengths`, optionally groups
 dialogues of similar longest utterance into the same batch to waste less of that padding.
 """
 
@@ -129,6 +129,21 @@ def tokenize_split(
     return encoded["input_ids"]
 
 
+def packed_tokens(
+    split: str, rows: SplitArrays, tokenizer: PreTrainedTokenizerBase, config: TextEncoderConfig
+) -> "TokenSplit":
+    """Token ids of every row of a split (`tokenize_split`) packed back to back, as the cache file holds them."""
+    ids = tokenize_split(split, rows, tokenizer, config)
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum([len(row) for row in ids], out=offsets[1:])
+    return TokenSplit(
+        keys=rows.keys,
+        offsets=offsets,
+        ids=np.fromiter((token for row in ids for token in row), dtype=np.int32, count=int(offsets[-1])),
+        pad_token_id=int(tokenizer.pad_token_id),
+    )
+
+
 def build_token_cache(
     store: FeatureStore, tokenizer: PreTrainedTokenizerBase, config: TextEncoderConfig
 ) -> Path:
@@ -149,16 +164,12 @@ def build_token_cache(
             cache.attrs["pad_token_id"] = int(tokenizer.pad_token_id)
             cache.attrs["config_hash"] = store.manifest.get("config_hash", "")
             for split in tqdm(store.splits, desc="tokenizing", unit="split"):
-                rows = store.read_split(split, families=[])
-                ids = tokenize_split(split, rows, tokenizer, config)
-                offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-                np.cumsum([len(row) for row in ids], out=offsets[1:])
+                tokens = packed_tokens(split, store.read_split(split, families=[]), tokenizer, config)
                 group = cache.create_group(split)
-                group.create_dataset("key", data=np.array(rows.keys, dtype=object), dtype=_STR)
-                group.create_dataset("offsets", data=offsets)
-                flat = np.fromiter((token for row in ids for token in row), dtype=np.int32, count=int(offsets[-1]))
-                group.create_dataset("ids", data=flat)
-                log.info("%s: %d utterances, %d tokens", split, len(ids), int(offsets[-1]))
+                group.create_dataset("key", data=np.array(tokens.keys, dtype=object), dtype=_STR)
+                group.create_dataset("offsets", data=tokens.offsets)
+                group.create_dataset("ids", data=tokens.ids)
+                log.info("%s: %d utterances, %d tokens", split, len(tokens.keys), int(tokens.offsets[-1]))
         publish(tmp, path)
     except OSError as error:
         raise TokenCacheError(f"cannot write the token cache {path} ({error}); check the store folder") from None

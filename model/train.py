@@ -85,6 +85,7 @@ from cluster.distributed_session import distributed_session
 from cluster.durable_files import atomic_write_json_lines
 from cluster.rendezvous import Rendezvous
 from extract.feature_store import FeatureStore
+from model.batch_samplers import DialogueBatchSampler, LengthBucketSampler
 from model.checkpoint import (
     Checkpoints,
     NonFiniteLossError,
@@ -96,7 +97,7 @@ from model.checkpoint import (
 )
 from model.checkpoint_request import CheckpointRequest, TrainingInterrupted
 from model.deepspeed_config import precision_dtype
-from model.dialogue_data import DialogueBatchSampler, DialogueDataset, LengthBucketSampler
+from model.dialogue_data import DialogueDataset
 from model.end_to_end import WARM_START_PHASE, training_phase
 from model.engine import deterministic_kernels, initialize_engine, run_precision
 from model.evaluate import (

@@ -20,8 +20,8 @@ import torch
 from cluster.config import load_config
 from cluster.distributed_session import distributed_session
 from model.checkpoint import RunFolderError
-from model.dialogue_data import ColumnStatistics
 from model.end_to_end import EndToEndModel, normalise_layers
+from model.feature_statistics import ColumnStatistics
 from model.fusion import FusionConfig, build_fusion_model
 from model.run_config import RunConfig
 from model.text_encoder import LAST_LAYERS, TextEncoder, TextEncoderConfig, load_tokenizer

@@ -5,15 +5,15 @@ import pytest
 
 from extract.feature_store import FeatureStore, FeatureStoreError, build_store_from_arrays
 from extract.split_arrays import SplitArrays
+from model.batch_samplers import DialogueBatchSampler
 from model.dialogue_data import (
     IGNORE_LABEL,
-    DialogueBatchSampler,
     DialogueDataConfig,
-    FeatureStatistics,
     load_datasets,
     select_modalities,
     store_modalities,
 )
+from model.feature_statistics import FeatureStatistics
 
 DIMS = {"opensmile": 5, "openl3": 3, "text": 4}
 # Dialogue id -> number of utterances; ids deliberately not contiguous.

@@ -32,9 +32,10 @@ from extract.split_arrays import SplitArrays
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from launch.cli import main
 from launch.report import format_report, load_runs, report_tables
+from model.batch_samplers import DialogueBatchSampler
 from model.checkpoint import Checkpoints
 from model.deepspeed_config import EngineConfig, build_deepspeed_config
-from model.dialogue_data import DialogueBatchSampler, DialogueDataset, Modalities, load_datasets
+from model.dialogue_data import DialogueDataset, Modalities, load_datasets
 from model.end_to_end import EndToEndModel
 from model.engine import initialize_engine
 from model.evaluate import batch_loss_sum

@@ -20,7 +20,8 @@ from extract.meld import read_meld
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from launch.cli import main
 from model.perturb import parse_perturbation
-from model.predict import evaluate_perturbed, load_run, predict, read_predict_input
+from model.predict import evaluate_perturbed, predict, restore_run
+from model.predict_input import read_predict_input
 from model.run_config import RunConfig
 from model.train import train
 from tests.demo_store import write_demo_store
@@ -94,7 +95,7 @@ def test_predict_reproduces_the_runs_own_test_predictions(run_name, threads, req
     saved = _saved_predictions(run_dir)
     # The runs trained at one thread (tests/conftest.py); two threads sum the head's products in another order.
     torch.set_num_threads(threads)
-    records, metrics = predict(load_run(run_dir), read_predict_input(corpus, "test"))
+    records, metrics = predict(restore_run(run_dir), read_predict_input(corpus, "test"))
     assert [r["key"] for r in records] == sorted(saved, key=lambda key: [int(n) for n in re.findall(r"\d+", key)])
     for record in records:
         expected = saved[record["key"]]
@@ -116,10 +117,10 @@ def test_a_shard_whose_clip_changed_is_computed_again_and_the_others_are_read(fr
     found = read_predict_input(own, "test")
     # The copy keeps every CSV field but moves every clip, so no shard's inputs are the store's.
     with caplog.at_level("INFO", logger="model.predict"):
-        moved, _ = predict(load_run(frozen_run), found)
+        moved, _ = predict(restore_run(frozen_run), found)
     assert "have the inputs of a store shard" not in caplog.text
     with caplog.at_level("INFO", logger="model.predict"):
-        predict(load_run(frozen_run), read_predict_input(corpus, "test"))
+        predict(restore_run(frozen_run), read_predict_input(corpus, "test"))
     assert "shards have the inputs of a store shard" in caplog.text
     saved = _saved_predictions(frozen_run)
     for record in moved:
@@ -135,7 +136,7 @@ def test_a_shard_whose_clip_changed_is_computed_again_and_the_others_are_read(fr
                                   "audio_noise:noise=babble,snr_db=inf,seed=4"])
 def test_a_perturbation_of_strength_zero_scores_as_the_clean_test_split(frozen_run, spec):
     clean = json.loads((frozen_run / "test_metrics.json").read_text())
-    perturbed = evaluate_perturbed(load_run(frozen_run), parse_perturbation(spec))
+    perturbed = evaluate_perturbed(restore_run(frozen_run), parse_perturbation(spec))
     assert perturbed["confusion"] == clean["confusion"]
     assert perturbed["weighted_f1"] == clean["weighted_f1"]
     # The loss is the mean of -log p(gold): a change dp in a probability moves it by at most dp / p(gold).
@@ -145,7 +146,7 @@ def test_a_perturbation_of_strength_zero_scores_as_the_clean_test_split(frozen_r
 
 
 def test_perturbations_change_what_the_model_sees(end_to_end_run):
-    run = load_run(end_to_end_run)
+    run = restore_run(end_to_end_run)
     clean = json.loads((end_to_end_run / "test_metrics.json").read_text())
     for spec in ("text_missing", "text_asr:wer=0.6", "audio_noise:noise=white,snr_db=-5"):
         record = evaluate_perturbed(run, parse_perturbation(spec))
@@ -208,7 +209,7 @@ def test_a_folder_of_clips_with_transcripts_is_labelled(frozen_run, demo, tmp_pa
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    run, found = load_run(frozen_run), read_predict_input(folder)
+    run, found = restore_run(frozen_run), read_predict_input(folder)
     records, metrics = predict(run, found)
     assert len(records) == 5 and metrics is None
     assert all(r["label"] in EMOTIONS and sum(r[e] for e in EMOTIONS) == pytest.approx(1.0) for r in records)

@@ -8,7 +8,7 @@ import torch
 from extract.feature_store import FeatureStore, build_store_from_arrays
 from extract.split_arrays import SplitArrays
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
-from model.dialogue_data import DialogueBatchSampler, LengthBucketSampler
+from model.batch_samplers import DialogueBatchSampler, LengthBucketSampler
 from model.text_encoder import TextEncoderConfig, load_tokenizer
 from model.token_cache import (
     TokenCacheError,

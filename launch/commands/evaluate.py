@@ -22,10 +22,10 @@ def run_evaluate_perturbed(run_dir: Path, split: str, spec: str) -> None:
     """Score the split under the perturbation `spec`, print it beside the clean score, and write it into the run."""
     from launch.report import run_table
     from model.perturb import parse_perturbation
-    from model.predict import evaluate_perturbed, load_run, robustness_path
+    from model.predict import evaluate_perturbed, restore_run, robustness_path
 
     perturbation = parse_perturbation(spec)
-    record = evaluate_perturbed(load_run(run_dir), perturbation, split)
+    record = evaluate_perturbed(restore_run(run_dir), perturbation, split)
     print(f"{split} split under {perturbation.describe()}, checkpoint {record['checkpoint']}, F1 in %:")
     print(run_table(record, split))
     print(f"wrote {robustness_path(run_dir, perturbation, split)}")

@@ -31,13 +31,14 @@ def run_predict(
     """Predict every utterance of the input into `out`; print the metrics where it has gold labels."""
     # Imported here: torch and DeepSpeed take seconds to import, and `cmroberta --help` imports every verb.
     from model.perturb import parse_perturbation
-    from model.predict import load_run, predict, read_predict_input, write_predictions
+    from model.predict import predict, restore_run, write_predictions
+    from model.predict_input import read_predict_input
     from model.run_store import run_label_set
 
     refuse_folder_as_out(out)
     perturbation = parse_perturbation(perturb) if perturb else None
     found = read_predict_input(input_path, split, run_label_set(run_dir))
-    run = load_run(run_dir)
+    run = restore_run(run_dir)
     records, metrics = predict(run, found, perturbation)
     write_predictions(records, out, run.label_set.labels)
     failed = sum(record["label"] is None for record in records)
