@@ -259,10 +259,11 @@ def write_reports(sweep_dir: Path, report_dir: Path) -> str:
     """Write the sweep's aggregate (with the seed-spread plot) and the paper-style report; return the latter."""
     from launch.aggregate import SPREAD_PNG
     from launch.aggregate import write_report as write_sweep_report
-    from launch.report import format_report, load_runs, write_report
+    from launch.report import format_report, write_report
+    from launch.run_results import read_run_results
 
     write_sweep_report(sweep_dir)
-    runs = load_runs([sweep_dir])
+    runs = read_run_results([sweep_dir])
     for path in write_report(runs, report_dir, sweep_dir / SPREAD_PNG):
         print(f"wrote {path}")
     return format_report(runs, spread_plot=sweep_dir / SPREAD_PNG)

@@ -172,12 +172,13 @@ def write_reports(plan: "ReproducePlan") -> str:
     from cluster.durable_files import atomic_write_json
     from launch.aggregate import SPREAD_PNG
     from launch.aggregate import write_report as write_sweep_report
-    from launch.report import PRESET_NAME, format_report, load_runs, write_report
+    from launch.report import PRESET_NAME, format_report, write_report
+    from launch.run_results import read_run_results
 
     preset = plan.preset.describe()
     atomic_write_json(plan.sweep_dir / PRESET_NAME, {"preset": plan.preset.name, "description": preset})
     write_sweep_report(plan.sweep_dir)
-    runs = load_runs([plan.sweep_dir])
+    runs = read_run_results([plan.sweep_dir])
     spread_plot = plan.sweep_dir / SPREAD_PNG
     for path in write_report(runs, plan.report_dir, spread_plot, preset):
         print(f"report: wrote {path}")
