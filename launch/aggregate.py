@@ -29,6 +29,13 @@ import numpy as np  # noqa: E402
 
 from cluster.durable_files import atomic_write_json, atomic_write_text  # noqa: E402
 from extract.labels import EMOTIONS  # noqa: E402
+from launch.report_table import (  # noqa: E402
+    CLIPPED_MARK,
+    PAIRED_HOLM,
+    PAIRED_READING,
+    paired_cells,
+    paired_columns,
+)
 from launch.run_groups import ReportError, keys_apart, named, settings_of  # noqa: E402
 from launch.run_results import read_run_config, read_test_predictions  # noqa: E402
 from launch.statistics import (  # noqa: E402
@@ -41,14 +48,7 @@ from launch.statistics import (  # noqa: E402
 )
 from launch.sweep import RUN_RECORD_NAME, RUNS_FOLDER, SWEEP_NAME  # noqa: E402
 from launch.sweep_records import read_run_record  # noqa: E402
-from launch.tables import (  # noqa: E402
-    CLIPPED_MARK,
-    PAIRED_HOLM,
-    PAIRED_READING,
-    format_table,
-    paired_cells,
-    paired_columns,
-)
+from launch.tables import format_table  # noqa: E402
 from model.evaluate import (  # noqa: E402
     TEST_METRICS_NAME,
     read_metrics_record,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from extract.manifest import MANIFEST_NAME
 from launch.report_groups import RunGroup, group_cell, group_runs
+from launch.report_table import Cell, Table
 from launch.run_groups import AUDIO_FAMILIES_KEY, keys_apart, named
 from launch.run_results import RunResult
-from launch.tables import Cell, Table
 
 # The paper's Table 3: the audio model's weighted F1 on test by its audio families, in the paper's row order.
 PAPER_TABLE3: dict[tuple[str, ...], tuple[str, float]] = {

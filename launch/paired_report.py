@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from launch.report_groups import TEXT_MODE_NAMES, RunGroup, blocks
+from launch.report_table import PAIRED_HOLM, PAIRED_READING, Table, paired_cells, paired_columns
 from launch.run_groups import differences, mode_setting
 from launch.run_results import VARIANT_NAMES, RunResult
 from launch.statistics import PairedTests, paired_over_common_seeds
-from launch.tables import PAIRED_HOLM, PAIRED_READING, Table, paired_cells, paired_columns
 
 
 @dataclass(frozen=True, kw_only=True)

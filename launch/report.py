@@ -46,12 +46,13 @@ from launch.report_groups import (
     group_names,
     runs_label_set,
 )
+from launch.report_table import Cell, Table
 from launch.robustness_report import read_run_robustness, table_from_runs
 from launch.run_groups import mode_setting, named
 from launch.run_results import VARIANT_NAMES, RunResult
 from launch.ser_table import ser_table
 from launch.statistics import CONFIDENCE
-from launch.tables import Cell, Table, format_table
+from launch.tables import format_table
 from model.evaluate import confusion_plot_file, record_label_set
 from model.train import CURVES_NAME
 

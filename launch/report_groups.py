@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from extract.labels import LabelSet
+from launch.report_table import Cell
 from launch.run_groups import ConfigGroup, ReportError, group_by_config, keys_apart, mode_setting, named
 from launch.run_results import TEXT_MODE_SUFFIXES, VARIANT_NAMES, RunResult
-from launch.tables import Cell
 from model.evaluate import record_label_set
 
 # Text mode -> its name in the report's "text" column.

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launch.report_groups import base_name
+from launch.report_table import Cell, Table
 from launch.run_groups import ReportError, group_by_config, keys_apart, named
 from launch.run_results import read_run_config
-from launch.tables import Cell, Table
 from model.evaluate import TEST_METRICS_NAME, read_metrics_record
 from model.perturb import ROBUSTNESS_FOLDER, parse_perturbation
 

@@ -15,8 +15,8 @@ from sklearn.metrics import balanced_accuracy_score
 
 from extract.iemocap import SER4_LABELS
 from launch.report_groups import RunGroup, base_name, group_cell, group_names, group_runs, runs_label_set
+from launch.report_table import Cell, Table
 from launch.run_results import RunResult
-from launch.tables import Cell, Table
 
 # The config key that tells one fold's runs from another's: each fold is extracted into its own store.
 FOLD_KEY = "store"

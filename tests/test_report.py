@@ -21,9 +21,9 @@ from launch.report import (
     table2,
     voice_only_table,
 )
+from launch.report_table import Cell, Table
 from launch.run_groups import ReportError
 from launch.run_results import read_run_results
-from launch.tables import Cell, Table
 from model.evaluate import SplitEvaluation, evaluation_record
 from model.metrics import classification_metrics
 

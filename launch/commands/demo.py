@@ -36,14 +36,13 @@ from cluster.durable_files import atomic_write_json
 from cluster.ray_runtime import RayConfig
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
 from extract.meld import read_meld
-from extract.openl3 import OpenL3Config
-from extract.pipeline import ExtractConfig, run_extraction
-from extract.text_features import TextFeatureConfig
 from launch.commands.prepare import corpus_summary
 from launch.tables import format_table
 
 if TYPE_CHECKING:
-    # launch.sweep imports torch through model.evaluate; `cmroberta --help` should not wait for it.
+    # launch.sweep imports torch through model.evaluate and the extraction modules import torch and Ray;
+    # `cmroberta --help` should not wait for them.
+    from extract.pipeline import ExtractConfig
     from launch.sweep import PlannedRun
 
 log = logging.getLogger(__name__)
@@ -65,12 +64,17 @@ DEMO_MAX_EPOCHS = 10
 TIMINGS_NAME = "timings.json"
 
 
-def demo_extract_config(corpus_dir: Path, store_root: Path, openl3_weights: str | None) -> ExtractConfig:
+def demo_extract_config(corpus_dir: Path, store_root: Path, openl3_weights: str | None) -> "ExtractConfig":
     """Extraction settings for the demo: openSMILE and text, plus OpenL3 when its weights are given.
 
     Without the official OpenL3 weight files an untrained network would add 6144 numbers of
     noise per utterance, so the demo leaves OpenL3 out unless you point it at the weights.
     """
+    # deferred: the extraction modules import torch and Ray; `cmroberta --help` imports every verb
+    from extract.openl3 import OpenL3Config
+    from extract.pipeline import ExtractConfig
+    from extract.text_features import TextFeatureConfig
+
     families = ["opensmile", "text"] + (["openl3"] if openl3_weights else [])
     return ExtractConfig(
         corpus=str(corpus_dir),
@@ -284,6 +288,9 @@ def run_demo(
     clock.run("corpus", make_corpus, corpus_dir, corpus_config)
 
     log.info("step 2/5: feature extraction on a local Ray")
+    # deferred: the pipeline imports torch and Ray; `cmroberta --help` imports every verb
+    from extract.pipeline import run_extraction
+
     extract_config = demo_extract_config(corpus_dir, out / "features", openl3_weights)
     store = clock.run("extraction (local Ray)", run_extraction, extract_config)
     print(f"feature store: {store}")
