@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import tomllib
+from tqdm import tqdm
 
 from cluster.config import override, to_dict, write_resolved_config
 from cluster.durable_files import atomic_write_json
@@ -37,6 +38,7 @@ from cluster.ray_runtime import RayConfig
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
 from extract.meld import read_meld
 from launch.commands.prepare import corpus_summary
+from launch.executors import follow_jobs, load_profile
 from launch.tables import format_table
 
 if TYPE_CHECKING:
@@ -118,6 +120,7 @@ def end_to_end_overrides(store: Path, max_epochs: int) -> list[str]:
 def plan_demo_sweep(store: Path, sweep_dir: Path, seeds: Sequence[int], max_epochs: int) -> list["PlannedRun"]:
     """Every run of the demo's sweep: the frozen-feature grid, the end-to-end grid, then bimodal with modality
     dropout, each over `seeds`, all with one head and one budget."""
+    # deferred: imports torch; `cmroberta --help` imports every verb's module
     from launch.sweep import plan_sweep
     from model.train import RunConfig
 
@@ -216,9 +219,7 @@ def make_corpus(corpus_dir: Path, config: DemoCorpusConfig) -> None:
 
 def run_sweep_and_wait(runs: Sequence["PlannedRun"], sweep_dir: Path) -> int:
     """Submit the missing runs through Submitit's local executor, follow them run by run; return failed jobs."""
-    from tqdm import tqdm
-
-    from launch.executors import follow_jobs, load_profile
+    # deferred: imports torch; `cmroberta --help` imports every verb's module
     from launch.sweep import submit_sweep
     from model.evaluate import TEST_METRICS_NAME
 
@@ -261,6 +262,7 @@ def run_sweep_and_wait(runs: Sequence["PlannedRun"], sweep_dir: Path) -> int:
 
 def write_reports(sweep_dir: Path, report_dir: Path) -> str:
     """Write the sweep's aggregate (with the seed-spread plot) and the paper-style report; return the latter."""
+    # deferred: imports torch; `cmroberta --help` imports every verb's module
     from launch.aggregate import SPREAD_PNG
     from launch.aggregate import write_report as write_sweep_report
     from launch.report import format_report, write_report
@@ -310,6 +312,7 @@ def run_demo(
 
     log.info("step 4/5: robustness of the frozen bimodal runs under missing and noisy modalities")
     if not failed:
+        # deferred: imports torch; `cmroberta --help` imports every verb's module
         from launch.robustness_report import DEMO_CONDITIONS, robustness_table
 
         clock.run("robustness (perturbed test)", robustness_table, robustness_runs(runs), DEMO_CONDITIONS)
@@ -331,6 +334,7 @@ def run_demo(
 
 
 def _seeds(text: str) -> list[int]:
+    # deferred: imports torch; `cmroberta --help` imports every verb's module
     from launch.sweep import parse_seeds
 
     seeds = parse_seeds(text)

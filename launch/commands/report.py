@@ -8,7 +8,7 @@ def run_report(run_dirs: list[Path], out: Path | None) -> None:
     """Print the tables (ending with where the figures are); with `out`, first write report.md and the CSVs there.
 
     The first line says which preset trained the runs, where `cmroberta reproduce` recorded one."""
-    # Imported here: the report reads model.evaluate, which imports torch, and `cmroberta --help` imports every verb.
+    # deferred: the report reads model.evaluate, which imports torch, and `cmroberta --help` imports every verb.
     from launch.aggregate import SPREAD_PNG
     from launch.report import format_report, read_preset, write_report
     from launch.run_results import read_run_results
