@@ -1,5 +1,6 @@
-"""Paper-style tables from finished run folders: the shapes of the paper's Tables 1, 2 and 3.
+"""Paper-style tables from finished run folders: the shapes of the paper's Tables 1, 2 and 3, and the report's rest.
 
+The tables, in `report_tables`' order (a new table joins there):
 Table 1: weighted F1 of the audio, text and bimodal models and the gain bimodal − text, for
 CM-RoBERTa with and without the SCA unit, beside the paper's numbers.
 Table 2: per-class F1 in the runs' label set's order (the paper's column order on MELD) and the
@@ -7,26 +8,29 @@ weighted average, per modality, the difference bimodal − text, and the always-
 (always-neutral on MELD).
 Table 3 (`launch.audio_ablation`): the audio model with OpenL3 only, openSMILE only and both, beside
 the paper's figures, whenever a store holds both families and audio-only runs trained on them.
+The ser4 table (`launch.ser_table`): runs in IEMOCAP's `ser4` label set also get the speech-emotion
+benchmark's unweighted and weighted accuracy.
 A voice-only table scores the utterances the corpus lists as carried by the voice alone (the demo
 corpus's `ambiguous.json`). The paired differences (`launch.paired_report`) close the paper's part.
+The robustness table (`launch.robustness_report`), last, holds every run scored under perturbations.
 
-Runs are grouped by their config without the seed (`launch.run_groups`): the seeds of one group are
-shown as mean ± sample standard deviation, with the 95% confidence interval of the mean on the line
-below, clipped to [0, 100] and marked where the t interval reached past it. Groups that differ only in
-their variant make one block of rows, named by its text mode and by every key that sets it apart from
-the other blocks; an audio-only group stands in a block whose other keys it shares. A difference in
-Tables 1 and 2 is the difference of the means. Numbers are percentages.
+Run folders are read by `launch.run_results`. Runs are grouped by their config without the seed
+(`launch.run_groups`): the seeds of one group are shown as mean ± sample standard deviation, with the
+95% confidence interval of the mean on the line below, clipped to [0, 100] and marked where the t
+interval reached past it. Groups that differ only in their variant make one block of rows
+(`launch.report_groups`), named by its text mode and by every key that sets it apart from the other
+blocks; an audio-only group stands in a block whose other keys it shares. A difference in Tables 1
+and 2 is the difference of the means. Numbers are percentages.
 
-Every row that reads text says which text mode produced it: `frozen` (pretrained vectors from the
-store), `end_to_end` (the encoder trained with the head) or `finetuned` (vectors of an encoder
-fine-tuned on its own first, the paper's recipe). The paper's rows are its fine-tuned RoBERTa-Large
-(its section 4.1.3).
+Every row that reads text names the text mode that produced it in its `text mode` column: `frozen`
+(pretrained vectors from the store, `text_mode=frozen`), `end-to-end` (the encoder trained with the
+head, `end_to_end`) or `fine-tuned` (vectors of an encoder fine-tuned on its own first, the paper's
+recipe, `finetuned`); its row name carries ' (end-to-end)' or ' (fine-tuned)', nothing for frozen.
+Audio-only rows read no text and name no text mode. The paper's rows are its fine-tuned RoBERTa-Large
+(its section 4.1.3), marked `fine-tuned`.
 
 The paper's rows (Tables 1-3) stand only beside runs in MELD's label set. One report holds runs of
-one label set (`runs_label_set`): scores in different label sets are never pooled. Runs in IEMOCAP's
-`ser4` set also get the speech-emotion benchmark's unweighted and weighted accuracy (`launch.ser_table`).
-
-`report_tables` lists the tables in order; a new table joins there.
+one label set (`runs_label_set`): scores in different label sets are never pooled.
 """
 
 import json
