@@ -16,20 +16,19 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from cluster.config import from_dict
 from cluster.durable_files import atomic_write_json
+from cluster.profile import ClusterProfile
 from extract.meld import read_meld
 from extract.utterance import SPLITS
 from launch.cli import UserError
 from launch.commands.prepare import corpus_summary
 from launch.commands.sweep import add_cluster_arguments
-from launch.executors import check_request, follow_jobs, load_profile, make_executor, submit_jobs
+from launch.executors import JobOutcome, check_request, follow_jobs, load_profile, make_executor, submit_jobs
 from launch.jobs import ExtractionJob, RobustnessJob
 from launch.tables import format_table
 from model.perturb import parse_perturbation
 
 if TYPE_CHECKING:
-    # These import torch, Ray and Submitit; `cmroberta --help` imports every verb and should not wait for them.
-    from cluster.profile import ClusterProfile
-    from launch.executors import JobOutcome
+    # launch.reproduce_plan imports torch and Ray; `cmroberta --help` imports every verb and should not wait for them.
     from launch.reproduce_plan import ReproducePlan, Stage
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ class Progress:
     """Stage -> its status once known."""
     jobs: dict[str, list[Any]] = field(default_factory=dict)
     """Stage -> its submitted Submitit jobs, until they are followed to their end."""
-    failures: dict[str, list["JobOutcome"]] = field(default_factory=dict)
+    failures: dict[str, list[JobOutcome]] = field(default_factory=dict)
     """Stage -> its failed jobs."""
 
     def settle(self, name: str) -> StageStatus:
@@ -109,12 +108,12 @@ def store_is_complete(store: Path) -> bool:
     return True
 
 
-def stage_profile(profile: "ClusterProfile", stage: "Stage") -> "ClusterProfile":
+def stage_profile(profile: ClusterProfile, stage: "Stage") -> ClusterProfile:
     """The profile a stage's jobs use: the one given, one run at a time where the stage must be serial."""
     return replace(profile, array_parallelism=1) if stage.serial else profile
 
 
-def run_extract_stage(plan: "ReproducePlan", profile: "ClusterProfile", progress: Progress) -> None:
+def run_extract_stage(plan: "ReproducePlan", profile: ClusterProfile, progress: Progress) -> None:
     if store_is_complete(plan.store):
         print(f"extract: reusing the complete feature store {plan.store}")
         progress.status["extract"] = "reused"
@@ -125,7 +124,7 @@ def run_extract_stage(plan: "ReproducePlan", profile: "ClusterProfile", progress
     print(f"extract: submitted 1 job (finished shards are kept); logs {log_folder}")
 
 
-def run_sweep_stage(plan: "ReproducePlan", stage: "Stage", profile: "ClusterProfile", progress: Progress) -> None:
+def run_sweep_stage(plan: "ReproducePlan", stage: "Stage", profile: ClusterProfile, progress: Progress) -> None:
     # deferred: imports torch; `cmroberta --help` imports every verb's module
     from launch.sweep import submit_sweep
 
@@ -146,7 +145,7 @@ def run_sweep_stage(plan: "ReproducePlan", stage: "Stage", profile: "ClusterProf
         progress.status[stage.name] = "reused"
 
 
-def run_robustness_stage(plan: "ReproducePlan", profile: "ClusterProfile", progress: Progress) -> None:
+def run_robustness_stage(plan: "ReproducePlan", profile: ClusterProfile, progress: Progress) -> None:
     # deferred: imports torch; `cmroberta --help` imports every verb's module
     from model.predict import robustness_path
 
@@ -180,7 +179,7 @@ def write_reports(plan: "ReproducePlan") -> str:
     return format_report(runs, spread_plot=spread_plot, preset=preset)
 
 
-def run_plan(plan: "ReproducePlan", profile: "ClusterProfile") -> int:
+def run_plan(plan: "ReproducePlan", profile: ClusterProfile) -> int:
     """Every stage in order, each once its dependencies succeeded; 0 when all did, 1 otherwise."""
     check_corpus(plan, check_clips=plan.extract.check_clips)
     progress = Progress(status={"check": "done"})
@@ -208,7 +207,7 @@ def run_plan(plan: "ReproducePlan", profile: "ClusterProfile") -> int:
     return 0 if all(progress.status.get(stage.name) in ("done", "reused") for stage in plan.stages) else 1
 
 
-def print_plan(plan: "ReproducePlan", profile: "ClusterProfile") -> None:
+def print_plan(plan: "ReproducePlan", profile: ClusterProfile) -> None:
     """The stages, their jobs and what each job asks for, and the equivalent commands."""
     # deferred: imports torch; `cmroberta --help` imports every verb's module
     from launch.reproduce_plan import job_resources
