@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import tomllib
 from tqdm import tqdm
 
-from cluster.config import override, to_dict, write_resolved_config
+from cluster.config import RESOLVED_CONFIG_NAME, override, to_dict, write_resolved_config
 from cluster.durable_files import atomic_write_json
 from cluster.ray_runtime import RayConfig
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
@@ -200,7 +200,7 @@ class StageClock:
 
 def _corpus_is_complete(corpus_dir: Path, config: DemoCorpusConfig) -> bool:
     """Whether `corpus_dir` holds a finished corpus of `config`: its config.toml is written last."""
-    path = corpus_dir / "config.toml"
+    path = corpus_dir / RESOLVED_CONFIG_NAME
     try:
         return tomllib.loads(path.read_text(encoding="utf-8")) == to_dict(config)
     except (OSError, tomllib.TOMLDecodeError):
