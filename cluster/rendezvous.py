@@ -29,6 +29,8 @@ import subprocess
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 
+from cluster.top_level_commas import split_top_level_commas
+
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
@@ -94,21 +96,6 @@ def _int_variable(environ: Mapping[str, str], name: str) -> int:
         raise RendezvousError(f"environment variable {name}={text!r} must be an integer") from None
 
 
-def _split_top_level(text: str) -> list[str]:
-    """Split at commas that are not inside brackets: 'a[1,3],b' -> ['a[1,3]', 'b']."""
-    parts, depth, start = [], 0, 0
-    for i, char in enumerate(text):
-        if char == "[":
-            depth += 1
-        elif char == "]":
-            depth -= 1
-        elif char == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return [part.strip() for part in parts if part.strip()]
-
-
 def _expand_range_list(ranges: str, where: str) -> list[str]:
     """'01-03,7' -> ['01', '02', '03', '7']; zero padding follows the lower bound's width."""
     values = []
@@ -128,7 +115,7 @@ def expand_hostlist(nodelist: str) -> list[str]:
     Several bracket groups in one name ('rack[1-2]-n[1-2]') expand as their product, in SLURM's order.
     """
     hosts = []
-    for name in _split_top_level(nodelist):
+    for name in (part for part in split_top_level_commas(nodelist) if part):
         match = re.match(r"([^\[]*)\[([^\]]*)\](.*)", name)
         if match is None:
             hosts.append(name)

@@ -7,7 +7,7 @@ both finished: the same for the per-seed differences, Student's paired t-test ac
 a paired bootstrap over the test dialogues from the runs' predictions, and a bootstrap over seeds
 and dialogues, each p-value raw and Holm-corrected across the comparisons (`launch.statistics`
 says how each is computed). With fewer than two seeds the spread is unknown and reported as such.
-Configurations are the sweep's config hashes; two that share a label (two sweeps with other base
+Configurations are the sweep's hashes (`launch.sweep_hash`); two that share a label (two sweeps with other base
 settings in one folder) are named by the keys that tell them apart (`labels_apart`).
 
 Outputs in the sweep folder: report.json (every number, fractions in [0, 1]), report.md
@@ -26,9 +26,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 import numpy as np  # noqa: E402
-import tomllib  # noqa: E402
 
-from cluster.config import RESOLVED_CONFIG_NAME  # noqa: E402
 from cluster.durable_files import atomic_write_json, atomic_write_text  # noqa: E402
 from extract.labels import EMOTIONS  # noqa: E402
 from launch.report_table import (  # noqa: E402
@@ -39,13 +37,13 @@ from launch.report_table import (  # noqa: E402
     paired_columns,
 )
 from launch.run_groups import ReportError, keys_apart, named, settings_of  # noqa: E402
+from launch.run_results import read_run_config, read_test_predictions  # noqa: E402
 from launch.statistics import (  # noqa: E402
     CONFIDENCE,
     PairedTests,
     Predictions,
     Spread,
-    paired_tests,
-    read_predictions,
+    paired_over_common_seeds,
     spread,
 )
 from launch.sweep import RUN_RECORD_NAME, RUNS_FOLDER, SWEEP_NAME  # noqa: E402
@@ -53,7 +51,6 @@ from launch.sweep_records import read_run_record  # noqa: E402
 from launch.tables import format_table  # noqa: E402
 from model.evaluate import (  # noqa: E402
     TEST_METRICS_NAME,
-    TEST_PREDICTIONS_NAME,
     read_metrics_record,
     record_label_set,
 )
@@ -71,8 +68,8 @@ FRACTION_BOUNDS = (0.0, 1.0)
 class SeedResult:
     """One finished run of a sweep."""
 
-    config_hash: str
-    """Its configuration."""
+    sweep_hash: str
+    """Its configuration (`launch.sweep_hash`)."""
     label: str
     """The configuration's grid values."""
     seed: int
@@ -96,7 +93,7 @@ class ConfigurationSummary:
     label: str
     """Grid values."""
     config_hash: str
-    """Hash of the config without the seed."""
+    """Its sweep hash (`launch.sweep_hash`), under the key report.json has always had."""
     seeds: list[int]
     """Finished seeds."""
     weighted_f1: Spread
@@ -146,18 +143,17 @@ def read_results(sweep_dir: Path) -> tuple[list[SeedResult], list[str]]:
             unfinished.append(str(run_dir))
             continue
         record = read_run_record(record_path)
-        predictions_path = run_dir / TEST_PREDICTIONS_NAME
         metrics = read_metrics_record(metrics_path)
         labels = record_label_set(metrics).labels
         per_class = metrics["per_class_f1"]
         results.append(
             SeedResult(
-                config_hash=record.config_hash,
+                sweep_hash=record.sweep_hash,
                 label=record.label,
                 seed=record.seed,
                 weighted_f1=float(metrics["weighted_f1"]),
                 per_class_f1={name: float(per_class[name]) for name in labels},
-                predictions=read_predictions(predictions_path, labels) if predictions_path.is_file() else None,
+                predictions=read_test_predictions(run_dir, metrics),
                 config=_read_config(run_dir),
                 labels=labels,
             )
@@ -168,15 +164,15 @@ def read_results(sweep_dir: Path) -> tuple[list[SeedResult], list[str]]:
 def _read_config(run_dir: Path) -> dict:
     """The run's config.toml as read; empty when it is missing or unreadable (its label then stands alone)."""
     try:
-        return tomllib.loads((run_dir / RESOLVED_CONFIG_NAME).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return read_run_config(run_dir)
+    except ReportError:
         return {}
 
 
 def labels_apart(results: Sequence[SeedResult]) -> dict[str, str]:
-    """Config hash -> its label; configurations that share a label are named by the keys that tell them apart
+    """Sweep hash -> its label; configurations that share a label are named by the keys that tell them apart
     (by their hash where their configs cannot be read)."""
-    first = {result.config_hash: result for result in reversed(results)}
+    first = {result.sweep_hash: result for result in reversed(results)}
     by_label: dict[str, list[str]] = {}
     for digest, result in first.items():
         by_label.setdefault(result.label, []).append(digest)
@@ -192,12 +188,12 @@ def labels_apart(results: Sequence[SeedResult]) -> dict[str, str]:
 
 
 def _configuration_order(sweep_dir: Path, results: Sequence[SeedResult]) -> list[str]:
-    """Config hashes in the order the sweep's grid listed them (sweep.json), then any others."""
+    """Sweep hashes in the order the sweep's grid listed them (sweep.json), then any others."""
     sweep_path = Path(sweep_dir) / SWEEP_NAME
     order = list(json.loads(sweep_path.read_text(encoding="utf-8"))["configurations"]) if sweep_path.is_file() else []
     for result in results:
-        if result.config_hash not in order:
-            order.append(result.config_hash)
+        if result.sweep_hash not in order:
+            order.append(result.sweep_hash)
     return order
 
 
@@ -213,7 +209,7 @@ def aggregate(sweep_dir: Path, confidence: float = CONFIDENCE) -> SweepReport:
     labels = label_sets.pop() if label_sets else EMOTIONS
     by_config: dict[str, dict[int, SeedResult]] = {}
     for result in results:
-        by_config.setdefault(result.config_hash, {})[result.seed] = result
+        by_config.setdefault(result.sweep_hash, {})[result.seed] = result
     names = labels_apart(results)
     configurations = []
     for digest in _configuration_order(sweep_dir, results):
@@ -237,18 +233,15 @@ def aggregate(sweep_dir: Path, confidence: float = CONFIDENCE) -> SweepReport:
     comparisons = []
     for i, baseline in enumerate(configurations):
         for other in configurations[i + 1 :]:
-            common = sorted(set(baseline.seeds) & set(other.seeds))
-            if not common:
-                continue
-            a, b = by_config[other.config_hash], by_config[baseline.config_hash]
-            tests = paired_tests(
-                common,
-                [a[seed].weighted_f1 for seed in common],
-                [b[seed].weighted_f1 for seed in common],
-                [a[seed].predictions for seed in common],
-                [b[seed].predictions for seed in common],
+            tests = paired_over_common_seeds(
+                by_config[other.config_hash],
+                by_config[baseline.config_hash],
+                lambda result: result.weighted_f1,
+                lambda result: result.predictions,
                 confidence,
             )
+            if tests is None:
+                continue
             comparisons.append(PairedComparison(label=other.label, baseline=baseline.label, tests=tests))
     return SweepReport(
         configurations=configurations,

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from extract.manifest import MANIFEST_NAME
-from launch.report import RunGroup, RunResult, group_cell, group_runs
+from launch.report_groups import RunGroup, group_cell, group_runs
 from launch.report_table import Cell, Table
 from launch.run_groups import AUDIO_FAMILIES_KEY, keys_apart, named
+from launch.run_results import RunResult
 
 # The paper's Table 3: the audio model's weighted F1 on test by its audio families, in the paper's row order.
 PAPER_TABLE3: dict[tuple[str, ...], tuple[str, float]] = {
@@ -44,7 +45,7 @@ def table3(runs: Sequence[RunResult]) -> Table | None:
             by_families.setdefault(families, []).append(group)
     shown = [group for groups in by_families.values() for group in groups]
     # Groups of one family set that differ in another key are named by it; the families are the row itself.
-    apart = dict(zip((g.config_hash for g in shown), keys_apart([g.settings for g in shown])))
+    apart = dict(zip((g.sweep_hash for g in shown), keys_apart([g.settings for g in shown])))
     rows: list[tuple[str, list[Cell | float | int | str | None]]] = []
     missing = []
     for families, (name, paper) in PAPER_TABLE3.items():
@@ -53,7 +54,7 @@ def table3(runs: Sequence[RunResult]) -> Table | None:
             missing.append("+".join(families))
             rows.append((name, [None, None, paper]))
         for group in groups:
-            keys = [key for key in apart[group.config_hash] if key != AUDIO_FAMILIES_KEY]
+            keys = [key for key in apart[group.sweep_hash] if key != AUDIO_FAMILIES_KEY]
             cell = group_cell(group, lambda run: run.test["weighted_f1"])
             rows.append((named(name, group.settings, keys), [len(group.members), cell, paper]))
     notes = [f"not run: the audio model on {', '.join(missing)} (`cmroberta reproduce` runs it)"] if missing else []

@@ -91,7 +91,7 @@ USER_ERRORS: tuple[str, ...] = (
     "cluster.ray_runtime:RayStartError",
     "cluster.rendezvous:RendezvousError",
     "model.checkpoint:RunFolderError",
-    "launch.report:ReportError",
+    "launch.run_groups:ReportError",
     "launch.executors:SubmissionError",
     "launch.sweep_records:SweepRecordError",
     "model.token_cache:TokenCacheError",

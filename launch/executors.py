@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import submitit
+from tqdm import tqdm
 
 from cluster.config import ConfigError, apply_overrides, control_characters, from_dict, load_config, to_dict
 from cluster.profile import LOCAL_PROFILE, ClusterProfile
@@ -307,8 +308,6 @@ def follow_jobs(jobs: Sequence[submitit.Job], poll_s: float = 2.0, timeout_s: fl
 
     With `timeout_s`, raise TimeoutError (naming the jobs still running) once that much time has passed.
     """
-    from tqdm import tqdm
-
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     remaining = list(jobs)
     with tqdm(total=len(jobs), desc="jobs", unit="job") as progress:

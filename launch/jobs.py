@@ -66,6 +66,7 @@ def use_cpus(threads: int | None = None) -> None:
         threads = int(os.environ["SLURM_CPUS_PER_TASK"])
     if threads is None:
         return
+    # deferred: imports torch; a job loads only its own stage, and `cmroberta --help` imports this module
     import torch
 
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -97,11 +98,13 @@ class ExtractionJob:
         """The pipeline's ExtractConfig."""
 
     def __call__(self) -> Path:
+        # deferred: imports torch and Ray; a job loads only its own stage, and `cmroberta --help` imports this module
         from extract.pipeline import run_extraction
 
         _log_to_job_log()
         if not _in_slurm_job() or self.config.ray.address is not None:
             return run_extraction(self.config)
+        # deferred: imports torch and Ray; a job loads only its own stage, and `cmroberta --help` imports this module
         from cluster.ray_on_slurm import ray_cluster_on_slurm
 
         with ray_cluster_on_slurm(_job_folder()) as address:
@@ -155,6 +158,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         """Continue from the run's last checkpoint (a fresh start when it has none)."""
 
     def __call__(self) -> dict[str, Any] | None:
+        # deferred: imports torch; a job loads only its own stage, and `cmroberta --help` imports this module
         from model.checkpoint_request import CheckpointRequest, TrainingInterrupted, installed
         from model.train import train
 
@@ -203,6 +207,7 @@ class PredictionJob:
         """A perturbation spec, or None."""
 
     def __call__(self) -> dict[str, Any] | None:
+        # deferred: imports torch; a job loads only its own stage, and `cmroberta --help` imports this module
         from launch.commands.predict import run_predict
 
         _log_to_job_log()
@@ -256,6 +261,7 @@ class RobustnessJob:
         """Perturbation specs, e.g. 'audio_missing', 'text_asr:wer=0.3'."""
 
     def __call__(self) -> str:
+        # deferred: imports torch; a job loads only its own stage, and `cmroberta --help` imports this module
         from launch.robustness_report import robustness_table
 
         _log_to_job_log()

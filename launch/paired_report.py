@@ -1,6 +1,6 @@
 """The report's paired differences: one group of runs minus another, seed by seed.
 
-Within each block of the report (groups that differ only in their variant, `launch.report.blocks`):
+Within each block of the report (groups that differ only in their variant, `launch.report_groups.blocks`):
 bimodal − text and SCA − no SCA (bimodal − bimodal without SCA). Across text modes, per variant:
 each other mode − frozen, only between blocks whose configs differ in the text mode and the keys that
 mode alone reads (`launch.run_groups.mode_setting`): the same head, budget, patience and head
@@ -14,10 +14,11 @@ raw and Holm-corrected across the table's rows, one family per test.
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from launch.report import TEXT_MODE_NAMES, VARIANT_NAMES, RunGroup, RunResult, blocks
+from launch.report_groups import TEXT_MODE_NAMES, RunGroup, blocks
 from launch.report_table import PAIRED_HOLM, PAIRED_READING, Table, paired_cells, paired_columns
 from launch.run_groups import differences, mode_setting
-from launch.statistics import PairedTests, paired_tests
+from launch.run_results import VARIANT_NAMES, RunResult
+from launch.statistics import PairedTests, paired_over_common_seeds
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,19 +37,10 @@ def _compare(name: str, where: str, a: RunGroup | None, b: RunGroup | None) -> P
     """Group `a` minus group `b` over the seeds both have; None when they share none."""
     if a is None or b is None:
         return None
-    a_seeds, b_seeds = a.by_seed(), b.by_seed()
-    common = sorted(set(a_seeds) & set(b_seeds))
-    if not common:
-        return None
-    a_runs, b_runs = [a_seeds[seed] for seed in common], [b_seeds[seed] for seed in common]
-    tests = paired_tests(
-        common,
-        [100 * run.test["weighted_f1"] for run in a_runs],
-        [100 * run.test["weighted_f1"] for run in b_runs],
-        [run.predictions for run in a_runs],
-        [run.predictions for run in b_runs],
+    tests = paired_over_common_seeds(
+        a.by_seed(), b.by_seed(), lambda run: 100 * run.test["weighted_f1"], lambda run: run.predictions
     )
-    return PairedDifference(name=name, text_mode=where, tests=tests)
+    return None if tests is None else PairedDifference(name=name, text_mode=where, tests=tests)
 
 
 def paired_differences(runs: Sequence[RunResult]) -> tuple[list[PairedDifference], list[str]]:

@@ -17,13 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomllib
-
-from launch.report import base_name
+from launch.report_groups import base_name
 from launch.report_table import Cell, Table
 from launch.run_groups import ReportError, group_by_config, keys_apart, named
+from launch.run_results import read_run_config
 from model.evaluate import TEST_METRICS_NAME, read_metrics_record
-from model.perturb import ROBUSTNESS_FOLDER
+from model.perturb import ROBUSTNESS_FOLDER, parse_perturbation
 
 ROBUSTNESS_NAME = "robustness"
 # Conditions in table order by kind; within a kind, by the file name.
@@ -66,10 +65,7 @@ def read_run_robustness(run_dir: Path) -> RunRobustness:
     a record of the wrong shape is a MetricsDamagedError naming the file, never a traceback later.
     """
     run_dir = Path(run_dir)
-    try:
-        config = tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise ReportError(f"run folder {run_dir} cannot be read ({error}); is it a finished run?") from None
+    config = read_run_config(run_dir)
     if not (run_dir / TEST_METRICS_NAME).is_file():
         raise ReportError(f"run folder {run_dir} has no {TEST_METRICS_NAME}; is it a finished run?")
     clean = read_metrics_record(run_dir / TEST_METRICS_NAME)["weighted_f1"]
@@ -124,7 +120,7 @@ def table_from_runs(runs: Sequence[RunRobustness]) -> Table | None:
 
 def robustness_table(run_dirs: Sequence[Path], conditions: Sequence[str] = DEMO_CONDITIONS) -> Table | None:
     """Score every run under every condition (perturbation specs) not yet scored, then the robustness table."""
-    from model.perturb import parse_perturbation
+    # deferred: scoring loads the inference path (model.predict and its extractors); reading the table needs none
     from model.predict import evaluate_perturbed, restore_run, robustness_path
 
     perturbations = [parse_perturbation(spec) for spec in conditions]

@@ -1,7 +1,7 @@
 """Runs grouped by their configuration, seeds aside, and the names that tell the groups apart.
 
 A group is every run whose resolved config is the same once the seed (and `runs_root`) is left out:
-the key a sweep names its run folders by (`launch.sweep.config_digest`), so a sweep's configurations
+the key a sweep names its run folders by (`launch.sweep_hash`), so a sweep's configurations
 and a report's groups are one and the same. The seeds of one group are pooled; two groups never are,
 and a paired comparison pairs the runs of two groups seed by seed.
 
@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from launch.sweep import HASH_IGNORED_KEYS, config_digest
+from launch.sweep_hash import HASH_IGNORED_KEYS, sweep_hash
 
 T = TypeVar("T")
 
@@ -71,8 +71,8 @@ def settings_of(config: dict[str, Any]) -> dict[str, Any]:
 class ConfigGroup(Generic[T]):
     """The runs of one configuration, one per seed, in seed order."""
 
-    config_hash: str
-    """`launch.sweep.config_digest` of `settings`: one per configuration, as a sweep's key is."""
+    sweep_hash: str
+    """`launch.sweep_hash.sweep_hash` of `settings`: one per configuration, as a sweep's key is."""
     settings: dict[str, Any]
     """The config as dotted keys, seed and `runs_root` left out."""
     members: list[T]
@@ -107,7 +107,7 @@ def group_by_config(
     settings: dict[str, dict[str, Any]] = {}
     for item in items:
         one = settings_of(config_of(item))
-        digest = config_digest(one)
+        digest = sweep_hash(one)
         settings.setdefault(digest, one)
         seeds = found.setdefault(digest, {})
         seed = seed_of(item)
@@ -119,7 +119,7 @@ def group_by_config(
         seeds[seed] = item
     return [
         ConfigGroup(
-            config_hash=digest,
+            sweep_hash=digest,
             settings=settings[digest],
             members=[seeds[seed] for seed in sorted(seeds)],
             seeds=sorted(seeds),

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from sklearn.metrics import balanced_accuracy_score
 
 from extract.iemocap import SER4_LABELS
-from launch.report import RunGroup, RunResult, base_name, group_cell, group_names, group_runs, runs_label_set
+from launch.report_groups import RunGroup, base_name, group_cell, group_names, group_runs, runs_label_set
 from launch.report_table import Cell, Table
+from launch.run_results import RunResult
 
 # The config key that tells one fold's runs from another's: each fold is extracted into its own store.
 FOLD_KEY = "store"

@@ -38,15 +38,19 @@ Three questions, three tools:
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from scipy import stats
 
 from extract.labels import EMOTIONS
 from model.metrics import weighted_f1_of_confusions
+
+# One run of a configuration, whatever a caller reads runs into.
+Run = TypeVar("Run")
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
@@ -378,4 +382,26 @@ def paired_tests(
         hierarchical=(
             paired_hierarchical_bootstrap(a_predictions, b_predictions, confidence=confidence) if complete else None
         ),
+    )
+
+
+def paired_over_common_seeds(
+    a: Mapping[int, Run],
+    b: Mapping[int, Run],
+    score: Callable[[Run], float],
+    predictions: Callable[[Run], Predictions | None],
+    confidence: float = CONFIDENCE,
+) -> PairedTests | None:
+    """Every paired test of A − B over the seeds both have (`a` and `b`: seed -> run), in seed order; None when
+    they share no seed. `score` reads a run's score, `predictions` its test predictions."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        return None
+    return paired_tests(
+        common,
+        [score(a[seed]) for seed in common],
+        [score(b[seed]) for seed in common],
+        [predictions(a[seed]) for seed in common],
+        [predictions(b[seed]) for seed in common],
+        confidence,
     )

@@ -1,14 +1,14 @@
 """Seed sweeps: a grid of configurations, each trained with several seeds, submitted as a job array.
 
 A sweep folder holds
-    sweep.json                  the configurations (grid values and config hash) and seeds asked for
-    runs/<config hash>-seed<N>/ one run folder per configuration and seed: the run's own files,
+    sweep.json                  the configurations (grid values and sweep hash) and seeds asked for
+    runs/<sweep hash>-seed<N>/  one run folder per configuration and seed: the run's own files,
                                 plus run.json (its place in the sweep) and submission.json (its job)
     logs/                       Submitit's logs and pickles
     report.json, report.md, spread.png   the aggregate report (`launch.aggregate`)
 
-A run's folder is named by a hash of its resolved config (every key except the seed and
-`runs_root`, which change nothing in the result) and its seed. Submitting a sweep again
+A run's folder is named by a hash of its resolved config (`launch.sweep_hash`: every key except the
+seed and `runs_root`, which change nothing in the result) and its seed. Submitting a sweep again
 therefore finds the runs it already has: finished runs (their test_metrics.json exists) and
 runs whose job is still queued or running are left alone, and only missing or failed runs are
 submitted; a failed run resumes from its last checkpoint. On SLURM the runs go out as one job
@@ -24,7 +24,6 @@ the run again only when SLURM answers that no such job exists.
 """
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import logging
@@ -54,8 +53,10 @@ from cluster.config import (
 )
 from cluster.durable_files import atomic_write_json
 from cluster.profile import ClusterProfile
+from cluster.top_level_commas import split_top_level_commas
 from launch.executors import make_executor, submit_jobs
 from launch.jobs import RunQueueJob, TrainingJob
+from launch.sweep_hash import sweep_hash
 from launch.sweep_records import SubmissionRecord, read_submission
 from model.evaluate import TEST_METRICS_NAME
 
@@ -66,8 +67,6 @@ RUN_RECORD_NAME = "run.json"
 SUBMISSION_NAME = "submission.json"
 RUNS_FOLDER = "runs"
 LOGS_FOLDER = "logs"
-# Keys that do not change a run's result, left out of its hash.
-HASH_IGNORED_KEYS = ("seed", "runs_root")
 # SLURM job states in which a job may still produce its run (squeue's long names).
 ACTIVE_SLURM_STATES = frozenset(
     {
@@ -114,25 +113,6 @@ def parse_seeds(text: str) -> list[int]:
     return sorted({seed for low, high in ranges for seed in range(low, high + 1)})
 
 
-def _split_values(text: str) -> list[str]:
-    """Split at commas outside brackets and quotes: 'a,[1, 2],"x,y"' -> ['a', '[1, 2]', '"x,y"']."""
-    parts, depth, quote, start = [], 0, "", 0
-    for i, char in enumerate(text):
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "\"'":
-            quote = char
-        elif char == "[":
-            depth += 1
-        elif char == "]":
-            depth -= 1
-        elif char == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return [part.strip() for part in parts]
-
-
 def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
     """`['model.variant=text,audio', 'train.learning_rate=1e-4,3e-4']` -> {key: [values]}, values read as TOML."""
     grid: dict[str, list[Any]] = {}
@@ -143,24 +123,13 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
         key = key.strip()
         if key in grid:
             raise ConfigError(f"--grid names {key!r} twice; list all its values in one --grid")
-        values = [parse_override(f"{key}={value}")[1] for value in _split_values(values_text)]
+        values = [parse_override(f"{key}={value}")[1] for value in split_top_level_commas(values_text)]
         if any(value == "" for value in values):
             raise ConfigError(f"--grid {item!r} has an empty value")
         if len(set(map(repr, values))) != len(values):
             raise ConfigError(f"--grid {item!r} lists a value twice")
         grid[key] = values
     return grid
-
-
-def config_hash(config: Any, ignored: Sequence[str] = HASH_IGNORED_KEYS) -> str:
-    """sha256 of the resolved config as canonical JSON, without the top-level keys in `ignored`."""
-    return config_digest(to_dict(config), ignored)
-
-
-def config_digest(data: dict[str, Any], ignored: Sequence[str] = HASH_IGNORED_KEYS) -> str:
-    """`config_hash` of a config already as plain values: a run folder's config.toml as read, for one."""
-    kept = {key: value for key, value in data.items() if key not in ignored}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,10 +143,10 @@ class PlannedRun:
     """The run's seed."""
     config: Any
     """The resolved run config, seed included."""
-    config_hash: str
-    """Hash of the config without the seed: shared by the seeds of one configuration."""
+    sweep_hash: str
+    """`launch.sweep_hash.sweep_hash` of the config: shared by the seeds of one configuration."""
     run_dir: Path
-    """The run folder, `runs/<config hash>-seed<seed>`."""
+    """The run folder, `runs/<sweep hash>-seed<seed>`."""
 
 
 def _label(assignment: dict[str, Any], config: Any) -> str:
@@ -216,7 +185,7 @@ def plan_sweep(
         point_overrides = [override(key, value) for key, value in assignment.items()]
         data = apply_overrides(config_cls, base_data, point_overrides)
         point = from_dict(config_cls, data)
-        digest = config_hash(point)
+        digest = sweep_hash(to_dict(point))
         for seed in seeds:
             config = dataclasses.replace(point, seed=seed)
             runs.append(
@@ -224,7 +193,7 @@ def plan_sweep(
                     label=_label(assignment, point),
                     seed=seed,
                     config=config,
-                    config_hash=digest,
+                    sweep_hash=digest,
                     run_dir=Path(sweep_dir) / RUNS_FOLDER / f"{digest[:12]}-seed{seed}",
                 )
             )
@@ -393,7 +362,7 @@ def write_sweep_record(sweep_dir: Path, runs: Sequence[PlannedRun]) -> Path:
     path = Path(sweep_dir) / SWEEP_NAME
     record = _read_json(path) or {"configurations": {}, "seeds": []}
     for run in runs:
-        record["configurations"].setdefault(run.config_hash, {"label": run.label})
+        record["configurations"].setdefault(run.sweep_hash, {"label": run.label})
     record["seeds"] = sorted(set(record["seeds"]) | {run.seed for run in runs})
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, record)
@@ -426,7 +395,7 @@ def submit_sweep(runs: Sequence[PlannedRun], profile: ClusterProfile, sweep_dir:
         return SweepSubmission(jobs=[], submitted=[], statuses=statuses, log_folder=log_folder)
     for run in pending:
         write_resolved_config(run.config, run.run_dir)
-        record = {"label": run.label, "seed": run.seed, "config_hash": run.config_hash}
+        record = {"label": run.label, "seed": run.seed, "config_hash": run.sweep_hash}
         atomic_write_json(run.run_dir / RUN_RECORD_NAME, record)
     # resume=True throughout: a failed run continues from its last checkpoint, a new one starts fresh.
     trainings = [TrainingJob(run.config, run.run_dir, resume=True) for run in pending]

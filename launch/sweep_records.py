@@ -1,6 +1,7 @@
 """A sweep run's own records, `run.json` and `submission.json`, read into typed records and validated.
 
-`run.json` says where a run folder sits in its sweep (its grid label, seed and config hash);
+`run.json` says where a run folder sits in its sweep (its grid label, seed and sweep hash, under the
+key `config_hash`);
 `submission.json` says which job trains it (`launch.sweep` writes it in two steps: the intent, then
 the job id). Both are read only through here, so a record of the wrong shape is one line naming the
 file, the field and the repair (a SweepRecordError), never a KeyError or a wrong guess later.
@@ -27,8 +28,9 @@ class RunRecord:
     """The configuration's grid values, e.g. 'model.variant=text'."""
     seed: int
     """The run's seed."""
-    config_hash: str
-    """Hash of the run's config without the seed: the configuration it belongs to."""
+    sweep_hash: str
+    """`launch.sweep_hash.sweep_hash` of the run's config, the configuration it belongs to (run.json's
+    `config_hash`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,7 +91,7 @@ def read_run_record(path: Path) -> RunRecord:
     wrong = [name for name, fine in checks.items() if not fine]
     if wrong:
         raise SweepRecordError(f"{path} is damaged: its {wrong[0]} is missing or not what the sweep writes; {again}")
-    return RunRecord(label=record["label"], seed=record["seed"], config_hash=record["config_hash"])
+    return RunRecord(label=record["label"], seed=record["seed"], sweep_hash=record["config_hash"])
 
 
 def read_submission(path: Path) -> SubmissionRecord | None:

@@ -31,7 +31,8 @@ from extract.feature_store import FeatureStore, FeatureStoreError, build_store_f
 from extract.split_arrays import SplitArrays
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from launch.cli import main
-from launch.report import format_report, load_runs, report_tables
+from launch.report import format_report, report_tables
+from launch.run_results import read_run_results
 from model.batch_samplers import DialogueBatchSampler
 from model.checkpoint import Checkpoints
 from model.deepspeed_config import EngineConfig, build_deepspeed_config
@@ -470,7 +471,7 @@ def test_reports_label_end_to_end_runs_apart(e2e_run, tmp_path):
     config = tomllib.loads((e2e_dir / "config.toml").read_text())
     (features_dir / "config.toml").write_text(tomli_w.dumps({**config, "text_mode": "frozen"}))
     shutil.copy(e2e_dir / "test_metrics.json", features_dir / "test_metrics.json")
-    runs = load_runs([features_dir, e2e_dir])
+    runs = read_run_results([features_dir, e2e_dir])
     assert sorted(run.text_mode for run in runs) == ["end_to_end", "frozen"]
     row_names = {table.name: [name for name, _ in table.rows] for table in report_tables(runs)}
     assert {"CM-RoBERTa", "CM-RoBERTa (end-to-end)"} <= set(row_names["table1"])

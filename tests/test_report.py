@@ -16,14 +16,14 @@ from launch.cli import main
 from launch.paired_report import paired_differences, paired_differences_table
 from launch.report import (
     PAPER_TABLE2,
-    ReportError,
     format_report,
-    load_runs,
     table1,
     table2,
     voice_only_table,
 )
 from launch.report_table import Cell, Table
+from launch.run_groups import ReportError
+from launch.run_results import read_run_results
 from model.evaluate import SplitEvaluation, evaluation_record
 from model.metrics import classification_metrics
 
@@ -102,7 +102,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def test_table2_cells_are_the_runs_per_class_f1_over_seeds(sweep):
-    table = table2(load_runs([sweep]))
+    table = table2(read_run_results([sweep]))
     assert table.columns == ["modality", "text mode", *EMOTIONS, "w-average F1"]
     rows = {name: cells[1:] for name, cells in table.rows}
     modes = {name: cells[0] for name, cells in table.rows}
@@ -139,7 +139,7 @@ def t_interval(values: list[float]) -> tuple[float, float]:
 
 
 def test_cells_carry_the_seeds_confidence_interval_on_the_line_below(sweep):
-    table = table1(load_runs([sweep]))
+    table = table1(read_run_results([sweep]))
     text_f1 = [100 * m["weighted_f1"] for m in own_metrics(sweep, "text")]
     cell = dict(table.rows)["CM-RoBERTa"][2]
     assert (cell.summary.ci_low, cell.summary.ci_high) == pytest.approx(t_interval(text_f1), rel=1e-3)
@@ -153,7 +153,7 @@ def test_cells_carry_the_seeds_confidence_interval_on_the_line_below(sweep):
 
 
 def test_table1_pairs_each_bimodal_variant_with_the_unimodal_runs(sweep):
-    rows = {name: cells[1:] for name, cells in table1(load_runs([sweep])).rows}
+    rows = {name: cells[1:] for name, cells in table1(read_run_results([sweep])).rows}
     weighted = {v: mean_std([m["weighted_f1"] for m in own_metrics(sweep, v)])[0] for v in VARIANTS}
     without_sca, full = rows["CM-RoBERTa without SCA unit"], rows["CM-RoBERTa"]
     assert [c.mean for c in without_sca[:3]] == pytest.approx(
@@ -166,7 +166,7 @@ def test_table1_pairs_each_bimodal_variant_with_the_unimodal_runs(sweep):
 
 def test_voice_only_table_scores_the_listed_utterances(sweep, voice_only_keys):
     _, keys = voice_only_keys
-    rows = {name: cells[1:] for name, cells in voice_only_table(load_runs([sweep])).rows}
+    rows = {name: cells[1:] for name, cells in voice_only_table(read_run_results([sweep])).rows}
     wanted = set(keys)
     for variant, name in (("audio", "audio"), ("bimodal", "bimodal")):
         accuracies = []
@@ -202,7 +202,7 @@ def test_cli_prints_and_writes_markdown_and_csv(sweep, tmp_path, capsys):
 
 
 def test_paired_differences_test_across_seeds_and_bootstrap_across_dialogues(sweep):
-    runs = load_runs([sweep])
+    runs = read_run_results([sweep])
     found, refused = paired_differences(runs)
     assert refused == []
     by_name = {d.name: d for d in found}
@@ -224,7 +224,7 @@ def test_paired_differences_test_across_seeds_and_bootstrap_across_dialogues(swe
 
 
 def test_a_single_run_shows_no_spread_and_missing_variants_stay_empty(sweep):
-    runs = load_runs([sweep / "text-seed0"])
+    runs = read_run_results([sweep / "text-seed0"])
     rows = {name: cells[1:] for name, cells in table1(runs).rows}
     assert rows["CM-RoBERTa"][0] is None and rows["CM-RoBERTa"][3] is None
     text = json.loads((sweep / "text-seed0" / "test_metrics.json").read_text())
@@ -235,12 +235,12 @@ def test_a_single_run_shows_no_spread_and_missing_variants_stay_empty(sweep):
 def test_runs_on_different_test_sets_are_refused(sweep, tmp_path, voice_only_keys):
     write_run(tmp_path / "other", "text", 0, np.zeros(10, dtype=int), voice_only_keys[0])
     with pytest.raises(ReportError, match="different test splits"):
-        load_runs([sweep / "text-seed0", tmp_path / "other"])
+        read_run_results([sweep / "text-seed0", tmp_path / "other"])
     with pytest.raises(ReportError, match="does not exist"):
-        load_runs([tmp_path / "nowhere"])
+        read_run_results([tmp_path / "nowhere"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(ReportError, match="holds no finished run"):
-        load_runs([tmp_path / "empty"])
+        read_run_results([tmp_path / "empty"])
 
 
 def test_end_to_end_rows_stand_apart_and_are_compared_with_frozen_ones(tmp_path, test_labels, voice_only_keys):
@@ -249,7 +249,7 @@ def test_end_to_end_rows_stand_apart_and_are_compared_with_frozen_ones(tmp_path,
             for seed in (0, 1):
                 run_dir = tmp_path / f"{variant}-{mode}-seed{seed}"
                 write_run(run_dir, variant, seed, test_labels, voice_only_keys[0], mode)
-    runs = load_runs([tmp_path])
+    runs = read_run_results([tmp_path])
     rows = {name: cells for name, cells in table1(runs).rows}
     assert rows["CM-RoBERTa (end-to-end)"][0] == "end-to-end" and rows["CM-RoBERTa"][0] == "frozen"
     assert "CM-RoBERTa without SCA unit (end-to-end)" not in rows, "no end-to-end model without SCA ran"
@@ -279,7 +279,7 @@ def test_two_configurations_of_one_variant_and_mode_are_two_rows_paired_within_t
                 run_dir = tmp_path / f"lr{rate}-{variant}-seed{seed}"
                 extra = f"train.learning_rate = {rate}"
                 write_run(run_dir, variant, seed, test_labels, voice_only_keys[0], extra=extra, accuracy=accuracy)
-    runs = load_runs([tmp_path])
+    runs = read_run_results([tmp_path])
     rows = dict(table1(runs).rows)
     for rate in quality:
         name = f"CM-RoBERTa [train.learning_rate={rate}]"
@@ -307,7 +307,7 @@ def test_end_to_end_minus_frozen_needs_the_same_budget_and_says_which_keys_diffe
     for mode, budget in budgets.items():
         for seed in (0, 1):
             write_run(tmp_path / f"text-{mode}-seed{seed}", "text", seed, test_labels, voice_only_keys[0], mode, budget)
-    runs = load_runs([tmp_path])
+    runs = read_run_results([tmp_path])
     found, refused = paired_differences(runs)
     assert found == []
     assert refused == [
@@ -326,7 +326,7 @@ def test_end_to_end_minus_frozen_needs_the_same_budget_and_says_which_keys_diffe
     for mode, extra in (("frozen", ""), ("end_to_end", "end_to_end.param_groups.encoder_lr = 2e-5")):
         for seed in (0, 1):
             write_run(same / f"text-{mode}-seed{seed}", "text", seed, test_labels, voice_only_keys[0], mode, extra)
-    found, refused = paired_differences(load_runs([same]))
+    found, refused = paired_differences(read_run_results([same]))
     assert refused == [] and [(d.name, d.text_mode) for d in found] == [("text", "end-to-end − frozen")]
     e2e, frozen = (group_f1(same, [f"text-{mode}-seed{s}" for s in (0, 1)]) for mode in ("end_to_end", "frozen"))
     assert found[0].tests.difference.mean == pytest.approx(np.mean(np.subtract(e2e, frozen)))
@@ -343,7 +343,7 @@ def test_table3_scores_the_audio_model_by_its_families_beside_the_paper(tmp_path
             write_run(tmp_path / f"audio-{name}-seed{seed}", "audio", seed, test_labels, store,
                       extra=f"data.audio_families = {value}")
     write_run(tmp_path / "text-seed0", "text", 0, test_labels, store, extra=f"data.audio_families = {sets['both']}")
-    runs = load_runs([tmp_path])
+    runs = read_run_results([tmp_path])
     table = table3(runs)
     rows = dict(table.rows)
     expected = {
@@ -362,7 +362,7 @@ def test_table3_scores_the_audio_model_by_its_families_beside_the_paper(tmp_path
 
     # A store without OpenL3 has no Table 3.
     (store / MANIFEST_NAME).write_text(json.dumps({"config": {}, "families": {"opensmile": {"dim": 6552}}}))
-    assert table3(load_runs([tmp_path])) is None
+    assert table3(read_run_results([tmp_path])) is None
 
 
 def test_a_clipped_interval_is_marked_and_the_legend_says_so():
@@ -380,12 +380,12 @@ def test_the_runs_list_shows_the_selected_phase_and_epoch_where_a_run_records_th
     metrics = json.loads((run_dir / "test_metrics.json").read_text())
     metrics.update(selected_phase="fine-tune", selected_epoch=7)
     (run_dir / "test_metrics.json").write_text(json.dumps(metrics))
-    assert f"text, seed 0 (selected: phase fine-tune, epoch 7): {run_dir}" in format_report(load_runs([run_dir]))
-    assert "(selected:" not in format_report(load_runs([sweep / "text-seed0"]))
+    assert f"text, seed 0 (selected: phase fine-tune, epoch 7): {run_dir}" in format_report(read_run_results([run_dir]))
+    assert "(selected:" not in format_report(read_run_results([sweep / "text-seed0"]))
 
 
 def test_one_configuration_with_one_seed_twice_is_refused_naming_both(sweep, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(sweep / "text-seed0", copy)
     with pytest.raises(ReportError, match="one configuration with one seed"):
-        table1(load_runs([sweep / "text-seed0", copy]))
+        table1(read_run_results([sweep / "text-seed0", copy]))

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from launch.report import ReportError
 from launch.robustness_report import read_run_robustness, table_from_runs
+from launch.run_groups import ReportError
 from tests.metrics_records import metrics_record
 
 

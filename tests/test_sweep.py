@@ -15,7 +15,8 @@ from learnable_store import write_learnable_store
 
 from cluster.config import ConfigError, write_resolved_config
 from launch.executors import load_profile
-from launch.sweep import config_digest, parse_grid, parse_seeds, plan_sweep, run_status, submit_sweep
+from launch.sweep import parse_grid, parse_seeds, plan_sweep, run_status, submit_sweep
+from launch.sweep_hash import sweep_hash
 
 # DeepSpeed compiles its shm_comm op once per environment (about a minute) into TORCH_EXTENSIONS_DIR;
 # the same stable folder as .ci/run's lets jobs reuse it. Jobs inherit this process's environment.
@@ -83,7 +84,7 @@ def test_run_folders_are_keyed_by_config_and_seed(tmp_path):
         ("model.variant=bimodal text_mode=end_to_end", 1),
     ]
     assert len({r.run_dir for r in runs}) == 4
-    assert runs[0].config_hash == runs[1].config_hash != runs[2].config_hash
+    assert runs[0].sweep_hash == runs[1].sweep_hash != runs[2].sweep_hash
     assert all(r.config.seed == r.seed and r.run_dir.name.endswith(f"-seed{r.seed}") for r in runs)
     # The same sweep planned again, or with a different runs_root (which changes no result), finds the same folders.
     again = plan_sweep(config_cls, tmp_path, [1, 0], grid, overrides=[store, 'runs_root="elsewhere"'])
@@ -104,7 +105,7 @@ def test_the_config_written_to_a_run_folder_hashes_to_its_sweep_key(tmp_path):
     overrides = ['store="/somewhere/tiny"', "train.learning_rate=3e-4"]
     for run in plan_sweep(config_cls, tmp_path, [0, 3], grid, overrides=overrides):
         path = write_resolved_config(run.config, run.run_dir)
-        assert config_digest(tomllib.loads(path.read_text())) == run.config_hash
+        assert sweep_hash(tomllib.loads(path.read_text())) == run.sweep_hash
 
 
 def test_a_typo_in_the_grid_or_a_seed_override_is_refused_before_anything_runs(tmp_path):

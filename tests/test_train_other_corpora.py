@@ -20,7 +20,8 @@ from extract.feature_store import FeatureStore
 from extract.labels import NO_LABEL
 from extract.pipeline import run_extraction
 from launch.cli import main
-from launch.report import load_run, report_tables
+from launch.report import report_tables
+from launch.run_results import read_run_result
 from launch.ser_table import ser_table
 from model.evaluate import TEST_METRICS_NAME, TEST_PREDICTIONS_NAME
 from model.run_config import RunConfig
@@ -150,7 +151,7 @@ def test_ser4_folds_train_with_four_outputs_and_report_ua_wa_and_their_mean(tmp_
         assert len(store.label_set) == 4
         run_dir = tmp_path / "runs" / f"fold{fold}"
         _assert_run_follows(store, run_dir, _train(store, run_dir))
-        runs.append(load_run(run_dir))
+        runs.append(read_run_result(run_dir))
     rows = dict(ser_table(runs).rows)
     folds = [cells for name, cells in rows.items() if "mean over" not in name]
     assert len(folds) == 2 and len(rows) == 3

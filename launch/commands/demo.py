@@ -30,21 +30,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import tomllib
+from tqdm import tqdm
 
-from cluster.config import override, to_dict, write_resolved_config
+from cluster.config import RESOLVED_CONFIG_NAME, override, to_dict, write_resolved_config
 from cluster.durable_files import atomic_write_json
 from cluster.ray_config import RayConfig
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
 from extract.extract_config import ExtractConfig
 from extract.meld import read_meld
-from extract.openl3 import OpenL3Config
-from extract.pipeline import run_extraction
-from extract.text_features import TextFeatureConfig
 from launch.commands.prepare import corpus_summary
+from launch.executors import follow_jobs, load_profile
 from launch.tables import format_table
 
 if TYPE_CHECKING:
-    # launch.sweep imports torch through model.evaluate; `cmroberta --help` should not wait for it.
+    # launch.sweep imports torch through model.evaluate and the extraction modules import torch and Ray;
+    # `cmroberta --help` should not wait for them.
+    from extract.extract_config import ExtractConfig
     from launch.sweep import PlannedRun
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,17 @@ DEMO_MAX_EPOCHS = 10
 TIMINGS_NAME = "timings.json"
 
 
-def demo_extract_config(corpus_dir: Path, store_root: Path, openl3_weights: str | None) -> ExtractConfig:
+def demo_extract_config(corpus_dir: Path, store_root: Path, openl3_weights: str | None) -> "ExtractConfig":
     """Extraction settings for the demo: openSMILE and text, plus OpenL3 when its weights are given.
 
     Without the official OpenL3 weight files an untrained network would add 6144 numbers of
     noise per utterance, so the demo leaves OpenL3 out unless you point it at the weights.
     """
+    # deferred: the extraction modules import torch and Ray; `cmroberta --help` imports every verb
+    from extract.extract_config import ExtractConfig
+    from extract.openl3 import OpenL3Config
+    from extract.text_features import TextFeatureConfig
+
     families = ["opensmile", "text"] + (["openl3"] if openl3_weights else [])
     return ExtractConfig(
         corpus=str(corpus_dir),
@@ -115,6 +121,7 @@ def end_to_end_overrides(store: Path, max_epochs: int) -> list[str]:
 def plan_demo_sweep(store: Path, sweep_dir: Path, seeds: Sequence[int], max_epochs: int) -> list["PlannedRun"]:
     """Every run of the demo's sweep: the frozen-feature grid, the end-to-end grid, then bimodal with modality
     dropout, each over `seeds`, all with one head and one budget."""
+    # deferred: imports torch; `cmroberta --help` imports every verb's module
     from launch.sweep import plan_sweep
     from model.run_config import RunConfig
 
@@ -194,7 +201,7 @@ class StageClock:
 
 def _corpus_is_complete(corpus_dir: Path, config: DemoCorpusConfig) -> bool:
     """Whether `corpus_dir` holds a finished corpus of `config`: its config.toml is written last."""
-    path = corpus_dir / "config.toml"
+    path = corpus_dir / RESOLVED_CONFIG_NAME
     try:
         return tomllib.loads(path.read_text(encoding="utf-8")) == to_dict(config)
     except (OSError, tomllib.TOMLDecodeError):
@@ -213,9 +220,7 @@ def make_corpus(corpus_dir: Path, config: DemoCorpusConfig) -> None:
 
 def run_sweep_and_wait(runs: Sequence["PlannedRun"], sweep_dir: Path) -> int:
     """Submit the missing runs through Submitit's local executor, follow them run by run; return failed jobs."""
-    from tqdm import tqdm
-
-    from launch.executors import follow_jobs, load_profile
+    # deferred: imports torch; `cmroberta --help` imports every verb's module
     from launch.sweep import submit_sweep
     from model.evaluate import TEST_METRICS_NAME
 
@@ -258,12 +263,14 @@ def run_sweep_and_wait(runs: Sequence["PlannedRun"], sweep_dir: Path) -> int:
 
 def write_reports(sweep_dir: Path, report_dir: Path) -> str:
     """Write the sweep's aggregate (with the seed-spread plot) and the paper-style report; return the latter."""
+    # deferred: imports torch; `cmroberta --help` imports every verb's module
     from launch.aggregate import SPREAD_PNG
     from launch.aggregate import write_report as write_sweep_report
-    from launch.report import format_report, load_runs, write_report
+    from launch.report import format_report, write_report
+    from launch.run_results import read_run_results
 
     write_sweep_report(sweep_dir)
-    runs = load_runs([sweep_dir])
+    runs = read_run_results([sweep_dir])
     for path in write_report(runs, report_dir, sweep_dir / SPREAD_PNG):
         print(f"wrote {path}")
     return format_report(runs, spread_plot=sweep_dir / SPREAD_PNG)
@@ -284,6 +291,9 @@ def run_demo(
     clock.run("corpus", make_corpus, corpus_dir, corpus_config)
 
     log.info("step 2/5: feature extraction on a local Ray")
+    # deferred: the pipeline imports torch and Ray; `cmroberta --help` imports every verb
+    from extract.pipeline import run_extraction
+
     extract_config = demo_extract_config(corpus_dir, out / "features", openl3_weights)
     store = clock.run("extraction (local Ray)", run_extraction, extract_config)
     print(f"feature store: {store}")
@@ -303,6 +313,7 @@ def run_demo(
 
     log.info("step 4/5: robustness of the frozen bimodal runs under missing and noisy modalities")
     if not failed:
+        # deferred: imports torch; `cmroberta --help` imports every verb's module
         from launch.robustness_report import DEMO_CONDITIONS, robustness_table
 
         clock.run("robustness (perturbed test)", robustness_table, robustness_runs(runs), DEMO_CONDITIONS)
@@ -324,6 +335,7 @@ def run_demo(
 
 
 def _seeds(text: str) -> list[int]:
+    # deferred: imports torch; `cmroberta --help` imports every verb's module
     from launch.sweep import parse_seeds
 
     seeds = parse_seeds(text)

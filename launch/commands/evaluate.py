@@ -3,11 +3,13 @@
 import argparse
 from pathlib import Path
 
+from cluster.rendezvous import resolve_rendezvous
+from model.perturb import parse_perturbation
+
 
 def run_evaluate(run_dir: Path, split: str) -> None:
     """Evaluate and print the split's scores; files go into the run folder."""
-    # Imported here: torch and DeepSpeed take seconds to import, and `cmroberta --help` imports every verb.
-    from cluster.rendezvous import resolve_rendezvous
+    # deferred: torch and DeepSpeed take seconds to import, and `cmroberta --help` imports every verb.
     from launch.report import run_table
     from model.evaluate import evaluate_run, metrics_file
 
@@ -20,8 +22,8 @@ def run_evaluate(run_dir: Path, split: str) -> None:
 
 def run_evaluate_perturbed(run_dir: Path, split: str, spec: str) -> None:
     """Score the split under the perturbation `spec`, print it beside the clean score, and write it into the run."""
+    # deferred: imports torch; `cmroberta --help` imports every verb's module
     from launch.report import run_table
-    from model.perturb import parse_perturbation
     from model.predict import evaluate_perturbed, restore_run, robustness_path
 
     perturbation = parse_perturbation(spec)

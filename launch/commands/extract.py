@@ -9,8 +9,7 @@ from launch.folder_kinds import refuse_other_kind
 
 def run_extract(corpus: Path, config_file: Path | None, overrides: list[str]) -> Path:
     """Extract the features of `corpus` as configured; print and return the store folder."""
-    # Imported here, not at the top: the pipeline pulls in torch, transformers and Ray,
-    # and `cmroberta --help` imports every verb's module.
+    # deferred: the pipeline pulls in torch, transformers and Ray, and `cmroberta --help` imports every verb's module
     from extract.extract_config import ExtractConfig, store_path
     from extract.pipeline import run_extraction
 

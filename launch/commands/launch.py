@@ -5,26 +5,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import submitit
-
 from cluster.config import load_config, override
+from cluster.profile import ClusterProfile
 from launch.cli import UserError
 from launch.commands.predict import add_predict_arguments, refuse_folder_as_out
 from launch.commands.sweep import add_cluster_arguments, add_sweep_arguments, run_sweep
+from launch.executors import follow_jobs, load_profile, make_executor, submit_jobs
+from launch.jobs import ExtractionJob, PredictionJob, TrainingJob
 
 
-def _report_submission(
-    jobs: list[submitit.Job],
-    what: str,
-    profile_name: str,
+def _submit_and_report(
+    profile: ClusterProfile,
+    job: Any,
     log_folder: Path,
+    job_name: str,
+    what: str,
     wait: bool,
     describe_result: Callable[[Any], str],
+    in_batch_script: bool = False,
 ) -> int:
-    """Print the job ids and log folder; with `wait`, follow the jobs and print how they ended."""
-    from launch.executors import follow_jobs
-
-    print(f"submitted {what} with profile {profile_name!r}: job id(s) {' '.join(job.job_id for job in jobs)}")
+    """Submit one job with the profile, print its job id and log folder; with `wait`, follow it and print how it
+    ended (`describe_result` of its result). Returns the exit status: 1 when a job failed."""
+    executor = make_executor(profile, log_folder, job_name=job_name, in_batch_script=in_batch_script)
+    jobs = submit_jobs(executor, profile, [job])
+    print(f"submitted {what} with profile {profile.name!r}: job id(s) {' '.join(job.job_id for job in jobs)}")
     print(f"logs: {log_folder}")
     if not wait:
         return 0
@@ -42,30 +46,25 @@ def _report_submission(
 def launch_extract(args: argparse.Namespace) -> int:
     """Submit one extraction job; on SLURM it brings up Ray across all the job's nodes."""
     from extract.extract_config import ExtractConfig
-    from launch.executors import load_profile, make_executor, submit_jobs
-    from launch.jobs import ExtractionJob
 
     profile = load_profile(args.cluster, args.profile, args.profile_set)
     config = load_config(ExtractConfig, args.config, [*args.overrides, override("corpus", str(args.corpus))])
-    log_folder = Path(config.store_root) / "logs"
-    executor = make_executor(profile, log_folder, job_name="extract", in_batch_script=True)
-    jobs = submit_jobs(executor, profile, [ExtractionJob(config)])
-    return _report_submission(
-        jobs,
+    return _submit_and_report(
+        profile,
+        ExtractionJob(config),
+        Path(config.store_root) / "logs",
+        "extract",
         f"the extraction of {config.corpus}",
-        profile.name,
-        log_folder,
         args.wait,
         lambda store: f"feature store {store}",
+        in_batch_script=True,
     )
 
 
 def launch_train(args: argparse.Namespace) -> int:
     """Submit one training run: one task per GPU over the profile's nodes, requeued with resume when preempted."""
-    from launch.executors import load_profile, make_executor, submit_jobs
-    from launch.jobs import TrainingJob
-
     profile = load_profile(args.cluster, args.profile, args.profile_set)
+    # deferred: these import torch and DeepSpeed; `cmroberta --help` imports every verb
     from extract.feature_store import FeatureStore
     from model.checkpoint import Checkpoints
     from model.evaluate import TEST_METRICS_NAME
@@ -80,14 +79,12 @@ def launch_train(args: argparse.Namespace) -> int:
         raise UserError(
             f"run folder {run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir"
         )
-    log_folder = run_dir / "logs"
-    executor = make_executor(profile, log_folder, job_name=f"train-{run_dir.name}")
-    jobs = submit_jobs(executor, profile, [TrainingJob(config, run_dir, resume=args.resume)])
-    return _report_submission(
-        jobs,
+    return _submit_and_report(
+        profile,
+        TrainingJob(config, run_dir, resume=args.resume),
+        run_dir / "logs",
+        f"train-{run_dir.name}",
         f"training into {run_dir}",
-        profile.name,
-        log_folder,
         args.wait,
         lambda metrics: f"test weighted F1 {100 * metrics['weighted_f1']:.2f} ({run_dir})",
     )
@@ -95,21 +92,21 @@ def launch_train(args: argparse.Namespace) -> int:
 
 def launch_predict(args: argparse.Namespace) -> int:
     """Submit one prediction job, for inputs too large to label here (a GPU job on SLURM)."""
-    from launch.executors import load_profile, make_executor, submit_jobs
-    from launch.jobs import PredictionJob
-
     profile = load_profile(args.cluster, args.profile, args.profile_set)
     if not args.input.exists():
         raise UserError(
             f"input {args.input} does not exist; give a MELD-layout folder, a clip folder or a CSV or JSONL file"
         )
     refuse_folder_as_out(args.out)
-    log_folder = args.out.parent / "logs"
-    executor = make_executor(profile, log_folder, job_name=f"predict-{args.run_dir.name}")
-    job = PredictionJob(args.run_dir, args.input, args.out, args.split, args.perturb)
-    jobs = submit_jobs(executor, profile, [job])
-    what = f"predictions of {args.input}"
-    return _report_submission(jobs, what, profile.name, log_folder, args.wait, lambda _: f"predictions in {args.out}")
+    return _submit_and_report(
+        profile,
+        PredictionJob(args.run_dir, args.input, args.out, args.split, args.perturb),
+        args.out.parent / "logs",
+        f"predict-{args.run_dir.name}",
+        f"predictions of {args.input}",
+        args.wait,
+        lambda _: f"predictions in {args.out}",
+    )
 
 
 def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,13 +5,13 @@ from pathlib import Path
 from typing import Any
 
 from launch.cli import UserError
+from launch.tables import format_table
+from model.perturb import parse_perturbation
 
 
 def metrics_table(metrics: dict[str, Any]) -> str:
     """Per-class F1 (in the run's label order, as `to_dict` keys them), weighted F1 and accuracy (in %) of the
     rows that had gold labels."""
-    from launch.tables import format_table
-
     labels = list(metrics["per_class_f1"])
     header = [*labels, "w-average F1", "accuracy", "utterances"]
     row = [*(100 * metrics["per_class_f1"][e] for e in labels), 100 * metrics["weighted_f1"],
@@ -29,8 +29,7 @@ def run_predict(
     run_dir: Path, input_path: Path, out: Path, split: str | None = None, perturb: str | None = None
 ) -> dict[str, Any] | None:
     """Predict every utterance of the input into `out`; print the metrics where it has gold labels."""
-    # Imported here: torch and DeepSpeed take seconds to import, and `cmroberta --help` imports every verb.
-    from model.perturb import parse_perturbation
+    # deferred: torch and DeepSpeed take seconds to import, and `cmroberta --help` imports every verb.
     from model.predict import predict, restore_run, write_predictions
     from model.predict_input import read_predict_input
     from model.run_store import run_label_set

@@ -8,11 +8,12 @@ def run_report(run_dirs: list[Path], out: Path | None) -> None:
     """Print the tables (ending with where the figures are); with `out`, first write report.md and the CSVs there.
 
     The first line says which preset trained the runs, where `cmroberta reproduce` recorded one."""
-    # Imported here: the report reads model.evaluate, which imports torch, and `cmroberta --help` imports every verb.
+    # deferred: the report reads model.evaluate, which imports torch, and `cmroberta --help` imports every verb.
     from launch.aggregate import SPREAD_PNG
-    from launch.report import format_report, load_runs, read_preset, write_report
+    from launch.report import format_report, read_preset, write_report
+    from launch.run_results import read_run_results
 
-    runs = load_runs(run_dirs)
+    runs = read_run_results(run_dirs)
     preset = read_preset(run_dirs)
     # A sweep folder given here has its seed-spread plot (`cmroberta sweep` draws it).
     spread_plots = [path / SPREAD_PNG for path in run_dirs if (path / SPREAD_PNG).is_file()]

@@ -10,19 +10,25 @@ against the cluster).
 
 import argparse
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from cluster.config import from_dict
+from cluster.durable_files import atomic_write_json
+from cluster.profile import ClusterProfile
+from extract.meld import read_meld
+from extract.utterance import SPLITS
 from launch.cli import UserError
+from launch.commands.prepare import corpus_summary
 from launch.commands.sweep import add_cluster_arguments
+from launch.executors import JobOutcome, check_request, follow_jobs, load_profile, make_executor, submit_jobs
+from launch.jobs import ExtractionJob, RobustnessJob
 from launch.tables import format_table
+from model.perturb import parse_perturbation
 
 if TYPE_CHECKING:
-    # These import torch, Ray and Submitit; `cmroberta --help` imports every verb and should not wait for them.
-    from cluster.profile import ClusterProfile
-    from launch.executors import JobOutcome
+    # launch.reproduce_plan imports torch and Ray; `cmroberta --help` imports every verb and should not wait for them.
     from launch.reproduce_plan import ReproducePlan, Stage
 
 log = logging.getLogger(__name__)
@@ -38,13 +44,11 @@ class Progress:
     """Stage -> its status once known."""
     jobs: dict[str, list[Any]] = field(default_factory=dict)
     """Stage -> its submitted Submitit jobs, until they are followed to their end."""
-    failures: dict[str, list["JobOutcome"]] = field(default_factory=dict)
+    failures: dict[str, list[JobOutcome]] = field(default_factory=dict)
     """Stage -> its failed jobs."""
 
     def settle(self, name: str) -> StageStatus:
         """Follow the stage's jobs to their end (when it has any in flight), and return its status."""
-        from launch.executors import follow_jobs
-
         jobs = self.jobs.pop(name, None)
         if jobs:
             print(f"{name}: waiting for {len(jobs)} job(s)")
@@ -70,8 +74,6 @@ class Progress:
 def corpus_problems(corpus: Any) -> list[str]:
     """What in a read corpus would invalidate the experiment: an empty split, or CSV rows that could not be read
     (their utterances would silently be missing). Flagged clips are MELD's known defects: they lose their audio."""
-    from extract.utterance import SPLITS
-
     problems = [f"the {split} split has no utterances" for split in SPLITS if not corpus.split(split)]
     if corpus.row_errors:
         problems.append(f"{len(corpus.row_errors)} CSV row(s) cannot be read (first: {corpus.row_errors[0]})")
@@ -80,9 +82,6 @@ def corpus_problems(corpus: Any) -> list[str]:
 
 def check_corpus(plan: "ReproducePlan", check_clips: bool) -> None:
     """Read the corpus as extraction will and print its summary; a UserError on what would invalidate the run."""
-    from extract.meld import read_meld
-    from launch.commands.prepare import corpus_summary
-
     corpus = read_meld(Path(plan.config.corpus), check_clips=check_clips)
     print(f"check: corpus {corpus.root}" + ("" if check_clips else " (clips only checked to exist)"))
     print(corpus_summary(corpus))
@@ -96,6 +95,7 @@ def check_corpus(plan: "ReproducePlan", check_clips: bool) -> None:
 
 def store_is_complete(store: Path) -> bool:
     """Whether the plan's feature store exists and verifies (every planned shard recorded and intact)."""
+    # deferred: imports h5py; `cmroberta --help` imports every verb's module
     from extract.feature_store import FeatureStore, FeatureStoreError
 
     if not (store / "manifest.json").is_file():
@@ -108,17 +108,12 @@ def store_is_complete(store: Path) -> bool:
     return True
 
 
-def stage_profile(profile: "ClusterProfile", stage: "Stage") -> "ClusterProfile":
+def stage_profile(profile: ClusterProfile, stage: "Stage") -> ClusterProfile:
     """The profile a stage's jobs use: the one given, one run at a time where the stage must be serial."""
-    from dataclasses import replace
-
     return replace(profile, array_parallelism=1) if stage.serial else profile
 
 
-def run_extract_stage(plan: "ReproducePlan", profile: "ClusterProfile", progress: Progress) -> None:
-    from launch.executors import make_executor, submit_jobs
-    from launch.jobs import ExtractionJob
-
+def run_extract_stage(plan: "ReproducePlan", profile: ClusterProfile, progress: Progress) -> None:
     if store_is_complete(plan.store):
         print(f"extract: reusing the complete feature store {plan.store}")
         progress.status["extract"] = "reused"
@@ -129,7 +124,8 @@ def run_extract_stage(plan: "ReproducePlan", profile: "ClusterProfile", progress
     print(f"extract: submitted 1 job (finished shards are kept); logs {log_folder}")
 
 
-def run_sweep_stage(plan: "ReproducePlan", stage: "Stage", profile: "ClusterProfile", progress: Progress) -> None:
+def run_sweep_stage(plan: "ReproducePlan", stage: "Stage", profile: ClusterProfile, progress: Progress) -> None:
+    # deferred: imports torch; `cmroberta --help` imports every verb's module
     from launch.sweep import submit_sweep
 
     submission = submit_sweep(stage.runs, stage_profile(profile, stage), plan.sweep_dir)
@@ -149,10 +145,8 @@ def run_sweep_stage(plan: "ReproducePlan", stage: "Stage", profile: "ClusterProf
         progress.status[stage.name] = "reused"
 
 
-def run_robustness_stage(plan: "ReproducePlan", profile: "ClusterProfile", progress: Progress) -> None:
-    from launch.executors import make_executor, submit_jobs
-    from launch.jobs import RobustnessJob
-    from model.perturb import parse_perturbation
+def run_robustness_stage(plan: "ReproducePlan", profile: ClusterProfile, progress: Progress) -> None:
+    # deferred: imports torch; `cmroberta --help` imports every verb's module
     from model.predict import robustness_path
 
     run_dirs = plan.robustness_runs()
@@ -169,22 +163,23 @@ def run_robustness_stage(plan: "ReproducePlan", profile: "ClusterProfile", progr
 
 def write_reports(plan: "ReproducePlan") -> str:
     """The sweep's aggregate (with the seed-spread plot) and the paper-style report; returns the latter as text."""
-    from cluster.durable_files import atomic_write_json
+    # deferred: imports torch; `cmroberta --help` imports every verb's module
     from launch.aggregate import SPREAD_PNG
     from launch.aggregate import write_report as write_sweep_report
-    from launch.report import PRESET_NAME, format_report, load_runs, write_report
+    from launch.report import PRESET_NAME, format_report, write_report
+    from launch.run_results import read_run_results
 
     preset = plan.preset.describe()
     atomic_write_json(plan.sweep_dir / PRESET_NAME, {"preset": plan.preset.name, "description": preset})
     write_sweep_report(plan.sweep_dir)
-    runs = load_runs([plan.sweep_dir])
+    runs = read_run_results([plan.sweep_dir])
     spread_plot = plan.sweep_dir / SPREAD_PNG
     for path in write_report(runs, plan.report_dir, spread_plot, preset):
         print(f"report: wrote {path}")
     return format_report(runs, spread_plot=spread_plot, preset=preset)
 
 
-def run_plan(plan: "ReproducePlan", profile: "ClusterProfile") -> int:
+def run_plan(plan: "ReproducePlan", profile: ClusterProfile) -> int:
     """Every stage in order, each once its dependencies succeeded; 0 when all did, 1 otherwise."""
     check_corpus(plan, check_clips=plan.extract.check_clips)
     progress = Progress(status={"check": "done"})
@@ -212,8 +207,9 @@ def run_plan(plan: "ReproducePlan", profile: "ClusterProfile") -> int:
     return 0 if all(progress.status.get(stage.name) in ("done", "reused") for stage in plan.stages) else 1
 
 
-def print_plan(plan: "ReproducePlan", profile: "ClusterProfile") -> None:
+def print_plan(plan: "ReproducePlan", profile: ClusterProfile) -> None:
     """The stages, their jobs and what each job asks for, and the equivalent commands."""
+    # deferred: imports torch; `cmroberta --help` imports every verb's module
     from launch.reproduce_plan import job_resources
     from launch.sweep import run_statuses
 
@@ -260,7 +256,7 @@ def print_plan(plan: "ReproducePlan", profile: "ClusterProfile") -> None:
 
 def run_reproduce(args: argparse.Namespace) -> int:
     """Plan the experiment; with --dry-run print the plan, otherwise run it stage by stage."""
-    from launch.executors import check_request, load_profile
+    # deferred: imports torch; `cmroberta --help` imports every verb's module
     from launch.reproduce_plan import ReproduceConfig, plan_reproduction
     from launch.sweep import parse_seeds
 

@@ -6,12 +6,14 @@ from pathlib import Path
 
 from cluster.config import load_config
 from cluster.durable_files import exclusive_lock
+from launch.executors import follow_jobs, load_profile
 
 log = logging.getLogger(__name__)
 
 
 def default_sweep_dir(config_file: Path | None, overrides: list[str]) -> Path:
     """`<runs_root>/sweeps/<store folder name>`, next to where `cmroberta train` puts single runs."""
+    # deferred: imports torch; `cmroberta --help` imports every verb's module
     from model.run_config import RunConfig
 
     config = load_config(RunConfig, config_file, overrides)
@@ -20,9 +22,9 @@ def default_sweep_dir(config_file: Path | None, overrides: list[str]) -> Path:
 
 def run_sweep(args: argparse.Namespace) -> int:
     """Plan the sweep, submit what is missing or failed, optionally wait, and write the report when runs are done."""
+    # deferred: imports torch; `cmroberta --help` imports every verb's module
     from extract.feature_store import FeatureStore
     from launch.aggregate import format_report, write_report
-    from launch.executors import follow_jobs, load_profile
     from launch.sweep import parse_grid, parse_seeds, plan_sweep, submit_sweep
     from model.run_config import RunConfig
     from model.run_store import refuse_mixed_label_sets

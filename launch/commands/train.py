@@ -4,13 +4,13 @@ import argparse
 from pathlib import Path
 
 from cluster.config import load_config, override
+from cluster.rendezvous import resolve_rendezvous
 from launch.folder_kinds import refuse_other_kind
 
 
 def run_train(store: Path, config_file: Path | None, overrides: list[str], run_dir: Path | None, resume: bool) -> None:
     """Train as configured, then print the run folder and its test scores (rank 0 only)."""
-    # Imported here: torch and DeepSpeed take seconds to import, and `cmroberta --help` imports every verb.
-    from cluster.rendezvous import resolve_rendezvous
+    # deferred: torch and DeepSpeed take seconds to import, and `cmroberta --help` imports every verb.
     from launch.report import run_table
     from model.run_config import RunConfig, default_run_dir
     from model.train import train

@@ -19,8 +19,11 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cluster.config import ConfigError, load_config
+from extract.manifest import FeatureStoreError, read_manifest
 from launch.cli import UserError
 from launch.folder_kinds import RUN_MARKER, STORE_MARKER, SWEEP_MARKER, folder_kind
+from launch.sweep_records import SweepRecordError, read_run_record, read_submission
 
 if TYPE_CHECKING:
     from extract.feature_store import FeatureStore
@@ -49,9 +52,9 @@ def _json_problem(path: Path, lines: bool = False) -> str | None:
 
 def store_problems(store_dir: Path) -> list[str]:
     """What is wrong with a feature store, each with the command that finishes or repairs it."""
+    # deferred: imports h5py; `cmroberta --help` imports every verb's module
     from extract.feature_store import FeatureStore, repair_command
     from extract.feature_store import store_problems as shard_problems
-    from extract.manifest import FeatureStoreError, read_manifest
 
     try:
         manifest = read_manifest(store_dir)
@@ -79,7 +82,7 @@ def _store_problems(run_dir: Path, config: "RunConfig") -> list[str]:
 
     A store's own damage is its verify's, not the run's problem.
     """
-    from extract.manifest import FeatureStoreError
+    # deferred: imports torch; `cmroberta --help` imports every verb's module
     from model.checkpoint import RunFolderError
     from model.run_store import open_run_store
 
@@ -100,7 +103,7 @@ def _weights_misfit(run_dir: Path, config: "RunConfig", store: "FeatureStore") -
     the meta device, so no tensor is read or allocated. A damaged checkpoint is `verify_run_folder`'s
     problem, not this one's; without its text encoder on this machine, an end-to-end run is not checked.
     """
-    # Imported here, as every heavy module in this file: `cmroberta --help` imports the verbs' modules.
+    # deferred: torch and the model take seconds to import; `cmroberta --help` imports every verb's module
     import torch
 
     from extract.text_features import TextEncoderError
@@ -130,7 +133,7 @@ def run_folder_problems(run_dir: Path) -> list[str]:
     `model.run_verify.verify_run_folder` checks the config, progress.json, every checkpoint it names
     (with the safe loaders) and the test metrics; the other metrics files must parse.
     """
-    from cluster.config import ConfigError, load_config
+    # deferred: imports torch; `cmroberta --help` imports every verb's module
     from model.evaluate import TEST_METRICS_NAME
     from model.run_config import RunConfig
     from model.run_verify import verify_run_folder
@@ -157,8 +160,8 @@ def run_folder_problems(run_dir: Path) -> list[str]:
 
 def sweep_problems(sweep_dir: Path) -> list[str]:
     """What is wrong with a sweep folder and the runs in it."""
+    # deferred: imports torch; `cmroberta --help` imports every verb's module
     from launch.sweep import RUN_RECORD_NAME, RUNS_FOLDER, SUBMISSION_NAME
-    from launch.sweep_records import SweepRecordError, read_run_record, read_submission
 
     again = "run the `cmroberta sweep` command that made it again (it submits only missing or failed runs)"
     problem = _json_problem(sweep_dir / SWEEP_MARKER)

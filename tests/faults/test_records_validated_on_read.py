@@ -49,7 +49,7 @@ def sweep_of_one_run(store, trained_run, sweep, metrics_change=None):
     (run,) = plan_sweep(RunConfig, sweep, [0], {}, overrides=overrides)
     run.run_dir.mkdir(parents=True)
     (run.run_dir / RUN_RECORD_NAME).write_text(
-        json.dumps({"label": run.label, "seed": run.seed, "config_hash": run.config_hash})
+        json.dumps({"label": run.label, "seed": run.seed, "config_hash": run.sweep_hash})
     )
     if metrics_change is not None:
         metrics = json.loads((trained_run / TEST_METRICS_NAME).read_text())
