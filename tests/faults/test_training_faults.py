@@ -17,17 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-# The tests' shared helpers live one folder up, beside the other test files.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from learnable_store import write_learnable_store  # noqa: E402
-from pauses import Pauses, killed_at  # noqa: E402
-
-from cluster.config import load_config  # noqa: E402
-from launch.cli import main  # noqa: E402
-from model.checkpoint import Checkpoints, checkpoint_tag, verify_run_folder  # noqa: E402
-from model.train import METRICS_NAME, RunConfig, train  # noqa: E402
-
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
+from cluster.config import load_config
+from launch.cli import main
+from model.checkpoint import Checkpoints, checkpoint_tag, verify_run_folder
+from model.train import METRICS_NAME, RunConfig, train
+from tests.learnable_store import write_learnable_store
+from tests.pauses import Pauses, killed_at
 
 EPOCHS = 3
 # 32 train dialogues in batches of 4: 8 optimizer steps an epoch, 24 in all.

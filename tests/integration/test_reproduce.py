@@ -4,20 +4,15 @@ executor and, where one answers, the SLURM cluster."""
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import pytest
-from test_launch_slurm import slurm_cluster  # noqa: F401  (the fixture that skips where no SLURM cluster answers)
 
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
 from extract.meld import read_meld
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from launch.cli import main
 from model.evaluate import TEST_METRICS_NAME
-
-# DeepSpeed compiles its shm_comm op once per environment into TORCH_EXTENSIONS_DIR; jobs inherit this process's.
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from learnable_store import write_learnable_store
-from pauses import Pauses, killed_at
 
 from cluster.config import load_config
 from cluster.pause_points import PAUSES_VARIABLE
@@ -37,10 +35,8 @@ from model.train import (
     deepspeed_config,
     train,
 )
-
-# DeepSpeed compiles its shm_comm op once per environment (about a minute) into TORCH_EXTENSIONS_DIR;
-# a stable folder, the same as .ci/run's, lets every later run reuse it.
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
+from tests.learnable_store import write_learnable_store
+from tests.pauses import Pauses, killed_at
 
 MAX_EPOCHS = 8
 # One config for every run here, as `key=value` overrides, so the CLI and in-process runs share it.

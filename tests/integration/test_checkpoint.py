@@ -3,8 +3,6 @@ progress.json validated and rebuilt, rotation, and run-folder verification."""
 
 import io
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,8 +18,6 @@ from model.checkpoint import (
     verify_run_folder,
 )
 from model.train import distributed_session
-
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
 
 
 @pytest.fixture(scope="module")

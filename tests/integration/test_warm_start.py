@@ -2,7 +2,6 @@
 then the encoder trains too; selection on dev covers both phases, and the run says which it chose."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,6 @@ from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from launch.cli import main
 from model.end_to_end import training_phase
 from model.train import RunConfig, TrainConfig, TrainingState, distributed_session
-
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
 
 WORDS = "okay so we were on a break you know I can not believe this oh my god what is going on here".split()
 WARM = 2

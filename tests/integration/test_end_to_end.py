@@ -19,8 +19,6 @@ import tomli_w
 import tomllib
 import torch
 import torch.multiprocessing
-from learnable_store import learnable_split
-from pauses import killed_at
 from safetensors.torch import load_file
 from tqdm import tqdm
 
@@ -54,9 +52,8 @@ from model.train import (
     resolve_run_config,
     seed_everything,
 )
-
-# DeepSpeed compiles its shm_comm op once per environment into TORCH_EXTENSIONS_DIR; reuse .ci/run's folder.
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
+from tests.learnable_store import learnable_split
+from tests.pauses import killed_at
 
 AUDIO_DIM = 6
 BATCH = 4
