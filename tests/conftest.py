@@ -39,6 +39,17 @@ def one_thread_and_the_sessions_environment():
         os.environ["OMP_NUM_THREADS"] = omp
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a whole module, its module-scoped fixtures (stores, engines, sessions) included,
+    which the per-test fixture above does not reach: these models are tiny, and two threads on a busy 2-core
+    machine spend most of their time waiting for each other (a run takes 3x longer)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster() -> None:
     """Skips the test when no SLURM cluster with a usable node answers."""

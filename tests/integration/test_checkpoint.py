@@ -17,18 +17,6 @@ from model.checkpoint import (
     require_supported,
     verify_run_folder,
 )
-from model.train import distributed_session
-
-
-@pytest.fixture(scope="module")
-def session():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with distributed_session() as rendezvous:
-            yield rendezvous
-    finally:
-        torch.set_num_threads(threads)
 
 
 def make_engine(zero_stage: int, seed: int = 0):
@@ -58,7 +46,7 @@ def steps(engine, first: int, count: int) -> list[float]:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("zero_stage", [0, 1, 2])
-def test_an_engine_resumes_bit_identically_from_files_a_weights_only_load_accepts(session, zero_stage, tmp_path):
+def test_an_engine_resumes_bit_identically_from_files_a_weights_only_load_accepts(single_process, zero_stage, tmp_path):
     reference = make_engine(zero_stage)
     expected = steps(reference, 0, 6)
     interrupted = make_engine(zero_stage)
@@ -86,7 +74,7 @@ def test_an_engine_resumes_bit_identically_from_files_a_weights_only_load_accept
 
 
 @pytest.mark.integration
-def test_zero3_is_refused_before_a_step_is_taken(session):
+def test_zero3_is_refused_before_a_step_is_taken(single_process):
     with pytest.raises(RunFolderError, match="ZeRO stage 3 partitions the weights"):
         require_supported(make_engine(3))
 
@@ -99,7 +87,7 @@ def saved(obj) -> io.BytesIO:
 
 
 @pytest.mark.integration
-def test_rotation_keeps_the_two_latest_and_the_best(session, tmp_path):
+def test_rotation_keeps_the_two_latest_and_the_best(single_process, tmp_path):
     engine = make_engine(0)
     checkpoints = Checkpoints(tmp_path)
     for epoch, best in ((1, 1), (2, 1), (3, 1), (4, 4)):

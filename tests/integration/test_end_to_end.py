@@ -46,7 +46,6 @@ from model.train import (
     TrainingState,
     _train_epoch,
     default_run_dir,
-    distributed_session,
     initialize_engine,
     prepare_inputs,
     resolve_run_config,
@@ -100,19 +99,6 @@ def store(tmp_path_factory, encoder_folder) -> Path:
     config = TextEncoderConfig(model=str(encoder_folder))
     build_token_cache(FeatureStore.open(path), load_tokenizer(config), config)
     return path
-
-
-@pytest.fixture(scope="module")
-def single_process():
-    # One intra-op thread: on a shared 2-core machine, two OpenMP threads that wait for each other at
-    # every small op run many times slower as soon as another process takes a core.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with distributed_session() as rendezvous:
-            yield rendezvous
-    finally:
-        torch.set_num_threads(threads)
 
 
 def load_data(store: Path, encoder_folder: Path) -> tuple[DialogueDataset, TokenSplit]:
