@@ -27,6 +27,7 @@ from cluster.rendezvous import expand_hostlist, node_address
 from launch.cli import main
 from launch.executors import SubmissionError, check_request, load_profile, make_executor, submit_jobs
 from launch.jobs import ATTEMPTS_NAME, TrainingJob
+from tests.demo_corpora import write_wav_corpus
 from tests.pauses import Pauses
 from tests.slurm_nodes import usable_nodes
 
@@ -303,24 +304,12 @@ def test_two_jobs_on_one_node_each_get_their_own_ray_cluster_and_leave_nothing_b
 @pytest.mark.integration
 def test_extraction_job_runs_the_pipeline_on_the_jobs_ray_cluster(slurm_cluster, tmp_path):
     from cluster.ray_on_slurm import ray_temp_dirs
-    from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
     from extract.feature_store import FeatureStore
     from extract.meld import read_meld
     from extract.pipeline import ExtractConfig
     from launch.jobs import ExtractionJob
 
-    corpus = write_demo_corpus(
-        tmp_path / "corpus",
-        DemoCorpusConfig(
-            train_dialogues=2,
-            dev_dialogues=1,
-            test_dialogues=1,
-            min_utterances=2,
-            max_utterances=3,
-            clip_format="wav",
-            workers=2,
-        ),
-    )
+    corpus = write_wav_corpus(tmp_path / "corpus", train=2, dev=1, test=1, max_utterances=3)
     config = load_config(
         ExtractConfig,
         None,
