@@ -12,8 +12,8 @@ def split_of_rows(
     *,
     speaker: str,
     transcript: str,
-    emotion: np.ndarray,
-    sentiment: np.ndarray,
+    emotion: np.ndarray | list[int],
+    sentiment: np.ndarray | list[int],
     features: dict[str, np.ndarray],
 ) -> SplitArrays:
     """The arrays of `split` for utterances `rows`, keyed as MELD's `split/diaD_uttU`, each one said by `speaker`

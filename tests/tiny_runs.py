@@ -3,6 +3,7 @@
 import numpy as np
 
 from extract.feature_store import SplitArrays
+from tests.synthetic_splits import split_of_rows
 
 # A frozen-text run small enough to train in a few seconds on a loaded CPU.
 TINY_HEAD = [
@@ -41,12 +42,11 @@ def tiny_bimodal_head(
 def tiny_split(split: str) -> SplitArrays:
     """Two dialogues of two utterances, a 3-wide text family of ones."""
     n = 4
-    return SplitArrays(
-        keys=[f"{split}/dia{i // 2}_utt{i % 2}" for i in range(n)],
-        dialogue_ids=[i // 2 for i in range(n)],
-        utterance_ids=[i % 2 for i in range(n)],
-        speakers=["Joey"] * n,
-        transcripts=["How you doin'?"] * n,
+    return split_of_rows(
+        split,
+        [(i // 2, i % 2) for i in range(n)],
+        speaker="Joey",
+        transcript="How you doin'?",
         emotion=[0, 1, 2, 3],
         sentiment=[0, 1, 2, 0],
         features={"text": np.ones((n, 3), dtype=np.float32)},
