@@ -20,19 +20,24 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from cluster.profile import ClusterProfile
-from extract.feature_store import build_store_from_arrays
-from extract.split_arrays import SplitArrays
-from launch.executors import follow_jobs, load_profile, make_executor, submit_jobs
-from launch.jobs import ATTEMPTS_NAME
-from launch.sweep import parse_grid, plan_sweep, submit_sweep
-from model.evaluate import TEST_METRICS_NAME
+# `python bench/bench_launch.py` puts bench/ on the path, not the repository that holds tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cluster.profile import ClusterProfile  # noqa: E402
+from extract.feature_store import build_store_from_arrays  # noqa: E402
+from extract.split_arrays import SplitArrays  # noqa: E402
+from launch.executors import follow_jobs, load_profile, make_executor, submit_jobs  # noqa: E402
+from launch.jobs import ATTEMPTS_NAME  # noqa: E402
+from launch.sweep import parse_grid, plan_sweep, submit_sweep  # noqa: E402
+from model.evaluate import TEST_METRICS_NAME  # noqa: E402
+from tests.synthetic_splits import split_of_rows  # noqa: E402
 
 DIMS = {"opensmile": 6, "openl3": 4, "text": 8}
 
@@ -72,12 +77,11 @@ def random_store(folder: Path) -> Path:
         rng = np.random.default_rng(seed)
         rows = [(d, u) for d in range(dialogues) for u in range(int(rng.integers(1, 7)))]
         labels = rng.integers(0, 7, len(rows))
-        return SplitArrays(
-            keys=[f"{name}/dia{d}_utt{u}" for d, u in rows],
-            dialogue_ids=[d for d, _ in rows],
-            utterance_ids=[u for _, u in rows],
-            speakers=["Monica"] * len(rows),
-            transcripts=["Okay."] * len(rows),
+        return split_of_rows(
+            name,
+            rows,
+            speaker="Monica",
+            transcript="Okay.",
             emotion=labels,
             sentiment=np.zeros(len(rows), dtype=int),
             features={

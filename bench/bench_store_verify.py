@@ -20,15 +20,20 @@ rate instead.
 """
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from extract.feature_store import FeatureStore, build_store_from_arrays
-from extract.shard_files import VERIFIED_NAME
-from extract.split_arrays import SplitArrays
+# `python bench/bench_store_verify.py` puts bench/ on the path, not the repository that holds tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from extract.feature_store import FeatureStore, build_store_from_arrays  # noqa: E402
+from extract.shard_files import VERIFIED_NAME  # noqa: E402
+from extract.split_arrays import SplitArrays  # noqa: E402
+from tests.synthetic_splits import split_of_rows  # noqa: E402
 
 # (dialogues, utterances) per split, from MELD's official CSVs.
 MELD_SPLITS = {"train": (1038, 9989), "dev": (114, 1109), "test": (280, 2610)}
@@ -39,12 +44,11 @@ def random_split(split: str, dialogues: int, utterances: int, rng: np.random.Gen
     lengths = np.full(dialogues, utterances // dialogues)
     lengths[: utterances - int(lengths.sum())] += 1
     rows = [(d, u) for d, n in enumerate(lengths) for u in range(int(n))]
-    return SplitArrays(
-        keys=[f"{split}/dia{d}_utt{u}" for d, u in rows],
-        dialogue_ids=[d for d, _ in rows],
-        utterance_ids=[u for _, u in rows],
-        speakers=["Chandler"] * len(rows),
-        transcripts=["Could I be any more random?"] * len(rows),
+    return split_of_rows(
+        split,
+        rows,
+        speaker="Chandler",
+        transcript="Could I be any more random?",
         emotion=rng.integers(0, 7, len(rows)),
         sentiment=rng.integers(0, 3, len(rows)),
         features={family: rng.standard_normal((len(rows), dim), dtype=np.float32) for family, dim in MELD_DIMS.items()},

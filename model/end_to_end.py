@@ -19,7 +19,7 @@ column's sd is 7e-3), so dividing by a column's spread magnifies the encoder's d
 updates and bf16 rounding by up to five orders of magnitude (the head trained on noise and was
 scored on clean vectors). A layer's norm is a property of the whole vector, so dropout or rounding
 noise e in a vector y moves the normalised vector by at most 2 |Pe| / |Py| relative to its length
-(P: centring), never more than it moves the raw vector (tests/test_conditioning.py). A run with
+(P: centring), never more than it moves the raw vector (tests/integration/test_conditioning.py). A run with
 `data.standardize = false` skips the normalisation, as it skips standardisation in every mode.
 
 Run folders trained before this (with fixed column statistics in the buffers `text_mean` and

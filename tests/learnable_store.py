@@ -11,6 +11,7 @@ import numpy as np
 
 from extract.feature_store import build_store_from_arrays
 from extract.split_arrays import SplitArrays
+from tests.synthetic_splits import split_of_rows
 
 DIMS: dict[str, int] = {"opensmile": 6, "openl3": 4, "text": 8}
 
@@ -25,12 +26,11 @@ def learnable_split(split: str, dialogues: int, seed: int, separation: float = 1
         f: (separation * prototypes[f][labels] + rng.normal(size=(len(rows), d)) + offset).astype(np.float32)
         for f, d in DIMS.items()
     }
-    return SplitArrays(
-        keys=[f"{split}/dia{d}_utt{u}" for d, u in rows],
-        dialogue_ids=[d for d, _ in rows],
-        utterance_ids=[u for _, u in rows],
-        speakers=["Monica"] * len(rows),
-        transcripts=["Okay."] * len(rows),
+    return split_of_rows(
+        split,
+        rows,
+        speaker="Monica",
+        transcript="Okay.",
         emotion=labels,
         sentiment=np.zeros(len(rows), dtype=int),
         features=features,

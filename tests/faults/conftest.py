@@ -1,28 +1,10 @@
-"""Shared by the fault tests: whether the real SLURM cluster answers, and the SLURM profile they submit with."""
+"""Shared by the fault tests: the SLURM profile they submit with (the `slurm_cluster` fixture that skips where no
+cluster answers is tests/conftest.py's), a slurm.conf SLURM refuses, and the closing tally."""
 
-import shutil
-import subprocess
-
-import pytest
 
 from cluster.profile import ClusterProfile
 from launch.executors import load_profile
 from tests.faults.fault_summary import CASES, summary_line
-
-START_HINT = "start one with `sudo bash cluster/slurm/start-local-cluster.sh`"
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster() -> None:
-    """Skips the test when no SLURM cluster with a usable node answers."""
-    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        pytest.skip(f"no SLURM cluster: sbatch/sinfo not found; {START_HINT}")
-    try:
-        sinfo = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
-    except subprocess.TimeoutExpired:
-        pytest.skip(f"no SLURM cluster: sinfo did not answer within 15 s; {START_HINT}")
-    if sinfo.returncode != 0 or not {"idle", "mixed", "allocated"} & set(sinfo.stdout.split()):
-        pytest.skip(f"no usable SLURM node ({sinfo.stderr.strip() or sinfo.stdout.split()}); {START_HINT}")
 
 
 def slurm_profile(**fields) -> ClusterProfile:

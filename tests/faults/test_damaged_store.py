@@ -16,6 +16,7 @@ from extract.feature_store import CONFIG_NAME, FeatureStore, build_store_from_ar
 from extract.manifest import MANIFEST_NAME, FeatureStoreError
 from extract.shard_files import VERIFIED_NAME
 from extract.split_arrays import SplitArrays
+from tests.synthetic_splits import split_of_rows
 
 CORPUS = "/data/MELD.Raw"
 
@@ -23,12 +24,11 @@ CORPUS = "/data/MELD.Raw"
 def split_arrays(split: str, dialogues: int, seed: int) -> SplitArrays:
     rng = np.random.default_rng(seed)
     rows = [(d, u) for d in range(dialogues) for u in range(3)]
-    return SplitArrays(
-        keys=[f"{split}/dia{d}_utt{u}" for d, u in rows],
-        dialogue_ids=[d for d, _ in rows],
-        utterance_ids=[u for _, u in rows],
-        speakers=["Rachel"] * len(rows),
-        transcripts=["Hi."] * len(rows),
+    return split_of_rows(
+        split,
+        rows,
+        speaker="Rachel",
+        transcript="Hi.",
         emotion=rng.integers(0, 7, len(rows)),
         sentiment=rng.integers(0, 3, len(rows)),
         features={"text": rng.normal(size=(len(rows), 8)).astype(np.float32)},

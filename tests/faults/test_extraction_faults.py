@@ -24,11 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
 from extract.feature_store import FeatureStore
 from extract.manifest import MANIFEST_NAME
 from extract.meld import CSV_NAMES, read_meld
-from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
+from tests.demo_corpora import corpus_text_encoder, write_wav_corpus
 from tests.pauses import Pauses
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -40,22 +39,12 @@ RUN_TIMEOUT_S = 240
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    config = DemoCorpusConfig(
-        train_dialogues=5,
-        dev_dialogues=2,
-        test_dialogues=2,
-        min_utterances=2,
-        max_utterances=3,
-        clip_format="wav",
-        workers=2,
-    )
-    return write_demo_corpus(tmp_path_factory.mktemp("corpus"), config)
+    return write_wav_corpus(tmp_path_factory.mktemp("corpus"), train=5, dev=2, test=2, max_utterances=3)
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, corpus) -> Path:
-    texts = [u.transcript for u in read_meld(corpus, check_clips=False).utterances]
-    return build_tiny_text_encoder(tmp_path_factory.mktemp("tiny"), texts, TinyEncoderConfig(hidden_size=16))
+    return corpus_text_encoder(corpus, tmp_path_factory.mktemp("tiny"), hidden_size=16)
 
 
 def extract_command(corpus: Path, store_root: Path, tiny_model: Path) -> list[str]:

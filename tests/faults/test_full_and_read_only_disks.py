@@ -16,8 +16,8 @@ import pytest
 from cluster.durable_files import is_temp_file
 from launch.cli import main
 from tests.faults.fault_summary import record_case
-from tests.faults.tiny_run import TINY_HEAD
 from tests.learnable_store import write_learnable_store
+from tests.tiny_runs import TINY_HEAD
 
 
 def mount_tmpfs(folder: Path, size: str, read_only: bool = False) -> None:

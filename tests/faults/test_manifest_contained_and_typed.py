@@ -21,7 +21,7 @@ from extract.manifest import MANIFEST_NAME, FeatureStoreError, new_manifest
 from launch.cli import main
 from tests.faults.fault_summary import record_case
 from tests.faults.test_damaged_store import refusal as open_refusal
-from tests.faults.tiny_run import tiny_split
+from tests.tiny_runs import tiny_split
 
 # The width of tiny_split's text family.
 WIDTH = 3

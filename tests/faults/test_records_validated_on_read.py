@@ -18,8 +18,8 @@ from model.evaluate import TEST_METRICS_NAME
 from model.perturb import ROBUSTNESS_FOLDER
 from model.run_config import RunConfig
 from tests.faults.fault_summary import record_case
-from tests.faults.tiny_run import TINY_HEAD
 from tests.learnable_store import write_learnable_store
+from tests.tiny_runs import TINY_HEAD
 
 DAMAGED = "its weighted_f1 is missing or not what this project writes"
 

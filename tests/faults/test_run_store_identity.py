@@ -15,8 +15,8 @@ from extract.manifest import MANIFEST_NAME
 from launch.cli import main
 from model.run_store import STORE_RECORD_NAME
 from tests.faults.fault_summary import record_case
-from tests.faults.tiny_run import TINY_HEAD
 from tests.learnable_store import write_learnable_store
+from tests.tiny_runs import TINY_HEAD
 
 # Spaces, a letter outside ASCII and a character outside the Basic Multilingual Plane.
 ODD_NAME = "features é 😀"

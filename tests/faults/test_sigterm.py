@@ -14,8 +14,8 @@ import torch
 from cluster.durable_files import is_temp_file
 from launch.cli import TERMINATED_STATUS, main
 from tests.faults.fault_summary import record_case
-from tests.faults.tiny_run import TINY_HEAD
 from tests.learnable_store import write_learnable_store
+from tests.tiny_runs import TINY_HEAD
 
 
 @pytest.mark.integration

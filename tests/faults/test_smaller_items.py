@@ -15,8 +15,8 @@ from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
 from extract.meld import read_meld
 from launch.cli import main
 from tests.faults.fault_summary import record_case
-from tests.faults.tiny_run import TINY_HEAD
 from tests.learnable_store import write_learnable_store
+from tests.tiny_runs import TINY_HEAD
 
 # A telephone band: what the narrowband flag is for.
 NARROWBAND_HZ = 8000

@@ -15,38 +15,22 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-# The tests' shared helpers live one folder up, beside the other test files.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from learnable_store import write_learnable_store  # noqa: E402
-from pauses import Pauses, killed_at  # noqa: E402
+from cluster.config import load_config
+from launch.cli import main
+from model.checkpoint import Checkpoints, checkpoint_tag
+from model.run_config import RunConfig
+from model.run_verify import verify_run_folder
+from model.train import METRICS_NAME, train
+from tests.learnable_store import write_learnable_store
+from tests.pauses import Pauses, killed_at
+from tests.tiny_runs import tiny_bimodal_head
 
-from cluster.config import load_config  # noqa: E402
-from launch.cli import main  # noqa: E402
-from model.checkpoint import Checkpoints, checkpoint_tag  # noqa: E402
-from model.run_config import RunConfig  # noqa: E402
-from model.run_verify import verify_run_folder  # noqa: E402
-from model.train import METRICS_NAME, train  # noqa: E402
-
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
-
+# Module-scoped: the store and the runs its fixtures build train on one thread too.
+pytestmark = pytest.mark.usefixtures("one_thread")
 EPOCHS = 3
 # 32 train dialogues in batches of 4: 8 optimizer steps an epoch, 24 in all.
-OVERRIDES = [
-    "text_mode=frozen",
-    "model.variant=bimodal",
-    "model.hidden_size=8",
-    "model.feedforward_size=16",
-    "model.classifier_hidden=16",
-    "model.dropout=0.3",
-    "model.input_dropout=0.1",
-    "train.batch_dialogues=4",
-    "train.learning_rate=0.003",
-    f"train.max_epochs={EPOCHS}",
-    f"train.patience={EPOCHS}",
-    "seed=11",
-]
+OVERRIDES = tiny_bimodal_head(epochs=EPOCHS, batch_dialogues=4, seed=11, dropout=0.3, input_dropout=0.1)
 EVERY_STEP = [*OVERRIDES, "checkpoint.every_steps=1"]
 _RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID")
 
@@ -80,14 +64,6 @@ def same_result(run_dir: Path, reference_dir: Path) -> None:
     ours, theirs = (json.loads((d / "test_metrics.json").read_text()) for d in (run_dir, reference_dir))
     for key in ("weighted_f1", "accuracy", "loss", "confusion", "per_class_f1", "epoch", "checkpoint"):
         assert ours[key] == theirs[key], key
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

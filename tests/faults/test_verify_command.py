@@ -8,8 +8,8 @@ import pytest
 from cluster.config import load_config
 from extract.feature_store import build_store_from_arrays
 from launch.cli import main
-from tests.faults.tiny_run import tiny_split
 from tests.learnable_store import write_learnable_store
+from tests.tiny_runs import tiny_split
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ utterance emotion under DeepSpeed, exported, its vectors extracted into the stor
 its provenance, the head trained on them; and a second invocation that redoes nothing."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +18,6 @@ from launch.cli import main
 from model.deepspeed_config import EngineConfig
 from model.finetune_text import FINISHED_NAME, FinetuneConfig
 from model.run_config import RunConfig
-
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

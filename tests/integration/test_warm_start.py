@@ -2,7 +2,6 @@
 then the encoder trains too; selection on dev covers both phases, and the run says which it chose."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,6 @@ from launch.cli import main
 from model.end_to_end import training_phase
 from model.run_config import RunConfig, TrainConfig
 from model.train import TrainingState
-
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
 
 WORDS = "okay so we were on a break you know I can not believe this oh my god what is going on here".split()
 WARM = 2

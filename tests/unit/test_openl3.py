@@ -138,6 +138,15 @@ def numpy_openl3(
     return (pooled if channels_last else pooled.transpose(2, 0, 1)).reshape(-1)
 
 
+def network_from_keras_file(path: Path, layers: list[list[np.ndarray]], nested: bool) -> OpenL3AudioNetwork:
+    """A network of SMALL_WIDTHS in eval mode, loaded from a Keras file of `layers` written at `path` (the nested
+    layout with the legacy front end, or the flat one without)."""
+    write_keras_weights(path, layers, nested=nested, legacy_frontend=nested)
+    network = OpenL3AudioNetwork(SMALL_WIDTHS).eval()
+    load_keras_weights(network, path)
+    return network
+
+
 def spectrogram_batch(input_repr: str, rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(-80.0, 0.0, (2, *INPUT_SHAPES[input_repr])).astype(np.float32)
 
@@ -148,10 +157,7 @@ def spectrogram_batch(input_repr: str, rng: np.random.Generator) -> np.ndarray:
 def test_keras_file_loads_by_order_and_matches_numpy_forward(tmp_path, input_repr, embedding_size, nested):
     rng = np.random.default_rng(1)
     layers = keras_layer_arrays(SMALL_WIDTHS, rng)
-    path = tmp_path / "weights.h5"
-    write_keras_weights(path, layers, nested=nested, legacy_frontend=nested)
-    network = OpenL3AudioNetwork(SMALL_WIDTHS).eval()
-    load_keras_weights(network, path)
+    network = network_from_keras_file(tmp_path / "weights.h5", layers, nested=nested)
 
     spectrograms = spectrogram_batch(input_repr, rng)
     pool = embedding_pool_size(input_repr, embedding_size)
@@ -166,10 +172,7 @@ def test_keras_file_loads_by_order_and_matches_numpy_forward(tmp_path, input_rep
 def test_wrong_epsilon_or_channels_first_flatten_breaks_the_match(tmp_path):
     rng = np.random.default_rng(2)
     layers = keras_layer_arrays(SMALL_WIDTHS, rng)
-    path = tmp_path / "weights.h5"
-    write_keras_weights(path, layers, nested=False, legacy_frontend=False)
-    network = OpenL3AudioNetwork(SMALL_WIDTHS).eval()
-    load_keras_weights(network, path)
+    network = network_from_keras_file(tmp_path / "weights.h5", layers, nested=False)
     spectrogram = spectrogram_batch("mel128", rng)[:1]
     pool = embedding_pool_size("mel128", 6144)
     reference = numpy_openl3(spectrogram[0], layers, pool)

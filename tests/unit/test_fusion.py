@@ -12,15 +12,6 @@ VARIANTS = ("bimodal", "bimodal_no_sca", "text", "audio")
 AUDIO_DIM, TEXT_DIM = 40, 24
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: a second intra-op thread only adds synchronisation, which is slow on a busy CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_config(variant: str, **overrides) -> FusionConfig:
     sizes = {"hidden_size": 8, "feedforward_size": 32, "classifier_hidden": 16} | overrides
     return FusionConfig(variant=variant, **sizes)

@@ -24,9 +24,9 @@ from extract.shard_plan import plan_shards
 from extract.speech_features import SpeechFeatureConfig
 from extract.text_features import TextFeatureConfig
 from extract.tiny_speech_encoder import TinySpeechEncoderConfig, build_tiny_speech_encoder
-from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from model.dialogue_data import DialogueDataConfig, store_modalities
 from model.layer_mix import LayerBlock
+from tests.demo_corpora import corpus_text_encoder
 
 pytestmark = pytest.mark.integration
 
@@ -52,8 +52,7 @@ def two_gpu_ray():
 
 @pytest.fixture(scope="module")
 def config(corpus, tmp_path_factory) -> ExtractConfig:
-    texts = [u.transcript for u in read_meld(corpus, check_clips=False).utterances]
-    text_model = build_tiny_text_encoder(tmp_path_factory.mktemp("text"), texts, TinyEncoderConfig(hidden_size=8))
+    text_model = corpus_text_encoder(corpus, tmp_path_factory.mktemp("text"), hidden_size=8)
     speech_model = build_tiny_speech_encoder(
         tmp_path_factory.mktemp("speech"),
         TinySpeechEncoderConfig(kind="wavlm", hidden_size=SPEECH_HIDDEN, num_layers=SPEECH_LAYERS),

@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from learnable_store import write_learnable_store
-from pauses import Pauses, killed_at
 
 from cluster.config import load_config
 from cluster.pause_points import PAUSES_VARIABLE
@@ -33,29 +31,16 @@ from model.metrics import classification_metrics
 from model.run_config import RunConfig, TrainConfig
 from model.run_inputs import class_weight_vector
 from model.train import METRICS_NAME, train
+from tests.learnable_store import write_learnable_store
+from tests.pauses import Pauses, killed_at
+from tests.tiny_runs import tiny_bimodal_head
 
-# DeepSpeed compiles its shm_comm op once per environment (about a minute) into TORCH_EXTENSIONS_DIR;
-# a stable folder, the same as .ci/run's, lets every later run reuse it.
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
-
+# Module-scoped: the store and the runs its fixtures build train on one thread too.
+pytestmark = pytest.mark.usefixtures("one_thread")
 MAX_EPOCHS = 8
-# One config for every run here, as `key=value` overrides, so the CLI and in-process runs share it.
-OVERRIDES = [
-    # The learnable store's text vectors come from no encoder: the head trains on them as they are.
-    "text_mode=frozen",
-    "model.variant=bimodal",
-    "model.hidden_size=8",
-    "model.feedforward_size=16",
-    "model.classifier_hidden=16",
-    # Without dropout, so that one rank and two ranks (each with its own dropout stream) take the same steps.
-    "model.dropout=0.0",
-    "model.input_dropout=0.0",
-    "train.batch_dialogues=8",
-    "train.learning_rate=0.003",
-    f"train.max_epochs={MAX_EPOCHS}",
-    f"train.patience={MAX_EPOCHS}",
-    "seed=5",
-]
+# One config for every run here, as `key=value` overrides, so the CLI and in-process runs share it. Without
+# dropout, so that one rank and two ranks (each with its own dropout stream) take the same steps.
+OVERRIDES = tiny_bimodal_head(epochs=MAX_EPOCHS, batch_dialogues=8, seed=5, dropout=0.0, input_dropout=0.0)
 # The resume test trains with dropout, whose masks must also come out the same after a restart.
 DROPOUT_OVERRIDES = [*OVERRIDES, "model.dropout=0.3", "model.input_dropout=0.1"]
 _DISTRIBUTED_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID")
@@ -77,16 +62,6 @@ def history(run_dir: Path) -> list[dict]:
 
 def without_times(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in record.items() if "seconds" not in k} for record in records]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Train on one torch thread: these models are tiny, and two threads on a busy 2-core machine
-    spend most of their time waiting for each other (a run takes 3x longer)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

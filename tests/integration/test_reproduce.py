@@ -4,35 +4,24 @@ executor and, where one answers, the SLURM cluster."""
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import pytest
-from test_launch_slurm import slurm_cluster  # noqa: F401  (the fixture that skips where no SLURM cluster answers)
 
-from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
-from extract.meld import read_meld
-from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
 from launch.cli import main
 from model.evaluate import TEST_METRICS_NAME
-
-# DeepSpeed compiles its shm_comm op once per environment into TORCH_EXTENSIONS_DIR; jobs inherit this process's.
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
+from tests.demo_corpora import corpus_text_encoder, write_wav_corpus
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    config = DemoCorpusConfig(
-        train_dialogues=8, dev_dialogues=3, test_dialogues=4, min_utterances=3, max_utterances=5, clip_format="wav",
-        workers=2,
-    )  # fmt: skip
-    return write_demo_corpus(tmp_path_factory.mktemp("reproduce") / "corpus", config)
+    folder = tmp_path_factory.mktemp("reproduce") / "corpus"
+    return write_wav_corpus(folder, train=8, dev=3, test=4, min_utterances=3, max_utterances=5)
 
 
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory, corpus) -> Path:
-    texts = [u.transcript for u in read_meld(corpus, check_clips=False).utterances]
-    return build_tiny_text_encoder(tmp_path_factory.mktemp("tiny"), texts, TinyEncoderConfig(hidden_size=8))
+    return corpus_text_encoder(corpus, tmp_path_factory.mktemp("tiny"), hidden_size=8)
 
 
 def small_plan(tiny_encoder: Path) -> list[str]:

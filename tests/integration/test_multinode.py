@@ -25,22 +25,22 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 import pytest
-from pauses import Pauses
-from test_launch_slurm import completed_epochs, release_requeued_slurm_job, usable_nodes, wait_for
+from test_launch_slurm import completed_epochs, release_requeued_slurm_job, wait_for
 
 from cluster.config import load_config
 from cluster.pause_points import PAUSES_VARIABLE
 from launch.cli import main
 from launch.executors import load_profile, make_executor, submit_jobs
+from tests.pauses import Pauses
+from tests.slurm_nodes import usable_nodes
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multinode, pytest.mark.integration]
 
 START_HINT = "start one with `sudo bash cluster/slurm/start-local-cluster.sh --nodes 2`"
-TWO_NODE_PROFILE = Path(__file__).parents[1] / "launch" / "profiles" / "slurm-two-nodes.toml"
+TWO_NODE_PROFILE = Path(__file__).parents[2] / "launch" / "profiles" / "slurm-two-nodes.toml"
 JOB_WAIT_S = 240
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
 
 
 @pytest.fixture(scope="session")
@@ -274,13 +274,13 @@ def frozen_overrides(tmp_path_factory) -> list[str]:
 
 @pytest.fixture(scope="module")
 def end_to_end_overrides(tmp_path_factory) -> list[str]:
-    from learnable_store import learnable_split
     from test_end_to_end import CLASS_WORDS, WORDS, e2e_overrides
 
     from extract.feature_store import FeatureStore, build_store_from_arrays
     from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
     from model.text_encoder import TextEncoderConfig, load_tokenizer
     from model.token_cache import build_token_cache
+    from tests.learnable_store import learnable_split
 
     encoder = build_tiny_text_encoder(tmp_path_factory.mktemp("tiny"), WORDS * 2, TinyEncoderConfig(hidden_size=32))
     config = json.loads((encoder / "config.json").read_text())

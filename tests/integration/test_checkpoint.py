@@ -3,29 +3,13 @@ progress.json validated and rebuilt, rotation, and run-folder verification."""
 
 import io
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
-from cluster.distributed_session import distributed_session
 from model.checkpoint import MANIFEST_NAME, Checkpoints, RunFolderError, checkpoint_tag, require_supported
 from model.checkpoint_files import plain_state, rebuild_like
 from model.run_verify import verify_run_folder
-
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cmroberta" / "torch_extensions"))
-
-
-@pytest.fixture(scope="module")
-def session():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with distributed_session() as rendezvous:
-            yield rendezvous
-    finally:
-        torch.set_num_threads(threads)
 
 
 def make_engine(zero_stage: int, seed: int = 0):
@@ -55,7 +39,7 @@ def steps(engine, first: int, count: int) -> list[float]:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("zero_stage", [0, 1, 2])
-def test_an_engine_resumes_bit_identically_from_files_a_weights_only_load_accepts(session, zero_stage, tmp_path):
+def test_an_engine_resumes_bit_identically_from_files_a_weights_only_load_accepts(single_process, zero_stage, tmp_path):
     reference = make_engine(zero_stage)
     expected = steps(reference, 0, 6)
     interrupted = make_engine(zero_stage)
@@ -83,7 +67,7 @@ def test_an_engine_resumes_bit_identically_from_files_a_weights_only_load_accept
 
 
 @pytest.mark.integration
-def test_zero3_is_refused_before_a_step_is_taken(session):
+def test_zero3_is_refused_before_a_step_is_taken(single_process):
     with pytest.raises(RunFolderError, match="ZeRO stage 3 partitions the weights"):
         require_supported(make_engine(3))
 
@@ -96,7 +80,7 @@ def saved(obj) -> io.BytesIO:
 
 
 @pytest.mark.integration
-def test_rotation_keeps_the_two_latest_and_the_best(session, tmp_path):
+def test_rotation_keeps_the_two_latest_and_the_best(single_process, tmp_path):
     engine = make_engine(0)
     checkpoints = Checkpoints(tmp_path)
     for epoch, best in ((1, 1), (2, 1), (3, 1), (4, 4)):
