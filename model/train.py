@@ -101,6 +101,7 @@ from model.deepspeed_config import (
     build_deepspeed_config,
     micro_batch_dialogues,
     precision_dtype,
+    reduction_in_parameter_order,
     resolve_precision,
 )
 from model.dialogue_data import (
@@ -693,7 +694,8 @@ def _train_epoch(
             epoch.data_seconds += time.perf_counter() - started
             logits = engine(batch.audio, batch.text, batch.mask)
             batch_loss = batch_loss_sum(logits, batch.labels, class_weights)
-            engine.backward(batch_loss * (rendezvous.world_size / global_weight), scale_wrt_gas=False)
+            with reduction_in_parameter_order(engine, rendezvous.world_size):
+                engine.backward(batch_loss * (rendezvous.world_size / global_weight), scale_wrt_gas=False)
             engine.step()
             step_loss += batch_loss.detach().double()
         loss_sum += step_loss
