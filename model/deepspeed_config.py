@@ -18,11 +18,12 @@ loss of every global batch, every parameter group's rate, and the dev loss and w
 every epoch (`model.train`).
 """
 
+import contextlib
 import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ContextManager, Literal
 
 import torch
 
@@ -145,3 +146,20 @@ def build_deepspeed_config(
 def micro_batch_dialogues(batch_dialogues: int, world_size: int, gradient_accumulation_steps: int) -> int:
     """Dialogues per rank per micro-batch for a global batch of `batch_dialogues` (rounded up)."""
     return math.ceil(batch_dialogues / (world_size * gradient_accumulation_steps))
+
+
+def reduction_in_parameter_order(engine: Any, world_size: int) -> ContextManager[None]:
+    """The context one micro-batch's `engine.backward` runs in, so ZeRO-2 sums the ranks' matching gradients.
+
+    ZeRO stage 2 reduces each gradient from its autograd hook, into a bucket laid out in the order the hooks
+    fire on that rank, and sums the ranks' buckets position by position. That order follows the graph,
+    and the fusion head's packed LSTMs make the graph depend on the batch's dialogue lengths: measured on
+    2 gloo ranks, the hooks of one LSTM's weight_ih and bias_hh fired in swapped order on the two ranks at
+    the 4th step, so each rank's weight_ih gradient was summed with the other's bias_hh, silently. DeepSpeed's
+    `coalesce_grad_reduction` holds the gradients until the backward pass ends and then reduces them in
+    parameter order, the same on every rank. It spans one optimizer step, so it applies without gradient
+    accumulation only; stages 0 and 1 reduce in parameter order already.
+    """
+    if world_size > 1 and engine.zero_optimization_stage() == 2 and engine.gradient_accumulation_steps() == 1:
+        return engine.coalesce_grad_reduction()
+    return contextlib.nullcontext()

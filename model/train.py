@@ -96,7 +96,7 @@ from model.checkpoint import (
     run_folder_lock,
 )
 from model.checkpoint_request import CheckpointRequest, TrainingInterrupted
-from model.deepspeed_config import precision_dtype
+from model.deepspeed_config import precision_dtype, reduction_in_parameter_order
 from model.dialogue_data import DialogueDataset
 from model.end_to_end import WARM_START_PHASE, training_phase
 from model.engine import deterministic_kernels, initialize_engine, run_precision
@@ -279,7 +279,8 @@ def _train_epoch(
             epoch.data_seconds += time.perf_counter() - started
             logits = engine(batch.audio, batch.text, batch.mask)
             batch_loss = batch_loss_sum(logits, batch.labels, class_weights)
-            engine.backward(batch_loss * (rendezvous.world_size / global_weight), scale_wrt_gas=False)
+            with reduction_in_parameter_order(engine, rendezvous.world_size):
+                engine.backward(batch_loss * (rendezvous.world_size / global_weight), scale_wrt_gas=False)
             engine.step()
             step_loss += batch_loss.detach().double()
         loss_sum += step_loss
