@@ -22,7 +22,8 @@ import submitit
 from cluster.config import load_config
 from cluster.pause_points import PAUSES_VARIABLE
 from cluster.profile import ClusterProfile
-from cluster.ray_on_slurm import cpus_per_node, ray_ports
+from cluster.ray_job_isolation import ray_ports
+from cluster.ray_on_slurm import cpus_per_node
 from cluster.rendezvous import expand_hostlist, node_address
 from launch.cli import main
 from launch.executors import SubmissionError, check_request, load_profile, make_executor, submit_jobs
@@ -199,7 +200,7 @@ def test_ray_ports_and_cpus_per_node_are_read_from_the_job():
 def test_a_taken_port_moves_the_job_to_the_next_free_block():
     import socket
 
-    from cluster.ray_on_slurm import free_ray_ports
+    from cluster.ray_job_isolation import free_ray_ports
 
     own = ray_ports(4242)
     with socket.socket() as holder:
@@ -212,7 +213,7 @@ def test_a_taken_port_moves_the_job_to_the_next_free_block():
 
 
 def test_job_token_and_temp_folders_are_private(tmp_path):
-    from cluster.ray_on_slurm import (
+    from cluster.ray_job_isolation import (
         RaySlurmError,
         check_token_file,
         make_ray_temp_dir,
@@ -262,7 +263,8 @@ def ray_cluster_probe(log_dir: str) -> dict:
     """Run in the batch script: bring Ray up, run tasks, tear everything down."""
     import ray
 
-    from cluster.ray_on_slurm import _processes_of, ray_cluster_on_slurm, ray_temp_dirs
+    from cluster.ray_job_isolation import ray_temp_dirs
+    from cluster.ray_on_slurm import _processes_of, ray_cluster_on_slurm
 
     job_id = int(os.environ["SLURM_JOB_ID"])
     with ray_cluster_on_slurm(Path(log_dir)) as address:
@@ -303,7 +305,7 @@ def test_two_jobs_on_one_node_each_get_their_own_ray_cluster_and_leave_nothing_b
 @pytest.mark.slurm
 @pytest.mark.integration
 def test_extraction_job_runs_the_pipeline_on_the_jobs_ray_cluster(slurm_cluster, tmp_path):
-    from cluster.ray_on_slurm import ray_temp_dirs
+    from cluster.ray_job_isolation import ray_temp_dirs
     from extract.extract_config import ExtractConfig
     from extract.feature_store import FeatureStore
     from extract.meld import read_meld

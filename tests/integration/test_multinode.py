@@ -86,7 +86,8 @@ def ray_cluster_probe(log_dir: str) -> dict:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from cluster.ray_on_slurm import _processes_of, ray_cluster_on_slurm, ray_temp_dirs
+    from cluster.ray_job_isolation import ray_temp_dirs
+    from cluster.ray_on_slurm import _processes_of, ray_cluster_on_slurm
 
     job_id = int(os.environ["SLURM_JOB_ID"])
     with ray_cluster_on_slurm(Path(log_dir)) as address:
@@ -187,7 +188,7 @@ def feature_checksums(store_dir: Path) -> dict[str, tuple[list[str], str]]:
 
 
 def test_extraction_across_two_nodes_records_both_hosts_and_equals_a_one_node_store(two_nodes, demo_corpus, tmp_path):
-    from cluster.ray_on_slurm import ray_temp_dirs
+    from cluster.ray_job_isolation import ray_temp_dirs
     from extract.extract_config import ExtractConfig
     from extract.manifest import read_manifest
     from extract.pipeline import run_extraction
