@@ -130,7 +130,7 @@ def resolve_finetune(config: FinetuneConfig, run_seed: int) -> FinetuneConfig:
 
 def finetune_hash(store: FeatureStore, config: FinetuneConfig) -> str:
     """The hash naming the fine-tuning's run folder and family: of the store's config and `config` (resolved)."""
-    return config_hash({"store": store.manifest.get("config_hash", ""), "finetune": to_dict(config)})
+    return config_hash({"store": store.manifest["config_hash"], "finetune": to_dict(config)})
 
 
 def finetuned_family(store: FeatureStore, config: FinetuneConfig) -> str:

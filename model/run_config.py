@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from cluster.config import RESOLVED_CONFIG_NAME, load_config
 from extract.feature_store import FeatureStore, FeatureStoreError
+from extract.manifest import family_encoder
 from model.checkpoint import CheckpointConfig, RunFolderError
 from model.deepspeed_config import EngineConfig, MonitorConfig
 from model.dialogue_data import DialogueDataConfig
@@ -169,10 +170,7 @@ def default_run_dir(config: RunConfig) -> Path:
 
 def store_text_encoder(store: FeatureStore, family: str) -> str:
     """The encoder the store's text `family` was extracted with, as its manifest records it."""
-    info = store.manifest["families"].get(family, {})
-    encoder = info.get("provenance", {}).get("encoder")
-    if encoder is None and family == "text":
-        encoder = store.manifest.get("config", {}).get("text", {}).get("model")
+    encoder = family_encoder(store.manifest, family)
     if not encoder:
         raise FeatureStoreError(
             f"store {store.path} records no text encoder for family {family!r}; name one with "

@@ -162,7 +162,7 @@ def build_token_cache(
         with h5py.File(tmp, "w") as cache:
             cache.attrs["format_version"] = TOKEN_CACHE_VERSION
             cache.attrs["pad_token_id"] = int(tokenizer.pad_token_id)
-            cache.attrs["config_hash"] = store.manifest.get("config_hash", "")
+            cache.attrs["config_hash"] = store.manifest["config_hash"]
             for split in tqdm(store.splits, desc="tokenizing", unit="split"):
                 tokens = packed_tokens(split, store.read_split(split, families=[]), tokenizer, config)
                 group = cache.create_group(split)
