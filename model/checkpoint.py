@@ -21,7 +21,8 @@ A checkpoint is a folder `checkpoints/<tag>/`:
 
 `checkpoints/progress.json` names the checkpoints that count: the two latest (newest first) and the one
 with the best dev loss. It is rewritten only after a checkpoint is complete, and folders it does not
-name are removed, so the run keeps the last two checkpoints and the best one. It is validated when
+name are removed, so while it trains the run keeps the last two checkpoints and the best one; once it has
+been tested, only the best is kept (`keep_only_best`), the one its scores come from. It is validated when
 read; without it, the checkpoints' own checkpoint.json files say which is latest and best.
 
 Resuming tries the latest checkpoint, then the previous one, then the best: a damaged one (missing,
