@@ -29,6 +29,11 @@ def project_folder(filename: str) -> str | None:
     return relative.parts[0] if len(relative.parts) > 1 and relative.parts[0] in FOLDERS else None
 
 
+def _name(function: tuple[str, str]) -> str:
+    filename, qualname = function
+    return f"{Path(filename).resolve().relative_to(ROOT)}:{qualname}"
+
+
 def main() -> int:
     # Imported here so that the hook below sees the CLI's own imports and calls.
     from launch.cli import main as cli_main
@@ -71,6 +76,9 @@ def main() -> int:
     by_pair = collections.Counter((project_folder(a[0]), project_folder(b[0])) for a, b in crossing)
     for (source, target), count in sorted(by_pair.items()):
         print(f"  {source} -> {target}: {count}")
+    # A call up the layout is a callback the lower folder was handed (a writer, a job body), not an import.
+    for caller, callee in sorted(upward):
+        print(f"  up: {_name(caller)} -> {_name(callee)}")
     return 0
 
 
