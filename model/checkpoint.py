@@ -350,6 +350,10 @@ class Checkpoints:
             raise CheckpointDamagedError(f"{path} lists no {WEIGHTS_NAME}")
         return manifest
 
+    def checked_weights(self, tag: str) -> Path:
+        """Checkpoint `tag`'s weights file, once its manifest validates and its size and checksum match."""
+        return self._checked(tag, self.manifest(tag), WEIGHTS_NAME)
+
     def _checked(self, tag: str, manifest: dict[str, Any], name: str) -> Path:
         """The path of `name` in checkpoint `tag`, once its size and checksum match the manifest's."""
         path = self.folder / tag / name

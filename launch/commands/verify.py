@@ -107,7 +107,7 @@ def _weights_misfit(run_dir: Path, config: "RunConfig", store: "FeatureStore") -
     import torch
 
     from extract.text_features import TextEncoderError
-    from model.checkpoint import WEIGHTS_NAME, CheckpointDamagedError, Checkpoints, RunFolderError
+    from model.checkpoint import CheckpointDamagedError, Checkpoints, RunFolderError
     from model.engine import build_model, run_modalities
     from model.weights_fit import header_shapes, model_shapes, weights_misfit
 
@@ -116,7 +116,7 @@ def _weights_misfit(run_dir: Path, config: "RunConfig", store: "FeatureStore") -
         progress = checkpoints.progress()
         if progress is None or progress.best is None:
             return None
-        path = checkpoints._checked(progress.best, checkpoints._manifest(progress.best), WEIGHTS_NAME)
+        path = checkpoints.checked_weights(progress.best)
     except (RunFolderError, CheckpointDamagedError):
         return None
     try:
