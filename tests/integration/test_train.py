@@ -31,8 +31,9 @@ from launch.cli import main
 from model.engine import deepspeed_config
 from model.metrics import classification_metrics
 from model.run_config import RunConfig, TrainConfig
+from model.run_folder import RunFolder
 from model.run_inputs import class_weight_vector
-from model.train import METRICS_NAME, train
+from model.train import train
 from tests.learnable_store import write_learnable_store
 from tests.pauses import Pauses, killed_at
 from tests.tiny_runs import tiny_bimodal_head
@@ -59,7 +60,7 @@ def clean_environment() -> dict[str, str]:
 
 
 def history(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / METRICS_NAME).read_text().splitlines()]
+    return [json.loads(line) for line in RunFolder(run_dir).metrics_path.read_text().splitlines()]
 
 
 def without_times(records: list[dict]) -> list[dict]:
