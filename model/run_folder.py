@@ -13,6 +13,8 @@ A run folder holds:
                                 presence means the run is finished
     robustness/                 perturbed test scores (`model.predict.evaluate_perturbed`)
     run.json, submission.json   in a sweep's run folders: the run's place in the sweep and its job (`launch.sweep`)
+    attempts.jsonl              every start of a submitted job, requeues included (`launch.jobs`)
+    logs/                       Submitit's logs of a run submitted alone (`cmroberta launch train`)
 
 No other module spells these names: they ask a `RunFolder` for the path. The checkpoint manager is handed
 `checkpoints/` and names the files inside it itself (its own format).
@@ -57,6 +59,8 @@ _STORE_RECORD_NAME = "store.json"
 _ROBUSTNESS_FOLDER = "robustness"
 _RUN_RECORD_NAME = "run.json"
 _SUBMISSION_NAME = "submission.json"
+_ATTEMPTS_NAME = "attempts.jsonl"
+_LOGS_FOLDER = "logs"
 _TEST_PREDICTIONS_NAME = "predictions.jsonl"
 
 
@@ -169,6 +173,16 @@ class RunFolder:
     def submission_path(self) -> Path:
         """submission.json: the sweep's job for this run."""
         return self.path / _SUBMISSION_NAME
+
+    @property
+    def logs_folder(self) -> Path:
+        """logs/: Submitit's logs of a run submitted alone (`cmroberta launch train`)."""
+        return self.path / _LOGS_FOLDER
+
+    @property
+    def attempts_path(self) -> Path:
+        """attempts.jsonl: one line per start of a submitted job (`launch.jobs`), requeues included."""
+        return self.path / _ATTEMPTS_NAME
 
     def split_metrics_path(self, split: str) -> Path:
         """`<split>_metrics.json`: a split's scores."""

@@ -73,14 +73,15 @@ def launch_train(args: argparse.Namespace) -> int:
     # A store that cannot be read is refused here, not in the job.
     FeatureStore.open(config.store)
     run_dir = args.run_dir or default_run_dir(config)
-    if RunFolder(run_dir).started() and not args.resume:
+    run = RunFolder(run_dir)
+    if run.started() and not args.resume:
         raise UserError(
             f"run folder {run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir"
         )
     return _submit_and_report(
         profile,
         TrainingJob(config, run_dir, resume=args.resume),
-        run_dir / "logs",
+        run.logs_folder,
         f"train-{run_dir.name}",
         f"training into {run_dir}",
         args.wait,
