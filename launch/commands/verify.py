@@ -117,7 +117,7 @@ def _weights_misfit(run_dir: Path, config: "RunConfig", store: "FeatureStore") -
         progress = checkpoints.progress()
         if progress is None or progress.best is None:
             return None
-        path = checkpoints._checked(progress.best, checkpoints._manifest(progress.best), WEIGHTS_NAME)
+        path = checkpoints._checked(progress.best, checkpoints.manifest(progress.best), WEIGHTS_NAME)
     except (RunFolderError, CheckpointDamagedError):
         return None
     try:
