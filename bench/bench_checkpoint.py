@@ -28,10 +28,11 @@ import torch
 
 from cluster.distributed_session import distributed_session
 from extract.tiny_text_encoder import TinyEncoderConfig, build_tiny_text_encoder
-from model.checkpoint import Checkpoints, checkpoint_tag
+from model.checkpoint import checkpoint_tag
 from model.end_to_end import EndToEndModel
 from model.fusion import FusionConfig, build_fusion_model
 from model.param_groups import ParamGroupsConfig, build_param_groups
+from model.run_folder import RunFolder
 from model.text_encoder import TextEncoder, TextEncoderConfig
 
 WORDS = "okay so we were on a break you know I can not believe this oh my god".split()
@@ -82,7 +83,7 @@ def measure(name: str, engine, root: Path, repeats: int) -> None:
     parameters = sum(p.numel() for p in engine.module.parameters())
     ours_save, ours_load, theirs_save, theirs_load = [], [], [], []
     for repeat in range(repeats):
-        ours = Checkpoints(root / f"ours-{repeat}")
+        ours = RunFolder(root / f"ours-{repeat}").checkpoints()
         ours_save.append(timed(lambda: ours.save(engine, checkpoint_tag(1), client_state={}, rank_state={},
                                                  end_of_epoch=True, best_epoch=1)))
         ours_load.append(timed(lambda: ours.restore(engine)))

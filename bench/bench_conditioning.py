@@ -18,13 +18,11 @@ import torch
 from cluster.distributed_session import distributed_session
 from extract.feature_store import FeatureStore
 from extract.split_arrays import SplitArrays
-from model.checkpoint import Checkpoints
 from model.dialogue_data import dataset_from_arrays
 from model.engine import build_model, load_inference_engine, run_modalities
 from model.evaluate import evaluate_split
 from model.feature_statistics import FeatureStatistics
-from model.run_config import saved_run_config
-from model.run_inputs import STATISTICS_NAME
+from model.run_folder import RunFolder
 
 
 def perturbed(arrays: SplitArrays, eps: float, seed: int) -> SplitArrays:
@@ -45,14 +43,14 @@ class ScoredRun:
     """A finished run on stored features, ready to score its test split's features as given."""
 
     def __init__(self, run_dir: Path):
-        config = saved_run_config(run_dir)
+        config = RunFolder(run_dir).saved_config
         if config.end_to_end_mode:
             raise ValueError(f"run {run_dir} trains its encoder end to end; this bench perturbs stored features")
         self.config = config
         store = FeatureStore.open(config.store)
         self.modalities = run_modalities(config, store)
-        self.statistics = FeatureStatistics.load(Path(run_dir) / STATISTICS_NAME)
-        checkpoints = Checkpoints(Path(run_dir))
+        self.statistics = FeatureStatistics.load(RunFolder(run_dir).statistics_path)
+        checkpoints = RunFolder(run_dir).checkpoints()
         self.label_set = store.label_set
         model = build_model(config, self.modalities, store.label_set)
         self.engine = load_inference_engine(model, config, 1, checkpoints, checkpoints.progress().best)

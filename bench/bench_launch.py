@@ -34,9 +34,8 @@ from cluster.profile import ClusterProfile  # noqa: E402
 from extract.feature_store import build_store_from_arrays  # noqa: E402
 from extract.split_arrays import SplitArrays  # noqa: E402
 from launch.executors import follow_jobs, load_profile, make_executor, submit_jobs  # noqa: E402
-from launch.jobs import ATTEMPTS_NAME  # noqa: E402
 from launch.sweep import parse_grid, plan_sweep, submit_sweep  # noqa: E402
-from model.evaluate import TEST_METRICS_NAME  # noqa: E402
+from model.run_folder import RunFolder  # noqa: E402
 from tests.synthetic_splits import split_of_rows  # noqa: E402
 
 DIMS = {"opensmile": 6, "openl3": 4, "text": 8}
@@ -112,7 +111,7 @@ def measure_bookkeeping(run_config: type, folder: Path, store: Path) -> dict[str
     plan_s = time.perf_counter() - started
     for run in runs:
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        (run.run_dir / TEST_METRICS_NAME).write_text("{}")
+        RunFolder(run.run_dir).test_metrics_path.write_text("{}")
     started = time.perf_counter()
     submission = submit_sweep(runs, load_profile("local"), folder)
     rescan_s = time.perf_counter() - started
@@ -135,8 +134,8 @@ def measure_sweep(run_config: type, profile: ClusterProfile, folder: Path, store
         raise RuntimeError(f"benchmark runs failed; see {failed}")
     inside = 0.0
     for run in planned:
-        attempt = json.loads((run.run_dir / ATTEMPTS_NAME).read_text().splitlines()[0])
-        inside += (run.run_dir / TEST_METRICS_NAME).stat().st_mtime - attempt["started"]
+        attempt = json.loads(RunFolder(run.run_dir).attempts_path.read_text().splitlines()[0])
+        inside += RunFolder(run.run_dir).test_metrics_path.stat().st_mtime - attempt["started"]
     return {
         "runs": runs,
         "wall_s": wall,

@@ -34,7 +34,8 @@ from extract.split_arrays import SplitArrays
 from model.dialogue_data import load_datasets
 from model.engine import build_model, run_modalities
 from model.run_config import RunConfig
-from model.train import METRICS_NAME, train
+from model.run_folder import RunFolder
+from model.train import train
 
 # (dialogues, utterances, longest dialogue) per split, from MELD's official CSVs.
 MELD_SPLITS = {"train": (1038, 9989, 24), "dev": (114, 1109, 23), "test": (280, 2610, 33)}
@@ -131,7 +132,7 @@ def main() -> None:
     if not is_main:
         return
 
-    records = [json.loads(line) for line in (run_dir / METRICS_NAME).read_text().splitlines()]
+    records = [json.loads(line) for line in RunFolder(run_dir).metrics_path.read_text().splitlines()]
     train_dialogues = MELD_SPLITS["train"][0]
     print(
         f"\nvariant {args.variant}, {parameters / 1e6:.1f} M parameters, {args.precision}, "

@@ -46,14 +46,11 @@ from launch.statistics import (  # noqa: E402
     paired_over_common_seeds,
     spread,
 )
-from launch.sweep import RUN_RECORD_NAME, RUNS_FOLDER, SWEEP_NAME  # noqa: E402
+from launch.sweep import RUNS_FOLDER, SWEEP_NAME  # noqa: E402
 from launch.sweep_records import read_run_record  # noqa: E402
 from launch.tables import format_table  # noqa: E402
-from model.evaluate import (  # noqa: E402
-    TEST_METRICS_NAME,
-    read_metrics_record,
-    record_label_set,
-)
+from model.metrics_record import read_metrics_record, record_label_set  # noqa: E402
+from model.run_folder import RunFolder  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +133,8 @@ def read_results(sweep_dir: Path) -> tuple[list[SeedResult], list[str]]:
     """The sweep's finished runs, and the folders of its unfinished ones."""
     results, unfinished = [], []
     for run_dir in sorted((Path(sweep_dir) / RUNS_FOLDER).glob("*")):
-        record_path, metrics_path = run_dir / RUN_RECORD_NAME, run_dir / TEST_METRICS_NAME
+        run = RunFolder(run_dir)
+        record_path, metrics_path = run.run_record_path, run.test_metrics_path
         if not record_path.is_file():
             continue
         if not metrics_path.is_file():

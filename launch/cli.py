@@ -97,7 +97,7 @@ USER_ERRORS: tuple[str, ...] = (
     "model.token_cache:TokenCacheError",
     "model.predict_input:PredictInputError",
     "model.perturb:PerturbationError",
-    "model.evaluate:MetricsDamagedError",
+    "model.metrics_record:MetricsDamagedError",
 )
 
 

@@ -8,11 +8,13 @@ the same way.
 
 from pathlib import Path
 
+from cluster.config import RESOLVED_CONFIG_NAME
 from launch.cli import UserError
 
 STORE_MARKER = "manifest.json"
 SWEEP_MARKER = "sweep.json"
-RUN_MARKER = "config.toml"
+# A run folder's config.toml (`model.run_folder.RunFolder.config_path`): the name every output folder's config has.
+RUN_MARKER = RESOLVED_CONFIG_NAME
 CORPUS_MARKER = "*_sent_emo.csv"
 
 # Checked in this order: a store and a corpus hold a config.toml too, so a run is what is left.

@@ -38,7 +38,6 @@ from cluster.rendezvous import LOOPBACK, slurm_port
 
 log = logging.getLogger(__name__)
 
-ATTEMPTS_NAME = "attempts.jsonl"
 # Submitit's local executor numbers a job's tasks in these variables instead of SLURM's.
 _LOCAL_TASK_VARIABLES = (
     "SUBMITIT_LOCAL_GLOBALID",
@@ -133,9 +132,12 @@ def export_local_task_rendezvous(environ: MutableMapping[str, str] | None = None
 
 def _record_attempt(run_dir: Path, resume: bool) -> None:
     """Append this start of the run to attempts.jsonl: when a run was preempted and requeued is visible there."""
+    # deferred: the run folder loads torch, and `cmroberta --help` imports this module through `launch`'s verbs
+    from model.run_folder import RunFolder
+
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {"job_id": _job_id(), "host": socket.gethostname(), "resume": resume, "started": time.time()}
-    with (run_dir / ATTEMPTS_NAME).open("a", encoding="utf-8") as attempts:
+    with RunFolder(run_dir).attempts_path.open("a", encoding="utf-8") as attempts:
         attempts.write(json.dumps(record) + "\n")
 
 

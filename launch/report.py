@@ -57,8 +57,8 @@ from launch.run_results import VARIANT_NAMES, RunResult
 from launch.ser_table import ser_table
 from launch.statistics import CONFIDENCE
 from launch.tables import format_table
-from model.evaluate import confusion_plot_file, record_label_set
-from model.train import CURVES_NAME
+from model.metrics_record import record_label_set
+from model.run_folder import RunFolder
 
 # The paper's Table 1 (weighted F1 on MELD's test split): audio, text, bimodal, bimodal − text.
 PAPER_TABLE1: dict[str, tuple[float, float, float, float]] = {
@@ -218,17 +218,17 @@ def _selection(run: RunResult) -> str:
 
 def figures_section(runs: Sequence[RunResult], spread_plot: Path | None = None) -> str:
     """Where the report's pictures are: the seed-spread plot, and each run's learning curves and confusion matrix."""
-    example = runs[0].run_dir
+    example = RunFolder(runs[0].run_dir)
     lines = []
     if spread_plot is not None:
         what = f"every seed's weighted F1, mean and {100 * CONFIDENCE:.0f}% CI per configuration"
         lines.append(f"- seed spread ({what}): {spread_plot}")
     lines.append(
-        f"- learning curves (loss and dev weighted F1 per epoch): {CURVES_NAME} in each run folder, "
-        f"e.g. {example / CURVES_NAME}"
+        f"- learning curves (loss and dev weighted F1 per epoch): {example.curves_path.name} in each run folder, "
+        f"e.g. {example.curves_path}"
     )
-    confusion = confusion_plot_file("test")
-    lines.append(f"- confusion matrices on test: {confusion} in each run folder, e.g. {example / confusion}")
+    confusion = example.confusion_plot_path("test")
+    lines.append(f"- confusion matrices on test: {confusion.name} in each run folder, e.g. {confusion}")
     return "\n".join(lines)
 
 

@@ -17,7 +17,7 @@ from extract.labels import LabelSet
 from launch.report_table import Cell
 from launch.run_groups import ConfigGroup, ReportError, group_by_config, keys_apart, mode_setting, named
 from launch.run_results import TEXT_MODE_SUFFIXES, VARIANT_NAMES, RunResult
-from model.evaluate import record_label_set
+from model.metrics_record import record_label_set
 
 # Text mode -> its name in the report's "text" column.
 TEXT_MODE_NAMES: dict[str, str] = {"frozen": "frozen", "end_to_end": "end-to-end", "finetuned": "fine-tuned"}

@@ -21,8 +21,9 @@ from launch.report_groups import base_name
 from launch.report_table import Cell, Table
 from launch.run_groups import ReportError, group_by_config, keys_apart, named
 from launch.run_results import read_run_config
-from model.evaluate import TEST_METRICS_NAME, read_metrics_record
-from model.perturb import ROBUSTNESS_FOLDER, parse_perturbation
+from model.metrics_record import read_metrics_record
+from model.perturb import parse_perturbation
+from model.run_folder import RunFolder
 
 ROBUSTNESS_NAME = "robustness"
 # Conditions in table order by kind; within a kind, by the file name.
@@ -61,18 +62,19 @@ def _describe(perturbation: dict) -> str:
 def read_run_robustness(run_dir: Path) -> RunRobustness:
     """A finished run's clean score and every perturbed score in its robustness folder.
 
-    Every metrics record is read through the one validator (`model.evaluate.read_metrics_record`):
+    Every metrics record is read through the one validator (`model.metrics_record.read_metrics_record`):
     a record of the wrong shape is a MetricsDamagedError naming the file, never a traceback later.
     """
-    run_dir = Path(run_dir)
+    run = RunFolder(run_dir)
+    run_dir = run.path
     config = read_run_config(run_dir)
-    if not (run_dir / TEST_METRICS_NAME).is_file():
-        raise ReportError(f"run folder {run_dir} has no {TEST_METRICS_NAME}; is it a finished run?")
-    clean = read_metrics_record(run_dir / TEST_METRICS_NAME)["weighted_f1"]
+    if not run.finished:
+        raise ReportError(f"run folder {run_dir} has no {run.test_metrics_path.name}; is it a finished run?")
+    clean = read_metrics_record(run.test_metrics_path)["weighted_f1"]
     result = RunRobustness(
         run_dir=run_dir, config=config, seed=int(config.get("seed", 0)), clean=clean
     )
-    for path in sorted((run_dir / ROBUSTNESS_FOLDER).glob("*.json")):
+    for path in sorted(run.robustness_folder.glob("*.json")):
         record = read_metrics_record(path, perturbed=True)
         if record["split"] != "test":
             continue

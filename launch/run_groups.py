@@ -1,6 +1,7 @@
 """Runs grouped by their configuration, seeds aside, and the names that tell the groups apart.
 
-A group is every run whose resolved config is the same once the seed (and `runs_root`) is left out:
+A group is every run whose resolved config is the same once the seed and the keys that never change a result
+(`model.run_folder.replicate_settings`: `runs_root`, `checkpoint`, `monitor`) are left out:
 the key a sweep names its run folders by (`launch.sweep_hash`), so a sweep's configurations
 and a report's groups are one and the same. The seeds of one group are pooled; two groups never are,
 and a paired comparison pairs the runs of two groups seed by seed.
@@ -26,7 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from launch.sweep_hash import HASH_IGNORED_KEYS, sweep_hash
+from launch.sweep_hash import sweep_hash
+from model.run_folder import replicate_settings
 
 T = TypeVar("T")
 
@@ -57,9 +59,10 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def settings_of(config: dict[str, Any]) -> dict[str, Any]:
-    """A run's config as dotted keys, without the keys that do not change its result (the seed, `runs_root`) and
-    those its seed decided (a `finetuned` run's resolved fine-tuning seed and text family)."""
-    settings = flatten({key: value for key, value in config.items() if key not in HASH_IGNORED_KEYS})
+    """A run's config as dotted keys, without the seed and the keys that never change its result
+    (`model.run_folder.replicate_settings`) and those its seed decided (a `finetuned` run's resolved fine-tuning
+    seed and text family)."""
+    settings = flatten(replicate_settings(config))
     if settings.get(TEXT_MODE_KEY) == "finetuned":
         settings.pop(TEXT_FAMILY_KEY, None)
         if settings.get(FINETUNE_SEED_KEY) == config.get("seed"):
@@ -74,7 +77,7 @@ class ConfigGroup(Generic[T]):
     sweep_hash: str
     """`launch.sweep_hash.sweep_hash` of `settings`: one per configuration, as a sweep's key is."""
     settings: dict[str, Any]
-    """The config as dotted keys, seed and `runs_root` left out."""
+    """The config as dotted keys, without the seed and the keys that never change a result."""
     members: list[T]
     """Its runs, by seed."""
     seeds: list[int]

@@ -16,19 +16,13 @@ from typing import Any
 import numpy as np
 import tomllib
 
-from cluster.config import RESOLVED_CONFIG_NAME
 from extract.demo_corpus import read_ambiguous_keys
 from extract.manifest import MANIFEST_NAME
 from launch.run_groups import ReportError
 from launch.statistics import Predictions, StatisticsError, read_predictions
-from model.evaluate import (
-    TEST_METRICS_NAME,
-    TEST_PREDICTIONS_NAME,
-    MetricsDamagedError,
-    read_metrics_record,
-    record_label_set,
-)
 from model.metrics import classification_metrics
+from model.metrics_record import MetricsDamagedError, read_metrics_record, record_label_set
+from model.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +64,7 @@ class RunResult:
 def read_run_config(run_dir: Path) -> dict[str, Any]:
     """A run folder's resolved config (config.toml) as read; a ReportError naming the folder when it cannot be."""
     try:
-        return tomllib.loads((Path(run_dir) / RESOLVED_CONFIG_NAME).read_text(encoding="utf-8"))
+        return tomllib.loads(RunFolder(run_dir).config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise ReportError(f"run folder {run_dir} cannot be read ({error}); is it a finished run?") from None
 
@@ -78,7 +72,7 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
 def read_test_predictions(run_dir: Path, test: dict[str, Any]) -> Predictions | None:
     """A finished run's test predictions in the label set of its test metrics record `test`; None when
     predictions.jsonl is missing. A StatisticsError names a damaged file."""
-    predictions_path = Path(run_dir) / TEST_PREDICTIONS_NAME
+    predictions_path = RunFolder(run_dir).predictions_path("test")
     labels = record_label_set(test).labels
     return read_predictions(predictions_path, labels) if predictions_path.is_file() else None
 
@@ -87,14 +81,15 @@ def find_run_dirs(paths: Sequence[Path]) -> list[Path]:
     """Run folders among `paths`: each path is a run folder, or a folder (a sweep) searched for them."""
     found: list[Path] = []
     for path in paths:
-        path = Path(path)
-        if (path / TEST_METRICS_NAME).is_file():
+        run = RunFolder(path)
+        path = run.path
+        if run.finished:
             found.append(path)
         elif path.is_dir():
-            below = sorted(metrics.parent for metrics in path.rglob(TEST_METRICS_NAME))
+            below = [folder.path for folder in RunFolder.finished_below(path)]
             if not below:
                 raise ReportError(
-                    f"{path} holds no finished run (no {TEST_METRICS_NAME} in it or below); "
+                    f"{path} holds no finished run (no {run.test_metrics_path.name} in it or below); "
                     "finish the run with `cmroberta train --resume` first"
                 )
             found.extend(below)
@@ -128,7 +123,7 @@ def read_run_result(run_dir: Path) -> RunResult:
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     try:
-        test = read_metrics_record(run_dir / TEST_METRICS_NAME)
+        test = read_metrics_record(RunFolder(run_dir).test_metrics_path)
     except (OSError, UnicodeDecodeError, MetricsDamagedError) as error:
         raise ReportError(f"run folder {run_dir} cannot be read ({error}); is it a finished run?") from None
     variant = config.get("model", {}).get("variant")

@@ -8,7 +8,11 @@ A sweep folder holds
     report.json, report.md, spread.png   the aggregate report (`launch.aggregate`)
 
 A run's folder is named by a hash of its resolved config (`launch.sweep_hash`: every key except the
-seed and `runs_root`, which change nothing in the result) and its seed. Submitting a sweep again
+seed and the keys that never change a result, `model.run_folder.RESULT_FREE_KEYS`: `runs_root`,
+`checkpoint`, `monitor`) and its seed. A sweep folder made before `checkpoint` and `monitor` were left out
+of the hash named its run folders by the earlier hash (`earlier_sweep_hash`): submitting it again finds
+those folders, keeps every run where it is, and records the current hash in their run.json and in sweep.json,
+so its finished runs are not trained again. Submitting a sweep again
 therefore finds the runs it already has: finished runs (their test_metrics.json exists) and
 runs whose job is still queued or running are left alone, and only missing or failed runs are
 submitted; a failed run resumes from its last checkpoint. On SLURM the runs go out as one job
@@ -56,15 +60,13 @@ from cluster.profile import ClusterProfile
 from cluster.top_level_commas import split_top_level_commas
 from launch.executors import make_executor, submit_jobs
 from launch.jobs import RunQueueJob, TrainingJob
-from launch.sweep_hash import sweep_hash
+from launch.sweep_hash import earlier_sweep_hash, sweep_hash
 from launch.sweep_records import SubmissionRecord, read_submission
-from model.evaluate import TEST_METRICS_NAME
+from model.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
 SWEEP_NAME = "sweep.json"
-RUN_RECORD_NAME = "run.json"
-SUBMISSION_NAME = "submission.json"
 RUNS_FOLDER = "runs"
 LOGS_FOLDER = "logs"
 # SLURM job states in which a job may still produce its run (squeue's long names).
@@ -145,8 +147,10 @@ class PlannedRun:
     """The resolved run config, seed included."""
     sweep_hash: str
     """`launch.sweep_hash.sweep_hash` of the config: shared by the seeds of one configuration."""
+    earlier_hash: str
+    """`launch.sweep_hash.earlier_sweep_hash` of the config: the key sweeps made before the current hash used."""
     run_dir: Path
-    """The run folder, `runs/<sweep hash>-seed<seed>`."""
+    """The run folder, `runs/<sweep hash>-seed<seed>`, or the folder a sweep made earlier named by `earlier_hash`."""
 
 
 def _label(assignment: dict[str, Any], config: Any) -> str:
@@ -185,7 +189,7 @@ def plan_sweep(
         point_overrides = [override(key, value) for key, value in assignment.items()]
         data = apply_overrides(config_cls, base_data, point_overrides)
         point = from_dict(config_cls, data)
-        digest = sweep_hash(to_dict(point))
+        digest, earlier = sweep_hash(to_dict(point)), earlier_sweep_hash(to_dict(point))
         for seed in seeds:
             config = dataclasses.replace(point, seed=seed)
             runs.append(
@@ -194,10 +198,18 @@ def plan_sweep(
                     seed=seed,
                     config=config,
                     sweep_hash=digest,
-                    run_dir=Path(sweep_dir) / RUNS_FOLDER / f"{digest[:12]}-seed{seed}",
+                    earlier_hash=earlier,
+                    run_dir=_run_dir(Path(sweep_dir), digest, earlier, seed),
                 )
             )
     return runs
+
+
+def _run_dir(sweep_dir: Path, digest: str, earlier: str, seed: int) -> Path:
+    """`runs/<sweep hash>-seed<N>`, unless only a folder named by the earlier hash exists: then that one."""
+    current = sweep_dir / RUNS_FOLDER / f"{digest[:12]}-seed{seed}"
+    made_earlier = sweep_dir / RUNS_FOLDER / f"{earlier[:12]}-seed{seed}"
+    return made_earlier if made_earlier.is_dir() and not current.is_dir() else current
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -309,7 +321,7 @@ def _reconcile(run_dir: Path, submission: SubmissionRecord) -> SubmissionRecord 
     record = dataclasses.replace(
         submission, state="submitted", job_id=base if index is None else f"{base}_{index}"
     )
-    atomic_write_json(run_dir / SUBMISSION_NAME, dataclasses.asdict(record))
+    atomic_write_json(RunFolder(run_dir).submission_path, dataclasses.asdict(record))
     log.info("%s: found job %s by its name %s", run_dir, record.job_id, submission.job_name)
     return record
 
@@ -317,9 +329,10 @@ def _reconcile(run_dir: Path, submission: SubmissionRecord) -> SubmissionRecord 
 def run_status(run_dir: Path, active_slurm: set[str] | None) -> RunStatus:
     """done: test metrics written; active: its job is queued or running; failed: its job ended without them;
     missing: never submitted; unknown: SLURM could not be asked (`active_slurm` None), so it may still run."""
-    if (run_dir / TEST_METRICS_NAME).is_file():
+    run = RunFolder(run_dir)
+    if run.finished:
         return "done"
-    submission = read_submission(run_dir / SUBMISSION_NAME)
+    submission = read_submission(run.submission_path)
     if submission is None:
         return "missing"
     if submission.job_id is None:
@@ -337,7 +350,7 @@ def run_status(run_dir: Path, active_slurm: set[str] | None) -> RunStatus:
 
 def run_statuses(runs: Sequence[PlannedRun]) -> dict[Path, RunStatus]:
     """Every run's status, asking SLURM once when some run went there."""
-    submissions = [read_submission(run.run_dir / SUBMISSION_NAME) for run in runs]
+    submissions = [read_submission(RunFolder(run.run_dir).submission_path) for run in runs]
     went_to_slurm = any(submission is not None and submission.cluster == "slurm" for submission in submissions)
     active = active_slurm_jobs() if went_to_slurm else set()
     return {run.run_dir: run_status(run.run_dir, active) for run in runs}
@@ -361,12 +374,25 @@ def write_sweep_record(sweep_dir: Path, runs: Sequence[PlannedRun]) -> Path:
     """sweep.json: the configurations in grid order and the seeds, merged with what earlier submissions asked for."""
     path = Path(sweep_dir) / SWEEP_NAME
     record = _read_json(path) or {"configurations": {}, "seeds": []}
+    # A configuration recorded under its earlier hash keeps its place in the grid's order under the current one.
+    renamed = {run.earlier_hash: run.sweep_hash for run in runs if run.sweep_hash not in record["configurations"]}
+    record["configurations"] = {renamed.get(key, key): value for key, value in record["configurations"].items()}
     for run in runs:
         record["configurations"].setdefault(run.sweep_hash, {"label": run.label})
     record["seeds"] = sorted(set(record["seeds"]) | {run.seed for run in runs})
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, record)
     return path
+
+
+def _rekey_earlier_runs(runs: Sequence[PlannedRun]) -> None:
+    """Record the current sweep hash in the run.json of runs a sweep made earlier, so a report groups them with
+    the configuration's other seeds."""
+    for run in runs:
+        path = RunFolder(run.run_dir).run_record_path
+        record = _read_json(path) if path.is_file() else None
+        if record is not None and record.get("config_hash") == run.earlier_hash != run.sweep_hash:
+            atomic_write_json(path, {**record, "config_hash": run.sweep_hash})
 
 
 def submit_sweep(runs: Sequence[PlannedRun], profile: ClusterProfile, sweep_dir: Path) -> SweepSubmission:
@@ -381,6 +407,7 @@ def submit_sweep(runs: Sequence[PlannedRun], profile: ClusterProfile, sweep_dir:
     # Absolute, as Submitit's local job processes name it on their command lines (see _local_submission_alive).
     log_folder = sweep_dir.resolve() / LOGS_FOLDER
     write_sweep_record(sweep_dir, runs)
+    _rekey_earlier_runs(runs)
     statuses = run_statuses(runs)
     pending = [run for run in runs if statuses[run.run_dir] in ("missing", "failed")]
     counts = {status: sum(1 for s in statuses.values() if s == status) for status in RUN_STATUSES}
@@ -396,7 +423,7 @@ def submit_sweep(runs: Sequence[PlannedRun], profile: ClusterProfile, sweep_dir:
     for run in pending:
         write_resolved_config(run.config, run.run_dir)
         record = {"label": run.label, "seed": run.seed, "config_hash": run.sweep_hash}
-        atomic_write_json(run.run_dir / RUN_RECORD_NAME, record)
+        atomic_write_json(RunFolder(run.run_dir).run_record_path, record)
     # resume=True throughout: a failed run continues from its last checkpoint, a new one starts fresh.
     trainings = [TrainingJob(run.config, run.run_dir, resume=True) for run in pending]
     # A name of its own per submission: after a crash, SLURM is asked for jobs by this name.
@@ -416,12 +443,12 @@ def submit_sweep(runs: Sequence[PlannedRun], profile: ClusterProfile, sweep_dir:
         for run in job_runs:
             # An array's task i runs functions[i]; a single job has no index.
             place = index if len(runs_of_job) > 1 and profile.kind == "slurm" else None
-            atomic_write_json(run.run_dir / SUBMISSION_NAME, {**intent, "array_index": place})
+            atomic_write_json(RunFolder(run.run_dir).submission_path, {**intent, "array_index": place})
     jobs = submit_jobs(executor, profile, functions)
     submitted_at = time.time()
     for job, job_runs in zip(jobs, runs_of_job):
         for run in job_runs:
             record = {**intent, "state": "submitted", "job_id": job.job_id, "submitted": submitted_at}
-            atomic_write_json(run.run_dir / SUBMISSION_NAME, record)
+            atomic_write_json(RunFolder(run.run_dir).submission_path, record)
     log.info("submitted %d run(s) in %d job(s); logs in %s", len(pending), len(jobs), log_folder)
     return SweepSubmission(jobs=jobs, submitted=pending, statuses=statuses, log_folder=log_folder)

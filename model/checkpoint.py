@@ -1,8 +1,9 @@
-"""The run folder's checkpoints: their format, rotation, fallback, and the one-writer lock.
+"""The run folder's checkpoints: their format, rotation and fallback.
 
-Training, evaluation and `cmroberta verify` (`model.run_verify`) all read checkpoints through this
-module. It is handed what it saves (an engine, the loop's JSON state, a rank's tensors) and imports
-neither the training loop nor the run config; converting and writing the files is
+Training, evaluation and `cmroberta verify` (`model.run_folder.RunFolder.verify`) all read checkpoints through
+this module, handed the run folder's `checkpoints/` by `model.run_folder.RunFolder`. It is handed what it saves
+(an engine, the loop's JSON state, a rank's tensors) and imports neither the training loop, the run config nor
+the run folder; converting and writing the files is
 `model.checkpoint_files`, a signal's request to checkpoint and stop is `model.checkpoint_request`. Nothing
 in one is unpickled: DeepSpeed's own `load_checkpoint` calls `torch.load(weights_only=False)`, which
 runs any code a file holds, so the state a resume needs is saved and loaded here instead.
@@ -35,8 +36,6 @@ import json
 import logging
 import re
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,13 +44,12 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from cluster.durable_files import LockHeldError, atomic_write_json, exclusive_lock, file_sha256, is_temp_file
+from cluster.durable_files import atomic_write_json, file_sha256, is_temp_file
 from cluster.pause_points import pause_point
 from model.checkpoint_files import file_record, plain_state, rebuild_like, save_torch, save_weights
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FOLDER = "checkpoints"
 PROGRESS_NAME = "progress.json"
 MANIFEST_NAME = "checkpoint.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -154,22 +152,6 @@ class CheckpointDamagedError(Exception):
     """One checkpoint cannot be loaded; the message names the file and why."""
 
 
-@contextmanager
-def run_folder_lock(run_dir: Path, is_main: bool) -> Iterator[None]:
-    """Hold the run folder for this job alone; another writer gets a RunFolderError naming the holder.
-
-    Rank 0 holds it for all ranks of its job (each rank of one job writes its own files there).
-    """
-    if not is_main:
-        yield
-        return
-    try:
-        with exclusive_lock(run_dir, "run folder"):
-            yield
-    except LockHeldError as error:
-        raise RunFolderError(str(error)) from None
-
-
 def require_supported(engine: Any) -> None:
     """Refuse, before any step is lost, an engine whose state this format cannot hold yet."""
     if engine.zero_optimization_partition_weights():
@@ -201,9 +183,11 @@ def _device_rng(device: torch.device) -> torch.Tensor | None:
 class Checkpoints:
     """The checkpoints of one run folder, seen from one rank of the job that trains or evaluates it."""
 
-    def __init__(self, run_dir: Path, rank: int = 0, world_size: int = 1):
-        self.run_dir = Path(run_dir)
-        self.folder = self.run_dir / CHECKPOINT_FOLDER
+    def __init__(self, folder: Path, rank: int = 0, world_size: int = 1):
+        """`folder` is the run folder's checkpoints folder, as `model.run_folder.RunFolder` names it."""
+        self.folder = Path(folder)
+        # The run folder that holds the checkpoints, named in messages.
+        self.run_dir = self.folder.parent
         self.progress_path = self.folder / PROGRESS_NAME
         self.rank = rank
         self.world_size = world_size

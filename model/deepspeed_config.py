@@ -30,7 +30,6 @@ import torch
 from cluster.config import ConfigError
 
 Precision = Literal["fp32", "bf16", "fp16"]
-MONITOR_FOLDER = "monitor"
 
 
 @dataclass(kw_only=True)
@@ -75,14 +74,15 @@ class MonitorConfig:
         """Whether any monitor writes."""
         return self.tensorboard or self.csv
 
-    def deepspeed_sections(self, run_dir: Path) -> dict[str, Any]:
-        """DeepSpeed's `tensorboard` and `csv_monitor` config sections for a run in `run_dir`."""
+    def deepspeed_sections(self, default_folder: Path) -> dict[str, Any]:
+        """DeepSpeed's `tensorboard` and `csv_monitor` config sections, writing into `folder` when it is set, else
+        into `default_folder` (the run folder's `monitor/`, as `model.run_folder.RunFolder` names it)."""
         if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise ConfigError(
                 "monitor.tensorboard=true needs the tensorboard package: pip install 'cmroberta[monitor]' "
                 "(or use monitor.csv=true)"
             )
-        folder = str(Path(self.folder).expanduser() if self.folder else Path(run_dir) / MONITOR_FOLDER)
+        folder = str(Path(self.folder).expanduser() if self.folder else Path(default_folder))
         return {
             "tensorboard": {"enabled": self.tensorboard, "output_path": folder, "job_name": self.job_name},
             "csv_monitor": {"enabled": self.csv, "output_path": folder, "job_name": self.job_name},

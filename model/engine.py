@@ -93,7 +93,7 @@ def initialize_engine(
     config: RunConfig,
     world_size: int,
     steps_per_epoch: int | None,
-    run_dir: Path | None = None,
+    monitor_folder: Path | None = None,
 ) -> Any:
     """The DeepSpeed engine around `model`; with an optimizer when training (`steps_per_epoch` given).
 
@@ -101,7 +101,8 @@ def initialize_engine(
     as in the paper. End to end: the same for the head, plus layer-wise groups of the encoder with
     decoupled decay under the warmup/decay schedule (the head's rate stays constant), which DeepSpeed
     steps and checkpoints.
-    DeepSpeed's monitor writes into `run_dir` when the config switches it on and `run_dir` is given.
+    DeepSpeed's monitor writes into `monitor_folder` (unless [monitor] names another) when the config switches it
+    on and `monitor_folder` is given.
     """
     # deferred: deepspeed takes seconds to import, and importing this module (predict, the CLI) needs none of it
     import deepspeed
@@ -109,7 +110,11 @@ def initialize_engine(
     # DeepSpeed logs its whole config at INFO on every start; keep its INFO for -v runs only.
     deepspeed.utils.logger.setLevel(logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
     train = config.train
-    monitor = config.monitor.deepspeed_sections(run_dir) if run_dir is not None and config.monitor.enabled else None
+    monitor = (
+        config.monitor.deepspeed_sections(monitor_folder)
+        if monitor_folder is not None and config.monitor.enabled
+        else None
+    )
     ds_config = deepspeed_config(config, world_size, monitor)
     optimizer = scheduler = None
     if steps_per_epoch is not None and config.end_to_end_mode:

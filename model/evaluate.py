@@ -12,7 +12,6 @@ folder); `export_run_encoder` writes the selected epoch's trained text encoder i
 """
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,44 +22,25 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from cluster.config import RESOLVED_CONFIG_NAME
 from cluster.distributed_session import distributed_session
 from cluster.durable_files import atomic_write_json, atomic_write_json_lines
 from cluster.rendezvous import Rendezvous
-from extract.labels import MELD_EMOTIONS, NO_LABEL, LabelSet, UnknownLabelError
+from extract.labels import MELD_EMOTIONS, NO_LABEL, LabelSet
 from model.batch_samplers import DialogueBatchSampler
-from model.checkpoint import Checkpoints, Progress, RunFolderError, run_folder_lock
+from model.checkpoint import Checkpoints, Progress, RunFolderError
 from model.deepspeed_config import precision_dtype
 from model.dialogue_data import IGNORE_LABEL, DialogueDataset
 from model.end_to_end import training_phase
 from model.engine import build_model, deterministic_kernels, load_inference_engine, run_precision
 from model.feature_statistics import FeatureStatistics
 from model.metrics import ClassificationMetrics, classification_metrics, constant_prediction_metrics
-from model.run_config import RunConfig, saved_run_config
-from model.run_inputs import STATISTICS_NAME, RunInputs, class_weight_vector, prepare_inputs
+from model.run_config import RunConfig
+from model.run_folder import RunFolder
+from model.run_inputs import RunInputs, class_weight_vector, prepare_inputs
 from model.run_store import open_run_store
 from model.text_encoder import export_encoder, load_tokenizer
 
 log = logging.getLogger(__name__)
-
-TEST_METRICS_NAME = "test_metrics.json"
-TEST_PREDICTIONS_NAME = "predictions.jsonl"
-
-
-def metrics_file(split: str) -> str:
-    """Name of a split's metrics file in a run folder: `test_metrics.json`, `dev_metrics.json`."""
-    return f"{split}_metrics.json"
-
-
-def predictions_file(split: str) -> str:
-    """Name of a split's predictions file: `predictions.jsonl` for test, `<split>_predictions.jsonl` otherwise."""
-    return TEST_PREDICTIONS_NAME if split == "test" else f"{split}_predictions.jsonl"
-
-
-def confusion_plot_file(split: str) -> str:
-    """Name of a split's confusion-matrix plot."""
-    return f"confusion_{split}.png"
-
 
 @dataclass(kw_only=True)
 class SplitEvaluation:
@@ -175,87 +155,15 @@ def evaluation_record(evaluation: SplitEvaluation, floor_label: int, checkpoint:
     }
 
 
-class MetricsDamagedError(Exception):
-    """A metrics file that is not what `evaluation_record` writes; the message names the file and the field."""
-
-
-def _score(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def record_label_set(record: dict[str, Any]) -> LabelSet:
-    """The label set a metrics record is scored in: its `label_set`, MELD's for a record written before records
-    named theirs. An UnknownLabelError when the recorded one is not a label set."""
-    if "label_set" not in record:
-        return MELD_EMOTIONS
-    return LabelSet.from_json(record["label_set"], where="label_set")
-
-
-def metrics_record_problem(record: Any, perturbed: bool = False) -> str | None:
-    """What in a metrics record is not of the shape `evaluation_record` writes (the first such field), or None.
-
-    A perturbed record (`robustness/<condition>-seed<N>.json`, `model.predict.evaluate_perturbed`)
-    must also name its split and its perturbation's kind and condition.
-    """
-    if not isinstance(record, dict):
-        return "it is not a JSON object"
-    try:
-        labels = record_label_set(record).labels
-    except UnknownLabelError:
-        return "its label_set is missing or not what this project writes"
-    checks = {
-        "checkpoint": isinstance(record.get("checkpoint"), str),
-        "epoch": _count(record.get("epoch")),
-        "weighted_f1": _score(record.get("weighted_f1")),
-        "accuracy": _score(record.get("accuracy")),
-        "macro_f1": _score(record.get("macro_f1")),
-        "per_class_f1": isinstance(record.get("per_class_f1"), dict)
-        and all(_score(record["per_class_f1"].get(e)) for e in labels),
-        "support": isinstance(record.get("support"), dict) and all(_count(record["support"].get(e)) for e in labels),
-        "majority_floor": isinstance(record.get("majority_floor"), dict)
-        and isinstance(record["majority_floor"].get("label"), str)
-        and _score(record["majority_floor"].get("weighted_f1"))
-        and _score(record["majority_floor"].get("accuracy")),
-    }
-    if perturbed:
-        perturbation = record.get("perturbation")
-        checks["split"] = isinstance(record.get("split"), str)
-        checks["perturbation"] = isinstance(perturbation, dict) and all(
-            isinstance(perturbation.get(key), str) for key in ("kind", "condition")
-        )
-    wrong = [name for name, fine in checks.items() if not fine]
-    return f"its {wrong[0]} is missing or not what this project writes" if wrong else None
-
-
-def read_metrics_record(path: Path, perturbed: bool = False) -> dict[str, Any]:
-    """A `<split>_metrics.json` (or, `perturbed`, a robustness record) read and validated.
-
-    A MetricsDamagedError names the file and the field.
-    """
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MetricsDamagedError(f"{path} cannot be read ({type(error).__name__})") from None
-    problem = metrics_record_problem(record, perturbed)
-    if problem is not None:
-        raise MetricsDamagedError(f"{path} is damaged: {problem}")
-    return record
-
-
 def write_evaluation(run_dir: Path, evaluation: SplitEvaluation, record: dict[str, Any]) -> Path:
     """Predictions, confusion plot, then the metrics file: written last, it marks the evaluation complete."""
     # deferred: matplotlib costs a second at import, and only the writing process needs it.
     from model.plots import plot_confusion_matrix
 
-    run_dir = Path(run_dir)
+    run = RunFolder(run_dir)
     labels = evaluation.label_set.labels
     atomic_write_json_lines(
-        run_dir / predictions_file(evaluation.split),
+        run.predictions_path(evaluation.split),
         [
             {"key": key, "gold": labels[gold], "pred": labels[pred], **dict(zip(labels, probabilities))}
             for key, gold, pred, probabilities in zip(
@@ -268,11 +176,11 @@ def write_evaluation(run_dir: Path, evaluation: SplitEvaluation, record: dict[st
     )
     plot_confusion_matrix(
         np.asarray(record["confusion"]),
-        run_dir / confusion_plot_file(evaluation.split),
+        run.confusion_plot_path(evaluation.split),
         title=f"{evaluation.split}: weighted F1 {100 * record['weighted_f1']:.2f}",
         labels=labels,
     )
-    path = run_dir / metrics_file(evaluation.split)
+    path = run.split_metrics_path(evaluation.split)
     atomic_write_json(path, record)
     log.info(
         "%s: weighted F1 %.2f, accuracy %.2f (always %s: %.2f)",
@@ -332,24 +240,23 @@ def evaluate_checkpoint(
 
 def evaluate_run(run_dir: Path, split: str = "test") -> dict[str, Any]:
     """Score a trained run's selected checkpoint on `split` again; writes `<split>_metrics.json` and predictions."""
-    run_dir = Path(run_dir)
-    config_path = run_dir / RESOLVED_CONFIG_NAME
-    if not config_path.is_file():
-        raise RunFolderError(f"{run_dir} is not a run folder: it has no {RESOLVED_CONFIG_NAME}; train one first")
-    config = saved_run_config(run_dir)
-    config = dataclasses.replace(config, store=str(open_run_store(run_dir, config.store).path))
-    with distributed_session() as rendezvous, run_folder_lock(run_dir, rendezvous.is_main):
-        checkpoints = Checkpoints(run_dir, rendezvous.rank, rendezvous.world_size)
+    run = RunFolder(run_dir)
+    run_dir = run.path
+    if not run.is_run:
+        raise RunFolderError(f"{run_dir} is not a run folder: it has no {run.config_path.name}; train one first")
+    config = dataclasses.replace(run.saved_config, store=str(open_run_store(run_dir, run.saved_config.store).path))
+    with distributed_session() as rendezvous, run.lock(rendezvous.is_main):
+        checkpoints = run.checkpoints(rendezvous.rank, rendezvous.world_size)
         progress = checkpoints.progress()
         if progress is None or progress.best is None:
             raise RunFolderError(
                 f"run {run_dir} has no finished epoch yet; finish training it with `cmroberta train --resume`"
             )
-        statistics = FeatureStatistics.load(run_dir / STATISTICS_NAME)
+        statistics = FeatureStatistics.load(run.statistics_path)
         with deterministic_kernels(config.train.deterministic):
             inputs = prepare_inputs(config, (split,), statistics)
             evaluation, record = evaluate_checkpoint(config, inputs, checkpoints, progress, rendezvous, split)
             if rendezvous.is_main:
                 write_evaluation(run_dir, evaluation, record)
-                log.info("wrote %s", run_dir / metrics_file(split))
+                log.info("wrote %s", run.split_metrics_path(split))
             return record

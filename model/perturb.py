@@ -47,10 +47,6 @@ BABBLE_POOL = 16
 """Utterances of the split that babble talkers are drawn from (decoded once per sample rate)."""
 
 
-ROBUSTNESS_FOLDER = "robustness"
-"""Folder of a run that holds its scores under perturbations, one JSON file per condition and seed."""
-
-
 class PerturbationError(ValueError):
     """A perturbation spec that cannot be parsed or applied; the message shows the accepted form."""
 

@@ -49,12 +49,13 @@ from extract.shard_plan import ShardPlan, plan_shards
 from extract.split_arrays import SplitArrays
 from extract.utterance import Utterance
 from model.dialogue_data import DialogueDataset, Modalities, dataset_from_arrays
-from model.evaluate import TEST_METRICS_NAME, SplitEvaluation, evaluate_split, evaluation_record, majority_label
+from model.evaluate import SplitEvaluation, evaluate_split, evaluation_record, majority_label
 from model.feature_statistics import FeatureStatistics
 from model.fusion import ModalityDropout
 from model.metrics import classification_metrics
-from model.perturb import ROBUSTNESS_FOLDER, NoiseMaker, Perturbation, simulate_asr_errors
+from model.perturb import NoiseMaker, Perturbation, simulate_asr_errors
 from model.predict_input import PredictInput
+from model.run_folder import RunFolder
 from model.run_store import open_run_store
 from model.text_encoder import load_tokenizer
 from model.token_cache import packed_tokens, store_utterances
@@ -100,16 +101,16 @@ def restore_run(run_dir: Path) -> LoadedRun:
     This is the one place that restores run weights, through `model.engine`'s DeepSpeed loader.
     """
     from cluster.distributed_session import distributed_session
-    from model.checkpoint import Checkpoints, RunFolderError, run_folder_lock
+    from model.checkpoint import RunFolderError
     from model.deepspeed_config import precision_dtype
     from model.engine import build_model, load_inference_engine, run_modalities, run_precision
     from model.run_config import RunConfig
-    from model.run_inputs import STATISTICS_NAME
 
-    run_dir = Path(run_dir)
-    if not (run_dir / RESOLVED_CONFIG_NAME).is_file():
-        raise RunFolderError(f"{run_dir} is not a run folder: it has no {RESOLVED_CONFIG_NAME}; train one first")
-    config = load_config(RunConfig, run_dir / RESOLVED_CONFIG_NAME)
+    run = RunFolder(run_dir)
+    run_dir = run.path
+    if not run.is_run:
+        raise RunFolderError(f"{run_dir} is not a run folder: it has no {run.config_path.name}; train one first")
+    config = load_config(RunConfig, run.config_path)
     store = open_run_store(run_dir, config.store)
     extraction_path = store.path / RESOLVED_CONFIG_NAME
     if not extraction_path.is_file():
@@ -121,21 +122,21 @@ def restore_run(run_dir: Path) -> LoadedRun:
     modalities = run_modalities(config, store)
     # Held while the selected checkpoint is read: a run still training holds it (the holder is named),
     # so an intermediate checkpoint is never taken for the run's model.
-    with run_folder_lock(run_dir, True):
-        progress = Checkpoints(run_dir).progress()
+    with run.lock(True):
+        progress = run.checkpoints().progress()
         if progress is None or progress.best is None:
             raise RunFolderError(
                 f"run {run_dir} has no checkpoint yet; finish training it with `cmroberta train --resume`"
             )
-        if not (run_dir / TEST_METRICS_NAME).is_file():
+        if not run.finished:
             log.warning("run %s did not finish training; using its best checkpoint so far (%s)", run_dir, progress.best)
-        statistics = FeatureStatistics.load(run_dir / STATISTICS_NAME)
+        statistics = FeatureStatistics.load(run.statistics_path)
         with distributed_session() as rendezvous:
             engine = load_inference_engine(
                 build_model(config, modalities, store.label_set),
                 config,
                 rendezvous.world_size,
-                Checkpoints(run_dir),
+                run.checkpoints(),
                 progress.best,
             )
     engine.eval()
@@ -355,8 +356,7 @@ def write_predictions(
 
 def robustness_path(run_dir: Path, perturbation: Perturbation, split: str = "test") -> Path:
     """Where `evaluate_perturbed` writes a condition's scores in a run folder (named by the split unless test)."""
-    prefix = "" if split == "test" else f"{split}-"
-    return Path(run_dir) / ROBUSTNESS_FOLDER / f"{prefix}{perturbation.condition}-seed{perturbation.seed}.json"
+    return RunFolder(run_dir).robustness_path(perturbation.condition, perturbation.seed, split)
 
 
 def _replace_rows(rows: SplitArrays, fresh: SplitArrays, families: Sequence[str]) -> None:

@@ -2,19 +2,18 @@
 
 `RunConfig` names the store, the model, the optimisation (`TrainConfig`), the text mode and the seed.
 `resolve_run_config` turns it into the config as it will run (a 'store' encoder named, the finetuned
-family named): that is what a run folder's config.toml records (`saved_run_config` reads it back) and
-what a resumed run is compared with (`config_differences`).
+family named): that is what a run folder's config.toml records (`model.run_folder.RunFolder.saved_config`
+reads it back) and what a resumed run is compared with (`model.run_folder.config_differences`).
 """
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from cluster.config import RESOLVED_CONFIG_NAME, load_config
 from extract.feature_store import FeatureStore, FeatureStoreError
 from extract.manifest import family_encoder
-from model.checkpoint import CheckpointConfig, RunFolderError
+from model.checkpoint import CheckpointConfig
 from model.deepspeed_config import EngineConfig, MonitorConfig
 from model.dialogue_data import DialogueDataConfig
 from model.end_to_end import EndToEndConfig
@@ -204,35 +203,3 @@ def resolve_run_config(config: RunConfig) -> RunConfig:
     )
     data = dataclasses.replace(config.data, text_family=finetuned_family(store, finetune))
     return dataclasses.replace(config, finetune=finetune, data=data)
-
-
-def saved_run_config(run_dir: Path) -> RunConfig:
-    """The resolved config a run folder was trained with; a RunFolderError when it is not a TOML text."""
-    path = Path(run_dir) / RESOLVED_CONFIG_NAME
-    try:
-        return load_config(RunConfig, path)
-    except (UnicodeDecodeError, OSError) as error:
-        raise RunFolderError(
-            f"{path} cannot be read ({type(error).__name__}); it is not the config this project wrote: train the "
-            "run again in a new folder"
-        ) from None
-
-
-def config_differences(
-    saved: dict[str, Any], current: dict[str, Any], prefix: str = "", free: tuple[str, ...] = ()
-) -> list[str]:
-    """Dotted keys whose values differ, as 'key: saved -> current'.
-
-    runs_root and checkpoint do not change results, nor do the dotted keys in `free`.
-    """
-    differences = []
-    for key in sorted(set(saved) | set(current)):
-        dotted = f"{prefix}{key}"
-        if dotted in ("runs_root", "checkpoint", *free):
-            continue
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            differences.extend(config_differences(a, b, f"{dotted}.", free))
-        elif a != b:
-            differences.append(f"{dotted}: {a!r} -> {b!r}")
-    return differences

@@ -18,8 +18,6 @@ from model.end_to_end import attach_tokens
 from model.engine import build_model, run_modalities
 from model.run_config import RunConfig
 
-STATISTICS_NAME = "feature_statistics.npz"
-
 
 def class_weight_vector(train_labels: np.ndarray, mode: str, num_classes: int = len(EMOTIONS)) -> np.ndarray | None:
     """Per-class loss weights: None for 'none'; N / (C · count) for 'balanced' (0 for a class absent from train).

@@ -30,8 +30,8 @@ from extract.feature_store import FeatureStore
 from extract.labels import MELD_EMOTIONS, LabelSet, UnknownLabelError
 from extract.manifest import MANIFEST_NAME, read_manifest, store_identity
 from model.checkpoint import RunFolderError
+from model.run_folder import RunFolder
 
-STORE_RECORD_NAME = "store.json"
 _RECORD_FIELDS = ("path", "relative", "identity")
 
 
@@ -45,13 +45,13 @@ def record_run_store(run_dir: Path, store: FeatureStore) -> None:
         "identity": store_identity(store.manifest),
         "label_set": store.label_set.to_json(),
     }
-    atomic_write_json(run_dir / STORE_RECORD_NAME, record)
+    atomic_write_json(RunFolder(run_dir).store_record_path, record)
 
 
 def read_run_store_record(run_dir: Path) -> dict[str, Any] | None:
     """`store.json` validated (three strings, and a label set where recorded), or None for a run made before
     runs recorded their store."""
-    path = Path(run_dir) / STORE_RECORD_NAME
+    path = RunFolder(run_dir).store_record_path
     if not path.is_file():
         return None
     try:

@@ -40,19 +40,10 @@ is clipped together with the encoder's, while a head-only run clips by train.gra
 as in the paper); both are config keys, so a report can see whether two runs match. A
 run whose encoder trains exports it in Hugging Face format to `encoder/`.
 
-A run folder holds:
-    config.toml                 the resolved RunConfig
-    feature_statistics.npz      train-split standardisation, applied again at evaluation
-    encoder/                    the trained text encoder (end_to_end), selected epoch, Hugging Face format
-    monitor/                    DeepSpeed's monitor files, when [monitor] switches them on
-    metrics.jsonl               one line per epoch: losses, dev scores, seconds (the epoch, its
-                                training pass, and the batch assembly within it), its phase
-                                ('single', or 'warm_start' / 'fine_tune' with a warm start)
-    checkpoints/                the last two checkpoints and the best one, and progress.json, which
-                                names them (format, rotation and fallback: `model.checkpoint`)
-    learning_curves.png, confusion_test.png, predictions.jsonl
-    test_metrics.json           written last: its presence means the run is finished; it names the
-                                selected epoch and phase (selected_epoch, selected_phase)
+The run folder's files are listed in `model.run_folder`. metrics.jsonl holds one line per epoch: losses,
+dev scores, seconds (the epoch, its training pass, and the batch assembly within it), its phase ('single',
+or 'warm_start' / 'fine_tune' with a warm start); test_metrics.json, written last, names the selected epoch
+and phase (selected_epoch, selected_phase).
 
 One job writes a run folder at a time (its lock names the holder). Resuming (`resume=True`) reloads
 the latest good checkpoint: one taken at an epoch's end replays from the next epoch, one taken inside
@@ -80,7 +71,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from cluster.config import RESOLVED_CONFIG_NAME, to_dict, write_resolved_config
+from cluster.config import write_resolved_config
 from cluster.distributed_session import distributed_session
 from cluster.durable_files import atomic_write_json_lines
 from cluster.rendezvous import Rendezvous
@@ -93,7 +84,6 @@ from model.checkpoint import (
     RunFolderError,
     checkpoint_tag,
     require_supported,
-    run_folder_lock,
 )
 from model.checkpoint_request import CheckpointRequest, TrainingInterrupted
 from model.deepspeed_config import precision_dtype, reduction_in_parameter_order
@@ -101,7 +91,6 @@ from model.dialogue_data import DialogueDataset
 from model.end_to_end import WARM_START_PHASE, training_phase
 from model.engine import deterministic_kernels, initialize_engine, run_precision
 from model.evaluate import (
-    TEST_METRICS_NAME,
     batch_loss_sum,
     evaluate_checkpoint,
     evaluate_split,
@@ -109,15 +98,13 @@ from model.evaluate import (
     write_evaluation,
 )
 from model.finetune_text import run_finetune_chain
-from model.run_config import SPLITS, RunConfig, TrainConfig, config_differences, resolve_run_config, saved_run_config
-from model.run_inputs import STATISTICS_NAME, RunInputs, class_weight_vector, prepare_inputs
-from model.run_store import open_run_store, read_run_store_record, record_run_store
+from model.run_config import SPLITS, RunConfig, TrainConfig, resolve_run_config
+from model.run_folder import RunFolder
+from model.run_inputs import RunInputs, class_weight_vector, prepare_inputs
+from model.run_store import open_run_store, record_run_store
 
 log = logging.getLogger(__name__)
 
-METRICS_NAME = "metrics.jsonl"
-ENCODER_FOLDER = "encoder"
-CURVES_NAME = "learning_curves.png"
 
 
 @dataclass(kw_only=True)
@@ -312,26 +299,6 @@ def _monitor_step(engine: Any, step_loss: torch.Tensor, global_weight: float, re
         engine.monitor.write_events(events)
 
 
-def _check_run_folder(run_dir: Path, config: RunConfig, resume: bool, checkpoints: Checkpoints) -> None:
-    """Refuse to overwrite a run, and to resume one with a different config."""
-    started = checkpoints.progress() is not None or (run_dir / TEST_METRICS_NAME).is_file()
-    if started and not resume:
-        raise RunFolderError(
-            f"run folder {run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir"
-        )
-    saved_path = run_dir / RESOLVED_CONFIG_NAME
-    if started and saved_path.is_file():
-        saved = saved_run_config(run_dir)
-        # A run that records its store's identity was checked against it (`open_run_store`): the path may move.
-        free = ("store",) if read_run_store_record(run_dir) is not None else ()
-        differences = config_differences(to_dict(saved), to_dict(config), free=free)
-        if differences:
-            raise RunFolderError(
-                f"run folder {run_dir} was trained with another config ({'; '.join(differences)}); "
-                "resume it with the same config, or choose another --run-dir"
-            )
-
-
 def train(
     config: RunConfig, run_dir: Path, resume: bool = False, request: CheckpointRequest | None = None
 ) -> dict[str, Any]:
@@ -340,23 +307,23 @@ def train(
     `request`, when given, is armed while the epochs run: a signal it handles checkpoints the step in
     progress and stops training with TrainingInterrupted (a Submitit job then requeues itself).
     """
-    run_dir = Path(run_dir)
+    run = RunFolder(run_dir)
+    run_dir = run.path
     with (
         distributed_session() as rendezvous,
-        run_folder_lock(run_dir, rendezvous.is_main),
+        run.lock(rendezvous.is_main),
         deterministic_kernels(config.train.deterministic),
     ):
-        checkpoints = Checkpoints(run_dir, rendezvous.rank, rendezvous.world_size)
+        checkpoints = run.checkpoints(rendezvous.rank, rendezvous.world_size)
         if resume:
             config = dataclasses.replace(config, store=str(open_run_store(run_dir, config.store).path))
         config = resolve_run_config(config)
-        _check_run_folder(run_dir, config, resume, checkpoints)
-        test_path = run_dir / TEST_METRICS_NAME
-        if test_path.is_file():
+        run.check_new_or_resumable(config, resume)
+        if run.finished:
             log.info("run %s is finished; returning its test metrics", run_dir)
             if rendezvous.is_main:
                 checkpoints.keep_only_best()
-            return json.loads(test_path.read_text(encoding="utf-8"))
+            return json.loads(run.test_metrics_path.read_text(encoding="utf-8"))
         if config.text_mode == "finetuned":
             run_finetune_chain(config.store, config.finetune, config.data.text_family, config.runs_root, rendezvous)
         seed_everything(config.seed)
@@ -364,9 +331,9 @@ def train(
         if rendezvous.is_main:
             write_resolved_config(config, run_dir)
             record_run_store(run_dir, FeatureStore.open(config.store, verify=False))
-            inputs.statistics.save(run_dir / STATISTICS_NAME)
+            inputs.statistics.save(run.statistics_path)
         steps_per_epoch = math.ceil(len(inputs.datasets["train"]) / config.train.batch_dialogues)
-        engine = initialize_engine(inputs.model, config, rendezvous.world_size, steps_per_epoch, run_dir)
+        engine = initialize_engine(inputs.model, config, rendezvous.world_size, steps_per_epoch, run.monitor_folder)
         require_supported(engine)
         restored = checkpoints.restore(engine) if resume else None
         if resume and restored is None:
@@ -375,14 +342,14 @@ def train(
         if restored is not None:
             log.info("resuming %s from checkpoint %s (best so far: epoch %d)", run_dir, restored.tag, state.best_epoch)
         if rendezvous.is_main:
-            atomic_write_json_lines(run_dir / METRICS_NAME, state.history)
+            atomic_write_json_lines(run.metrics_path, state.history)
         step_checkpoints = StepCheckpoints(
             checkpoints=checkpoints, state=state, every_steps=config.checkpoint.every_steps, request=request
         )
         with request.armed() if request is not None else contextlib.nullcontext():
-            _fit(engine, config, inputs, state, restored, step_checkpoints, rendezvous, run_dir)
+            _fit(engine, config, inputs, state, restored, step_checkpoints, rendezvous, run)
         del engine
-        return _test(config, inputs, checkpoints, rendezvous, run_dir)
+        return _test(config, inputs, checkpoints, rendezvous, run)
 
 
 def _fit(
@@ -393,7 +360,7 @@ def _fit(
     restored: Restored | None,
     step_checkpoints: StepCheckpoints,
     rendezvous: Rendezvous,
-    run_dir: Path,
+    run: RunFolder,
 ) -> None:
     """Epochs until early stopping or max_epochs, a checkpoint and a metrics line after each.
 
@@ -489,7 +456,7 @@ def _fit(
                 best_epoch=state.best_epoch,
             )
             if rendezvous.is_main:
-                atomic_write_json_lines(run_dir / METRICS_NAME, state.history)
+                atomic_write_json_lines(run.metrics_path, state.history)
             epochs_bar.update(1)
             epochs_bar.set_postfix(
                 train_loss=f"{train_loss:.4f}",
@@ -505,7 +472,7 @@ def _fit(
 
 
 def _test(
-    config: RunConfig, inputs: RunInputs, checkpoints: Checkpoints, rendezvous: Rendezvous, run_dir: Path
+    config: RunConfig, inputs: RunInputs, checkpoints: Checkpoints, rendezvous: Rendezvous, run: RunFolder
 ) -> dict[str, Any]:
     """Score the test split once with the best checkpoint; write predictions, plots, then test_metrics.json."""
     # deferred: matplotlib costs a second at import, and only the process that finishes a run plots
@@ -513,14 +480,14 @@ def _test(
 
     progress = checkpoints.progress()
     if progress is None or progress.best is None:
-        raise RunFolderError(f"run {run_dir} has no checkpoint to test")
+        raise RunFolderError(f"run {run.path} has no checkpoint to test")
     evaluation, record = evaluate_checkpoint(config, inputs, checkpoints, progress, rendezvous, "test")
     if config.end_to_end_mode and not config.end_to_end.encoder.freeze:
-        export_run_encoder(config, inputs, checkpoints, progress.best, rendezvous, run_dir / ENCODER_FOLDER)
+        export_run_encoder(config, inputs, checkpoints, progress.best, rendezvous, run.encoder_folder)
     if rendezvous.is_main:
-        history = [json.loads(line) for line in (run_dir / METRICS_NAME).read_text(encoding="utf-8").splitlines()]
-        plot_learning_curves(history, run_dir / CURVES_NAME, best_epoch=progress.best_epoch)
-        write_evaluation(run_dir, evaluation, record)
+        history = [json.loads(line) for line in run.metrics_path.read_text(encoding="utf-8").splitlines()]
+        plot_learning_curves(history, run.curves_path, best_epoch=progress.best_epoch)
+        write_evaluation(run.path, evaluation, record)
         checkpoints.keep_only_best()
     if rendezvous.world_size > 1:
         dist.barrier()

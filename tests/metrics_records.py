@@ -1,6 +1,6 @@
 """A test metrics record of the shape `model.evaluate.evaluation_record` writes, for tests that write run folders.
 
-Reports read every metrics record through `model.evaluate.read_metrics_record`, which refuses a
+Reports read every metrics record through `model.metrics_record.read_metrics_record`, which refuses a
 record without the fields the project writes; tests that stand a run folder up by hand write this.
 """
 

@@ -222,7 +222,7 @@ def run_sweep_and_wait(runs: Sequence["PlannedRun"], sweep_dir: Path) -> int:
     """Submit the missing runs through Submitit's local executor, follow them run by run; return failed jobs."""
     # deferred: imports torch; `cmroberta --help` imports every verb's module
     from launch.sweep import submit_sweep
-    from model.evaluate import TEST_METRICS_NAME
+    from model.run_folder import RunFolder
 
     submission = submit_sweep(runs, load_profile("local"), sweep_dir)
     done = [run for run in runs if submission.statuses[run.run_dir] == "done"]
@@ -238,7 +238,7 @@ def run_sweep_and_wait(runs: Sequence["PlannedRun"], sweep_dir: Path) -> int:
     )
 
     def finished_count() -> int:
-        return sum(1 for run in submission.submitted if (run.run_dir / TEST_METRICS_NAME).is_file())
+        return sum(1 for run in submission.submitted if RunFolder(run.run_dir).finished)
 
     # The local executor runs the sweep as a few queues of runs; progress is counted in runs, not jobs.
     try:

@@ -11,13 +11,14 @@ def run_evaluate(run_dir: Path, split: str) -> None:
     """Evaluate and print the split's scores; files go into the run folder."""
     # deferred: torch and DeepSpeed take seconds to import, and `cmroberta --help` imports every verb.
     from launch.report import run_table
-    from model.evaluate import evaluate_run, metrics_file
+    from model.evaluate import evaluate_run
+    from model.run_folder import RunFolder
 
     record = evaluate_run(run_dir, split)
     if resolve_rendezvous().is_main:
         print(f"{split} split, checkpoint {record['checkpoint']}, F1 in %:")
         print(run_table(record, split))
-        print(f"wrote {run_dir / metrics_file(split)}")
+        print(f"wrote {RunFolder(run_dir).split_metrics_path(split)}")
 
 
 def run_evaluate_perturbed(run_dir: Path, split: str, spec: str) -> None:

@@ -66,23 +66,22 @@ def launch_train(args: argparse.Namespace) -> int:
     profile = load_profile(args.cluster, args.profile, args.profile_set)
     # deferred: these import torch and DeepSpeed; `cmroberta --help` imports every verb
     from extract.feature_store import FeatureStore
-    from model.checkpoint import Checkpoints
-    from model.evaluate import TEST_METRICS_NAME
     from model.run_config import RunConfig, default_run_dir
+    from model.run_folder import RunFolder
 
     config = load_config(RunConfig, args.config, args.overrides)
     # A store that cannot be read is refused here, not in the job.
     FeatureStore.open(config.store)
     run_dir = args.run_dir or default_run_dir(config)
-    started = Checkpoints(run_dir).progress() is not None or (run_dir / TEST_METRICS_NAME).is_file()
-    if started and not args.resume:
+    run = RunFolder(run_dir)
+    if run.started() and not args.resume:
         raise UserError(
             f"run folder {run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir"
         )
     return _submit_and_report(
         profile,
         TrainingJob(config, run_dir, resume=args.resume),
-        run_dir / "logs",
+        run.logs_folder,
         f"train-{run_dir.name}",
         f"training into {run_dir}",
         args.wait,

@@ -100,18 +100,19 @@ def _weights_misfit(run_dir: Path, config: "RunConfig", store: "FeatureStore") -
     """Whether the selected checkpoint's weights fit the model config.toml builds, from shapes alone.
 
     The checkpoint's shapes come from its safetensors header, the config's from the model built on
-    the meta device, so no tensor is read or allocated. A damaged checkpoint is `verify_run_folder`'s
+    the meta device, so no tensor is read or allocated. A damaged checkpoint is `RunFolder.verify`'s
     problem, not this one's; without its text encoder on this machine, an end-to-end run is not checked.
     """
     # deferred: torch and the model take seconds to import; `cmroberta --help` imports every verb's module
     import torch
 
     from extract.text_features import TextEncoderError
-    from model.checkpoint import CheckpointDamagedError, Checkpoints, RunFolderError
+    from model.checkpoint import CheckpointDamagedError, RunFolderError
     from model.engine import build_model, run_modalities
+    from model.run_folder import RunFolder
     from model.weights_fit import header_shapes, model_shapes, weights_misfit
 
-    checkpoints = Checkpoints(run_dir)
+    checkpoints = RunFolder(run_dir).checkpoints()
     try:
         progress = checkpoints.progress()
         if progress is None or progress.best is None:
@@ -123,37 +124,36 @@ def _weights_misfit(run_dir: Path, config: "RunConfig", store: "FeatureStore") -
         with torch.device("meta"):
             model = build_model(config, run_modalities(config, store), store.label_set)
     except TextEncoderError:
-        return None  # `evaluate` names the missing encoder; the checkpoint is still checked by verify_run_folder
+        return None  # `evaluate` names the missing encoder; the checkpoint is still checked by RunFolder.verify
     return weights_misfit(progress.best, run_dir, model_shapes(model), header_shapes(path))
 
 
 def run_folder_problems(run_dir: Path) -> list[str]:
     """What is wrong with a run folder, each with the command that repairs it.
 
-    `model.run_verify.verify_run_folder` checks the config, progress.json, every checkpoint it names
+    `model.run_folder.RunFolder.verify` checks the config, progress.json, every checkpoint it names
     (with the safe loaders) and the test metrics; the other metrics files must parse.
     """
     # deferred: imports torch; `cmroberta --help` imports every verb's module
-    from model.evaluate import TEST_METRICS_NAME
     from model.run_config import RunConfig
-    from model.run_verify import verify_run_folder
+    from model.run_folder import RunFolder
 
-    problems = verify_run_folder(run_dir)
+    run = RunFolder(run_dir)
+    problems = run.verify()
     try:
-        config = load_config(RunConfig, run_dir / RUN_MARKER)
+        config = load_config(RunConfig, run.config_path)
         retrain = f"cmroberta train {shlex.quote(str(config.store))} --run-dir {shlex.quote(str(run_dir))} --resume"
         problems.extend(_store_problems(run_dir, config))
     except ConfigError:
         retrain = _run_repair(run_dir)
-    for name in ("metrics.jsonl", "predictions.jsonl"):
-        if (run_dir / name).is_file():
-            problem = _json_problem(run_dir / name, lines=True)
+    for path in (run.metrics_path, run.predictions_path("test")):
+        if path.is_file():
+            problem = _json_problem(path, lines=True)
             if problem:
                 problems.append(f"{problem}; repair: {retrain}")
-    for path in sorted(run_dir.glob("*_metrics.json")):
-        problem = None if path.name == TEST_METRICS_NAME else _json_problem(path)
+    for split, path in run.split_metrics_paths().items():
+        problem = None if path == run.test_metrics_path else _json_problem(path)
         if problem:
-            split = path.name.removesuffix("_metrics.json")
             problems.append(f"{problem}; repair: cmroberta evaluate {shlex.quote(str(run_dir))} --split {split}")
     return problems
 
@@ -161,7 +161,8 @@ def run_folder_problems(run_dir: Path) -> list[str]:
 def sweep_problems(sweep_dir: Path) -> list[str]:
     """What is wrong with a sweep folder and the runs in it."""
     # deferred: imports torch; `cmroberta --help` imports every verb's module
-    from launch.sweep import RUN_RECORD_NAME, RUNS_FOLDER, SUBMISSION_NAME
+    from launch.sweep import RUNS_FOLDER
+    from model.run_folder import RunFolder
 
     again = "run the `cmroberta sweep` command that made it again (it submits only missing or failed runs)"
     problem = _json_problem(sweep_dir / SWEEP_MARKER)
@@ -176,17 +177,18 @@ def sweep_problems(sweep_dir: Path) -> list[str]:
     runs = sorted(path for path in (sweep_dir / RUNS_FOLDER).glob("*") if path.is_dir())
     for run_dir in runs:
         where = f"{RUNS_FOLDER}/{run_dir.name}"
-        for name, read in ((RUN_RECORD_NAME, read_run_record), (SUBMISSION_NAME, read_submission)):
-            if (run_dir / name).is_file():
-                problem = _json_problem(run_dir / name)
+        run = RunFolder(run_dir)
+        for path, read in ((run.run_record_path, read_run_record), (run.submission_path, read_submission)):
+            if path.is_file():
+                problem = _json_problem(path)
                 if problem:
                     problems.append(f"{where}: {problem}; repair: delete it and {again}")
                     continue
                 try:
-                    read(run_dir / name)
+                    read(path)
                 except SweepRecordError as error:
                     problems.append(f"{where}: {error}")
-        if (run_dir / RUN_MARKER).is_file():
+        if run.is_run:
             problems.extend(f"{where}: {problem}" for problem in run_folder_problems(run_dir))
     expected = len(record.get("configurations", {})) * len(record.get("seeds", []))
     if len(runs) < expected:

@@ -1,6 +1,6 @@
 """Every record a report or a sweep reads is validated into a typed record first.
 
-Metrics go through the one validator, `model.evaluate.read_metrics_record`: a sweep's aggregate read
+Metrics go through the one validator, `model.metrics_record.read_metrics_record`: a sweep's aggregate read
 `test_metrics.json`, and the robustness table the records under `robustness/`, with bare
 `json.loads`, so a score written as a percentage instead of a fraction came out a hundred times too
 large without a word. A sweep run's `run.json` and `submission.json` go through
@@ -13,10 +13,9 @@ import json
 import pytest
 
 from launch.cli import main
-from launch.sweep import RUN_RECORD_NAME, SUBMISSION_NAME, plan_sweep
-from model.evaluate import TEST_METRICS_NAME
-from model.perturb import ROBUSTNESS_FOLDER
+from launch.sweep import plan_sweep
 from model.run_config import RunConfig
+from model.run_folder import RunFolder
 from tests.faults.fault_summary import record_case
 from tests.learnable_store import write_learnable_store
 from tests.tiny_runs import TINY_HEAD
@@ -48,12 +47,12 @@ def sweep_of_one_run(store, trained_run, sweep, metrics_change=None):
     overrides = [f"store={json.dumps(str(store))}", *TINY_HEAD]
     (run,) = plan_sweep(RunConfig, sweep, [0], {}, overrides=overrides)
     run.run_dir.mkdir(parents=True)
-    (run.run_dir / RUN_RECORD_NAME).write_text(
+    RunFolder(run.run_dir).run_record_path.write_text(
         json.dumps({"label": run.label, "seed": run.seed, "config_hash": run.sweep_hash})
     )
     if metrics_change is not None:
-        metrics = json.loads((trained_run / TEST_METRICS_NAME).read_text())
-        (run.run_dir / TEST_METRICS_NAME).write_text(json.dumps({**metrics, **metrics_change}))
+        metrics = json.loads(RunFolder(trained_run).test_metrics_path.read_text())
+        RunFolder(run.run_dir).test_metrics_path.write_text(json.dumps({**metrics, **metrics_change}))
     return ["sweep", "--seeds", "0", "--out", sweep, *overrides], run
 
 
@@ -66,7 +65,7 @@ def test_a_sweep_run_scored_as_a_percentage_is_damaged_not_reported(trained, tmp
     record_case("sweep aggregate of a test_metrics.json in percent", traceback="Traceback" in printed,
                 silent=status == 0)
     assert status == 2
-    assert lines == [f"cmroberta sweep: error: {run.run_dir / TEST_METRICS_NAME} is damaged: {DAMAGED}"]
+    assert lines == [f"cmroberta sweep: error: {RunFolder(run.run_dir).test_metrics_path} is damaged: {DAMAGED}"]
     assert not (sweep / "report.md").exists()
 
 
@@ -89,7 +88,7 @@ def test_a_whole_robustness_record_makes_its_column(trained, tmp_path, capsys):
 )
 def test_a_robustness_record_of_the_wrong_shape_is_damaged_not_a_column(trained, tmp_path, capsys, case, change, field):
     _, run_dir = trained
-    (record_path,) = sorted((run_dir / ROBUSTNESS_FOLDER).glob("*.json"))
+    (record_path,) = sorted(RunFolder(run_dir).robustness_folder.glob("*.json"))
     good = record_path.read_text()
     try:
         record_path.write_text(json.dumps({**json.loads(good), **change}))
@@ -107,7 +106,7 @@ def test_a_robustness_record_of_the_wrong_shape_is_damaged_not_a_column(trained,
 def test_a_run_record_without_its_config_hash_is_damaged(trained, tmp_path, capsys):
     """Before: the aggregate raised KeyError: 'config_hash', a traceback."""
     argv, run = sweep_of_one_run(*trained, tmp_path / "sweep", {})
-    path = run.run_dir / RUN_RECORD_NAME
+    path = RunFolder(run.run_dir).run_record_path
     path.write_text(json.dumps({"label": run.label, "seed": run.seed}))
     status, lines, printed = command(argv, capsys)
     record_case("sweep with a run.json without its config_hash", traceback="Traceback" in printed,
@@ -125,7 +124,7 @@ def test_a_submission_record_with_a_job_id_no_queue_knows_is_damaged_not_submitt
     and was submitted again: a second job for a run whose job may still be running."""
     sweep = tmp_path / "sweep"
     argv, run = sweep_of_one_run(*trained, sweep)
-    path = run.run_dir / SUBMISSION_NAME
+    path = RunFolder(run.run_dir).submission_path
     path.write_text(json.dumps({"state": "submitted", "cluster": "local", "job_id": ["12"],
                                 "log_folder": str(sweep / "logs")}))
     before = path.read_text()

@@ -13,7 +13,7 @@ import pytest
 
 from extract.manifest import MANIFEST_NAME
 from launch.cli import main
-from model.run_store import STORE_RECORD_NAME
+from model.run_folder import RunFolder
 from tests.faults.fault_summary import record_case
 from tests.learnable_store import write_learnable_store
 from tests.tiny_runs import TINY_HEAD
@@ -56,7 +56,7 @@ def copy(trained, tmp_path):
     tree, store, run_dir = trained
     shutil.copytree(tree, tmp_path / "tree", ignore=shutil.ignore_patterns(".lock"))
     copied_run = tmp_path / "tree" / run_dir.relative_to(tree)
-    for name in ("config.toml", STORE_RECORD_NAME):
+    for name in ("config.toml", RunFolder(run_dir).store_record_path.name):
         path = copied_run / name
         path.write_text(path.read_text(encoding="utf-8").replace(str(tree), str(tmp_path / "tree")), encoding="utf-8")
     return tmp_path / "tree" / store.relative_to(tree), copied_run
@@ -66,7 +66,7 @@ def copy(trained, tmp_path):
 def test_a_path_with_an_emoji_trains_and_the_run_records_its_store(trained):
     """Before: `store=` was quoted by json.dumps into surrogate escapes, and train said the store did not exist."""
     _, store, run_dir = trained
-    record = json.loads((run_dir / STORE_RECORD_NAME).read_text(encoding="utf-8"))
+    record = json.loads(RunFolder(run_dir).store_record_path.read_text(encoding="utf-8"))
     record_case("train on a store path with an emoji", traceback=False, silent=False)
     assert record["path"] == str(store.resolve())
     assert record["relative"] == f"../../{ODD_NAME}/learnable-000000000000"
@@ -86,7 +86,7 @@ def test_evaluate_refuses_a_store_that_is_not_the_runs_naming_both(copy, capsys)
     before = (run_dir / "test_metrics.json").read_bytes()
     replace_store_with_another(store)
     status, err = command(["evaluate", run_dir], capsys)
-    record = json.loads((run_dir / STORE_RECORD_NAME).read_text(encoding="utf-8"))
+    record = json.loads(RunFolder(run_dir).store_record_path.read_text(encoding="utf-8"))
     after = (run_dir / "test_metrics.json").read_bytes()
     record_case("evaluate on a swapped store", traceback="Traceback" in err, silent=status == 0 or after != before)
     assert status == 2

@@ -14,7 +14,8 @@ import time
 import pytest
 from conftest import broken_slurm_conf, slurm_profile
 
-from launch.sweep import SUBMISSION_NAME, plan_sweep, run_status, run_statuses, submit_sweep
+from launch.sweep import plan_sweep, run_status, run_statuses, submit_sweep
+from model.run_folder import RunFolder
 
 
 def planned_runs(sweep_dir, seeds=(0,)):
@@ -25,7 +26,7 @@ def planned_runs(sweep_dir, seeds=(0,)):
 
 def record(run_dir, **fields):
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / SUBMISSION_NAME).write_text(json.dumps(fields))
+    RunFolder(run_dir).submission_path.write_text(json.dumps(fields))
 
 
 def intent(run_dir, job_name, array_index=None, cluster="slurm"):
@@ -65,7 +66,7 @@ def test_when_squeue_fails_a_submitted_run_is_unknown_and_not_submitted_again(sl
     assert run_statuses([run]) == {run.run_dir: "unknown"}
     submission = submit_sweep([run], slurm_profile(), tmp_path / "sweep")
     assert submission.jobs == [] and submission.submitted == []
-    assert json.loads((run.run_dir / SUBMISSION_NAME).read_text())["job_id"] == "999999"
+    assert json.loads(RunFolder(run.run_dir).submission_path.read_text())["job_id"] == "999999"
 
 
 def run_statuses_active():
@@ -83,7 +84,7 @@ def test_an_intent_whose_job_is_queued_finds_the_job_by_name(slurm_cluster, tmp_
     jobs_to_cancel.append(sbatch(f"--job-name={name}", "--wrap", "sleep 60"))
     intent(run.run_dir, name)
     assert run_statuses([run]) == {run.run_dir: "active"}
-    assert json.loads((run.run_dir / SUBMISSION_NAME).read_text())["job_id"] == jobs_to_cancel[0]
+    assert json.loads(RunFolder(run.run_dir).submission_path.read_text())["job_id"] == jobs_to_cancel[0]
     assert submit_sweep([run], slurm_profile(), tmp_path / "sweep").submitted == []
 
 
@@ -96,7 +97,7 @@ def test_an_intent_in_an_array_finds_its_own_task(slurm_cluster, tmp_path, jobs_
     intent(first.run_dir, name, array_index=0)
     intent(second.run_dir, name, array_index=1)
     assert set(run_statuses([first, second]).values()) == {"active"}
-    assert json.loads((second.run_dir / SUBMISSION_NAME).read_text())["job_id"] == f"{base}_1"
+    assert json.loads(RunFolder(second.run_dir).submission_path.read_text())["job_id"] == f"{base}_1"
 
 
 @pytest.mark.slurm
@@ -117,7 +118,7 @@ def test_an_intent_whose_job_ended_finds_the_job_and_counts_as_failed(slurm_clus
     intent(run.run_dir, name)
     # It ended without test metrics: failed, so resubmitting it is right; and its job is on record.
     assert run_statuses([run]) == {run.run_dir: "failed"}
-    assert json.loads((run.run_dir / SUBMISSION_NAME).read_text())["job_id"] == job_id
+    assert json.loads(RunFolder(run.run_dir).submission_path.read_text())["job_id"] == job_id
 
 
 @pytest.mark.slurm
@@ -133,7 +134,7 @@ def test_an_intent_while_slurm_cannot_be_asked_is_unknown(slurm_cluster, tmp_pat
     intent(run.run_dir, "faults-whatever")
     monkeypatch.setenv("SLURM_CONF", broken_slurm_conf(tmp_path))
     assert run_statuses([run]) == {run.run_dir: "unknown"}
-    assert "job_id" not in json.loads((run.run_dir / SUBMISSION_NAME).read_text())
+    assert "job_id" not in json.loads(RunFolder(run.run_dir).submission_path.read_text())
 
 
 def test_a_local_intent_with_no_job_process_is_missing(tmp_path):
@@ -145,7 +146,7 @@ def test_a_local_intent_with_no_job_process_is_missing(tmp_path):
 def test_a_local_intent_whose_job_process_runs_is_unknown(tmp_path):
     (run,) = planned_runs(tmp_path / "sweep")
     intent(run.run_dir, "local-job", cluster="local")
-    log_folder = json.loads((run.run_dir / SUBMISSION_NAME).read_text())["log_folder"]
+    log_folder = json.loads(RunFolder(run.run_dir).submission_path.read_text())["log_folder"]
     # A process whose command line is that of Submitit's local job controller for this log folder. It runs
     # until the test closes its stdin, and says so once it runs, so the state is read while it surely lives.
     process = subprocess.Popen(
@@ -164,5 +165,5 @@ def test_a_local_intent_whose_job_process_runs_is_unknown(tmp_path):
 def test_a_torn_submission_record_counts_as_never_submitted(tmp_path):
     (run,) = planned_runs(tmp_path / "sweep")
     run.run_dir.mkdir(parents=True)
-    (run.run_dir / SUBMISSION_NAME).write_text('{"job_id": "12')
+    RunFolder(run.run_dir).submission_path.write_text('{"job_id": "12')
     assert run_statuses([run]) == {run.run_dir: "missing"}

@@ -18,10 +18,10 @@ import pytest
 
 from cluster.config import load_config
 from launch.cli import main
-from model.checkpoint import Checkpoints, checkpoint_tag
+from model.checkpoint import checkpoint_tag
 from model.run_config import RunConfig
-from model.run_verify import verify_run_folder
-from model.train import METRICS_NAME, train
+from model.run_folder import RunFolder
+from model.train import train
 from tests.learnable_store import write_learnable_store
 from tests.pauses import Pauses, killed_at
 from tests.tiny_runs import tiny_bimodal_head
@@ -56,7 +56,7 @@ def error_line(result: subprocess.CompletedProcess) -> str:
 
 def history(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if "seconds" not in k}
-            for line in (run_dir / METRICS_NAME).read_text().splitlines()]
+            for line in RunFolder(run_dir).metrics_path.read_text().splitlines()]
 
 
 def same_result(run_dir: Path, reference_dir: Path) -> None:
@@ -130,7 +130,7 @@ def test_sigkill_at_random_steps_then_resume_ends_as_an_uninterrupted_run(store,
         assert not (run_dir / "test_metrics.json").exists()
     assert main(["train", str(store), *EVERY_STEP, "--run-dir", str(run_dir), "--resume"]) == 0
     same_result(run_dir, reference)
-    assert verify_run_folder(run_dir) == []
+    assert RunFolder(run_dir).verify() == []
 
 
 @pytest.mark.integration
@@ -149,7 +149,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(damage, inte
     else:
         damaged = folder / "checkpoint.json"
         damaged.unlink()
-    problems = verify_run_folder(run_dir)
+    problems = RunFolder(run_dir).verify()
     assert any(newest in problem and "--resume" in problem for problem in problems), problems
     with caplog.at_level("WARNING", logger="model.checkpoint"):
         assert main(["train", str(store), *EVERY_STEP, "--run-dir", str(run_dir), "--resume"]) == 0
@@ -234,7 +234,7 @@ def test_a_forged_checkpoint_with_matching_checksums_is_refused_by_the_loader(fi
     line = error_line(cli("train", str(store), *EVERY_STEP, "--run-dir", str(resumed), "--resume"))
     assert "no checkpoint of run" in line and "a weights-only load refuses it (UnpicklingError" in line, line
     assert not marker.exists()
-    problems = verify_run_folder(resumed)
+    problems = RunFolder(resumed).verify()
     assert problems and all("damaged" in p or "unfinished" in p for p in problems), problems
 
 
@@ -269,7 +269,7 @@ def test_a_diverging_loss_stops_naming_epoch_and_step_and_stays_resumable(store,
     assert last_good == f"epoch-0001-step-{bad_step - 1:05d}", (line, last_good)
     assert f"resumes from checkpoint {last_good}" in line
     # The folder is whole: its checkpoints load, and nothing but the unfinished run is reported.
-    assert verify_run_folder(run_dir) == [
+    assert RunFolder(run_dir).verify() == [
         f"the run is unfinished (no test_metrics.json); finish it: cmroberta train {store} --run-dir {run_dir} --resume"
     ]
 
@@ -285,5 +285,5 @@ def test_an_unreadable_progress_file_is_one_line_naming_it(content, interrupted,
     assert str(progress) in line and "rebuilds it from the checkpoints" in line, line
     # Removing it, as the message says, resumes from the checkpoints' own records.
     progress.unlink()
-    assert Checkpoints(run_dir).progress().latest == named
+    assert RunFolder(run_dir).checkpoints().progress().latest == named
 

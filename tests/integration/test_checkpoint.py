@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from model.checkpoint import MANIFEST_NAME, Checkpoints, RunFolderError, checkpoint_tag, require_supported
+from model.checkpoint import MANIFEST_NAME, RunFolderError, checkpoint_tag, require_supported
 from model.checkpoint_files import plain_state, rebuild_like
-from model.run_verify import verify_run_folder
+from model.run_folder import RunFolder
 
 
 def make_engine(zero_stage: int, seed: int = 0):
@@ -44,7 +44,7 @@ def test_an_engine_resumes_bit_identically_from_files_a_weights_only_load_accept
     expected = steps(reference, 0, 6)
     interrupted = make_engine(zero_stage)
     assert steps(interrupted, 0, 3) == expected[:3]
-    checkpoints = Checkpoints(tmp_path)
+    checkpoints = RunFolder(tmp_path).checkpoints()
     checkpoints.save(interrupted, checkpoint_tag(1, 3), client_state={"note": "x"},
                      rank_state={"partial": torch.tensor(2.5, dtype=torch.float64)}, end_of_epoch=False, best_epoch=0)
     torch.manual_seed(999)  # the checkpoint's RNG state must replace whatever this process has
@@ -82,7 +82,7 @@ def saved(obj) -> io.BytesIO:
 @pytest.mark.integration
 def test_rotation_keeps_the_two_latest_and_the_best(single_process, tmp_path):
     engine = make_engine(0)
-    checkpoints = Checkpoints(tmp_path)
+    checkpoints = RunFolder(tmp_path).checkpoints()
     for epoch, best in ((1, 1), (2, 1), (3, 1), (4, 4)):
         checkpoints.save(engine, checkpoint_tag(epoch), client_state={}, rank_state={}, end_of_epoch=True,
                          best_epoch=best)
@@ -115,7 +115,7 @@ def test_rotation_keeps_the_two_latest_and_the_best(single_process, tmp_path):
     ],
 )
 def test_progress_json_is_validated_when_read(content, message, tmp_path):
-    checkpoints = Checkpoints(tmp_path)
+    checkpoints = RunFolder(tmp_path).checkpoints()
     checkpoints.folder.mkdir()
     checkpoints.progress_path.write_text(content)
     with pytest.raises(RunFolderError, match="rebuilds it from the checkpoints") as error:
@@ -125,7 +125,7 @@ def test_progress_json_is_validated_when_read(content, message, tmp_path):
 
 
 def test_verify_names_each_problem_with_its_repair(tmp_path):
-    assert verify_run_folder(tmp_path / "absent") == [
+    assert RunFolder(tmp_path / "absent").verify() == [
         f"{tmp_path / 'absent'} does not exist; train a run into it: cmroberta train STORE --run-dir "
         f"{tmp_path / 'absent'}"
     ]
@@ -134,11 +134,11 @@ def test_verify_names_each_problem_with_its_repair(tmp_path):
     (run_dir / "config.toml").write_text('store = "/stores/s"\n[model]\nvariant = "bimodal"\n')
     (run_dir / "checkpoints" / "progress.json").write_text("garbage")
     (run_dir / "test_metrics.json").write_text("{}")
-    problems = verify_run_folder(run_dir)
+    problems = RunFolder(run_dir).verify()
     assert len(problems) == 2, problems
     assert problems[0].endswith(f"rm {run_dir}/checkpoints/progress.json && cmroberta train /stores/s --run-dir "
                                 f"{run_dir} --resume")
     assert problems[1] == (f"{run_dir}/test_metrics.json is damaged or does not match the selected checkpoint; "
                            f"score it again: cmroberta evaluate {run_dir}")
     (run_dir / "config.toml").write_text("store = ")
-    assert "cannot be read as a run config" in verify_run_folder(run_dir)[0]
+    assert "cannot be read as a run config" in RunFolder(run_dir).verify()[0]

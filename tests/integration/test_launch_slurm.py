@@ -27,7 +27,8 @@ from cluster.ray_on_slurm import cpus_per_node
 from cluster.rendezvous import expand_hostlist, node_address
 from launch.cli import main
 from launch.executors import SubmissionError, check_request, load_profile, make_executor, submit_jobs
-from launch.jobs import ATTEMPTS_NAME, TrainingJob
+from launch.jobs import TrainingJob
+from model.run_folder import RunFolder
 from tests.demo_corpora import write_wav_corpus
 from tests.pauses import Pauses
 from tests.slurm_nodes import usable_nodes
@@ -431,7 +432,7 @@ def test_preempted_run_is_requeued_and_ends_as_the_uninterrupted_one(
     wait_for([job], timeout_s=180)
     job.result()
 
-    attempts = [json.loads(line) for line in (run_dir / ATTEMPTS_NAME).read_text().splitlines()]
+    attempts = [json.loads(line) for line in RunFolder(run_dir).attempts_path.read_text().splitlines()]
     assert [a["resume"] for a in attempts] == [False, True], "one start, then one requeued start that resumes"
     assert completed_epochs(run_dir) == PREEMPTED_EPOCHS
 

@@ -325,8 +325,9 @@ PREEMPTED_EPOCHS = 8
 def test_a_preempted_two_node_run_is_requeued_and_ends_as_the_uninterrupted_one(
     two_nodes, frozen_overrides, tmp_path, monkeypatch
 ):
-    from launch.jobs import ATTEMPTS_NAME, TrainingJob
+    from launch.jobs import TrainingJob
     from model.run_config import RunConfig
+    from model.run_folder import RunFolder
 
     overrides = [*frozen_overrides, f"train.max_epochs={PREEMPTED_EPOCHS}", f"train.patience={PREEMPTED_EPOCHS}"]
     reference = one_process_run(tmp_path / "uninterrupted", overrides)
@@ -348,7 +349,7 @@ def test_a_preempted_two_node_run_is_requeued_and_ends_as_the_uninterrupted_one(
     wait_for([job], timeout_s=JOB_WAIT_S)
     assert job.results()[0]["weighted_f1"] >= 0
 
-    attempts = [json.loads(line) for line in (run_dir / ATTEMPTS_NAME).read_text().splitlines()]
+    attempts = [json.loads(line) for line in RunFolder(run_dir).attempts_path.read_text().splitlines()]
     assert [a["resume"] for a in attempts] == [False, True], "one start, then one requeued start that resumes"
     assert 2 <= completed_epochs(run_dir) == PREEMPTED_EPOCHS
     assert task_hosts(tmp_path / "logs") == set(two_nodes[:2])
@@ -358,7 +359,7 @@ def test_a_preempted_two_node_run_is_requeued_and_ends_as_the_uninterrupted_one(
 
 
 def test_a_sweep_of_two_parallel_runs_lands_on_both_nodes(two_nodes, frozen_overrides, tmp_path):
-    from launch.jobs import ATTEMPTS_NAME
+    from model.run_folder import RunFolder
 
     sweep_dir = tmp_path / "sweep"
     # Each run asks for more than half a node's memory, so the two runs of the array cannot share a node.
@@ -371,5 +372,6 @@ def test_a_sweep_of_two_parallel_runs_lands_on_both_nodes(two_nodes, frozen_over
         "--wait", *[o for o in frozen_overrides if not o.startswith("seed=")], "train.max_epochs=2", "train.patience=2",
     ])
     assert code == 0
-    hosts = [json.loads(path.read_text().splitlines()[0])["host"] for path in sorted(sweep_dir.rglob(ATTEMPTS_NAME))]
+    attempts = sorted(sweep_dir.rglob(RunFolder(sweep_dir).attempts_path.name))
+    hosts = [json.loads(path.read_text().splitlines()[0])["host"] for path in attempts]
     assert len(hosts) == 2 and set(hosts) == set(two_nodes[:2]), hosts

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from launch.cli import main
-from model.evaluate import TEST_METRICS_NAME
+from model.run_folder import RunFolder
 from tests.demo_corpora import corpus_text_encoder, write_wav_corpus
 
 
@@ -104,7 +104,7 @@ def test_the_one_command_runs_to_tables_1_2_and_3_and_a_second_call_trains_nothi
     with open(out / "report" / "table1.csv", newline="", encoding="utf-8") as stream:
         table1 = [row["model"] for row in csv.DictReader(stream)]
     assert {"CM-RoBERTa", "CM-RoBERTa without SCA unit", "paper: CM-RoBERTa"} <= set(table1)
-    finished = sorted((out / "sweep" / "runs").glob(f"*/{TEST_METRICS_NAME}"))
+    finished = sorted((out / "sweep" / "runs").glob(f"*/{RunFolder(out).test_metrics_path.name}"))
     assert len(finished) == 12
     before = {path: path.stat().st_mtime_ns for path in finished}
     attempts = {path: (path.parent / "attempts.jsonl").read_text() for path in finished}
@@ -132,4 +132,4 @@ def test_on_the_slurm_cluster_a_minimal_plan_runs_end_to_end(corpus, tiny_encode
     assert "Table 1: weighted F1" in report and "Table 3: the audio model" in report
     submissions = [json.loads(path.read_text()) for path in (out / "sweep" / "runs").glob("*/submission.json")]
     assert len(submissions) == 6 and all(record["cluster"] == "slurm" for record in submissions)
-    assert len(list((out / "sweep" / "runs").glob(f"*/{TEST_METRICS_NAME}"))) == 6
+    assert len(list((out / "sweep" / "runs").glob(f"*/{RunFolder(out).test_metrics_path.name}"))) == 6

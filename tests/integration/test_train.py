@@ -31,8 +31,9 @@ from launch.cli import main
 from model.engine import deepspeed_config
 from model.metrics import classification_metrics
 from model.run_config import RunConfig, TrainConfig
+from model.run_folder import RunFolder
 from model.run_inputs import class_weight_vector
-from model.train import METRICS_NAME, train
+from model.train import train
 from tests.learnable_store import write_learnable_store
 from tests.pauses import Pauses, killed_at
 from tests.tiny_runs import tiny_bimodal_head
@@ -59,7 +60,7 @@ def clean_environment() -> dict[str, str]:
 
 
 def history(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / METRICS_NAME).read_text().splitlines()]
+    return [json.loads(line) for line in RunFolder(run_dir).metrics_path.read_text().splitlines()]
 
 
 def without_times(records: list[dict]) -> list[dict]:
@@ -197,6 +198,12 @@ def test_a_finished_run_is_not_overwritten(reference_run, store, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert main(["train", str(store), *OVERRIDES, "seed=6", "--run-dir", str(run_dir), "--resume"]) == 2
     assert "seed: 5 -> 6" in capsys.readouterr().err
+    changed = ["train.learning_rate=0.5"]
+    assert main(["train", str(store), *OVERRIDES, *changed, "--run-dir", str(run_dir), "--resume"]) == 2
+    assert "train.learning_rate: 0.003 -> 0.5" in capsys.readouterr().err
+    # Keys that never change a result (`model.run_folder.RESULT_FREE_KEYS`) may change on resume.
+    free = ["checkpoint.every_steps=2", "monitor.job_name=\"live\"", "runs_root=\"elsewhere\""]
+    assert main(["train", str(store), *OVERRIDES, *free, "--run-dir", str(run_dir), "--resume"]) == 0
 
 
 def test_user_errors_name_the_fix(tmp_path, capsys):
@@ -309,7 +316,6 @@ def local_two_task_job(config, folder: Path, name: str):
 def test_a_requeue_signal_on_two_ranks_checkpoints_mid_epoch_and_resumes_to_the_same_result(
     store, tmp_path, monkeypatch
 ):
-    from launch.jobs import ATTEMPTS_NAME
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     config = load_config(RunConfig, None, [*TWO_RANK_OVERRIDES, f"store={json.dumps(str(store))}"])
@@ -331,7 +337,7 @@ def test_a_requeue_signal_on_two_ranks_checkpoints_mid_epoch_and_resumes_to_the_
     preempted.results()
     reference.results()
 
-    attempts = [json.loads(line) for line in (run_dir / ATTEMPTS_NAME).read_text().splitlines()]
+    attempts = [json.loads(line) for line in RunFolder(run_dir).attempts_path.read_text().splitlines()]
     assert [a["resume"] for a in attempts] == [False, True]
     resumed_from = [
         line for line in preempted.stderr().splitlines() if "resuming" in line and "from checkpoint" in line

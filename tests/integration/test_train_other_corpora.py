@@ -23,8 +23,8 @@ from launch.cli import main
 from launch.report import report_tables
 from launch.run_results import read_run_result
 from launch.ser_table import ser_table
-from model.evaluate import TEST_METRICS_NAME, TEST_PREDICTIONS_NAME
 from model.run_config import RunConfig
+from model.run_folder import RunFolder
 from model.run_inputs import prepare_inputs
 from model.run_store import run_label_set
 from model.train import train
@@ -78,7 +78,7 @@ def _assert_run_follows(store: FeatureStore, run_dir: Path, record: dict) -> Non
     # Only labelled test utterances are scored; one stored without a label stays out of every count.
     test_labels = store.read_split("test").emotion
     assert record["count"] == int((test_labels != NO_LABEL).sum())
-    predictions = [json.loads(line) for line in (run_dir / TEST_PREDICTIONS_NAME).read_text().splitlines()]
+    predictions = [json.loads(line) for line in RunFolder(run_dir).predictions_path("test").read_text().splitlines()]
     assert len(predictions) == record["count"]
     assert all(set(row) == {"key", "gold", "pred", *labels} for row in predictions)
     assert run_label_set(run_dir).labels == store.label_set.labels
@@ -99,7 +99,7 @@ def test_a_four_label_manifest_corpus_trains_reports_and_predicts_with_four_colu
     assert record["emotions"] == LABELS["labels"]
 
     assert main(["evaluate", str(run_dir)]) == 0
-    assert json.loads((run_dir / TEST_METRICS_NAME).read_text())["emotions"] == LABELS["labels"]
+    assert json.loads(RunFolder(run_dir).test_metrics_path.read_text())["emotions"] == LABELS["labels"]
 
     capsys.readouterr()
     assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0

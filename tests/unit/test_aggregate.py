@@ -10,8 +10,8 @@ import pytest
 
 from extract.labels import EMOTIONS
 from launch.aggregate import aggregate, write_report
-from launch.sweep import RUN_RECORD_NAME, RUNS_FOLDER, SWEEP_NAME
-from model.evaluate import TEST_METRICS_NAME, TEST_PREDICTIONS_NAME
+from launch.sweep import RUNS_FOLDER, SWEEP_NAME
+from model.run_folder import RunFolder
 from tests.metrics_records import metrics_record
 
 # Two-sided 95% critical values of Student's t, from printed tables (e.g. NIST/SEMATECH
@@ -28,15 +28,15 @@ def write_sweep(sweep_dir: Path, scores: dict[str, dict[int, np.ndarray]], unfin
         for seed, values in seeds.items():
             run_dir = sweep_dir / RUNS_FOLDER / f"hash-{label}-seed{seed}"
             run_dir.mkdir()
-            (run_dir / RUN_RECORD_NAME).write_text(
+            RunFolder(run_dir).run_record_path.write_text(
                 json.dumps({"label": label, "seed": seed, "config_hash": f"hash-{label}"})
             )
             metrics = metrics_record(float(values[0]), dict(zip(EMOTIONS, map(float, values[1:]))))
-            (run_dir / TEST_METRICS_NAME).write_text(json.dumps(metrics))
+            RunFolder(run_dir).test_metrics_path.write_text(json.dumps(metrics))
     for label, seed in unfinished:
         run_dir = sweep_dir / RUNS_FOLDER / f"hash-{label}-seed{seed}"
         run_dir.mkdir()
-        (run_dir / RUN_RECORD_NAME).write_text(
+        RunFolder(run_dir).run_record_path.write_text(
             json.dumps({"label": label, "seed": seed, "config_hash": f"hash-{label}"})
         )
 
@@ -98,7 +98,8 @@ def test_comparisons_bootstrap_the_runs_predictions(tmp_path):
             lines = [
                 json.dumps({"key": k, "gold": EMOTIONS[g], "pred": EMOTIONS[p]}) for k, g, p in zip(keys, gold, pred)
             ]
-            (tmp_path / RUNS_FOLDER / f"hash-{label}-seed{seed}" / TEST_PREDICTIONS_NAME).write_text("\n".join(lines))
+            run = RunFolder(tmp_path / RUNS_FOLDER / f"hash-{label}-seed{seed}")
+            run.predictions_path("test").write_text("\n".join(lines))
             f1[label, seed] = weighted_f1_by_counting(gold, pred)
     (comparison,) = aggregate(tmp_path).comparisons
     expected = np.mean([f1["model.variant=bimodal", s] - f1["model.variant=text", s] for s in (0, 1)])
@@ -144,8 +145,9 @@ def test_configurations_sharing_a_label_are_named_by_the_keys_that_set_them_apar
         (first / "config.toml").write_text(f"{config}train.learning_rate = 0.001")
         other = tmp_path / RUNS_FOLDER / f"other-{label}-seed0"
         other.mkdir()
-        (other / RUN_RECORD_NAME).write_text(json.dumps({"label": label, "seed": 0, "config_hash": f"other-{label}"}))
-        (other / TEST_METRICS_NAME).write_text(json.dumps(metrics_record(0.4)))
+        record = {"label": label, "seed": 0, "config_hash": f"other-{label}"}
+        RunFolder(other).run_record_path.write_text(json.dumps(record))
+        RunFolder(other).test_metrics_path.write_text(json.dumps(metrics_record(0.4)))
         (other / "config.toml").write_text(f"{config}train.learning_rate = 0.01")
     labels = [c.label for c in aggregate(tmp_path).configurations]
     assert labels == [

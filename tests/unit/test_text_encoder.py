@@ -24,6 +24,7 @@ from model.deepspeed_config import (
 )
 from model.lr_schedule import LRScheduleConfig, build_lr_scheduler, schedule_steps
 from model.param_groups import ParamGroupsConfig, build_param_groups, layer_depth
+from model.run_folder import RunFolder
 from model.text_encoder import TextEncoder, TextEncoderConfig, load_tokenizer
 
 HIDDEN = 16
@@ -201,7 +202,7 @@ def test_deepspeed_config_defaults_and_accumulation():
 
 
 def test_monitor_sections_point_into_the_run_folder(tmp_path):
-    sections = MonitorConfig(csv=True).deepspeed_sections(tmp_path)
+    sections = MonitorConfig(csv=True).deepspeed_sections(RunFolder(tmp_path).monitor_folder)
     assert sections["csv_monitor"] == {"enabled": True, "output_path": str(tmp_path / "monitor"), "job_name": "train"}
     assert sections["tensorboard"]["enabled"] is False
     elsewhere = MonitorConfig(tensorboard=False, csv=True, folder=str(tmp_path / "live"), job_name="seed3")
