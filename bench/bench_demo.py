@@ -150,7 +150,9 @@ def mode_table(runs: list[RunTiming]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="the demo's --out folder")
-    parser.add_argument("--run", action="store_true", help="run `cmroberta demo --out OUT` first (fresh: OUT must not exist)")
+    parser.add_argument(
+        "--run", action="store_true", help="run `cmroberta demo --out OUT` first (fresh: OUT must not exist)"
+    )
     parser.add_argument("demo_args", nargs="*", help="options for `cmroberta demo`, after `--`")
     args = parser.parse_args()
     if args.run:
