@@ -36,7 +36,6 @@ from cluster.config import RESOLVED_CONFIG_NAME, override, to_dict, write_resolv
 from cluster.durable_files import atomic_write_json
 from cluster.ray_config import RayConfig
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
-from extract.extract_config import ExtractConfig
 from extract.meld import read_meld
 from launch.commands.prepare import corpus_summary
 from launch.executors import follow_jobs, load_profile
