@@ -30,7 +30,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch.commands.demo import TIMINGS_NAME
+from launch.commands.demo import TIMINGS_NAME, StageClock
 from launch.sweep import RUNS_FOLDER, SUBMISSION_NAME
 from launch.tables import format_table
 from model.evaluate import TEST_METRICS_NAME
@@ -99,15 +99,8 @@ def read_runs(sweep_dir: Path) -> list[RunTiming]:
 
 def stage_table(out: Path) -> str:
     timings = _read_json(out / TIMINGS_NAME)
-    seconds = timings["seconds"]
-    total = sum(seconds.values())
-    rows = [
-        [name, f"{wall:.1f}", f"{100 * wall / total:.0f}%", f"{timings['cpu_seconds'][name]:.1f}",
-         f"{timings['load_average'][name]:.1f}"]
-        for name, wall in seconds.items()
-    ]
-    rows.append(["total", f"{total:.1f}", "100%", f"{sum(timings['cpu_seconds'].values()):.1f}", ""])
-    return format_table(["stage", "wall s", "share", "CPU s", "load"], rows)
+    clock = StageClock(seconds=timings["seconds"], cpu_seconds=timings["cpu_seconds"], load=timings["load_average"])
+    return clock.table()
 
 
 def queue_table(runs: list[RunTiming]) -> str:
