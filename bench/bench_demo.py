@@ -157,6 +157,8 @@ def main() -> None:
             check=True, stdout=subprocess.DEVNULL,
         )
         print(f"cmroberta demo: {time.monotonic() - started:.1f} s wall (load average now {os.getloadavg()[0]:.1f})")
+    if not (args.out / TIMINGS_NAME).is_file():
+        parser.error(f"{args.out} holds no {TIMINGS_NAME}: point at the --out folder of a demo that has finished")
     print(f"stages:\n{stage_table(args.out)}\n")
     runs = read_runs(args.out / "sweep")
     print(f"sweep queues:\n{queue_table(runs)}\n")
