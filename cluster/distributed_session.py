@@ -1,7 +1,8 @@
 """A process's torch.distributed session: its rendezvous exported for DeepSpeed for the length of a block.
 
 Training, evaluation and prediction each run inside one `distributed_session`; the variables it sets
-are put back as they were when the block ends.
+are put back as they were when the block ends. A process alone in its world (world size 1) does not build
+DeepSpeed's shared-memory all-reduce op (see `skip_shared_memory_comm`).
 """
 
 import os
@@ -11,6 +12,24 @@ from contextlib import contextmanager
 from cluster.rendezvous import Rendezvous, export_rendezvous, resolve_rendezvous
 
 _DISTRIBUTED_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME")
+# DeepSpeed's CPU op that all-reduces between ranks of one node through shared memory (ShareMemCommBuilder.NAME).
+SHARED_MEMORY_COMM_OP = "deepspeed_shm_comm"
+
+
+def skip_shared_memory_comm() -> None:
+    """Keep DeepSpeed from building and loading its shared-memory all-reduce op in this process.
+
+    On a CPU, DeepSpeed's comm backend builds that C++ op with g++ when it first starts (30-60 s once
+    per environment, then a locked check of the cached build in every process, which waits behind any
+    other process building it). A process of world size 1 reduces with no peer, so the op would never
+    run: DeepSpeed skips an op its compatibility table marks False and reduces through torch.distributed's
+    gloo instead, and a reduction over one rank returns its input either way, so the numbers are the same
+    bit for bit.
+    """
+    # deferred: deepspeed takes seconds to import, and the CLI imports this module for every verb
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__[SHARED_MEMORY_COMM_OP] = False
 
 
 @contextmanager
@@ -23,6 +42,8 @@ def distributed_session() -> Iterator[Rendezvous]:
     queue, a test) fails on a destroyed one, but reuses a live one.
     """
     rendezvous = resolve_rendezvous()
+    if rendezvous.world_size == 1:
+        skip_shared_memory_comm()
     saved = {name: os.environ.get(name) for name in _DISTRIBUTED_VARIABLES}
     export_rendezvous(rendezvous)
     try:

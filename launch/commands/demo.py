@@ -13,7 +13,8 @@ Stages, each timed and the times printed at the end:
 5. the report: Tables 1 and 2 over seeds with confidence intervals, the voice-only table, the paired
    differences with their paired t-tests and bootstraps, the robustness table, and where the figures are.
 
-To stay within about 8 minutes on 2 CPU cores, the demo cuts epochs and keeps the corpus small, but
+Its budget is 8 minutes including the install on 2 idle CPU cores (README: what was measured, and
+bench/bench_demo.py to measure it by stage and run), so the demo cuts epochs and keeps the corpus small, but
 never cuts seeds: the settings below are the paper's scaled to a few hundred utterances. Every run, frozen
 or end to end, has the same head, head rate, batch, epochs and patience, so that end-to-end - frozen
 compares text modes and nothing else.
@@ -36,7 +37,6 @@ from cluster.config import RESOLVED_CONFIG_NAME, override, to_dict, write_resolv
 from cluster.durable_files import atomic_write_json
 from cluster.ray_config import RayConfig
 from extract.demo_corpus import DemoCorpusConfig, write_demo_corpus
-from extract.extract_config import ExtractConfig
 from extract.meld import read_meld
 from launch.commands.prepare import corpus_summary
 from launch.executors import follow_jobs, load_profile

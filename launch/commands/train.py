@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "default; for many GPUs start it with torchrun (torchrun --nproc-per-node 4 -m launch.cli train STORE) "
             "or srun. Examples: model.variant=text seed=3 end_to_end.encoder.model=/models/roberta-large "
             "end_to_end.param_groups.encoder_lr=2e-5 monitor.csv=true (see `cmroberta config train`); write them "
-            "right after STORE, options after them. The first DeepSpeed run in a new environment compiles one C++ "
+            "right after STORE, options after them. The first run of several ranks on a CPU node compiles one C++ "
             "op (about a minute), cached in TORCH_EXTENSIONS_DIR."
         ),
     )
