@@ -31,10 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launch.commands.demo import TIMINGS_NAME, StageClock
-from launch.sweep import RUNS_FOLDER, SUBMISSION_NAME
+from launch.sweep import RUNS_FOLDER
 from launch.tables import format_table
-from model.evaluate import TEST_METRICS_NAME
-from model.train import METRICS_NAME
+from model.run_folder import RunFolder
 
 
 @dataclass(kw_only=True)
@@ -75,17 +74,18 @@ def read_runs(sweep_dir: Path) -> list[RunTiming]:
     """Every run of the sweep that has test metrics, from its last attempt (the one that finished it)."""
     runs = []
     for run_dir in sorted((sweep_dir / RUNS_FOLDER).iterdir()):
-        test_path = run_dir / TEST_METRICS_NAME
+        run = RunFolder(run_dir)
+        test_path = run.test_metrics_path
         if not test_path.is_file():
             continue
-        attempts = (run_dir / "attempts.jsonl").read_text(encoding="utf-8").splitlines()
-        submission = _read_json(run_dir / SUBMISSION_NAME)
-        history = [json.loads(line) for line in (run_dir / METRICS_NAME).read_text(encoding="utf-8").splitlines()]
-        mode = "end_to_end" if (run_dir / "encoder").exists() else "frozen"
+        attempts = run.attempts_path.read_text(encoding="utf-8").splitlines()
+        submission = _read_json(run.submission_path)
+        history = [json.loads(line) for line in run.metrics_path.read_text(encoding="utf-8").splitlines()]
+        mode = "end_to_end" if run.encoder_folder.exists() else "frozen"
         runs.append(
             RunTiming(
                 name=run_dir.name,
-                label=f"{_read_json(run_dir / 'run.json')['label']} ({mode})",
+                label=f"{_read_json(run.run_record_path)['label']} ({mode})",
                 job_id=str(submission.get("job_id")),
                 submitted=float(submission.get("submitted", json.loads(attempts[-1])["started"])),
                 started=float(json.loads(attempts[-1])["started"]),

@@ -21,9 +21,10 @@ every epoch (`model.train`).
 import contextlib
 import importlib.util
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager, Literal
+from typing import Any, Literal
 
 import torch
 
@@ -148,18 +149,30 @@ def micro_batch_dialogues(batch_dialogues: int, world_size: int, gradient_accumu
     return math.ceil(batch_dialogues / (world_size * gradient_accumulation_steps))
 
 
-def reduction_in_parameter_order(engine: Any, world_size: int) -> ContextManager[None]:
-    """The context one micro-batch's `engine.backward` runs in, so ZeRO-2 sums the ranks' matching gradients.
+@contextlib.contextmanager
+def reduction_in_parameter_order(engine: Any, world_size: int) -> Iterator[Callable[[], None]]:
+    """The block one global batch's micro-batches run in, so ZeRO-2 on several ranks sums the ranks' matching
+    gradients; it yields the call that ends each micro-batch, after its `engine.backward`.
 
     ZeRO stage 2 reduces each gradient from its autograd hook, into a bucket laid out in the order the hooks
     fire on that rank, and sums the ranks' buckets position by position. That order follows the graph,
     and the fusion head's packed LSTMs make the graph depend on the batch's dialogue lengths: measured on
     2 gloo ranks, the hooks of one LSTM's weight_ih and bias_hh fired in swapped order on the two ranks at
-    the 4th step, so each rank's weight_ih gradient was summed with the other's bias_hh, silently. DeepSpeed's
-    `coalesce_grad_reduction` holds the gradients until the backward pass ends and then reduces them in
-    parameter order, the same on every rank. It spans one optimizer step, so it applies without gradient
-    accumulation only; stages 0 and 1 reduce in parameter order already.
+    the 4th step, so each rank's weight_ih gradient was summed with the other's bias_hh, silently.
+
+    So there the block is DeepSpeed's `coalesce_grad_reduction`: every micro-batch's backward leaves its
+    gradients on the parameters (torch adds them up), and leaving the block reduces them once, in parameter
+    order, the same on every rank. DeepSpeed refuses `engine.step()` inside the block, so the yielded call
+    does nothing and the engine steps once per micro-batch after it, as it counts them; the last step is the
+    accumulation boundary, which applies the reduced gradients. The block must span the whole global batch:
+    each block's reduction replaces the partition's gradients, so one block per micro-batch kept only the
+    last micro-batch's (measured at accumulation 2). Elsewhere (one rank; stages 0 and 1, which reduce in
+    parameter order already; stage 3) the yielded call is `engine.step`.
     """
-    if world_size > 1 and engine.zero_optimization_stage() == 2 and engine.gradient_accumulation_steps() == 1:
-        return engine.coalesce_grad_reduction()
-    return contextlib.nullcontext()
+    if world_size == 1 or engine.zero_optimization_stage() != 2:
+        yield engine.step
+        return
+    with engine.coalesce_grad_reduction():
+        yield lambda: None
+    for _ in range(engine.gradient_accumulation_steps()):
+        engine.step()

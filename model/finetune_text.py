@@ -50,7 +50,7 @@ from extract.labels import MELD_EMOTIONS, NO_LABEL
 from extract.manifest import config_hash
 from extract.text_features import TextFeatureConfig, TextFeatureExtractor
 from model.batch_samplers import DialogueBatchSampler
-from model.deepspeed_config import EngineConfig, build_deepspeed_config
+from model.deepspeed_config import EngineConfig, build_deepspeed_config, reduction_in_parameter_order
 from model.dialogue_data import IGNORE_LABEL
 from model.lr_schedule import LRScheduleConfig, build_lr_scheduler
 from model.metrics import classification_metrics
@@ -262,8 +262,9 @@ def _train_epoch(
         logits = engine(batch.input_ids, batch.attention_mask)
         loss = F.cross_entropy(logits.float(), targets.to(engine.device), reduction="sum", ignore_index=IGNORE_LABEL)
         global_count = len(rank_batch.global_indices)
-        engine.backward(loss * (rendezvous.world_size / global_count), scale_wrt_gas=False)
-        engine.step()
+        with reduction_in_parameter_order(engine, rendezvous.world_size) as end_micro_batch:
+            engine.backward(loss * (rendezvous.world_size / global_count), scale_wrt_gas=False)
+            end_micro_batch()
         loss_sum += loss.detach().double()
         count += global_count
     if rendezvous.world_size > 1:

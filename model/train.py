@@ -260,16 +260,16 @@ def _train_epoch(
         rank_batch = batches[index]
         global_weight = dataset.label_weight(rank_batch.global_indices, weights)
         step_loss = torch.zeros((), dtype=torch.float64, device=engine.device)
-        for micro_batch in rank_batch.micro_batches(accumulation):
-            started = time.perf_counter()
-            batch = dataset.batch(micro_batch.indices, micro_batch.counted).to(engine.device, dtype)
-            epoch.data_seconds += time.perf_counter() - started
-            logits = engine(batch.audio, batch.text, batch.mask)
-            batch_loss = batch_loss_sum(logits, batch.labels, class_weights)
-            with reduction_in_parameter_order(engine, rendezvous.world_size):
+        with reduction_in_parameter_order(engine, rendezvous.world_size) as end_micro_batch:
+            for micro_batch in rank_batch.micro_batches(accumulation):
+                started = time.perf_counter()
+                batch = dataset.batch(micro_batch.indices, micro_batch.counted).to(engine.device, dtype)
+                epoch.data_seconds += time.perf_counter() - started
+                logits = engine(batch.audio, batch.text, batch.mask)
+                batch_loss = batch_loss_sum(logits, batch.labels, class_weights)
                 engine.backward(batch_loss * (rendezvous.world_size / global_weight), scale_wrt_gas=False)
-            engine.step()
-            step_loss += batch_loss.detach().double()
+                end_micro_batch()
+                step_loss += batch_loss.detach().double()
         loss_sum += step_loss
         epoch.weight_sum += global_weight
         epoch.steps = index + 1

@@ -140,14 +140,14 @@ def run_steps(engine, dataset: DialogueDataset, tokens: TokenSplit, first: int, 
     for rank_batch in batches[first : first + steps]:
         global_weight = dataset.label_weight(rank_batch.global_indices, None)
         total = torch.zeros((), dtype=torch.float64)
-        for micro_batch in rank_batch.micro_batches(engine.gradient_accumulation_steps()):
-            batch = dataset.batch(micro_batch.indices, micro_batch.counted)
-            logits = engine(batch.audio, tokens.batch(batch.rows), batch.mask)
-            loss_sum = batch_loss_sum(logits, batch.labels, None)
-            with reduction_in_parameter_order(engine, world_size):
+        with reduction_in_parameter_order(engine, world_size) as end_micro_batch:
+            for micro_batch in rank_batch.micro_batches(engine.gradient_accumulation_steps()):
+                batch = dataset.batch(micro_batch.indices, micro_batch.counted)
+                logits = engine(batch.audio, tokens.batch(batch.rows), batch.mask)
+                loss_sum = batch_loss_sum(logits, batch.labels, None)
                 engine.backward(loss_sum * (world_size / global_weight), scale_wrt_gas=False)
-            engine.step()
-            total += loss_sum.detach().double()
+                end_micro_batch()
+                total += loss_sum.detach().double()
         if world_size > 1:
             torch.distributed.all_reduce(total)
         losses.append(float(total) / global_weight)
@@ -241,12 +241,14 @@ def test_a_resumed_run_continues_identically(reference, single_process, store, e
     assert all(torch.equal(final[name], weights[name]) for name in weights)
 
 
-def _rank_worker(rank: int, port: int, store: str, encoder_folder: str, out: str) -> None:
+def _rank_worker(rank: int, port: int, store: str, encoder_folder: str, out: str, zero_stage: int = 2,
+                 accumulation: int = 1) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR=LOOPBACK,
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dataset, tokens = load_data(Path(store), Path(encoder_folder))
-    engine = make_engine(Path(encoder_folder), world_size=2, gradient_clipping=0.0)
+    engine = make_engine(Path(encoder_folder), world_size=2, gradient_clipping=0.0, zero_stage=zero_stage,
+                         accumulation=accumulation)
     losses = run_steps(engine, dataset, tokens, 0, STEPS, rank=rank, world_size=2)
     if rank == 0:
         weights = {name: tensor.tolist() for name, tensor in parameters(engine).items()}
@@ -255,19 +257,26 @@ def _rank_worker(rank: int, port: int, store: str, encoder_folder: str, out: str
     torch.distributed.destroy_process_group()
 
 
+def two_ranks(store: Path, encoder_folder: Path, out: Path, zero_stage: int = 2,
+              accumulation: int = 1) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """STEPS steps of 2 gloo ranks: rank 0's losses and final weights."""
+    torch.multiprocessing.spawn(
+        _rank_worker, args=(free_port(), str(store), str(encoder_folder), str(out), zero_stage, accumulation),
+        nprocs=2, join=True,
+    )
+    result = json.loads(out.read_text())
+    weights = {name: torch.tensor(values, dtype=torch.float32) for name, values in result["weights"].items()}
+    return result["losses"], weights
+
+
 @pytest.fixture(scope="module")
 def two_ranks_and_their_accumulation(single_process, store, encoder_folder, tmp_path_factory):
     """STEPS steps of 2 gloo ranks (rank 0's losses and weights), and of one process accumulating their shares."""
     dataset, tokens = load_data(store, encoder_folder)
     engine = make_engine(encoder_folder, accumulation=2, gradient_clipping=0.0)
     losses = run_steps(engine, dataset, tokens, 0, STEPS)
-    out = tmp_path_factory.mktemp("ranks") / "rank0.json"
-    torch.multiprocessing.spawn(
-        _rank_worker, args=(free_port(), str(store), str(encoder_folder), str(out)), nprocs=2, join=True
-    )
-    result = json.loads(out.read_text())
-    ranks = {name: torch.tensor(values, dtype=torch.float32) for name, values in result["weights"].items()}
-    return (result["losses"], ranks), (losses, parameters(engine))
+    ranks = two_ranks(store, encoder_folder, tmp_path_factory.mktemp("ranks") / "rank0.json")
+    return ranks, (losses, parameters(engine))
 
 
 @pytest.mark.integration
@@ -297,6 +306,27 @@ def test_two_gloo_ranks_take_the_steps_of_one_process_accumulating_their_shares(
     assert rank_weights.keys() == weights.keys()
     for name in weights:
         assert torch.equal(rank_weights[name], weights[name]), name
+
+
+@pytest.mark.integration
+def test_zero2_on_two_ranks_with_accumulation_takes_the_steps_of_plain_data_parallel(store, encoder_folder, tmp_path):
+    # Each rank cuts its share into 2 micro-batches of one dialogue: rank r's gradient is g_r + g_(r+2), summed
+    # by torch on the parameters, and the step's is their sum over the 2 ranks, halved. ZeRO stage 0 (plain data
+    # parallel) accumulates locally and all-reduces each parameter at the boundary, so it adds the same terms in
+    # the same grouping, and a sum of two floats is commutative: bitwise, step after step, Adam's elementwise
+    # step included. One process accumulating the 4 dialogues would add ((g0 + g1) + g2) + g3, another grouping,
+    # whose last-bit differences Adam turns into steps of +-lr on near-zero gradients (see the test above), so
+    # plain data parallel is the reference that can be exact; the test above ties ZeRO-2's reduction to one
+    # process without accumulation. Both sides hold the 4 dialogues' LSTM graphs whose hooks fire in different
+    # orders on the 2 ranks (the fault `reduction_in_parameter_order` fixes); reduced as they fire, or one
+    # coalesced reduction per micro-batch (which kept only the last micro-batch's gradients), this fails.
+    zero2 = two_ranks(store, encoder_folder, tmp_path / "zero2.json", zero_stage=2, accumulation=2)
+    plain = two_ranks(store, encoder_folder, tmp_path / "zero0.json", zero_stage=0, accumulation=2)
+    (zero2_losses, zero2_weights), (plain_losses, plain_weights) = zero2, plain
+    assert zero2_losses == plain_losses and len(set(plain_losses)) == STEPS
+    assert zero2_weights.keys() == plain_weights.keys()
+    for name in plain_weights:
+        assert torch.equal(zero2_weights[name], plain_weights[name]), name
 
 
 # The same runs through `cmroberta train STORE`: no text_mode and no encoder named, so the run trains end to

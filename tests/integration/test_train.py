@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from cluster.config import load_config
 from cluster.pause_points import PAUSES_VARIABLE
@@ -25,7 +24,6 @@ from cluster.rendezvous import (
     resolve_rendezvous,
     slurm_port,
 )
-from extract.feature_store import FeatureStore
 from extract.labels import EMOTION_INDEX
 from launch.cli import main
 from model.engine import deepspeed_config
@@ -36,6 +34,7 @@ from model.run_inputs import class_weight_vector
 from model.train import train
 from tests.learnable_store import write_learnable_store
 from tests.pauses import Pauses, killed_at
+from tests.rank_equivalence import assert_ranks_match_one_process, history
 from tests.tiny_runs import tiny_bimodal_head
 
 # Module-scoped: the store and the runs its fixtures build train on one thread too.
@@ -57,10 +56,6 @@ def clean_environment() -> dict[str, str]:
     """
     environ = {k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_VARIABLES}
     return environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())}
-
-
-def history(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in RunFolder(run_dir).metrics_path.read_text().splitlines()]
 
 
 def without_times(records: list[dict]) -> list[dict]:
@@ -126,13 +121,7 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(store, tmp_pat
 
 @pytest.mark.integration
 def test_two_gloo_ranks_train_as_one_process_accumulating_their_shares(store, tmp_path):
-    # Rank r's share of a global batch is dialogues r, r + 2, ... (DialogueBatchSampler), and one process
-    # accumulating 2 micro-batches runs exactly those shares in rank order (RankBatch.micro_batches), at the
-    # same thread count (clean_environment hands it to the ranks): every forward and backward pass is the same
-    # computation. The ranks scale their loss by 2 / W and DeepSpeed averages their gradients (a halving); the
-    # one process scales by 1 / W: powers of two, exact. What remains is one float32 sum of two gradients,
-    # g0 + g1, commutative, so gloo's allreduce and the accumulation agree to the bit, and so do the clip
-    # (stage 0: every rank holds the whole reduced gradient) and Adam's steps.
+    # Why bitwise, and the evaluation losses' bound: tests.rank_equivalence.
     accumulated_dir, accumulated_test = uninterrupted_run(
         store, tmp_path / "accumulated", [*OVERRIDES, "train.gradient_accumulation_steps=2"]
     )
@@ -155,28 +144,7 @@ def test_two_gloo_ranks_train_as_one_process_accumulating_their_shares(store, tm
     ]
     result = subprocess.run(command, env=clean_environment(), capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    one, two = history(accumulated_dir), history(run_dir)
-    two_test = json.loads((run_dir / "test_metrics.json").read_text())
-    assert two_test["checkpoint"] == accumulated_test["checkpoint"]
-    weights = load_file(run_dir / "checkpoints" / two_test["checkpoint"] / "model.safetensors")
-    reference = load_file(accumulated_dir / "checkpoints" / accumulated_test["checkpoint"] / "model.safetensors")
-    assert weights.keys() == reference.keys()
-    for name in reference:
-        assert torch.equal(weights[name], reference[name]), name
-    assert [r["train_loss"] for r in two] == [r["train_loss"] for r in one]
-    # Evaluation runs the same weights on other batches: the ranks score dialogues 0, 2, 4, 6 and 1, 3, 5, 7
-    # where the one process scores all 8 at once (measured: dev losses 3.3e-8 apart, relative). A loss is a
-    # float32 sum of a batch's non-negative per-utterance losses, whose rounding moves it by at most (m - 1) u
-    # relative for m terms (u = 2**-24), on each side; the float64 sums of batches and ranks add nothing at
-    # that scale. So two runs of equal weights agree to 2 (m - 1) u, with m at most the split's utterances.
-    for key, split in (("dev_loss", "dev"), ("loss", "test")):
-        utterances = len(FeatureStore.open(store).read_split(split, []).keys)
-        bound = 2 * (utterances - 1) * 2.0**-24
-        ours = [r[key] for r in two] if key == "dev_loss" else [two_test[key]]
-        theirs = [r[key] for r in one] if key == "dev_loss" else [accumulated_test[key]]
-        np.testing.assert_allclose(ours, theirs, rtol=bound, atol=0)
-    for key in ("weighted_f1", "accuracy", "macro_f1", "confusion", "count"):
-        assert two_test[key] == accumulated_test[key], key
+    assert_ranks_match_one_process(run_dir, accumulated_dir, store)
 
 
 @pytest.mark.integration
