@@ -5,7 +5,8 @@ with master weights and gradients); ZeRO stage 2 partitions the optimizer state 
 across ranks, which is what lets several of them fit beside activations on one GPU each. Stage 1
 (optimizer state only) and stage 3 (the weights too) can be chosen. The fusion head alone is
 small, so head-only runs (text_mode 'frozen' or 'finetuned') default to stage 0 and fp32
-(`model.run_config.TrainConfig`); an encoder that trains uses `EngineConfig`.
+(`model.run_config.TrainConfig`); an encoder that trains uses `EngineConfig`. One rank in fp32 has
+nothing to partition and runs stage 0 (`engine_zero_stage`).
 
 Precision 'auto' trains in bf16 on a GPU that supports it (Ampere and later) and in fp32 anywhere
 else, a CPU included; DeepSpeed then keeps fp32 master weights in the ZeRO optimizer.
@@ -39,7 +40,8 @@ class EngineConfig:
 
     zero_stage: int = 2
     """ZeRO stage: 2 partitions optimizer state and gradients (the default), 1 optimizer state only,
-    3 the weights too; 0 turns ZeRO off (plain data parallel)."""
+    3 the weights too; 0 turns ZeRO off (plain data parallel). A run of one rank in fp32 runs stage 0
+    whatever is set here (`engine_zero_stage`)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """'auto': bf16 on a GPU that supports it, fp32 otherwise (a CPU)."""
     gradient_clipping: float = 1.0
@@ -120,16 +122,17 @@ def build_deepspeed_config(
     if gradient_accumulation_steps < 1:
         raise ValueError(f"gradient_accumulation_steps must be at least 1, not {gradient_accumulation_steps}")
     precision = resolve_precision(config.precision)
+    stage = engine_zero_stage(config.zero_stage, world_size, precision)
     return {
         "train_batch_size": micro_batch_dialogues * gradient_accumulation_steps * world_size,
         "train_micro_batch_size_per_gpu": micro_batch_dialogues,
         "gradient_accumulation_steps": gradient_accumulation_steps,
         "gradient_clipping": config.gradient_clipping,
         "zero_optimization": {
-            "stage": config.zero_stage,
+            "stage": stage,
             # Gradients reduce while the backward pass goes on; buckets of 50M elements keep
             # RoBERTa-Large's all-reduces few without a large extra buffer.
-            "overlap_comm": config.zero_stage >= 2 and torch.cuda.is_available(),
+            "overlap_comm": stage >= 2 and torch.cuda.is_available(),
             "reduce_bucket_size": 5 * 10**7,
             "allgather_bucket_size": 5 * 10**7,
         },
@@ -142,6 +145,41 @@ def build_deepspeed_config(
         "wall_clock_breakdown": False,
         **(monitor or {}),
     }
+
+
+def engine_zero_stage(configured: int, world_size: int, precision: Precision) -> int:
+    """The ZeRO stage DeepSpeed runs: `configured`, except 0 for one rank in fp32.
+
+    ZeRO partitions across ranks; one rank has nothing to share. In fp32 its stage 1 or 2 optimizer then
+    keeps a second fp32 copy of every weight (the 'master' partition, bitwise the weights themselves),
+    copies every gradient into a flat buffer from a hook, and writes that copy into every checkpoint. On
+    the demo's end-to-end runs (MiniLM, one CPU process) that was a quarter of each checkpoint's bytes and
+    26% of the run's time (`bench/bench_demo.py`). Stage 0 steps the same Adam on the same gradients. In
+    bf16 or fp16 the fp32 copy is the master weights that the low precision needs, so the stage is kept.
+    Checkpoints record the stage that ran, and resume only under it (`model.checkpoint`).
+    """
+    if world_size == 1 and precision == "fp32" and configured in (1, 2):
+        return 0
+    return configured
+
+
+def initialize_deepspeed(
+    model: torch.nn.Module, optimizer: Any, lr_scheduler: Any, config: dict[str, Any], world_size: int
+) -> Any:
+    """DeepSpeed's engine for `model` under `config` (from `build_deepspeed_config`).
+
+    One rank without ZeRO has no peer to reduce gradients with, yet DeepSpeed would flatten every gradient
+    into buffers, all-reduce them with itself and copy them back at every step; the engine skips that, as
+    DeepSpeed itself does when it has no process group. Dividing by a world size of 1 is exact, so the
+    steps are the same.
+    """
+    # deferred: deepspeed takes seconds to import, and readers of a run's config need none of it
+    import deepspeed
+
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=config)
+    if world_size == 1 and engine.zero_optimization_stage() == 0:
+        engine.enable_backward_allreduce = False
+    return engine
 
 
 def micro_batch_dialogues(batch_dialogues: int, world_size: int, gradient_accumulation_steps: int) -> int:

@@ -19,7 +19,12 @@ import torch
 from extract.feature_store import FeatureStore
 from extract.labels import LabelSet
 from model.checkpoint import Checkpoints, RunFolderError
-from model.deepspeed_config import build_deepspeed_config, micro_batch_dialogues, resolve_precision
+from model.deepspeed_config import (
+    build_deepspeed_config,
+    initialize_deepspeed,
+    micro_batch_dialogues,
+    resolve_precision,
+)
 from model.dialogue_data import Modalities, select_modalities, store_modalities
 from model.end_to_end import build_end_to_end_model, build_end_to_end_optimizer
 from model.fusion import build_fusion_model
@@ -126,8 +131,7 @@ def initialize_engine(
         optimizer = build_optimizer(
             head_param_groups(model, head_lr=train.learning_rate, head_weight_decay=train.weight_decay)
         )
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
-    return engine
+    return initialize_deepspeed(model, optimizer, scheduler, ds_config, world_size)
 
 
 def _without_zero(config: RunConfig) -> RunConfig:

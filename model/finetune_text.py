@@ -50,7 +50,12 @@ from extract.labels import MELD_EMOTIONS, NO_LABEL
 from extract.manifest import config_hash
 from extract.text_features import TextFeatureConfig, TextFeatureExtractor
 from model.batch_samplers import DialogueBatchSampler
-from model.deepspeed_config import EngineConfig, build_deepspeed_config, reduction_in_parameter_order
+from model.deepspeed_config import (
+    EngineConfig,
+    build_deepspeed_config,
+    initialize_deepspeed,
+    reduction_in_parameter_order,
+)
 from model.dialogue_data import IGNORE_LABEL
 from model.lr_schedule import LRScheduleConfig, build_lr_scheduler
 from model.metrics import classification_metrics
@@ -181,9 +186,6 @@ def _labelled_tokens(store: FeatureStore, cache: Path, split: str) -> tuple[Toke
 
 def finetune_encoder(store: FeatureStore, config: FinetuneConfig, folder: Path, rendezvous: Rendezvous) -> None:
     """Fine-tune the encoder on utterance emotion, keep the lowest-dev-loss epoch, export it; finetune.json last."""
-    # deferred: deepspeed takes seconds to import, and every reader of RunConfig imports this module
-    import deepspeed
-
     tokenizer = load_tokenizer(config.encoder)
     cache = build_token_cache(store, tokenizer, config.encoder)
     tokens, labels = {}, {}
@@ -203,9 +205,9 @@ def finetune_encoder(store: FeatureStore, config: FinetuneConfig, folder: Path, 
     ds_config = build_deepspeed_config(config.engine, micro, rendezvous.world_size)
     # Not `model.engine.initialize_engine`: that builds a RunConfig's fusion model, its optimizer and schedule,
     # while this engine holds an utterance classifier with its own groups, schedule and batch (FinetuneConfig);
-    # both share DeepSpeed's config (`build_deepspeed_config`). model.engine also imports this module
-    # through model.run_config, so the reverse import would be a cycle.
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    # both share DeepSpeed's config and engine (`model.deepspeed_config`). model.engine also imports this
+    # module through model.run_config, so the reverse import would be a cycle.
+    engine = initialize_deepspeed(model, optimizer, scheduler, ds_config, rendezvous.world_size)
     if rendezvous.is_main:
         folder.mkdir(parents=True, exist_ok=True)
         write_resolved_config(config, folder)

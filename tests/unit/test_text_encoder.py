@@ -201,6 +201,19 @@ def test_deepspeed_config_defaults_and_accumulation():
         EngineConfig(zero_stage=4)
 
 
+@pytest.mark.parametrize("stage", [1, 2])
+def test_one_rank_in_fp32_runs_without_zero_partitions(stage):
+    def built(world_size, precision):
+        config = build_deepspeed_config(EngineConfig(zero_stage=stage, precision=precision), 4, world_size)
+        return config["zero_optimization"]["stage"]
+
+    # Nothing to partition and no master weights to keep: stage 0.
+    assert built(1, "fp32") == 0
+    # Several ranks share the state; in bf16 the fp32 copy is the master weights.
+    assert built(2, "fp32") == stage
+    assert built(1, "bf16") == stage
+
+
 def test_monitor_sections_point_into_the_run_folder(tmp_path):
     sections = MonitorConfig(csv=True).deepspeed_sections(RunFolder(tmp_path).monitor_folder)
     assert sections["csv_monitor"] == {"enabled": True, "output_path": str(tmp_path / "monitor"), "job_name": "train"}
