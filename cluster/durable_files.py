@@ -120,17 +120,20 @@ def _holder(lock_path: Path) -> str:
 
 
 @contextmanager
-def exclusive_lock(folder: Path, what: str, wait_seconds: float = 0.0) -> Iterator[None]:
+def exclusive_lock(
+    folder: Path, what: str, wait_seconds: float = 0.0, lock_name: str = LOCK_NAME
+) -> Iterator[None]:
     """Hold `folder` for this process alone; a LockHeldError names the holder when another has it.
 
-    `what` names the folder for the message ('feature store', 'run folder'). With `wait_seconds`
-    the call waits that long for the holder to finish before giving up. The lock is released when
+    `what` names the folder for the message ('feature store', 'run folder'); `lock_name` is the lock file in
+    it, for a folder that has more than one thing to hold (a run's training, and its claim by a queue). With
+    `wait_seconds` the call waits that long for the holder to finish before giving up. The lock is released when
     the block ends or the process dies (the kernel drops flock locks with the descriptor), so a
     killed writer never leaves a folder locked.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    lock_path = folder / LOCK_NAME
+    lock_path = folder / lock_name
     descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + wait_seconds

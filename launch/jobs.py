@@ -27,13 +27,14 @@ import os
 import socket
 import sys
 import time
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import submitit
 
+from cluster.durable_files import atomic_write_json
 from cluster.rendezvous import LOOPBACK, slurm_port
 
 log = logging.getLogger(__name__)
@@ -221,35 +222,67 @@ class PredictionJob:
 
 
 class RunQueueJob(submitit.helpers.Checkpointable):
-    """Train several runs one after another, skipping finished ones; returns their test metrics by run folder."""
+    """Train several runs one after another, skipping finished ones; returns their test metrics by run folder.
 
-    def __init__(self, runs: list[TrainingJob], threads: int | None = None):
+    The local executor's queues share their work. A queue that has trained its own runs goes on with the
+    runs other queues have not reached yet, the last dealt first: runs are dealt before anyone knows how long
+    each takes, and without this one queue sat idle while another still had runs waiting (32 s of the demo's
+    sweep). A run's claim (`RunFolder.claim`) lets one queue alone train it, and a queue that takes over a
+    run records its own job in the run's submission.json, so the sweep sees which job trains it.
+    """
+
+    def __init__(self, runs: list[TrainingJob], threads: int | None = None, shared: Sequence[TrainingJob] = ()):
         self.runs = runs
-        """The runs, in order."""
+        """The runs dealt to this queue, in order."""
         self.threads = threads
         """CPU threads for torch: the machine's cores shared among the queues that run at once (None: all)."""
+        self.shared = list(shared)
+        """Other queues' runs, in the order this queue takes them over once its own are trained."""
 
     def __call__(self) -> dict[str, dict[str, Any]]:
+        # deferred: the run folder loads torch, and `cmroberta --help` imports this module through `launch`'s verbs
+        from model.run_folder import RunFolder
+
         use_cpus(self.threads)
         results, failures = {}, []
-        for run in self.runs:
-            try:
-                results[str(run.run_dir)] = run()
-            except Exception as error:
-                # One failed run must not cost the others in the queue their turn.
-                log.exception("run %s failed", run.run_dir)
-                failures.append(f"{run.run_dir}: {error}")
+        for run in [*self.runs, *self.shared]:
+            folder = RunFolder(run.run_dir)
+            taken_over = run not in self.runs
+            with folder.claim() as claimed:
+                # Another queue trains it now, or has trained a run it was dealt.
+                if not claimed or (taken_over and folder.finished):
+                    continue
+                if taken_over:
+                    _record_taken_over(folder.submission_path)
+                try:
+                    results[str(run.run_dir)] = run()
+                except Exception as error:
+                    # One failed run must not cost the others in the queue their turn.
+                    log.exception("run %s failed", run.run_dir)
+                    failures.append(f"{run.run_dir}: {error}")
         if failures:
             raise RuntimeError(f"{len(failures)} of {len(self.runs)} runs failed: " + "; ".join(failures))
         return results
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         # Finished runs return their saved metrics at once; the interrupted one resumes.
-        resumed = [TrainingJob(run.config, run.run_dir, resume=True) for run in self.runs]
-        return submitit.helpers.DelayedSubmission(RunQueueJob(resumed, self.threads))
+        def resumed(runs: Sequence[TrainingJob]) -> list[TrainingJob]:
+            return [TrainingJob(run.config, run.run_dir, resume=True) for run in runs]
+
+        return submitit.helpers.DelayedSubmission(RunQueueJob(resumed(self.runs), self.threads, resumed(self.shared)))
 
     def __repr__(self) -> str:
-        return f"RunQueueJob({len(self.runs)} runs)"
+        return f"RunQueueJob({len(self.runs)} runs, {len(self.shared)} shared)"
+
+
+def _record_taken_over(submission_path: Path) -> None:
+    """Name this job in a run's submission.json: the sweep asks whether the job that trains a run still lives."""
+    try:
+        record = json.loads(submission_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        # The sweep wrote none (a queue started by hand), or a damaged one, which its status check reports.
+        return
+    atomic_write_json(submission_path, {**record, "job_id": _job_id()})
 
 
 class RobustnessJob:

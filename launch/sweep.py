@@ -17,7 +17,8 @@ therefore finds the runs it already has: finished runs (their test_metrics.json 
 runs whose job is still queued or running are left alone, and only missing or failed runs are
 submitted; a failed run resumes from its last checkpoint. On SLURM the runs go out as one job
 array with at most `array_parallelism` tasks at once; the local executor has no arrays, so the
-runs are dealt into `array_parallelism` queues, one process each.
+runs are dealt into `array_parallelism` queues, one process each, and a queue that has trained its
+own runs takes over those another has not reached (`launch.jobs.RunQueueJob`).
 
 A sweep never submits a run twice. When SLURM cannot be asked (squeue fails or times out), a
 run with a job is `unknown`, and unknown runs are left alone. submission.json is written in two
@@ -435,7 +436,9 @@ def submit_sweep(runs: Sequence[PlannedRun], profile: ClusterProfile, sweep_dir:
     else:
         queues = min(profile.array_parallelism, len(pending))
         threads = max(1, (os.cpu_count() or 1) // queues)
-        functions = [RunQueueJob(trainings[i::queues], threads) for i in range(queues)]
+        dealt = [trainings[i::queues] for i in range(queues)]
+        # Each queue then takes over the others' runs from the end of the sweep (RunQueueJob).
+        functions = [RunQueueJob(own, threads, [t for t in reversed(trainings) if t not in own]) for own in dealt]
         runs_of_job = [pending[i::queues] for i in range(queues)]
     intent = {"state": "submitting", "cluster": profile.kind, "job_name": job_name, "log_folder": str(log_folder)}
     intent["intent"] = time.time()

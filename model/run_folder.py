@@ -27,7 +27,7 @@ This module is also the one definition of the config keys that never change a ru
 import functools
 import shlex
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ _STORE_RECORD_NAME = "store.json"
 _ROBUSTNESS_FOLDER = "robustness"
 _RUN_RECORD_NAME = "run.json"
 _SUBMISSION_NAME = "submission.json"
+_CLAIM_NAME = ".claim"
 _ATTEMPTS_NAME = "attempts.jsonl"
 _LOGS_FOLDER = "logs"
 _TEST_PREDICTIONS_NAME = "predictions.jsonl"
@@ -257,6 +258,23 @@ class RunFolder:
                 yield
         except LockHeldError as error:
             raise RunFolderError(str(error)) from None
+
+    @contextmanager
+    def claim(self) -> Iterator[bool]:
+        """Whether this process holds the run's claim for the block; False while another process holds it.
+
+        The queues of a local sweep share their runs (`launch.jobs.RunQueueJob`): the claim decides which
+        queue trains a run. It is a lock file of its own, apart from the one training takes inside it, and
+        goes with the process that holds it, so a killed queue leaves no run claimed.
+        """
+        held = ExitStack()
+        try:
+            held.enter_context(exclusive_lock(self.path, "run folder", lock_name=_CLAIM_NAME))
+        except LockHeldError:
+            yield False
+            return
+        with held:
+            yield True
 
     def check_new_or_resumable(self, config: RunConfig, resume: bool) -> None:
         """Refuse to overwrite a run, and to resume one with a config that changes its result.

@@ -64,6 +64,16 @@ class Pauses:
             os.close(fd)
 
 
+def interrupt_as_in_a_terminal() -> None:
+    """For Popen's `preexec_fn`: SIGINT at its default action, as a terminal's foreground command has it.
+
+    A test session started in the background of a non-interactive shell (`... &`, nohup) inherits SIGINT
+    ignored, and a Python started with SIGINT ignored installs no KeyboardInterrupt handler: a Ctrl-C test
+    would then wait for a command that never sees the signal (seen when this suite ran under nohup).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def killed_at(
     point: str,
     command: list[str],

@@ -28,7 +28,7 @@ from extract.feature_store import FeatureStore
 from extract.manifest import MANIFEST_NAME
 from extract.meld import CSV_NAMES, read_meld
 from tests.demo_corpora import corpus_text_encoder, write_wav_corpus
-from tests.pauses import Pauses
+from tests.pauses import Pauses, interrupt_as_in_a_terminal
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -77,6 +77,7 @@ def start(command: list[str], pauses: Pauses | None = None) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=interrupt_as_in_a_terminal,
     )
 
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.pauses import Pauses
+from tests.pauses import Pauses, interrupt_as_in_a_terminal
 
 REPO = Path(__file__).resolve().parents[2]
 # Only a hang meets this: the command raises within one `POLL_S` of the signal.
@@ -31,7 +31,8 @@ sys.exit(1)
 def test_a_signal_that_interrupts_no_read_still_ends_the_wait(tmp_path):
     pauses = Pauses(tmp_path / "pauses", "held")
     child = subprocess.Popen([sys.executable, "-c", HELD_WITH_SIGINT_ELSEWHERE], cwd=REPO,
-                             env={**pauses.environment(), "PYTHONPATH": str(REPO)})
+                             env={**pauses.environment(), "PYTHONPATH": str(REPO)},
+                             preexec_fn=interrupt_as_in_a_terminal)
     with pauses.held("held", lambda: child.poll() is None):
         child.send_signal(signal.SIGINT)
         # Inside the block: the test still holds the point, so only the signal can end the wait.

@@ -182,3 +182,39 @@ def test_sweep_on_slurm_as_a_job_array(slurm_cluster, tmp_path, tiny_store):
     submissions = [json.loads(p.read_text()) for p in (tmp_path / "sweep" / "runs").glob("*/submission.json")]
     array_ids = {s["job_id"].split("_")[0] for s in submissions}
     assert len(submissions) == 3 and len(array_ids) == 1, "the seeds go out as one SLURM job array"
+
+
+@pytest.mark.integration
+def test_a_local_queue_takes_over_the_runs_another_has_not_reached(tmp_path, tiny_store):
+    import submitit
+
+    from launch.jobs import RunQueueJob, TrainingJob
+    from model.run_folder import RunFolder
+
+    overrides = [*TINY_OVERRIDES, f"store={json.dumps(str(tiny_store))}"]
+    sweep_dir = tmp_path / "sweep"
+    waiting, held, finished = plan_sweep(run_config_class(), sweep_dir, SEEDS, {}, overrides=overrides)
+    # Dealt to another queue, whose job the records name; that queue trained `finished` and now trains `held`.
+    for run in (waiting, held, finished):
+        write_resolved_config(run.config, run.run_dir)
+        record = {"state": "submitted", "cluster": "local", "job_name": "sweep-other", "intent": 0.0,
+                  "log_folder": str(sweep_dir / "logs"), "array_index": None, "job_id": "1", "submitted": 0.0}
+        (run.run_dir / "submission.json").write_text(json.dumps(record))
+    TrainingJob(finished.config, finished.run_dir, resume=True)()
+    executor = submitit.LocalExecutor(folder=tmp_path / "logs")
+    executor.update_parameters(timeout_min=5)
+    # A queue whose own runs are all trained, handed the other queue's runs in the order it takes them over.
+    queue = RunQueueJob([], 1, [TrainingJob(run.config, run.run_dir, resume=True) for run in (finished, held, waiting)])
+    with RunFolder(held.run_dir).claim() as claimed:
+        assert claimed
+        job = executor.submit(queue)
+        results = job.result()
+    assert list(results) == [str(waiting.run_dir)]
+    assert RunFolder(waiting.run_dir).finished
+    # The sweep asks whether the job that trains a run lives: the record now names the one that took it over.
+    assert json.loads((waiting.run_dir / "submission.json").read_text())["job_id"] == job.job_id
+    assert run_status(waiting.run_dir, set()) == "done"
+    # The run another queue holds is left to it; the finished one is not trained again.
+    assert not RunFolder(held.run_dir).attempts_path.exists()
+    assert json.loads((held.run_dir / "submission.json").read_text())["job_id"] == "1"
+    assert len(RunFolder(finished.run_dir).attempts_path.read_text().splitlines()) == 1
