@@ -36,6 +36,7 @@ import submitit
 
 from cluster.durable_files import atomic_write_json
 from cluster.rendezvous import LOOPBACK, slurm_port
+from launch.sweep_records import SweepRecordError, read_submission
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,9 @@ class RunQueueJob(submitit.helpers.Checkpointable):
     runs other queues have not reached yet, the last dealt first: runs are dealt before anyone knows how long
     each takes, and without this one queue sat idle while another still had runs waiting (32 s of the demo's
     sweep). A run's claim (`RunFolder.claim`) lets one queue alone train it, and a queue that takes over a
-    run records its own job in the run's submission.json, so the sweep sees which job trains it.
+    run records its own job in the run's submission.json, so the sweep sees which job trains it. A run that
+    another job has started since the sweep submitted it is left alone, so a run that failed is not tried
+    again by a second queue: the next sweep submits it again.
     """
 
     def __init__(self, runs: list[TrainingJob], threads: int | None = None, shared: Sequence[TrainingJob] = ()):
@@ -249,8 +252,9 @@ class RunQueueJob(submitit.helpers.Checkpointable):
             folder = RunFolder(run.run_dir)
             taken_over = run not in self.runs
             with folder.claim() as claimed:
-                # Another queue trains it now, or has trained a run it was dealt.
-                if not claimed or (taken_over and folder.finished):
+                # Another queue trains it now, or has tried it since the sweep submitted it.
+                started_elsewhere = any(job != _job_id() for job in _attempts_since_submission(folder))
+                if not claimed or started_elsewhere or (taken_over and folder.finished):
                     continue
                 if taken_over:
                     _record_taken_over(folder.submission_path)
@@ -261,7 +265,8 @@ class RunQueueJob(submitit.helpers.Checkpointable):
                     log.exception("run %s failed", run.run_dir)
                     failures.append(f"{run.run_dir}: {error}")
         if failures:
-            raise RuntimeError(f"{len(failures)} of {len(self.runs)} runs failed: " + "; ".join(failures))
+            tried = len(results) + len(failures)
+            raise RuntimeError(f"{len(failures)} of {tried} runs failed: " + "; ".join(failures))
         return results
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
@@ -273,6 +278,28 @@ class RunQueueJob(submitit.helpers.Checkpointable):
 
     def __repr__(self) -> str:
         return f"RunQueueJob({len(self.runs)} runs, {len(self.shared)} shared)"
+
+
+def _attempts_since_submission(folder: Any) -> list[str]:
+    """The job ids of the attempts at `folder`'s run (a RunFolder) started since the sweep last submitted it."""
+    try:
+        submission = read_submission(folder.submission_path)
+        lines = folder.attempts_path.read_text(encoding="utf-8").splitlines()
+    except (SweepRecordError, OSError):
+        # No record (a queue started by hand), a damaged one (the sweep's status check names it), or no attempt.
+        return []
+    if submission is None or submission.intent is None:
+        return []
+    jobs = []
+    for line in lines:
+        try:
+            attempt = json.loads(line)
+        except ValueError:
+            continue  # the last line of an attempt killed as it was written
+        if isinstance(attempt, dict) and isinstance(attempt.get("started"), (int, float)):
+            if attempt["started"] >= submission.intent:
+                jobs.append(str(attempt.get("job_id")))
+    return jobs
 
 
 def _record_taken_over(submission_path: Path) -> None:

@@ -193,28 +193,33 @@ def test_a_local_queue_takes_over_the_runs_another_has_not_reached(tmp_path, tin
 
     overrides = [*TINY_OVERRIDES, f"store={json.dumps(str(tiny_store))}"]
     sweep_dir = tmp_path / "sweep"
-    waiting, held, finished = plan_sweep(run_config_class(), sweep_dir, SEEDS, {}, overrides=overrides)
-    # Dealt to another queue, whose job the records name; that queue trained `finished` and now trains `held`.
-    for run in (waiting, held, finished):
+    waiting, held, finished, failed = plan_sweep(run_config_class(), sweep_dir, [0, 1, 2, 3], {}, overrides=overrides)
+    # Dealt to another queue, whose job the records name. That queue has trained `finished`, tried `failed` (it
+    # raised), and now trains `held`; it has not reached `waiting`.
+    for run in (waiting, held, finished, failed):
         write_resolved_config(run.config, run.run_dir)
-        record = {"state": "submitted", "cluster": "local", "job_name": "sweep-other", "intent": 0.0,
-                  "log_folder": str(sweep_dir / "logs"), "array_index": None, "job_id": "1", "submitted": 0.0}
+        record = {"state": "submitted", "cluster": "local", "job_name": "sweep-other", "intent": 1.0,
+                  "log_folder": str(sweep_dir / "logs"), "array_index": None, "job_id": "1", "submitted": 2.0}
         (run.run_dir / "submission.json").write_text(json.dumps(record))
     TrainingJob(finished.config, finished.run_dir, resume=True)()
+    RunFolder(failed.run_dir).attempts_path.write_text(json.dumps({"job_id": "1", "started": 3.0}) + "\n")
     executor = submitit.LocalExecutor(folder=tmp_path / "logs")
     executor.update_parameters(timeout_min=5)
     # A queue whose own runs are all trained, handed the other queue's runs in the order it takes them over.
-    queue = RunQueueJob([], 1, [TrainingJob(run.config, run.run_dir, resume=True) for run in (finished, held, waiting)])
+    shared = [TrainingJob(run.config, run.run_dir, resume=True) for run in (failed, finished, held, waiting)]
     with RunFolder(held.run_dir).claim() as claimed:
         assert claimed
-        job = executor.submit(queue)
+        job = executor.submit(RunQueueJob([], 1, shared))
         results = job.result()
     assert list(results) == [str(waiting.run_dir)]
     assert RunFolder(waiting.run_dir).finished
     # The sweep asks whether the job that trains a run lives: the record now names the one that took it over.
     assert json.loads((waiting.run_dir / "submission.json").read_text())["job_id"] == job.job_id
     assert run_status(waiting.run_dir, set()) == "done"
-    # The run another queue holds is left to it; the finished one is not trained again.
+    # The run another queue holds is left to it, the finished one is not trained again, and the failed one is
+    # left for the next sweep to submit, not tried again by a second queue.
     assert not RunFolder(held.run_dir).attempts_path.exists()
     assert json.loads((held.run_dir / "submission.json").read_text())["job_id"] == "1"
     assert len(RunFolder(finished.run_dir).attempts_path.read_text().splitlines()) == 1
+    assert len(RunFolder(failed.run_dir).attempts_path.read_text().splitlines()) == 1
+    assert not RunFolder(failed.run_dir).finished
